@@ -1,0 +1,45 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "vlq",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "vlq", targets: ["vlq"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config; the providers name the Debian packages.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+
+        // Shared primitives: JSON, mapped files, atomic output, checksums, compression, errors.
+        .target(name: "VLQCore", dependencies: ["CZstd", "CXXHash"]),
+        // Reading Hugging Face safetensors files and shard sets over mmap.
+        .target(name: "SafeTensors", dependencies: ["VLQCore"]),
+        // The .vlq bundle format (formats/VLQ-BUNDLE.md): writer, reader, checker.
+        .target(name: "VLQFormat", dependencies: ["VLQCore"]),
+        // Yi-VL: configuration, checkpoint layout, expected tensors (and, later, the engine).
+        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors"]),
+        // Hugging Face folder -> .vlq bundle, streaming.
+        .target(name: "Conversion", dependencies: [
+            "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vlq", dependencies: [
+            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(
+            name: "VLQTests",
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "vlq"],
+            exclude: []
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

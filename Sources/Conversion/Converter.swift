@@ -1,0 +1,291 @@
+import Logging
+import SafeTensors
+import VLQCore
+import VLQFormat
+import YiVL
+
+/// What a converted bundle stores its float tensors as.
+public enum OutputDType: String, CaseIterable, Sendable {
+    /// Each tensor as its source file has it (bf16 LLM and projector, f32 vision tower for Yi-VL).
+    case keep, f32, f16, bf16
+
+    var encoding: TensorEncoding? {
+        switch self {
+        case .keep: return nil
+        case .f32: return .f32
+        case .f16: return .f16
+        case .bf16: return .bf16
+        }
+    }
+}
+
+public struct ConvertOptions: Sendable {
+    public var dtype: OutputDType = .keep
+    /// Overrides `mm_vision_tower` of config.json.
+    public var visionTower: String?
+    public var compressMetadata = true
+    public var alignment = VLQLayout.defaultAlignment
+
+    public init(dtype: OutputDType = .keep, visionTower: String? = nil) {
+        self.dtype = dtype
+        self.visionTower = visionTower
+    }
+}
+
+/// How the vision tower copy inside the root shards compares with the vision folder's.
+public struct InShardVisionComparison: Sendable {
+    public var tensors: Int
+    /// Tensors whose values differ from the vision folder's by more than bf16 rounding.
+    public var differing: [String]
+    /// Vision-folder tensors absent from the copy, or of another shape.
+    public var unmatched: [String]
+    public var maxAbsDifference: Float
+}
+
+public struct ConvertReport: Sendable {
+    public var tensorCount: Int
+    public var tensorBytes: Int
+    public var outputBytes: Int
+    public var sourceBytes: Int
+    public var inShardVision: InShardVisionComparison?
+    public var ignoredTensors: [String]
+    public var saturatedValues: Int
+}
+
+/// Hugging Face Yi-VL folder -> .vlq bundle, streaming.
+///
+/// Each source file is read once, front to back: its bytes feed the file's provenance digest, and
+/// every tensor planned for the bundle is converted in chunks and written at its precomputed place.
+/// Pages of the source are released as soon as they are done, so resident memory stays near the
+/// chunk size whatever the model size.
+public final class Converter {
+    public static let chunkBytes = 32 << 20
+
+    let options: ConvertOptions
+    let logger: Logger
+
+    public init(options: ConvertOptions, logger: Logger = Logger(label: "vlq.convert")) {
+        self.options = options
+        self.logger = logger
+    }
+
+    public static func encoding(of dtype: DType) -> TensorEncoding? {
+        switch dtype {
+        case .f32: return .f32
+        case .f16: return .f16
+        case .bf16: return .bf16
+        default: return nil
+        }
+    }
+
+    /// `progress(done, total)` reports source bytes read.
+    public func convert(folder: String, output: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> ConvertReport {
+        let checkpoint = try YiVLCheckpoint(folder: folder, visionTower: options.visionTower)
+        if !checkpoint.inShardVisionCopy.isEmpty {
+            logger.notice("the root shards also carry a vision tower copy (\(checkpoint.inShardVisionCopy.count) tensors); using \(checkpoint.visionFolder) as Yi's loader does")
+        }
+
+        let plan = checkpoint.tensors.map { t -> TensorRecord in
+            let source = Converter.encoding(of: t.info.dtype)!
+            return TensorRecord(name: t.expected.name, encoding: options.dtype.encoding ?? source,
+                                component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
+                                shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
+        }
+        let writer = try VLQWriter(path: output, plan: plan, alignment: options.alignment)
+        do {
+            let report = try write(checkpoint, to: writer, progress: progress)
+            return report
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+
+    private func write(_ checkpoint: YiVLCheckpoint, to writer: VLQWriter, progress: (Int, Int) -> Void) throws -> ConvertReport {
+        let sourceFiles = checkpoint.rootShards.files + checkpoint.visionShards.files
+        let total = sourceFiles.reduce(0) { $0 + $1.mapped.size }
+        var done = 0
+        var saturated = 0
+        var fileDigests: [String: (size: Int, digest: UInt64)] = [:]
+        var comparison = InShardVisionComparison(tensors: 0, differing: [], unmatched: [], maxAbsDifference: 0)
+        let copyByRootName = Dictionary(uniqueKeysWithValues: checkpoint.inShardVisionCopy.map {
+            (YiVLCheckpoint.inShardVisionPrefix + $0.key, $0.key)
+        })
+        // Where each planned tensor comes from: a name can only be taken from one file.
+        let sourceOf = Dictionary(uniqueKeysWithValues: checkpoint.tensors.map { ($0.expected.name, ObjectIdentifier($0.file)) })
+        progress(0, total)
+
+        for file in sourceFiles {
+            file.mapped.adviseSequential()
+            let hasher = XXH3Hasher()
+            hasher.update(file.mapped.slice(offset: 0, count: 8 + file.headerLength)!)
+            for info in file.tensors {
+                let data = file.data(info)
+                hasher.update(data)
+                if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
+                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name)
+                } else if let visionName = copyByRootName[info.name] {
+                    compare(copy: data, info: info, with: visionName, in: checkpoint, into: &comparison)
+                }
+                file.mapped.release(offset: info.fileOffset, count: info.byteCount)
+                done += info.byteCount
+                progress(done, total)
+            }
+            done += 8 + file.headerLength
+            progress(done, total)
+            fileDigests[file.path] = (file.mapped.size, hasher.digest())
+        }
+        if saturated > 0 {
+            logger.warning("\(saturated) values beyond the f16 range were saturated to +-65504")
+        }
+        if !checkpoint.inShardVisionCopy.isEmpty {
+            for name in checkpoint.config.expectedTensors.filter({ $0.part == .vision }).map(\.name)
+            where checkpoint.inShardVisionCopy[name] == nil {
+                comparison.unmatched.append(name)
+            }
+            comparison.unmatched.sort()
+            comparison.differing.sort()
+            if !comparison.differing.isEmpty || !comparison.unmatched.isEmpty {
+                logger.warning("the vision tower copy in the root shards differs from \(checkpoint.visionFolder) beyond bf16 rounding: \(comparison.differing.count) tensors differ (max abs difference \(comparison.maxAbsDifference)), \(comparison.unmatched.count) missing or reshaped; the vision folder is used")
+            }
+        }
+
+        let metadata = try buildMetadata(checkpoint, fileDigests: fileDigests)
+        try writer.finish(metadata: metadata, compression: options.compressMetadata ? .zstd : .none)
+        let tensorBytes = writer.records.reduce(0) { $0 + $1.byteCount }
+        let outputBytes = (try? MappedFile(path: writer.path).size) ?? 0
+        return ConvertReport(tensorCount: writer.records.count, tensorBytes: tensorBytes, outputBytes: outputBytes,
+                             sourceBytes: total, inShardVision: checkpoint.inShardVisionCopy.isEmpty ? nil : comparison,
+                             ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated)
+    }
+
+    private func copy(_ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String) throws -> Int {
+        let from = Converter.encoding(of: dtype)!
+        let to = writer.records[index].encoding
+        var saturated = 0
+        try writer.writeTensor(index) { sink in
+            if from == to {
+                var offset = 0
+                while offset < data.count {
+                    let n = min(Converter.chunkBytes, data.count - offset)
+                    try sink.append(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + n)]))
+                    offset += n
+                }
+                return
+            }
+            let count = data.count / (from.bitsPerElement / 8)
+            let chunkElements = Converter.chunkBytes / 4
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkElements * to.bitsPerElement / 8, alignment: 64)
+            defer { buffer.deallocate() }
+            var start = 0
+            while start < count {
+                let n = min(chunkElements, count - start)
+                let sourceBytes = from.bitsPerElement / 8
+                let slice = UnsafeRawBufferPointer(rebasing: data[(start * sourceBytes)..<((start + n) * sourceBytes)])
+                saturated += ElementConversion.convert(slice, from: from, into: buffer, to: to, count: n)
+                try sink.append(UnsafeRawBufferPointer(rebasing: buffer[0..<(n * to.bitsPerElement / 8)]))
+                start += n
+            }
+        }
+        if saturated > 0 { logger.warning("tensor \(name): \(saturated) values saturated to the f16 range") }
+        return saturated
+    }
+
+    /// Compares one tensor of the in-shard vision copy with the vision folder's: equal up to the
+    /// rounding of each value to bf16 (one bf16 ulp, which also allows truncation instead of rounding).
+    private func compare(copy: UnsafeRawBufferPointer, info: TensorInfo, with visionName: String,
+                         in checkpoint: YiVLCheckpoint, into result: inout InShardVisionComparison) {
+        guard let (visionFile, visionInfo) = checkpoint.visionShards[visionName],
+              visionInfo.shape == info.shape,
+              let copyEncoding = Converter.encoding(of: info.dtype), let visionEncoding = Converter.encoding(of: visionInfo.dtype)
+        else {
+            if checkpoint.config.expectedTensors.contains(where: { $0.name == visionName }) { result.unmatched.append(visionName) }
+            return
+        }
+        result.tensors += 1
+        let reference = visionFile.data(visionInfo)
+        var beyondRounding = false
+        for i in 0..<info.elementCount {
+            let a = ElementConversion.value(reference, visionEncoding, i)
+            let b = ElementConversion.value(copy, copyEncoding, i)
+            let difference = abs(a - b)
+            if difference > result.maxAbsDifference { result.maxAbsDifference = difference }
+            // One ulp of bf16 at |a|: 8 significant bits.
+            let ulp = a == 0 ? Float.leastNormalMagnitude : Float(sign: .plus, exponent: a.exponent - 7, significand: 1)
+            if !(difference <= ulp) { beyondRounding = true }
+        }
+        visionFile.mapped.release(offset: visionInfo.fileOffset, count: visionInfo.byteCount)
+        if beyondRounding { result.differing.append(visionName) }
+    }
+
+    private func buildMetadata(_ checkpoint: YiVLCheckpoint, fileDigests: [String: (size: Int, digest: UInt64)]) throws -> JSONValue {
+        let config = checkpoint.config
+        let tokenizerFile = try MappedFile(path: checkpoint.tokenizerModelPath)
+        let tokenizerBytes = Array(tokenizerFile.bytes)
+        var smallFiles: [String: JSONValue] = [:]
+        var digests = fileDigests
+        func record(_ path: String) throws -> MappedFile {
+            let f = try MappedFile(path: path)
+            digests[path] = (f.size, XXH3Hasher.hash(f.bytes))
+            return f
+        }
+        for (name, path) in checkpoint.auxiliaryFiles {
+            let f = try record(path)
+            do { smallFiles[name] = try JSONValue.parse(f.bytes) } catch { throw VLQError(path, "\(error)") }
+        }
+        for path in [checkpoint.folder + "/config.json", checkpoint.visionFolder + "/config.json",
+                     checkpoint.visionFolder + "/preprocessor_config.json", checkpoint.tokenizerModelPath]
+            + [checkpoint.rootShards.indexPath, checkpoint.visionShards.indexPath].compactMap({ $0 }) {
+            _ = try record(path)
+        }
+
+        let folderPrefix = checkpoint.folder.hasSuffix("/") ? checkpoint.folder : checkpoint.folder + "/"
+        let sources: [JSONValue] = digests.keys.sorted().map { path in
+            let relative = path.hasPrefix(folderPrefix) ? String(path.dropFirst(folderPrefix.count)) : path
+            return ["path": .string(relative), "bytes": .int(Int64(digests[path]!.size)), "xxh3": .string(hex64(digests[path]!.digest))]
+        }.sorted { $0["path"]!.stringValue! < $1["path"]!.stringValue! }
+
+        let generation = smallFiles["generation_config.json"] ?? .object([:])
+        var generationDefaults = generation.objectValue ?? [:]
+        generationDefaults["stop"] = .array(YiVLChat.stopStrings.map { .string($0) })
+        if generationDefaults["do_sample"] == nil { generationDefaults["do_sample"] = false }
+
+        let tokenizerConfig = smallFiles["tokenizer_config.json"]
+        let folderName = checkpoint.folder.split(separator: "/").last.map(String.init) ?? checkpoint.folder
+        let towerRelative = checkpoint.visionFolder.hasPrefix(folderPrefix) ? String(checkpoint.visionFolder.dropFirst(folderPrefix.count)) : checkpoint.visionFolder
+        return [
+            "format": ["name": "vlq", "version": .string("\(VLQLayout.majorVersion).\(VLQLayout.minorVersion)")],
+            "model": ["architecture": "yi-vl", "name": .string(folderName)],
+            "architecture": config.architectureMetadata,
+            "configs": [
+                "language": config.rootJSON,
+                "vision": config.visionJSON,
+                "preprocessor": config.preprocessorJSON,
+                "generation": smallFiles["generation_config.json"] ?? .null,
+                "tokenizer": tokenizerConfig ?? .null,
+                "special_tokens_map": smallFiles["special_tokens_map.json"] ?? .null,
+            ],
+            "preprocessing": config.preprocessingMetadata,
+            "chat": config.chatMetadata,
+            "tokenizer": [
+                "type": "sentencepiece",
+                "model": .string(Base64.encode(tokenizerBytes)),
+                "model_bytes": .int(Int64(tokenizerBytes.count)),
+                "model_xxh3": .string(hex64(XXH3Hasher.hash(tokenizerBytes))),
+                "add_bos_token": .bool(tokenizerConfig?["add_bos_token"]?.boolValue ?? false),
+                "add_eos_token": .bool(tokenizerConfig?["add_eos_token"]?.boolValue ?? false),
+                "special_tokens": config.specialTokensMetadata(tokenizerConfig: tokenizerConfig, specialTokensMap: smallFiles["special_tokens_map.json"]),
+            ],
+            "generation": .object(generationDefaults),
+            "provenance": [
+                "vlq_version": .string(VLQVersion.string),
+                "converter": ["dtype": .string(options.dtype.rawValue), "alignment": .int(Int64(options.alignment))],
+                "vision_tower": .string(towerRelative),
+                "in_shard_vision_copy": .bool(!checkpoint.inShardVisionCopy.isEmpty),
+                "ignored_tensors": .array(checkpoint.ignoredTensors.map { .string($0) }),
+                "source_files": .array(sources),
+            ],
+            "quantization": .object([:]),
+        ]
+    }
+}

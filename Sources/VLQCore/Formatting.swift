@@ -1,0 +1,46 @@
+/// Number formatting for reports, without Foundation's locale-dependent `String(format:)`.
+public func fixed(_ value: Double, _ digits: Int) -> String {
+    guard value.isFinite else { return String(value) }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let negative = value < 0
+    let scaled = (abs(value) * scale).rounded()
+    guard scaled < 9.0e18 else { return String(value) }
+    let n = UInt64(scaled)
+    let integer = n / UInt64(scale)
+    var result = String(integer)
+    if digits > 0 {
+        let fraction = String(n % UInt64(scale))
+        result += "." + String(repeating: "0", count: digits - fraction.count) + fraction
+    }
+    return (negative && n > 0 ? "-" : "") + result
+}
+
+/// Decimal units (GB = 10^9 bytes), as disks and download pages count.
+public func formatBytes(_ n: Int) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"]
+    var value = Double(n)
+    var unit = 0
+    while value >= 1000 && unit < units.count - 1 {
+        value /= 1000
+        unit += 1
+    }
+    return unit == 0 ? "\(n) B" : fixed(value, 2) + " " + units[unit]
+}
+
+public func formatDuration(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded())
+    if s >= 60 {
+        let r = String(s % 60)
+        return "\(s / 60)m" + (r.count < 2 ? "0" : "") + r + "s"
+    }
+    return "\(s)s"
+}
+
+public func padRight(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+public func padLeft(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+}

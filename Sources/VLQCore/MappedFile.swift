@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A whole file mapped read-only. Tensors are used in place from it; nothing is copied on open.
+///
+/// Mapped pages count towards resident memory once touched, so streaming readers call `release`
+/// on ranges they are done with: that is what keeps convert's RSS flat on a 70 GB model.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let size: Int
+    private let base: UnsafeMutableRawPointer?
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VLQError(path, "cannot open: \(systemError())") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw VLQError(path, "cannot stat: \(systemError())") }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw VLQError(path, "not a regular file") }
+        size = Int(info.st_size)
+        if size == 0 {
+            base = nil
+            return
+        }
+        let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else { throw VLQError(path, "cannot map: \(systemError())") }
+        base = p
+    }
+
+    deinit {
+        if let base { munmap(base, size) }
+    }
+
+    public var bytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base, count: size)
+    }
+
+    /// The bytes `offset..<offset+count`, or nil if that range is not inside the file.
+    public func slice(offset: Int, count: Int) -> UnsafeRawBufferPointer? {
+        guard offset >= 0, count >= 0, let end = Checked.add(offset, count), end <= size else { return nil }
+        if count == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: base! + offset, count: count)
+    }
+
+    /// Tells the kernel the range will be read once, front to back.
+    public func adviseSequential() {
+        guard let base else { return }
+        _ = madvise(base, size, MADV_SEQUENTIAL)
+    }
+
+    /// Drops the pages fully inside the range from this process's resident set; they stay in the
+    /// page cache and are read back transparently if touched again.
+    public func release(offset: Int, count: Int) {
+        guard let base, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page
+        let end = min(size, offset + count) / page * page
+        guard end > start else { return }
+        _ = madvise(base + start, end - start, MADV_DONTNEED)
+    }
+}
+
+public func systemError(_ code: Int32 = errno) -> String {
+    String(cString: strerror(code))
+}

@@ -1,0 +1,31 @@
+import CZstd
+
+public enum Zstd {
+    public static func compress(_ bytes: [UInt8], level: Int32 = 19) -> [UInt8] {
+        let bound = ZSTD_compressBound(bytes.count)
+        var out = [UInt8](repeating: 0, count: bound)
+        let n = out.withUnsafeMutableBytes { dst in
+            bytes.withUnsafeBytes { src in
+                ZSTD_compress(dst.baseAddress, bound, src.baseAddress, src.count, level)
+            }
+        }
+        precondition(ZSTD_isError(n) == 0, "zstd compression cannot fail with a bound-sized buffer")
+        out.removeSubrange(n...)
+        return out
+    }
+
+    /// Decompresses a frame that must expand to exactly `expectedSize` bytes.
+    public static func decompress(_ bytes: UnsafeRawBufferPointer, expectedSize: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: expectedSize)
+        let n = out.withUnsafeMutableBytes { dst in
+            ZSTD_decompress(dst.baseAddress, expectedSize, bytes.baseAddress, bytes.count)
+        }
+        if ZSTD_isError(n) != 0 {
+            throw VLQError(nil, "zstd: \(String(cString: ZSTD_getErrorName(n)))")
+        }
+        guard n == expectedSize else {
+            throw VLQError(nil, "zstd: expanded to \(n) bytes, expected \(expectedSize)")
+        }
+        return out
+    }
+}

@@ -1,0 +1,135 @@
+import VLQCore
+
+/// A .vlq bundle opened for reading, memory-mapped.
+///
+/// Opening validates the header, the layout of the sections, the tensor table (every offset and length
+/// inside the data region, no overlaps, lengths consistent with shapes and encodings) and the
+/// metadata's checksum, so that using any tensor afterwards cannot read outside the mapping. Tensor
+/// checksums are verified by `verifyChecksums`, which reads every byte (`vlq check`).
+public final class VLQFile: @unchecked Sendable {
+    public let path: String
+    public let mapped: MappedFile
+    public let header: VLQHeader
+    /// Tensors in table order.
+    public let tensors: [TensorRecord]
+    public let metadata: JSONValue
+    private let indexByName: [String: Int]
+
+    public init(path: String) throws {
+        self.path = path
+        let mapped = try MappedFile(path: path)
+        self.mapped = mapped
+        let fail = { (reason: String) in VLQError(path, reason) }
+        let bytes = mapped.bytes
+        let header: VLQHeader
+        do { header = try VLQHeader.decode(bytes) } catch let e as VLQError { throw e.about(path) }
+        self.header = header
+
+        guard header.fileSize == UInt64(bytes.count) else {
+            if header.fileSize > UInt64(bytes.count) {
+                throw fail("truncated: the header says \(header.fileSize) bytes, the file has \(bytes.count)")
+            }
+            throw fail("\(UInt64(bytes.count) - header.fileSize) unexpected bytes after the end the header gives")
+        }
+        guard let dataOffset = Checked.int(header.dataOffset), let dataSize = Checked.int(header.dataSize),
+              let tableOffset = Checked.int(header.tableOffset), let tableSize = Checked.int(header.tableSize),
+              let metadataOffset = Checked.int(header.metadataOffset),
+              let metadataStored = Checked.int(header.metadataStoredSize),
+              let metadataSize = Checked.int(header.metadataSize),
+              let tensorCount = Checked.int(header.tensorCount)
+        else { throw fail("section offsets out of range") }
+        let alignment = Int(header.alignment)
+        let sections = [("data region", dataOffset, dataSize), ("tensor table", tableOffset, tableSize),
+                        ("metadata", metadataOffset, metadataStored)]
+        for (name, offset, size) in sections {
+            guard offset >= Int(header.headerSize), let end = Checked.add(offset, size), end <= bytes.count else {
+                throw fail("\(name) [\(offset), +\(size)) lies outside the file")
+            }
+        }
+        for i in 0..<sections.count {
+            for j in (i + 1)..<sections.count {
+                let a = sections[i], b = sections[j]
+                if a.2 > 0, b.2 > 0, a.1 < b.1 + b.2, b.1 < a.1 + a.2 {
+                    throw fail("\(a.0) and \(b.0) overlap")
+                }
+            }
+        }
+        guard dataOffset % alignment == 0 else { throw fail("data region is not aligned to \(alignment)") }
+
+        let tableBytes = mapped.slice(offset: tableOffset, count: tableSize)!
+        guard XXH3Hasher.hash(tableBytes) == header.tableChecksum else {
+            throw fail("tensor table checksum mismatch: the table is corrupted")
+        }
+        guard tensorCount <= tableSize / TensorRecord.fixedSize else {
+            throw fail("tensor count \(tensorCount) cannot fit in a \(tableSize)-byte table")
+        }
+        var reader = ByteReader(tableBytes)
+        var tensors: [TensorRecord] = []
+        var indexByName: [String: Int] = [:]
+        tensors.reserveCapacity(tensorCount)
+        for i in 0..<tensorCount {
+            let r: TensorRecord
+            do { r = try TensorRecord.decode(&reader, index: i) } catch let e as VLQError { throw e.about(path) }
+            guard indexByName.updateValue(i, forKey: r.name) == nil else { throw fail("tensor \(r.name) appears twice") }
+            guard let expected = r.encoding.byteCount(shape: r.shape, groupSize: r.groupSize), expected == r.byteCount else {
+                throw fail("tensor \(r.name): \(r.byteCount) bytes do not match shape \(r.shape) in \(r.encoding.name)")
+            }
+            guard r.offset % alignment == 0 else { throw fail("tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)") }
+            guard r.offset >= dataOffset, let end = Checked.add(r.offset, r.byteCount), end <= dataOffset + dataSize else {
+                throw fail("tensor \(r.name): data [\(r.offset), +\(r.byteCount)) lies outside the data region")
+            }
+            tensors.append(r)
+        }
+        guard reader.remaining == 0 else { throw fail("\(reader.remaining) unused bytes at the end of the tensor table") }
+        let byOffset = tensors.sorted { ($0.offset, $0.byteCount) < ($1.offset, $1.byteCount) }
+        for (a, b) in zip(byOffset, byOffset.dropFirst()) where a.offset + a.byteCount > b.offset && b.byteCount > 0 {
+            throw fail("tensors \(a.name) and \(b.name) overlap")
+        }
+        self.tensors = tensors
+        self.indexByName = indexByName
+
+        let storedMetadata = mapped.slice(offset: metadataOffset, count: metadataStored)!
+        guard XXH3Hasher.hash(storedMetadata) == header.metadataChecksum else {
+            throw fail("metadata checksum mismatch: the metadata is corrupted")
+        }
+        let metadataBytes: [UInt8]
+        switch MetadataCompression(rawValue: header.metadataCompression) {
+        case .none?:
+            guard metadataStored == metadataSize else { throw fail("uncompressed metadata size mismatch") }
+            metadataBytes = Array(storedMetadata)
+        case .zstd?:
+            guard metadataSize <= 1 << 30 else { throw fail("metadata claims \(metadataSize) bytes, over 1 GiB") }
+            do { metadataBytes = try Zstd.decompress(storedMetadata, expectedSize: metadataSize) } catch let e as VLQError {
+                throw fail("metadata: \(e.reason)")
+            }
+        case nil:
+            throw fail("unknown metadata compression \(header.metadataCompression)")
+        }
+        do { metadata = try JSONValue.parse(metadataBytes) } catch { throw fail("metadata: \(error)") }
+        guard metadata.objectValue != nil else { throw fail("metadata is not a JSON object") }
+    }
+
+    public func record(_ name: String) -> TensorRecord? {
+        indexByName[name].map { tensors[$0] }
+    }
+
+    /// The tensor's bytes in place in the mapping (bounds were checked on open).
+    public func data(_ record: TensorRecord) -> UnsafeRawBufferPointer {
+        mapped.slice(offset: record.offset, count: record.byteCount)!
+    }
+
+    /// Hashes every tensor in file order and throws at the first whose checksum differs.
+    /// `progress` is called with the bytes verified so far.
+    public func verifyChecksums(progress: (Int) -> Void = { _ in }) throws {
+        var done = 0
+        for r in tensors.sorted(by: { $0.offset < $1.offset }) {
+            let digest = XXH3Hasher.hash(data(r))
+            mapped.release(offset: r.offset, count: r.byteCount)
+            guard digest == r.checksum else {
+                throw VLQError(path, "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted")
+            }
+            done += r.byteCount
+            progress(done)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SafeTensors
+import VLQCore
+
+/// A Yi-VL checkpoint in the Hugging Face layout, discovered and checked against its configs.
+///
+/// The root folder holds config.json, the LLM + projector shards and the tokenizer; the vision tower
+/// lives in the folder named by `mm_vision_tower`. Opening maps every safetensors file and matches its
+/// tensors with what the configs imply; any mismatch is reported in one error listing all of them.
+public final class YiVLCheckpoint: @unchecked Sendable {
+    public static let inShardVisionPrefix = "model.vision_tower.vision_tower."
+
+    public let folder: String
+    public let visionFolder: String
+    public let config: YiVLConfig
+    public let rootShards: ShardSet
+    public let visionShards: ShardSet
+
+    /// Every expected tensor with where its data is.
+    public let tensors: [(expected: ExpectedTensor, file: SafeTensorsFile, info: TensorInfo)]
+    /// Vision-tower tensors also found in the root shards, keyed by their name in the vision folder.
+    /// Yi's loader ignores them; so does vlq, after comparing.
+    public let inShardVisionCopy: [String: (file: SafeTensorsFile, info: TensorInfo)]
+    /// Buffers that hold no weights (rotary inv_freq, CLIP position_ids), skipped.
+    public let ignoredTensors: [String]
+
+    public let tokenizerModelPath: String
+    /// Small files carried into the bundle when present, by name relative to the root folder.
+    public let auxiliaryFiles: [String: String]
+
+    public static let optionalRootFiles = ["generation_config.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+    public init(folder: String, visionTower: String? = nil) throws {
+        var isDirectory = stat()
+        guard stat(folder, &isDirectory) == 0 else { throw VLQError(folder, "model folder does not exist") }
+        guard (isDirectory.st_mode & S_IFMT) == S_IFDIR else { throw VLQError(folder, "not a folder") }
+        let folder = folder.count > 1 && folder.hasSuffix("/") ? String(folder.dropLast()) : folder
+        self.folder = folder
+
+        let rootConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(folder, "config.json", what: "model config"))
+        let towerSetting = try visionTower ?? rootConfig.string("mm_vision_tower")
+        let visionFolder = YiVLCheckpoint.join(folder, towerSetting)
+        var st = stat()
+        guard stat(visionFolder, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw VLQError(rootConfig.path, "mm_vision_tower \"\(towerSetting)\" names a vision folder that does not exist (\(visionFolder))")
+        }
+        self.visionFolder = visionFolder
+        let visionConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(visionFolder, "config.json", what: "vision tower config"))
+        let preprocessor = try ConfigReader(path: try YiVLCheckpoint.requireFile(visionFolder, "preprocessor_config.json", what: "image preprocessing config"))
+        config = try YiVLConfig(root: rootConfig, vision: visionConfig, preprocessor: preprocessor)
+        tokenizerModelPath = try YiVLCheckpoint.requireFile(folder, "tokenizer.model", what: "SentencePiece tokenizer")
+        var auxiliary: [String: String] = [:]
+        for name in YiVLCheckpoint.optionalRootFiles where access(folder + "/" + name, R_OK) == 0 {
+            auxiliary[name] = folder + "/" + name
+        }
+        auxiliaryFiles = auxiliary
+
+        rootShards = try ShardSet(folder: folder)
+        visionShards = try ShardSet(folder: visionFolder)
+
+        var problems = TensorProblems()
+        var tensors: [(ExpectedTensor, SafeTensorsFile, TensorInfo)] = []
+        var claimedRoot = Set<String>(), claimedVision = Set<String>()
+        for expected in config.expectedTensors {
+            let source = expected.part == .vision ? visionShards : rootShards
+            guard let (file, info) = source[expected.name] else {
+                problems.missing.append(expected.name)
+                continue
+            }
+            if expected.part == .vision { claimedVision.insert(expected.name) } else { claimedRoot.insert(expected.name) }
+            if info.shape != expected.shape {
+                problems.misshapen.append("\(expected.name) is \(info.shape), config implies \(expected.shape)")
+            } else if !info.dtype.isFloatingPoint || info.dtype == .f64 {
+                problems.badDType.append("\(expected.name) is \(info.dtype.rawValue)")
+            } else {
+                tensors.append((expected, file, info))
+            }
+        }
+        var copy: [String: (SafeTensorsFile, TensorInfo)] = [:]
+        var ignored: [String] = []
+        for name in visionShards.tensorNames where !claimedVision.contains(name) {
+            if IgnorableTensor.matches(name) { ignored.append(name) } else { problems.unexpected.append(name) }
+        }
+        for name in rootShards.tensorNames where !claimedRoot.contains(name) {
+            if name.hasPrefix(YiVLCheckpoint.inShardVisionPrefix) {
+                let visionName = String(name.dropFirst(YiVLCheckpoint.inShardVisionPrefix.count))
+                if IgnorableTensor.matches(visionName) { ignored.append(name); continue }
+                copy[visionName] = rootShards[name]!
+            } else if IgnorableTensor.matches(name) {
+                ignored.append(name)
+            } else {
+                problems.unexpected.append(name)
+            }
+        }
+        if let message = problems.message {
+            throw VLQError(folder, "checkpoint does not match its configs: \(message)")
+        }
+        self.tensors = tensors
+        inShardVisionCopy = copy
+        ignoredTensors = ignored.sorted()
+    }
+
+    /// `folder/relative` without the `./` segments configs like to start with; absolute paths stay.
+    static func join(_ folder: String, _ relative: String) -> String {
+        if relative.hasPrefix("/") { return relative }
+        var rest = Substring(relative)
+        while rest.hasPrefix("./") { rest = rest.dropFirst(2) }
+        while rest.hasSuffix("/") { rest = rest.dropLast() }
+        let base = folder.hasSuffix("/") ? String(folder.dropLast()) : folder
+        return rest.isEmpty || rest == "." ? base : base + "/" + rest
+    }
+
+    static func requireFile(_ folder: String, _ name: String, what: String) throws -> String {
+        let path = folder + "/" + name
+        guard access(path, R_OK) == 0 else { throw VLQError(folder, "missing \(name) (\(what))") }
+        return path
+    }
+}
+
+/// Collects every mismatch between a checkpoint and its configs, to report them in one line.
+struct TensorProblems {
+    var missing: [String] = []
+    var misshapen: [String] = []
+    var badDType: [String] = []
+    var unexpected: [String] = []
+
+    var message: String? {
+        var parts: [String] = []
+        func list(_ items: [String], _ what: String) {
+            guard !items.isEmpty else { return }
+            let shown = items.prefix(8).joined(separator: ", ")
+            let more = items.count > 8 ? ", and \(items.count - 8) more" : ""
+            parts.append("\(items.count) \(what) (\(shown)\(more))")
+        }
+        list(missing, "missing")
+        list(misshapen, "with the wrong shape")
+        list(badDType, "with a non-float dtype")
+        list(unexpected, "unexpected")
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
+}

@@ -1,0 +1,95 @@
+import ArgumentParser
+import VLQCore
+import VLQFormat
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what a .vlq bundle holds: model, components, tensors, sizes."
+    )
+
+    @Argument(help: "The .vlq bundle.")
+    var bundle: String
+
+    @Flag(help: "Print everything as one JSON document.")
+    var json = false
+
+    @Flag(help: "Leave out the per-tensor list (text output).")
+    var summary = false
+
+    func run() throws {
+        let file = try VLQFile(path: bundle)
+        if json {
+            print(file.inspection.serialized(pretty: true))
+            return
+        }
+        let m = file.metadata
+        print("\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes")
+        if let name = m["model"]?["name"]?.stringValue, let arch = m["model"]?["architecture"]?.stringValue {
+            print("model: \(name) (\(arch))")
+        }
+        if let a = m["architecture"] {
+            let v = a["vision"], p = a["projector"], l = a["language"]
+            print("vision: \(v?["layers"]?.intValue ?? 0) layers x \(v?["hidden_size"]?.intValue ?? 0), \(v?["image_size"]?.intValue ?? 0) px / patch \(v?["patch_size"]?.intValue ?? 0), features from hidden state \(v?["selected_hidden_state"]?.intValue ?? 0)")
+            print("projector: \(p?["type"]?.stringValue ?? "?") \(p?["input_size"]?.intValue ?? 0) -> \(p?["hidden_size"]?.intValue ?? 0)")
+            print("language: \(l?["layers"]?.intValue ?? 0) layers x \(l?["hidden_size"]?.intValue ?? 0), \(l?["heads"]?.intValue ?? 0) heads / \(l?["kv_heads"]?.intValue ?? 0) kv, vocab \(l?["vocab_size"]?.intValue ?? 0)")
+        }
+        if let q = m["quantization"]?.objectValue, !q.isEmpty {
+            print("quantization: \(JSONValue.object(q).serialized())")
+        } else {
+            print("quantization: none")
+        }
+        print("")
+        print(padRight("component", 11) + padLeft("tensors", 8) + padLeft("parameters", 14) + padLeft("bytes", 13) + padLeft("bits/weight", 13) + "  encodings")
+        var totals = (tensors: 0, parameters: 0, bytes: 0)
+        for s in file.componentSummaries {
+            let encodings = s.encodings.keys.sorted().map { "\($0) x\(s.encodings[$0]!)" }.joined(separator: ", ")
+            print(padRight(s.component.name, 11) + padLeft("\(s.tensors)", 8) + padLeft("\(s.parameters)", 14)
+                  + padLeft(formatBytes(s.bytes), 13) + padLeft(fixed(s.bitsPerWeight, 2), 13) + "  " + encodings)
+            totals = (totals.tensors + s.tensors, totals.parameters + s.parameters, totals.bytes + s.bytes)
+        }
+        let bits = totals.parameters > 0 ? Double(totals.bytes) * 8 / Double(totals.parameters) : 0
+        print(padRight("total", 11) + padLeft("\(totals.tensors)", 8) + padLeft("\(totals.parameters)", 14)
+              + padLeft(formatBytes(totals.bytes), 13) + padLeft(fixed(bits, 2), 13))
+        if summary { return }
+        print("")
+        let width = min(72, file.tensors.map(\.name.count).max() ?? 0)
+        for r in file.tensors {
+            let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
+            print(padRight(r.name, width) + "  " + padRight(r.encoding.name, 6) + padRight(shape, 22) + padLeft(formatBytes(r.byteCount), 12))
+        }
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Verify a .vlq bundle: structure, metadata and every tensor checksum.",
+        discussion: "Exit code 0 when the bundle is intact, 1 when it is damaged (the first bad part is named)."
+    )
+
+    @Argument(help: "The .vlq bundle.")
+    var bundle: String
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let logger = global.makeLogger("vlq.check")
+        let file: VLQFile
+        do {
+            file = try VLQFile(path: bundle)
+        } catch let error as VLQError where error.reason.hasPrefix("cannot open") {
+            throw error
+        } catch let error as VLQError {
+            throw CheckFailure(message: "vlq: check failed: \(error)")
+        }
+        let total = file.tensors.reduce(0) { $0 + $1.byteCount }
+        let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet && total > 256 << 20)
+        let started = monotonicSeconds()
+        do {
+            try file.verifyChecksums { progress.update($0, total) }
+        } catch let error as VLQError {
+            throw CheckFailure(message: "vlq: check failed: \(error)")
+        }
+        let seconds = monotonicSeconds() - started
+        print("\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums (\(formatBytes(total)) in \(fixed(seconds, 2)) s)")
+    }
+}

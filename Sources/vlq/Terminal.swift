@@ -1,0 +1,72 @@
+import Logging
+import VLQCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Log lines on stderr as `vlq: level: message`: short, greppable, one event per line.
+struct PlainLogHandler: LogHandler {
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let level = event.level == .notice ? "note" : event.level.rawValue
+        printError("vlq: \(level): \(event.message)")
+    }
+}
+
+/// Byte progress: a redrawn bar (bytes, rate, ETA) on a terminal, a log line every 10% otherwise.
+final class ByteProgress {
+    let label: String
+    let logger: Logger
+    let interactive: Bool
+    let start = monotonicSeconds()
+    var lastDraw = 0.0
+    var lastLoggedDecile = -1
+    var finished = false
+
+    init(label: String, logger: Logger, enabled: Bool) {
+        self.label = label
+        self.logger = logger
+        interactive = enabled && isatty(2) == 1
+        if !enabled { lastLoggedDecile = 100 }
+    }
+
+    func update(_ done: Int, _ total: Int) {
+        let now = monotonicSeconds()
+        let elapsed = max(now - start, 1e-9)
+        let rate = Double(done) / elapsed
+        if interactive {
+            guard now - lastDraw >= 0.1 || done == total else { return }
+            lastDraw = now
+            let fraction = total > 0 ? Double(done) / Double(total) : 1
+            let width = 30
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            let eta = rate > 0 ? Double(total - done) / rate : 0
+            let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s ETA \(formatDuration(eta))"
+            fputs("\r\u{1B}[K" + line, Glibc.stderr)
+            if done == total && !finished {
+                finished = true
+                fputs("\n", Glibc.stderr)
+            }
+        } else {
+            let decile = total > 0 ? done * 10 / total : 10
+            guard decile > lastLoggedDecile else { return }
+            lastLoggedDecile = decile
+            logger.info("\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)")
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
