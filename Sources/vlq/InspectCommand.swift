@@ -82,7 +82,7 @@ struct Check: ParsableCommand {
             throw CheckFailure(message: "vlq: check failed: \(error)")
         }
         let total = file.tensors.reduce(0) { $0 + $1.byteCount }
-        let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet && total > 256 << 20)
+        let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
         do {
             try file.verifyChecksums { progress.update($0, total) }

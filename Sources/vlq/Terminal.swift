@@ -30,6 +30,7 @@ final class ByteProgress {
     var lastDraw = 0.0
     var lastLoggedDecile = -1
     var finished = false
+    static let loggingThreshold = 256 << 20
 
     init(label: String, logger: Logger, enabled: Bool) {
         self.label = label
@@ -57,6 +58,8 @@ final class ByteProgress {
                 fputs("\n", Glibc.stderr)
             }
         } else {
+            // Log lines for small jobs would only be noise: they finish before anyone reads them.
+            guard total >= ByteProgress.loggingThreshold else { return }
             let decile = total > 0 ? done * 10 / total : 10
             guard decile > lastLoggedDecile else { return }
             lastLoggedDecile = decile
