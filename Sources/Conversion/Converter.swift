@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import SafeTensors
 import VLQCore
@@ -91,6 +94,7 @@ public final class Converter {
                                 component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
                                 shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
         }
+        try Converter.refuseToOverwriteSources(output, checkpoint: checkpoint)
         let writer = try VLQWriter(path: output, plan: plan, alignment: options.alignment)
         do {
             let report = try write(checkpoint, to: writer, progress: progress)
@@ -99,6 +103,22 @@ public final class Converter {
             writer.abandon()
             throw error
         }
+    }
+
+    /// The rename at the end would replace a source file given as the output; the source is read-only to vlq.
+    static func refuseToOverwriteSources(_ output: String, checkpoint: YiVLCheckpoint) throws {
+        guard let target = realPath(output) else { return }
+        let sources = (checkpoint.rootShards.files + checkpoint.visionShards.files).map(\.path)
+            + [checkpoint.folder + "/config.json", checkpoint.tokenizerModelPath] + Array(checkpoint.auxiliaryFiles.values)
+        for source in sources where realPath(source) == target {
+            throw VLQError(output, "is a file of the source checkpoint; choose another output path")
+        }
+    }
+
+    private static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
     }
 
     private func write(_ checkpoint: YiVLCheckpoint, to writer: VLQWriter, progress: (Int, Int) -> Void) throws -> ConvertReport {

@@ -268,3 +268,45 @@ final class ConvertRejectsBadInputTests: XCTestCase {
         assertConvertFails(["missing tokenizer.model"])
     }
 }
+
+final class ElementConversionTests: XCTestCase {
+    func convert(_ values: [Float], to encoding: TensorEncoding) -> (bits: [UInt16], saturated: Int) {
+        var out = [UInt16](repeating: 0, count: values.count)
+        let saturated = values.withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in
+                ElementConversion.convert(src, from: .f32, into: dst, to: encoding, count: values.count)
+            }
+        }
+        return (out, saturated)
+    }
+
+    func testF32ToBF16RoundsToNearestEvenAndKeepsNaN() {
+        let tieDown = Float(bitPattern: 0x3F80_8000)  // halfway, even below: rounds down
+        let tieUp = Float(bitPattern: 0x3F81_8000)  // halfway, odd below: rounds up
+        let above = Float(bitPattern: 0x3F80_8001)
+        let (bits, _) = convert([tieDown, tieUp, above, .nan, -.infinity], to: .bf16)
+        XCTAssertEqual(Array(bits[0..<3]), [0x3F80, 0x3F82, 0x3F81])
+        XCTAssertTrue(Float(bitPattern: UInt32(bits[3]) << 16).isNaN)
+        XCTAssertEqual(bits[4], 0xFF80)
+    }
+
+    func testF32ToF16SaturatesFiniteOverflowAndCountsIt() {
+        let (bits, saturated) = convert([1e6, -70000, 65504, 1.0, .infinity], to: .f16)
+        XCTAssertEqual(saturated, 2)
+        XCTAssertEqual(bits[0], Float16.greatestFiniteMagnitude.bitPattern)
+        XCTAssertEqual(bits[1], (-Float16.greatestFiniteMagnitude).bitPattern)
+        XCTAssertEqual(bits[2], Float16(65504).bitPattern)
+        XCTAssertEqual(bits[3], 0x3C00)
+        XCTAssertEqual(bits[4], Float16.infinity.bitPattern, "a true infinity stays one")
+    }
+}
+
+extension ConvertRejectsBadInputTests {
+    func testAnOutputPathThatIsASourceFileIsRefused() throws {
+        let shard = model + "/model-00001-of-00002.safetensors"
+        let before = try readBytes(shard)
+        assertVLQError(try Converter(options: ConvertOptions()).convert(folder: model, output: shard),
+                       contains: ["model-00001-of-00002.safetensors", "is a file of the source checkpoint"])
+        XCTAssertEqual(try readBytes(shard), before)
+    }
+}
