@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "VLQFormat", dependencies: ["VLQCore"]),
         // Yi-VL: configuration, checkpoint layout, expected tensors (and, later, the engine).
         .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors"]),
+        // SentencePiece BPE tokenizer read from tokenizer.model.
+        .target(name: "Tokenizer", dependencies: ["VLQCore"]),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
@@ -37,7 +39,7 @@ let package = Package(
         ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "vlq"],
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "vlq"],
             exclude: []
         ),
     ],
