@@ -16,6 +16,10 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng16", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg62-turbo-dev"])]),
+        // libpng/libjpeg report errors by longjmp; this C layer keeps that away from Swift.
+        .target(name: "CImageCodecs", dependencies: ["CPNG", "CJPEG"]),
 
         // Shared primitives: JSON, mapped files, atomic output, checksums, compression, errors.
         .target(name: "VLQCore", dependencies: ["CZstd", "CXXHash"]),
@@ -27,6 +31,8 @@ let package = Package(
         .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors"]),
         // SentencePiece BPE tokenizer read from tokenizer.model.
         .target(name: "Tokenizer", dependencies: ["VLQCore"]),
+        // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
+        .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"]),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
@@ -39,7 +45,7 @@ let package = Package(
         ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "vlq"],
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "vlq"],
             exclude: []
         ),
     ],

@@ -143,7 +143,9 @@ public final class Converter {
                 let data = file.data(info)
                 hasher.update(data)
                 if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
-                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name)
+                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name) { offset, count in
+                        file.mapped.release(offset: info.fileOffset + offset, count: count)
+                    }
                 } else if let visionName = copyByRootName[info.name] {
                     compare(copy: data, info: info, with: visionName, in: checkpoint, into: &comparison)
                 }
@@ -179,7 +181,10 @@ public final class Converter {
                              ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated)
     }
 
-    private func copy(_ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String) throws -> Int {
+    /// `done(offset, count)` is told which source bytes are finished with, chunk by chunk, so that a
+    /// 500 MB embedding does not stay resident while it is copied.
+    private func copy(_ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String,
+                      done: (Int, Int) -> Void) throws -> Int {
         let from = Converter.encoding(of: dtype)!
         let to = writer.records[index].encoding
         var saturated = 0
@@ -189,6 +194,7 @@ public final class Converter {
                 while offset < data.count {
                     let n = min(Converter.chunkBytes, data.count - offset)
                     try sink.append(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + n)]))
+                    done(offset, n)
                     offset += n
                 }
                 return
@@ -204,6 +210,7 @@ public final class Converter {
                 let slice = UnsafeRawBufferPointer(rebasing: data[(start * sourceBytes)..<((start + n) * sourceBytes)])
                 saturated += ElementConversion.convert(slice, from: from, into: buffer, to: to, count: n)
                 try sink.append(UnsafeRawBufferPointer(rebasing: buffer[0..<(n * to.bitsPerElement / 8)]))
+                done(start * sourceBytes, n * sourceBytes)
                 start += n
             }
         }
