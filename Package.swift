@@ -27,12 +27,13 @@ let package = Package(
         .target(name: "SafeTensors", dependencies: ["VLQCore"]),
         // The .vlq bundle format (formats/VLQ-BUNDLE.md): writer, reader, checker.
         .target(name: "VLQFormat", dependencies: ["VLQCore"]),
-        // Yi-VL: configuration, checkpoint layout, expected tensors (and, later, the engine).
-        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors"]),
         // SentencePiece BPE tokenizer read from tokenizer.model.
         .target(name: "Tokenizer", dependencies: ["VLQCore"]),
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
         .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"]),
+        // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine (OpenBLAS).
+        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"]),
+
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",

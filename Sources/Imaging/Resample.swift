@@ -6,7 +6,7 @@ public enum Resampler {
     public enum Filter: Sendable {
         case bicubic, bilinear, box, hamming, lanczos
 
-        init?(pilNumber: Int) {
+        public init?(pilNumber: Int) {
             switch pilNumber {
             case 1: self = .lanczos
             case 2: self = .bilinear

@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SafeTensors
+import VLQCore
+import VLQFormat
+
+/// Float32 weights by tensor name, whatever their storage.
+///
+/// f32 tensors are used in place from the memory map; bf16 and f16 tensors are upcast when first
+/// used and kept while they fit the cache budget, else upcast again on each use. Either way the whole
+/// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB.
+public final class WeightStore: @unchecked Sendable {
+    public enum Storage {
+        case f32, f16, bf16
+    }
+
+    struct Entry {
+        var shape: [Int]
+        var storage: Storage
+        var bytes: UnsafeRawBufferPointer
+        var subject: String
+    }
+
+    private var entries: [String: Entry] = [:]
+    private var cache: [String: [Float]] = [:]
+    private var cachedBytes = 0
+    public let cacheBudget: Int
+    private let keepAlive: [AnyObject]
+    private let lock = NSLockLike()
+
+    /// Budget for upcast copies: half the machine's memory unless VLQ_WEIGHT_CACHE_MB says otherwise.
+    public static var defaultCacheBudget: Int {
+        if let text = getenv("VLQ_WEIGHT_CACHE_MB"), let mb = Int(String(cString: text)) { return mb << 20 }
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        return pages > 0 && size > 0 ? Int(pages) * Int(size) / 2 : 8 << 30
+    }
+
+    init(entries: [String: Entry], keepAlive: [AnyObject], cacheBudget: Int) {
+        self.entries = entries
+        self.keepAlive = keepAlive
+        self.cacheBudget = cacheBudget
+    }
+
+    public convenience init(bundle: VLQFile, cacheBudget: Int = WeightStore.defaultCacheBudget) {
+        var entries: [String: Entry] = [:]
+        for r in bundle.tensors {
+            let storage: Storage
+            switch r.encoding {
+            case .f32: storage = .f32
+            case .f16: storage = .f16
+            case .bf16: storage = .bf16
+            }
+            entries[r.name] = Entry(shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path)
+        }
+        self.init(entries: entries, keepAlive: [bundle], cacheBudget: cacheBudget)
+    }
+
+    public convenience init(checkpoint: YiVLCheckpoint, cacheBudget: Int = WeightStore.defaultCacheBudget) {
+        var entries: [String: Entry] = [:]
+        var files: [AnyObject] = []
+        for t in checkpoint.tensors {
+            let storage: Storage = t.info.dtype == .f32 ? .f32 : t.info.dtype == .f16 ? .f16 : .bf16
+            entries[t.expected.name] = Entry(shape: t.info.shape, storage: storage, bytes: t.file.data(t.info), subject: t.file.path)
+            files.append(t.file)
+        }
+        self.init(entries: entries, keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
+    }
+
+    public func shape(_ name: String) throws -> [Int] {
+        guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
+        return e.shape
+    }
+
+    /// Runs `body` with the tensor's values as f32, in place when stored as f32.
+    public func withFloats<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R {
+        guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
+        if e.storage == .f32 {
+            return try body(e.bytes.bindMemory(to: Float.self))
+        }
+        if let cached = lock.withLock({ cache[name] }) {
+            return try cached.withUnsafeBufferPointer(body)
+        }
+        let values = WeightStore.upcast(e)
+        let size = values.count * 4
+        lock.withLock {
+            if cachedBytes + size <= cacheBudget {
+                cache[name] = values
+                cachedBytes += size
+            }
+        }
+        return try values.withUnsafeBufferPointer(body)
+    }
+
+    public func floats(_ name: String) throws -> [Float] {
+        try withFloats(name) { Array($0) }
+    }
+
+    static func upcast(_ e: Entry) -> [Float] {
+        let count = e.bytes.count / 2
+        var out = [Float](repeating: 0, count: count)
+        let halves = e.bytes.bindMemory(to: UInt16.self)
+        out.withUnsafeMutableBufferPointer { dst in
+            switch e.storage {
+            case .bf16:
+                for i in 0..<count { dst[i] = Float(bitPattern: UInt32(UInt16(littleEndian: halves[i])) << 16) }
+            case .f16:
+                for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+            case .f32:
+                break
+            }
+        }
+        return out
+    }
+}
+
+/// A tiny mutex over pthread, to avoid Foundation in the engine's hot path.
+final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+
+    func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}

@@ -1,0 +1,222 @@
+import Imaging
+import SafeTensors
+import Tokenizer
+import VLQCore
+import VLQFormat
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Yi-VL end to end: image + question in, per-stage outputs and answers out.
+public final class YiVLEngine: @unchecked Sendable {
+    public let source: String
+    public let model: YiVLModel
+    public let tokenizer: Tokenizer
+    public var config: EngineConfig { model.config }
+
+    public init(source: String, model: YiVLModel, tokenizer: Tokenizer) {
+        self.source = source
+        self.model = model
+        self.tokenizer = tokenizer
+    }
+
+    /// Opens a `.vlq` bundle or a Hugging Face Yi-VL folder.
+    public static func open(_ path: String, cacheBudget: Int = WeightStore.defaultCacheBudget) throws -> YiVLEngine {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw VLQError(path, "no such file or folder") }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            let checkpoint = try YiVLCheckpoint(folder: path)
+            let tokenizer = try Tokenizer(contentsOf: checkpoint.tokenizerModelPath)
+            let model = YiVLModel(config: EngineConfig(checkpoint.config), weights: WeightStore(checkpoint: checkpoint, cacheBudget: cacheBudget))
+            return YiVLEngine(source: path, model: model, tokenizer: tokenizer)
+        }
+        let bundle = try VLQFile(path: path)
+        let config = try EngineConfig(metadata: bundle.metadata, source: path)
+        guard let encoded = bundle.metadata["tokenizer"]?["model"]?.stringValue, let bytes = Base64.decode(encoded) else {
+            throw VLQError(path, "metadata lacks the tokenizer model")
+        }
+        let tokenizer = try Tokenizer(model: try SentencePieceModel(bytes: bytes, source: path + " (tokenizer)"), source: path)
+        return YiVLEngine(source: path, model: YiVLModel(config: config, weights: WeightStore(bundle: bundle, cacheBudget: cacheBudget)),
+                          tokenizer: tokenizer)
+    }
+
+    // MARK: Prompt
+
+    public struct Prompt: Sendable {
+        public var before: [Int]
+        public var after: [Int]
+        /// The prompt's ids with the image marker (-200) where the features go, as Yi's code builds them.
+        public var inputIds: [Int] { before + [YiVLChat.imageTokenIndex] + after }
+    }
+
+    /// The chat template split at the image placeholder, each piece tokenized on its own.
+    public func prompt(question: String) -> Prompt {
+        let text = config.template.replacing("{system}", with: config.systemPrompt).replacing("{question}", with: question)
+        let pieces = text.split(separator: YiVLChat.imagePlaceholder, maxSplits: 1, omittingEmptySubsequences: false)
+        let after = pieces.count > 1 ? String(pieces[1]) : ""
+        return Prompt(before: tokenizer.encode(String(pieces[0])), after: tokenizer.encode(after))
+    }
+
+    // MARK: Forward
+
+    public func pixelValues(imagePath: String) throws -> [Float] {
+        try config.preprocessing.pixelValues(path: imagePath)
+    }
+
+    public struct Stages: Sendable {
+        public var pixelValues: [Float]
+        public var visionFeatures: [Float]
+        public var projectorOutput: [Float]
+        public var inputIds: [Int]
+        /// Last hidden state of every position of the spliced sequence, after the final norm.
+        public var hidden: [Float]
+        public var sequenceLength: Int
+    }
+
+    /// Vision tower, projector and the decoder over the spliced prompt; the cache is left holding the prompt.
+    public func prefill(pixels: [Float], prompt: Prompt, cache: YiVLModel.KVCache) throws -> Stages {
+        let features = try model.visionFeatures(pixels: pixels)
+        let projected = try model.project(features)
+        var embeddings = try model.embed(prompt.before)
+        embeddings += projected
+        embeddings += try model.embed(prompt.after)
+        let hidden = try model.decode(embeddings, cache: cache)
+        return Stages(pixelValues: pixels, visionFeatures: features, projectorOutput: projected, inputIds: prompt.inputIds,
+                      hidden: hidden, sequenceLength: embeddings.count / config.language.hiddenSize)
+    }
+
+    public func imageTokenCount() -> Int { config.vision.patchCount + (config.vision.keepClassToken ? 1 : 0) }
+
+    // MARK: Generation
+
+    public struct GenerationOptions: Sendable {
+        public var maxTokens = 256
+        /// 0 is greedy.
+        public var temperature: Float = 0
+        public var seed: UInt64 = 0
+
+        public init(maxTokens: Int = 256, temperature: Float = 0, seed: UInt64 = 0) {
+            self.maxTokens = maxTokens
+            self.temperature = temperature
+            self.seed = seed
+        }
+    }
+
+    public struct Generation: Sendable {
+        public var answer: String
+        public var tokenIds: [Int]
+        public var promptTokens: Int
+        public var prefillSeconds: Double
+        public var decodeSeconds: Double
+    }
+
+    /// Answers `question` about the image; `onText` receives the answer as it becomes final.
+    public func generate(pixels: [Float], question: String, options: GenerationOptions = GenerationOptions(),
+                         onText: (String) -> Void = { _ in }) throws -> Generation {
+        let prompt = prompt(question: question)
+        let promptLength = prompt.before.count + imageTokenCount() + prompt.after.count
+        let cache = model.makeCache(capacity: promptLength + options.maxTokens)
+        let started = monotonicNow()
+        let stages = try prefill(pixels: pixels, prompt: prompt, cache: cache)
+        let d = config.language.hiddenSize
+        var last = try model.logits(Array(stages.hidden.suffix(d)))
+        let prefillDone = monotonicNow()
+        var random = SplitMix64(seed: options.seed)
+        var ids: [Int] = []
+        var emitted = 0
+        var answer = ""
+        let eos = tokenizer.id(of: "<|endoftext|>")
+        while ids.count < options.maxTokens {
+            let next = options.temperature > 0 ? sample(last, temperature: options.temperature, random: &random) : argmax(last)
+            if next == eos { break }
+            ids.append(next)
+            let text = tokenizer.decode(ids)
+            if let stop = config.stopStrings.compactMap({ text.firstRange(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
+                answer = String(text[..<stop.lowerBound])
+                break
+            }
+            answer = text
+            // Hold back what could still turn into a stop string, and trailing white space.
+            let safe = YiVLEngine.finalPrefix(text, stops: config.stopStrings)
+            if safe.count > emitted {
+                onText(String(safe.dropFirst(emitted)))
+                emitted = safe.count
+            }
+            last = try model.logits(try model.decode(try model.embed([next]), cache: cache))
+        }
+        let trimmed = YiVLEngine.trim(answer)
+        if trimmed.count > emitted { onText(String(trimmed.dropFirst(emitted))) }
+        return Generation(answer: trimmed, tokenIds: ids, promptTokens: promptLength,
+                          prefillSeconds: prefillDone - started, decodeSeconds: monotonicNow() - prefillDone)
+    }
+
+    static func trim(_ s: String) -> String {
+        String(s.drop(while: { $0.isWhitespace }).reversed().drop(while: { $0.isWhitespace }).reversed())
+    }
+
+    /// The part of `text` that no further token can change: leading white space trimmed, and any
+    /// suffix that is white space or a prefix of a stop string held back.
+    static func finalPrefix(_ text: String, stops: [String]) -> String {
+        var s = Substring(text.drop(while: { $0.isWhitespace }))
+        var changed = true
+        while changed && !s.isEmpty {
+            changed = false
+            if s.last!.isWhitespace {
+                s = s.dropLast()
+                changed = true
+                continue
+            }
+            for stop in stops {
+                for k in stride(from: min(stop.count - 1, s.count), through: 1, by: -1) where s.hasSuffix(stop.prefix(k)) {
+                    s = s.dropLast(k)
+                    changed = true
+                    break
+                }
+            }
+        }
+        return String(s)
+    }
+
+    func argmax(_ logits: [Float]) -> Int {
+        var best = 0
+        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        return best
+    }
+
+    func sample(_ logits: [Float], temperature: Float, random: inout SplitMix64) -> Int {
+        let maximum = logits.max() ?? 0
+        var weights = logits.map { Double(expf(($0 - maximum) / temperature)) }
+        let total = weights.reduce(0, +)
+        var u = random.nextDouble() * total
+        for i in weights.indices {
+            u -= weights[i]
+            if u <= 0 { return i }
+        }
+        weights.removeAll()
+        return logits.count - 1
+    }
+}
+
+/// A small seeded generator, so that `--seed` reproduces a sampled answer.
+public struct SplitMix64 {
+    var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    public mutating func nextDouble() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
+
+public func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
