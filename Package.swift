@@ -40,7 +40,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vlq", dependencies: [
-            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion",
+            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

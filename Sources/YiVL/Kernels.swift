@@ -1,4 +1,5 @@
 import CBLAS
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,10 +7,27 @@ import Glibc
 /// The numeric building blocks of the forward pass. Matrices are row-major f32; products go
 /// through OpenBLAS, element-wise work accumulates in double where PyTorch's result depends on it.
 public enum Kernels {
+    /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
+    @inline(__always)
+    static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
+        let tasks = min(activeProcessors, max(1, count / minimumPerTask))
+        if tasks <= 1 { return body(0..<count) }
+        DispatchQueue.concurrentPerform(iterations: tasks) { t in
+            body((count * t / tasks)..<(count * (t + 1) / tasks))
+        }
+    }
+
+    static let activeProcessors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+
     /// y[m, n] = x[m, k] * w[n, k]^T (+ bias[n]): a PyTorch Linear with weight [out, in].
     public static func linear(_ x: UnsafePointer<Float>, rows m: Int, inputs k: Int, weight w: UnsafePointer<Float>,
                               outputs n: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, x, Int32(k), w, Int32(k), 0, y, Int32(n))
+        if m == 1 {
+            // Decoding one token is a matrix-vector product; sgemv streams the weights once.
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, w, Int32(k), x, 1, 0, y, 1)
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, x, Int32(k), w, Int32(k), 0, y, Int32(n))
+        }
         if let bias {
             for r in 0..<m {
                 let row = y + r * n
@@ -20,7 +38,8 @@ public enum Kernels {
 
     public static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, weight: UnsafePointer<Float>,
                                  bias: UnsafePointer<Float>, eps: Float) {
-        for r in 0..<rows {
+        parallelRows(rows, minimumPerTask: max(1, 65536 / max(cols, 1))) { range in
+        for r in range {
             let row = x + r * cols
             var sum = 0.0
             for c in 0..<cols { sum += Double(row[c]) }
@@ -32,6 +51,7 @@ public enum Kernels {
             }
             let inv = 1 / (squares / Double(cols) + Double(eps)).squareRoot()
             for c in 0..<cols { row[c] = Float((Double(row[c]) - mean) * inv) * weight[c] + bias[c] }
+        }
         }
     }
 
@@ -47,11 +67,14 @@ public enum Kernels {
         }
     }
 
-    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)): what Yi-VL's tower and projector use.
+    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in float as PyTorch computes it: what Yi-VL's tower
+    /// and projector use (not the tanh approximation).
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let v = Double(x[i])
-            x[i] = Float(0.5 * v * (1 + erf(v * 0.7071067811865476)))
+        parallelRows(count) { range in
+            for i in range {
+                let v = x[i]
+                x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752))
+            }
         }
     }
 
@@ -62,9 +85,11 @@ public enum Kernels {
 
     /// gate <- silu(gate) * up: Llama's SwiGLU.
     public static func swiGLU(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
+        parallelRows(count) { range in
+            for i in range {
+                let g = gate[i]
+                gate[i] = g / (1 + expf(-g)) * up[i]
+            }
         }
     }
 
@@ -75,34 +100,49 @@ public enum Kernels {
     /// Scaled dot-product attention for every head, written into `out` (row stride `outStride`).
     /// Query i sits at absolute position `firstQueryPosition + i`; with `causal`, it sees keys up to
     /// that position. Keys and values are shared by `heads / kvHeads` query heads (grouped-query).
+    ///
+    /// Per-head products are small (one dimension is the head size), where OpenBLAS's threading costs
+    /// more than it gains; so heads run in parallel, one per core, each with single-threaded BLAS.
     public static func attention(q: UnsafePointer<Float>, qStride: Int, k: UnsafePointer<Float>, kStride: Int,
                                  v: UnsafePointer<Float>, vStride: Int, queries: Int, keys: Int, heads: Int, kvHeads: Int,
                                  headDim: Int, scale: Float, causal: Bool, firstQueryPosition: Int,
                                  out: UnsafeMutablePointer<Float>, outStride: Int) {
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * keys)
-        defer { scores.deallocate() }
         let group = heads / kvHeads
-        for h in 0..<heads {
-            let kvh = h / group
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(queries), Int32(keys), Int32(headDim), scale,
-                        q + h * headDim, Int32(qStride), k + kvh * headDim, Int32(kStride), 0, scores, Int32(keys))
-            for i in 0..<queries {
-                let row = scores + i * keys
-                let visible = causal ? min(keys, firstQueryPosition + i + 1) : keys
-                var maximum = -Float.infinity
-                for j in 0..<visible where row[j] > maximum { maximum = row[j] }
-                var sum = 0.0
-                for j in 0..<visible {
-                    let e = expf(row[j] - maximum)
-                    row[j] = e
-                    sum += Double(e)
+        let workers = min(activeProcessors, heads)
+        let threads = openblas_get_num_threads()
+        let parallel = workers > 1 && queries * keys >= 4096
+        if parallel { openblas_set_num_threads(1) }
+        defer { if parallel { openblas_set_num_threads(threads) } }
+        func run(_ worker: Int, _ count: Int) {
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * keys)
+            defer { scores.deallocate() }
+            for h in stride(from: worker, to: heads, by: count) {
+                let kvh = h / group
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(queries), Int32(keys), Int32(headDim), scale,
+                            q + h * headDim, Int32(qStride), k + kvh * headDim, Int32(kStride), 0, scores, Int32(keys))
+                for i in 0..<queries {
+                    let row = scores + i * keys
+                    let visible = causal ? min(keys, firstQueryPosition + i + 1) : keys
+                    var maximum = -Float.infinity
+                    for j in 0..<visible where row[j] > maximum { maximum = row[j] }
+                    var sum = 0.0
+                    for j in 0..<visible {
+                        let e = expf(row[j] - maximum)
+                        row[j] = e
+                        sum += Double(e)
+                    }
+                    let inv = Float(1 / sum)
+                    for j in 0..<visible { row[j] *= inv }
+                    for j in visible..<keys { row[j] = 0 }
                 }
-                let inv = Float(1 / sum)
-                for j in 0..<visible { row[j] *= inv }
-                for j in visible..<keys { row[j] = 0 }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(queries), Int32(headDim), Int32(keys), 1,
+                            scores, Int32(keys), v + kvh * headDim, Int32(vStride), 0, out + h * headDim, Int32(outStride))
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(queries), Int32(headDim), Int32(keys), 1,
-                        scores, Int32(keys), v + kvh * headDim, Int32(vStride), 0, out + h * headDim, Int32(outStride))
+        }
+        if parallel {
+            DispatchQueue.concurrentPerform(iterations: workers) { run($0, workers) }
+        } else {
+            run(0, 1)
         }
     }
 }

@@ -1,0 +1,102 @@
+import ArgumentParser
+import CBLAS
+import VLQCore
+import YiVL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the engine: decoder prefill GFLOP/s next to raw sgemm, vision tower time, decode tokens/s, peak RSS.",
+        discussion: """
+            Use a model with real layer shapes, e.g. `python3 tools/make_synthetic_yivl.py DIR --preset 6b --layers 4`. \
+            Weights are random; only speed is measured. Figures go to stdout.
+            """
+    )
+
+    @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder.")
+    var model: String
+
+    @Option(help: "Prompt length for the prefill measurement.")
+    var tokens: Int = 512
+
+    @Option(name: .customLong("decode-tokens"), help: "Tokens to decode after the prefill.")
+    var decodeTokens: Int = 16
+
+    @Option(help: "Repetitions of each measurement; the best is reported.")
+    var repeats: Int = 2
+
+    func run() throws {
+        let engine = try YiVLEngine.open(model)
+        let c = engine.config, l = c.language
+        print("model: \(model)")
+        print("shapes: language \(l.layers) layers x \(l.hiddenSize) (ffn \(l.intermediateSize), \(l.heads)/\(l.kvHeads) heads), vision \(c.vision.selectedHiddenState) of \(c.vision.layers) layers x \(c.vision.hiddenSize) at \(c.vision.imageSize) px; OpenBLAS threads \(openblas_get_num_threads())")
+
+        // Raw sgemm at the decoder's largest shape: [tokens, hidden] x [hidden, ffn].
+        let a = FloatBuffer(randomValues(tokens * l.hiddenSize)), b = FloatBuffer(randomValues(l.intermediateSize * l.hiddenSize))
+        let out = FloatBuffer(tokens * l.intermediateSize)
+        let sgemmSeconds = best(repeats + 1) {
+            Kernels.linear(a.pointer, rows: tokens, inputs: l.hiddenSize, weight: b.pointer, outputs: l.intermediateSize, bias: nil, into: out.pointer)
+        }
+        let sgemmRate = 2 * Double(tokens * l.hiddenSize * l.intermediateSize) / sgemmSeconds / 1e9
+        print("sgemm [\(tokens)x\(l.hiddenSize)] x [\(l.hiddenSize)x\(l.intermediateSize)]: \(fixed(sgemmRate, 1)) GFLOP/s")
+
+        // Decoder prefill; the first run also upcasts bf16 weights into the cache.
+        let embeddings = randomValues(tokens * l.hiddenSize)
+        let linearParameters = l.hiddenSize * (2 * l.heads * l.headDim + 2 * l.kvHeads * l.headDim) + 3 * l.hiddenSize * l.intermediateSize
+        let flops = Double(l.layers) * (2 * Double(tokens) * Double(linearParameters) + 4 * Double(tokens * tokens * l.heads * l.headDim))
+        var cold = 0.0
+        let prefillSeconds = try bestThrowing(repeats + 1) { first in
+            let started = monotonicNow()
+            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens + decodeTokens))
+            if first { cold = monotonicNow() - started }
+        }
+        let prefillRate = flops / prefillSeconds / 1e9
+        print("prefill \(tokens) tokens through \(l.layers) decoder layers: \(fixed(prefillSeconds, 3)) s = \(fixed(prefillRate, 1)) GFLOP/s = \(fixed(100 * prefillRate / sgemmRate, 0))% of sgemm (first run, with bf16 upcast: \(fixed(cold, 3)) s)")
+
+        // Decode: one token at a time after the prefill, logits included.
+        let cache = engine.model.makeCache(capacity: tokens + decodeTokens)
+        _ = try engine.model.decode(embeddings, cache: cache)
+        let token = try engine.model.embed([1])
+        let started = monotonicNow()
+        for _ in 0..<decodeTokens {
+            _ = try engine.model.logits(try engine.model.decode(token, cache: cache))
+        }
+        let perToken = (monotonicNow() - started) / Double(decodeTokens)
+        print("decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, \(l.layers) layers + lm_head)")
+
+        // Vision tower on one image.
+        let pixels = randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
+        let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.model.visionFeatures(pixels: pixels) }
+        print("vision tower, one \(c.vision.imageSize) px image (\(c.vision.selectedHiddenState) layers, \(c.vision.patchCount + 1) positions): \(fixed(visionSeconds, 3)) s")
+
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        print("peak RSS: \(usage.ru_maxrss / 1024) MiB")
+    }
+
+    func randomValues(_ n: Int) -> [Float] {
+        var random = SplitMix64(seed: 42)
+        return (0..<n).map { _ in Float(random.nextDouble() * 2 - 1) * 0.5 }
+    }
+
+    func best(_ n: Int, _ body: () -> Void) -> Double {
+        (0..<n).map { _ in
+            let t = monotonicNow()
+            body()
+            return monotonicNow() - t
+        }.min()!
+    }
+
+    func bestThrowing(_ n: Int, _ body: (Bool) throws -> Void) throws -> Double {
+        var times: [Double] = []
+        for i in 0..<n {
+            let t = monotonicNow()
+            try body(i == 0)
+            times.append(monotonicNow() - t)
+        }
+        return (n > 1 ? Array(times.dropFirst()) : times).min()!
+    }
+}
