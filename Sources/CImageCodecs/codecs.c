@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <jpeglib.h>
+#include <jerror.h>
 
 void vlq_free_pixels(vlq_decoded_image *image) {
     free(image->pixels);
@@ -128,9 +129,12 @@ static void jpeg_on_error(j_common_ptr cinfo) {
     longjmp(f->jump, 1);
 }
 
+/* Warnings are ignored, as PIL does, except running out of data: libjpeg would pad a truncated file
+ * with grey, PIL refuses it ("image file is truncated"), and so does vlq. */
 static void jpeg_on_message(j_common_ptr cinfo, int level) {
-    (void)cinfo;
-    (void)level;
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+        jpeg_on_error(cinfo);
+    }
 }
 
 int vlq_decode_jpeg(const uint8_t *data, size_t size, uint64_t max_pixels, vlq_decoded_image *out, char *error, size_t error_size) {

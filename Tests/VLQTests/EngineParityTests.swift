@@ -1,4 +1,5 @@
 import Conversion
+import SafeTensors
 import Foundation
 import VLQCore
 import XCTest
@@ -73,5 +74,82 @@ final class EngineParityTests: XCTestCase {
                 XCTAssertEqual(generation.answer, c.greedyAnswer, "\(engine.source) \(c.image)")
             }
         }
+    }
+}
+
+/// `vlq run` and `vlq logits` end to end.
+final class RunCommandTests: XCTestCase {
+    func testRunPrintsOnlyTheAnswerFromFolderAndBundle() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("tiny.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        for c in Reference.cases.prefix(3) {
+            for model in [Repo.tinyModel, bundle] {
+                let result = try vlq("run", model, "--image", c.image, "--prompt", c.question)
+                XCTAssertEqual(result.status, 0, result.stderr)
+                XCTAssertEqual(result.stdout, c.greedyAnswer + "\n")
+                XCTAssertTrue(result.stderr.contains("tokens/s"), result.stderr)
+            }
+        }
+    }
+
+    func testLogitsWritesEveryStageInTheReferenceLayout() throws {
+        let scratch = try Scratch()
+        let c = Reference.cases[4]
+        let output = scratch.file("stages.safetensors")
+        let result = try vlq("logits", Repo.tinyModel, "--image", c.image, "--prompt", c.question, "-o", output)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let file = try SafeTensorsFile(path: output)
+        for name in ["pixel_values", "vision_features", "projector_output", "logits"] {
+            XCTAssertEqual(file.info(name)?.shape, c.shape(name), name)
+            let ours = Array(file.data(file.info(name)!).bindMemory(to: Float.self)), theirs = c.floats(name)
+            let scale = theirs.reduce(0) { max($0, abs($1)) }
+            XCTAssertLessThanOrEqual(maxAbsDifference(ours, theirs), 1e-3 * (1 + scale), name)
+        }
+        XCTAssertEqual(file.info("input_ids")?.dtype, .i64)
+        XCTAssertEqual(file.data(file.info("input_ids")!).bindMemory(to: Int64.self).map { Int($0) }, c.ints("input_ids"))
+    }
+
+    func testPixelValuesFileBypassesTheImagePipeline() throws {
+        let scratch = try Scratch()
+        let c = Reference.cases[1]
+        let result = try vlq("run", Repo.tinyModel, "--pixel-values", c.file.path, "--prompt", c.question)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertEqual(result.stdout, c.greedyAnswer + "\n")
+        let both = try vlq("run", Repo.tinyModel, "--image", c.image, "--pixel-values", c.file.path, "--prompt", "x")
+        XCTAssertEqual(both.status, 2)
+        var wrong = SafeTensorsWriter()
+        wrong.add(.f32("pixel_values", [3, 10, 10], [Float](repeating: 0, count: 300)))
+        try wrong.write(to: scratch.file("wrong.safetensors"))
+        let mismatched = try vlq("run", Repo.tinyModel, "--pixel-values", scratch.file("wrong.safetensors"), "--prompt", "x")
+        XCTAssertEqual(mismatched.status, 2)
+        XCTAssertTrue(mismatched.stderr.contains("wrong.safetensors: pixel_values is F32 [3, 10, 10], the model takes F32 [3, 84, 84]"), mismatched.stderr)
+    }
+
+    func testACorruptImageIsOneLineExitTwo() throws {
+        let scratch = try Scratch()
+        let bytes = try readBytes(Reference.cases[5].image)
+        try writeBytes(Array(bytes.prefix(bytes.count / 3)), to: scratch.file("broken.jpg"))
+        let result = try vlq("run", Repo.tinyModel, "--image", scratch.file("broken.jpg"), "--prompt", "x")
+        XCTAssertEqual(result.status, 2)
+        XCTAssertEqual(result.stdout, "")
+        XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(scratch.file("broken.jpg")): corrupt or unsupported JPEG"), result.stderr)
+    }
+
+    /// Photographs of every kind the decoders meet (RGB, gray, RGBA, palette-free PNGs, large JPEGs),
+    /// with the shipped bilingual questions: the engine answers without failing.
+    func testTheEngineRunsOnRealPhotographs() throws {
+        let engine = EngineParityTests.folderEngine
+        let manifest = try String(contentsOfFile: Repo.root.appendingPathComponent("calibration/default.jsonl").path, encoding: .utf8)
+        var answered = 0
+        for line in manifest.split(separator: "\n") {
+            let row = try JSONValue.parse(String(line))
+            let image = Repo.root.appendingPathComponent("calibration/" + row["image"]!.stringValue!).path
+            let generation = try engine.generate(pixels: try engine.pixelValues(imagePath: image), question: row["question"]!.stringValue!,
+                                                 options: .init(maxTokens: 8))
+            XCTAssertLessThanOrEqual(generation.tokenIds.count, 8)
+            answered += 1
+        }
+        XCTAssertEqual(answered, 14)
     }
 }

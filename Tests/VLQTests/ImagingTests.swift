@@ -108,3 +108,32 @@ final class ImagingTests: XCTestCase {
         assertVLQError(try ImageDecoder.decode(path: scratch.file("missing.png")), contains: ["missing.png", "cannot open"])
     }
 }
+
+/// Real photographs (calibration/photos: RGB, gray, RGBA, large JPEGs) against transformers + PIL,
+/// at the tiny model's 84 px and at Yi-VL's 448 px (tools/pixel_reference.py wrote the reference).
+final class PhotographPixelTests: XCTestCase {
+    func testPhotographsMatchTransformersBitForBitAsPNGAndCloselyAsJPEG() throws {
+        let reference = try JSONValue.parse(try readBytes(Repo.root.appendingPathComponent("Tests/Fixtures/pixel-reference.json").path))
+        let entries = try XCTUnwrap(reference["images"]?.arrayValue)
+        XCTAssertEqual(entries.count, 28)
+        for entry in entries {
+            let image = entry["image"]!.stringValue!, size = entry["size"]!.intValue!
+            var p = ImagePreprocessing()
+            p.shortestEdge = size
+            p.cropHeight = size
+            p.cropWidth = size
+            let pixels = try p.pixelValues(path: Repo.root.appendingPathComponent("calibration/" + image).path)
+            XCTAssertEqual(pixels.count, 3 * size * size)
+            if image.hasSuffix(".png") {
+                XCTAssertEqual(hex64(pixels.withUnsafeBytes { XXH3Hasher.hash($0) }), entry["xxh3"]!.stringValue!, "\(image) at \(size) px")
+            } else {
+                let plane = size * size
+                for c in 0..<3 {
+                    let sum = pixels[(c * plane)..<((c + 1) * plane)].reduce(0.0) { $0 + Double($1) }
+                    let expected = entry["channel_sums"]!.arrayValue![c].doubleValue!
+                    XCTAssertLessThanOrEqual(abs(sum - expected) / Double(plane), 0.004, "\(image) at \(size) px, channel \(c)")
+                }
+            }
+        }
+    }
+}
