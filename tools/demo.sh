@@ -21,3 +21,8 @@ $vlq check "$out/tiny-yivl.vlq"
 echo
 echo "== tools/vlq_reader.py (numpy-only reader, written from formats/VLQ-BUNDLE.md)"
 python3 tools/vlq_reader.py check "$out/tiny-yivl.vlq"
+echo
+echo "== vlq run: the fp32 engine answers about an image (from the bundle, then from the Hugging Face folder)"
+data=Tests/Fixtures/tiny-yivl-data
+$vlq run "$out/tiny-yivl.vlq" --image $data/cases/cases-003.png --prompt "Where is the yellow triangle?"
+$vlq run "$model" --image $data/cases/cases-004.png --prompt "图片里有什么形状？"

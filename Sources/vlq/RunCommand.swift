@@ -69,7 +69,7 @@ struct Run: ParsableCommand {
                                              options: .init(maxTokens: maxTokens, temperature: temperature, seed: seed)) { text in
             FileHandle.standardOutput.write(Data(text.utf8))
         }
-        print("")
+        FileHandle.standardOutput.write(Data("\n".utf8))
         let rate = Double(generation.tokenIds.count) / max(generation.decodeSeconds, 1e-9)
         logger.info("prefill \(generation.promptTokens) positions in \(fixed(generation.prefillSeconds, 2)) s; \(generation.tokenIds.count) tokens in \(fixed(generation.decodeSeconds, 2)) s (\(fixed(rate, 1)) tokens/s)")
     }
