@@ -1,6 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The numeric modules are compiled with optimisation in debug builds too: the end-to-end tests run
+// the engine, and unoptimised SIMD and pixel loops are 50x slower.
+let optimizedEvenInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "vlq",
     platforms: [.macOS(.v13)],
@@ -30,9 +34,10 @@ let package = Package(
         // SentencePiece BPE tokenizer read from tokenizer.model.
         .target(name: "Tokenizer", dependencies: ["VLQCore"]),
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
-        .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"]),
+        .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"], swiftSettings: optimizedEvenInDebug),
         // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine (OpenBLAS).
-        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"]),
+        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
+                swiftSettings: optimizedEvenInDebug),
 
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [

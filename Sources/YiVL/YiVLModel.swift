@@ -25,6 +25,12 @@ public final class YiVLModel: @unchecked Sendable {
         let shape = try weights.shape(weightName)
         guard shape.count == 2 else { throw VLQError(nil, "weight \(weightName) is not a matrix") }
         observer?.observe(linear: weightName, input: x, rows: rows, columns: shape[1])
+        if rows == 1, try weights.matrixVector(weightName, x, into: out) {
+            if bias {
+                try weights.withFloats(prefix + ".bias") { b in Kernels.add(out, b.baseAddress!, count: shape[0]) }
+            }
+            return
+        }
         try weights.withFloats(weightName) { w in
             if bias {
                 try weights.withFloats(prefix + ".bias") { b in
