@@ -39,6 +39,11 @@ let package = Package(
         .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
                 swiftSettings: optimizedEvenInDebug),
 
+        // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
+        .target(name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "YiVL", "CBLAS"], swiftSettings: optimizedEvenInDebug),
+        // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes and the quantize pipeline.
+        .target(name: "Quantization", dependencies: ["VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS"],
+                swiftSettings: optimizedEvenInDebug),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
@@ -51,7 +56,7 @@ let package = Package(
         ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "vlq"],
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "vlq"],
             exclude: []
         ),
     ],

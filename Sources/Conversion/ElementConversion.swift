@@ -32,6 +32,7 @@ public enum ElementConversion {
     /// Returns how many values saturated.
     public static func convert(_ source: UnsafeRawBufferPointer, from: TensorEncoding,
                                into destination: UnsafeMutableRawBufferPointer, to: TensorEncoding, count: Int) -> Int {
+        precondition(!from.isQuantized && !to.isQuantized, "element conversion is between plain encodings")
         var overflow = 0
         if from == to {
             destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<(count * from.bitsPerElement / 8)]))
@@ -42,6 +43,7 @@ public enum ElementConversion {
             case .f32: return source.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
             case .bf16: return bf16ToF32(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
             case .f16: return f16ToF32Table[Int(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))]
+            case .q8, .q4, .q4s: return .nan
             }
         }
         switch to {
@@ -54,16 +56,20 @@ public enum ElementConversion {
         case .f16:
             let out = destination.bindMemory(to: UInt16.self)
             for i in 0..<count { out[i] = f32ToF16(load(i), overflow: &overflow).littleEndian }
+        case .q8, .q4, .q4s:
+            break
         }
         return overflow
     }
 
     /// Reads element `i` of a plain-encoded buffer as f32.
     public static func value(_ buffer: UnsafeRawBufferPointer, _ encoding: TensorEncoding, _ i: Int) -> Float {
+        precondition(!encoding.isQuantized, "element access is for plain encodings")
         switch encoding {
         case .f32: return buffer.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
         case .bf16: return bf16ToF32(UInt16(littleEndian: buffer.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
         case .f16: return f16ToF32Table[Int(UInt16(littleEndian: buffer.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))]
+        case .q8, .q4, .q4s: return .nan
         }
     }
 }

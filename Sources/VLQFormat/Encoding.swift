@@ -1,37 +1,55 @@
 import VLQCore
 
 /// How a tensor's bytes represent its values. Plain encodings are row-major little-endian arrays;
-/// ids from 32 up are reserved for quantized encodings (blocks of planes, see the spec).
+/// quantized encodings (ids from 32) are planes of packed integers and per-group f16 parameters
+/// (formats/VLQ-BUNDLE.md, section 5).
 public enum TensorEncoding: UInt16, CaseIterable, Sendable {
     case f32 = 0
     case f16 = 1
     case bf16 = 2
+    /// int8, symmetric: value = q * scale, q in [-127, 127], one f16 scale per group.
+    case q8 = 32
+    /// 4-bit affine: value = q * scale + bias, q in [0, 15], f16 scale and bias per group.
+    case q4 = 33
+    /// 4-bit symmetric: value = (n - 8) * scale, n in [0, 15], one f16 scale per group.
+    case q4s = 34
 
     public var name: String {
         switch self {
         case .f32: return "f32"
         case .f16: return "f16"
         case .bf16: return "bf16"
+        case .q8: return "q8"
+        case .q4: return "q4"
+        case .q4s: return "q4s"
         }
     }
+
+    public var isQuantized: Bool { rawValue >= 32 }
 
     public init?(name: String) {
         guard let e = TensorEncoding.allCases.first(where: { $0.name == name }) else { return nil }
         self = e
     }
 
-    /// Bits per stored element of a plain encoding.
+    /// Bits per stored element (the packed integers only, for quantized encodings).
     public var bitsPerElement: Int {
         switch self {
         case .f32: return 32
         case .f16, .bf16: return 16
+        case .q8: return 8
+        case .q4, .q4s: return 4
         }
     }
 
-    /// The exact byte length of a tensor of `shape` in this encoding, nil on overflow.
+    /// The exact byte length of a tensor of `shape` in this encoding, nil when the shape and group size
+    /// do not fit the encoding or on overflow.
     public func byteCount(shape: [Int], groupSize: Int) -> Int? {
-        guard let n = Checked.product(shape) else { return nil }
-        return Checked.multiply(n, bitsPerElement / 8)
+        if !isQuantized {
+            guard groupSize == 0, let n = Checked.product(shape) else { return nil }
+            return Checked.multiply(n, bitsPerElement / 8)
+        }
+        return QuantizedLayout(encoding: self, shape: shape, groupSize: groupSize)?.byteCount
     }
 }
 

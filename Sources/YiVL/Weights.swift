@@ -13,6 +13,7 @@ import VLQFormat
 public final class WeightStore: @unchecked Sendable {
     public enum Storage {
         case f32, f16, bf16
+        case quantized(QuantizedLayout)
     }
 
     struct Entry {
@@ -52,6 +53,7 @@ public final class WeightStore: @unchecked Sendable {
             case .f32: storage = .f32
             case .f16: storage = .f16
             case .bf16: storage = .bf16
+            case .q8, .q4, .q4s: storage = .quantized(QuantizedLayout(encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)!)
             }
             entries[r.name] = Entry(shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path,
                                     release: { bundle.mapped.release(offset: r.offset, count: r.byteCount) })
@@ -80,7 +82,7 @@ public final class WeightStore: @unchecked Sendable {
     /// Runs `body` with the tensor's values as f32, in place when stored as f32.
     public func withFloats<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R {
         guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
-        if e.storage == .f32 {
+        if case .f32 = e.storage {
             return try body(e.bytes.bindMemory(to: Float.self))
         }
         if let cached = lock.withLock({ cache[name] }) {
@@ -103,14 +105,34 @@ public final class WeightStore: @unchecked Sendable {
     /// against 327 ms per token at Yi-VL-6B shapes). Returns false for f32 storage.
     public func matrixVector(_ name: String, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) throws -> Bool {
         guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
-        guard e.storage != .f32, e.shape.count == 2 else { return false }
+        guard e.shape.count == 2 else { return false }
         let rows = e.shape[0], cols = e.shape[1]
         let halves = e.bytes.bindMemory(to: UInt16.self)
-        let storage = e.storage
-        Kernels.parallelRows(rows, minimumPerTask: 64) { range in
-            for r in range {
-                let row = UnsafeBufferPointer(rebasing: halves[(r * cols)..<((r + 1) * cols)])
-                y[r] = storage == .bf16 ? WeightStore.dotBF16(row, x, cols) : WeightStore.dotF16(row, x, cols)
+        switch e.storage {
+        case .f32:
+            return false
+        case .bf16, .f16:
+            let isBF16: Bool
+            if case .bf16 = e.storage { isBF16 = true } else { isBF16 = false }
+            Kernels.parallelRows(rows, minimumPerTask: 64) { range in
+                for r in range {
+                    let row = UnsafeBufferPointer(rebasing: halves[(r * cols)..<((r + 1) * cols)])
+                    y[r] = isBF16 ? WeightStore.dotBF16(row, x, cols) : WeightStore.dotF16(row, x, cols)
+                }
+            }
+        case .quantized(let layout):
+            // Rows are decoded a block at a time into a small buffer: the packed bytes are what streams.
+            Kernels.parallelRows(rows, minimumPerTask: 64) { range in
+                let block = 16
+                let buffer = UnsafeMutablePointer<Float>.allocate(capacity: block * cols)
+                defer { buffer.deallocate() }
+                var r = range.lowerBound
+                while r < range.upperBound {
+                    let n = min(block, range.upperBound - r)
+                    layout.dequantize(e.bytes, rows: r..<(r + n), into: buffer)
+                    for i in 0..<n { y[r + i] = WeightStore.dotF32(buffer + i * cols, x, cols) }
+                    r += n
+                }
             }
         }
         return true
@@ -137,6 +159,23 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     @inline(__always)
+    static func dotF32(_ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        var i = 0
+        let a = UnsafeRawPointer(w), b = UnsafeRawPointer(x)
+        while i + 8 <= n {
+            acc += a.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * b.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            i += 8
+        }
+        var sum = acc.sum()
+        while i < n {
+            sum += w[i] * x[i]
+            i += 1
+        }
+        return sum
+    }
+
+    @inline(__always)
     static func dotF16(_ w: UnsafeBufferPointer<UInt16>, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
         var sum: Float = 0
         for i in 0..<n { sum += Float(Float16(bitPattern: w[i])) * x[i] }
@@ -148,7 +187,7 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     static func upcast(_ e: Entry) -> [Float] {
-        let count = e.bytes.count / 2
+        let count = e.shape.reduce(1, *)
         var out = [Float](repeating: 0, count: count)
         let halves = e.bytes.bindMemory(to: UInt16.self)
         out.withUnsafeMutableBufferPointer { dst in
@@ -157,6 +196,10 @@ public final class WeightStore: @unchecked Sendable {
                 for i in 0..<count { dst[i] = Float(bitPattern: UInt32(UInt16(littleEndian: halves[i])) << 16) }
             case .f16:
                 for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
+            case .quantized(let layout):
+                Kernels.parallelRows(layout.rows, minimumPerTask: 64) { range in
+                    layout.dequantize(e.bytes, rows: range, into: dst.baseAddress! + range.lowerBound * layout.columns)
+                }
             case .f32:
                 break
             }

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import VLQCore
+
+/// Images with questions (and, for evaluation, answers) to run through the model.
+///
+/// A JSONL manifest of `{"image": path, "question": text, "answer"?: text}` with paths relative to the
+/// manifest, or a folder of images, each asked `defaultQuestion`.
+public struct CalibrationSet: Sendable {
+    public struct Sample: Sendable {
+        public var image: String
+        public var question: String
+        public var answer: String?
+    }
+
+    public static let defaultQuestion = "Describe this image in detail."
+
+    public var source: String
+    public var samples: [Sample]
+    /// XXH3-64 over every sample's question, answer and image bytes: what a statistics or reference
+    /// file is tied to.
+    public var digest: String
+
+    public init(path: String, defaultQuestion: String = CalibrationSet.defaultQuestion) throws {
+        source = path
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw VLQError(path, "no such file or folder") }
+        var samples: [Sample] = []
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            guard let dir = opendir(path) else { throw VLQError(path, "cannot read folder") }
+            var names: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                let lower = name.lowercased()
+                if lower.hasSuffix(".png") || lower.hasSuffix(".jpg") || lower.hasSuffix(".jpeg") { names.append(name) }
+            }
+            closedir(dir)
+            samples = names.sorted().map { Sample(image: path + "/" + $0, question: defaultQuestion, answer: nil) }
+        } else {
+            let file = try MappedFile(path: path)
+            let base = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+            let text = String(decoding: file.bytes, as: UTF8.self)
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let trimmed = line.drop(while: { $0.isWhitespace })
+                if trimmed.allSatisfy({ $0.isWhitespace }) { continue }
+                let row: JSONValue
+                do { row = try JSONValue.parse(String(trimmed)) } catch { throw VLQError(path, "line \(number + 1): \(error)") }
+                guard let image = row["image"]?.stringValue, let question = row["question"]?.stringValue else {
+                    throw VLQError(path, "line \(number + 1): needs \"image\" and \"question\" strings")
+                }
+                samples.append(Sample(image: image.hasPrefix("/") ? image : base + "/" + image, question: question,
+                                      answer: row["answer"]?.stringValue))
+            }
+        }
+        guard !samples.isEmpty else { throw VLQError(path, "no samples") }
+        let hasher = XXH3Hasher()
+        for s in samples {
+            let image = try MappedFile(path: s.image)
+            var header = Array((s.question + "\u{0}" + (s.answer ?? "") + "\u{0}").utf8)
+            withUnsafeBytes(of: UInt64(image.size).littleEndian) { header += $0 }
+            header.withUnsafeBytes { hasher.update($0) }
+            hasher.update(image.bytes)
+        }
+        self.samples = samples
+        digest = hex64(hasher.digest())
+    }
+}

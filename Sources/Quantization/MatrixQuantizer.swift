@@ -1,0 +1,81 @@
+import CBLAS
+import Calibration
+import VLQCore
+import VLQFormat
+
+/// A quantized weight matrix: its bytes in the bundle encoding, and the values they decode to.
+public struct QuantizedMatrix {
+    public var layout: QuantizedLayout
+    public var bytes: [UInt8]
+    public var dequantized: [Float]
+}
+
+/// How a weight matrix is turned into codes.
+public enum QuantizationMethod: String, CaseIterable, Sendable {
+    /// Round to nearest with a per-group range search.
+    case rtn
+    /// Importance-weighted (E[x^2]) range search and least-squares scale/bias per group.
+    case imatrix
+    /// Activation-aware per-channel scales, folded into the preceding op, then importance-weighted groups.
+    case awq
+    /// Hessian-based error feedback (Frantar et al.).
+    case gptq
+}
+
+public enum MatrixQuantizer {
+    /// Quantizes `w` [rows, columns] group by group. `columnImportance` (E[x^2] per input column)
+    /// turns on the weighted search and least-squares refinement.
+    public static func roundToNearest(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+                                      columnImportance: [Float]? = nil) -> QuantizedMatrix {
+        let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
+        let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil)
+        var codes = [Int8](repeating: 0, count: rows * columns)
+        var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
+        var biases = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
+        var values = [Float](repeating: 0, count: rows * columns)
+        var importance = [Float](repeating: 1, count: groupSize)
+        w.withUnsafeBufferPointer { wp in
+            for r in 0..<rows {
+                let row = wp.baseAddress! + r * columns
+                var sigma2: Float = 0
+                if columnImportance != nil {
+                    for j in 0..<columns { sigma2 += row[j] * row[j] }
+                    sigma2 = 2 * sigma2 / Float(columns)
+                }
+                for g in 0..<layout.groupsPerRow {
+                    let start = g * groupSize
+                    if let ci = columnImportance {
+                        // llama.cpp's weighting: E[x^2] times sqrt(sigma^2 + w^2).
+                        for j in 0..<groupSize { importance[j] = ci[start + j] * (sigma2 + row[start + j] * row[start + j]).squareRoot() }
+                    }
+                    let fit = importance.withUnsafeBufferPointer { a in
+                        quantizer.fit(row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
+                    }
+                    scales[r * layout.groupsPerRow + g] = fit.scale
+                    biases[r * layout.groupsPerRow + g] = fit.bias
+                    for j in start..<(start + groupSize) {
+                        codes[r * columns + j] = quantizer.storedCode(row[j], fit)
+                        values[r * columns + j] = quantizer.dequantized(row[j], fit)
+                    }
+                }
+            }
+        }
+        return QuantizedMatrix(layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
+                               dequantized: values)
+    }
+
+    /// Output error of replacing `w` by `approximation` on inputs with Gram matrix `gram`:
+    /// sum over rows of d G d^T, d the row difference (optionally on a subset of rows).
+    public static func outputError(_ w: [Float], _ approximation: [Float], rows: Int, columns: Int, gram: [Double], rowStride: Int = 1) -> Double {
+        var total = 0.0
+        var d = [Double](repeating: 0, count: columns), gd = [Double](repeating: 0, count: columns)
+        for r in stride(from: 0, to: rows, by: rowStride) {
+            for j in 0..<columns { d[j] = Double(approximation[r * columns + j] - w[r * columns + j]) }
+            gram.withUnsafeBufferPointer { g in
+                cblas_dsymv(CblasRowMajor, CblasUpper, Int32(columns), 1, g.baseAddress, Int32(columns), d, 1, 0, &gd, 1)
+            }
+            for j in 0..<columns { total += d[j] * gd[j] }
+        }
+        return total
+    }
+}

@@ -1,0 +1,105 @@
+import VLQCore
+
+/// Where the planes of a quantized tensor lie inside its data (formats/VLQ-BUNDLE.md, section 5).
+///
+/// The weight is `[rows, columns]` (more dimensions are folded into rows); groups of `groupSize`
+/// consecutive columns share parameters. Plane 0 holds the integers row-major (q8: one signed byte
+/// each; q4 and q4s: two per byte, element 2j in the low nibble and 2j+1 in the high one); plane 1 the
+/// f16 scales `[rows, groups]`; for q4 plane 2 the f16 biases `[rows, groups]`. Each plane starts at a
+/// multiple of 64 bytes from the tensor's offset; padding is zero.
+public struct QuantizedLayout: Equatable, Sendable {
+    public static let planeAlignment = 64
+
+    public let encoding: TensorEncoding
+    public let rows: Int
+    public let columns: Int
+    public let groupSize: Int
+    public var groupsPerRow: Int { columns / groupSize }
+    public let valuesBytes: Int
+    public let scalesOffset: Int
+    public let biasesOffset: Int?
+    public let byteCount: Int
+
+    public init?(encoding: TensorEncoding, shape: [Int], groupSize: Int) {
+        guard encoding.isQuantized, shape.count >= 1, groupSize > 0 else { return nil }
+        let columns = shape.last!
+        guard let rows = Checked.product(shape.dropLast()), columns > 0, columns % groupSize == 0 else { return nil }
+        if encoding != .q8 { guard groupSize % 2 == 0 else { return nil } }
+        self.encoding = encoding
+        self.rows = rows
+        self.columns = columns
+        self.groupSize = groupSize
+        guard let elements = Checked.multiply(rows, columns) else { return nil }
+        valuesBytes = encoding == .q8 ? elements : elements / 2
+        let parameterBytes = rows * (columns / groupSize) * 2
+        guard let scales = Checked.alignUp(valuesBytes, to: QuantizedLayout.planeAlignment) else { return nil }
+        scalesOffset = scales
+        if encoding == .q4 {
+            let biases = Checked.alignUp(scales + parameterBytes, to: QuantizedLayout.planeAlignment)!
+            biasesOffset = biases
+            byteCount = biases + parameterBytes
+        } else {
+            biasesOffset = nil
+            byteCount = scales + parameterBytes
+        }
+    }
+
+    /// Decodes rows `range` into f32, row-major, `columns` values per row.
+    public func dequantize(_ data: UnsafeRawBufferPointer, rows range: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        let scales = UnsafeRawBufferPointer(rebasing: data[scalesOffset...])
+        let groups = groupsPerRow
+        for r in range {
+            let row = out + (r - range.lowerBound) * columns
+            for g in 0..<groups {
+                let p = r * groups + g
+                let scale = Float(Float16(bitPattern: UInt16(littleEndian: scales.loadUnaligned(fromByteOffset: 2 * p, as: UInt16.self))))
+                let start = g * groupSize
+                switch encoding {
+                case .q8:
+                    for j in start..<(start + groupSize) {
+                        row[j] = Float(Int8(bitPattern: data[r * columns + j])) * scale
+                    }
+                case .q4, .q4s:
+                    var bias: Float = -8 * scale
+                    if let biasesOffset {
+                        bias = Float(Float16(bitPattern: UInt16(littleEndian: data.loadUnaligned(fromByteOffset: biasesOffset + 2 * p, as: UInt16.self))))
+                    }
+                    for j in stride(from: start, to: start + groupSize, by: 2) {
+                        let byte = data[(r * columns + j) / 2]
+                        row[j] = Float(byte & 0x0F) * scale + bias
+                        row[j + 1] = Float(byte >> 4) * scale + bias
+                    }
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    /// Packs integer codes and f16 parameters into the tensor's bytes. `codes` holds q8 values as
+    /// signed integers and 4-bit codes as 0...15; `biases` is for q4 only.
+    public func pack(codes: [Int8], scales: [Float16], biases: [Float16]?) -> [UInt8] {
+        precondition(codes.count == rows * columns && scales.count == rows * groupsPerRow)
+        var out = [UInt8](repeating: 0, count: byteCount)
+        if encoding == .q8 {
+            for i in 0..<codes.count { out[i] = UInt8(bitPattern: codes[i]) }
+        } else {
+            for i in stride(from: 0, to: codes.count, by: 2) {
+                out[i / 2] = UInt8(codes[i]) & 0x0F | (UInt8(codes[i + 1]) & 0x0F) << 4
+            }
+        }
+        for (i, s) in scales.enumerated() {
+            let bits = s.bitPattern.littleEndian
+            out[scalesOffset + 2 * i] = UInt8(bits & 0xFF)
+            out[scalesOffset + 2 * i + 1] = UInt8(bits >> 8)
+        }
+        if let biasesOffset, let biases {
+            for (i, b) in biases.enumerated() {
+                let bits = b.bitPattern.littleEndian
+                out[biasesOffset + 2 * i] = UInt8(bits & 0xFF)
+                out[biasesOffset + 2 * i + 1] = UInt8(bits >> 8)
+            }
+        }
+        return out
+    }
+}
