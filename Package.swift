@@ -42,21 +42,24 @@ let package = Package(
         // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
         .target(name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "YiVL", "CBLAS"], swiftSettings: optimizedEvenInDebug),
         // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes and the quantize pipeline.
-        .target(name: "Quantization", dependencies: ["VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS"],
+        .target(name: "Quantization", dependencies: ["VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS",
+                                                      .product(name: "Logging", package: "swift-log")],
                 swiftSettings: optimizedEvenInDebug),
+        // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift.
+        .target(name: "Verification", dependencies: ["VLQCore", "SafeTensors", "YiVL", "Calibration"], swiftSettings: optimizedEvenInDebug),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vlq", dependencies: [
-            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS",
+            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "vlq"],
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "vlq"],
             exclude: []
         ),
     ],

@@ -30,9 +30,15 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public let tensors: [TensorInfo]
     private let byName: [String: Int]
 
-    public init(path: String) throws {
+    public convenience init(path: String) throws {
+        try self.init(mapped: try MappedFile(path: path))
+    }
+
+    /// A safetensors file already in memory (`mapped.path` names it in errors).
+    public init(mapped: MappedFile) throws {
+        let path = mapped.path
         self.path = path
-        mapped = try MappedFile(path: path)
+        self.mapped = mapped
         let bytes = mapped.bytes
         let fail = { (reason: String) in VLQError(path, reason) }
 

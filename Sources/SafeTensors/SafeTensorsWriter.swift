@@ -31,7 +31,15 @@ public struct SafeTensorsWriter {
 
     public mutating func add(_ t: Tensor) { tensors.append(t) }
 
-    public func write(to path: String) throws {
+    /// The whole file as bytes (for small files, e.g. before compression).
+    public func serialized() -> [UInt8] {
+        let (head, _) = headerBytes()
+        var out = head
+        for t in tensors { out += t.bytes }
+        return out
+    }
+
+    private func headerBytes() -> ([UInt8], Int) {
         var header: [String: JSONValue] = [:]
         var offset = 0
         for t in tensors {
@@ -43,12 +51,17 @@ public struct SafeTensorsWriter {
         if !metadata.isEmpty { header["__metadata__"] = .object(metadata.mapValues { .string($0) }) }
         var json = Array(JSONValue.object(header).serialized().utf8)
         while json.count % 8 != 0 { json.append(0x20) }
-        let output = try AtomicOutputFile(targetPath: path)
         var w = ByteWriter()
         w.u64(UInt64(json.count))
         w.raw(json)
-        try output.write(w.bytes, at: 0)
-        var position = w.bytes.count
+        return (w.bytes, offset)
+    }
+
+    public func write(to path: String) throws {
+        let (head, _) = headerBytes()
+        let output = try AtomicOutputFile(targetPath: path)
+        try output.write(head, at: 0)
+        var position = head.count
         for t in tensors {
             try output.write(t.bytes, at: position)
             position += t.bytes.count

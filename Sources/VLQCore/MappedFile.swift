@@ -12,9 +12,25 @@ public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int
     private let base: UnsafeMutableRawPointer?
+    private let ownsHeapCopy: Bool
+
+    /// Bytes already in memory (a decompressed file), read through the same interface; `path` names them in errors.
+    public init(bytes: [UInt8], path: String) {
+        self.path = path
+        size = bytes.count
+        ownsHeapCopy = true
+        if bytes.isEmpty {
+            base = nil
+        } else {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            base = p
+        }
+    }
 
     public init(path: String) throws {
         self.path = path
+        ownsHeapCopy = false
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw VLQError(path, "cannot open: \(systemError())") }
         defer { close(fd) }
@@ -32,7 +48,8 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     deinit {
-        if let base { munmap(base, size) }
+        guard let base else { return }
+        if ownsHeapCopy { base.deallocate() } else { munmap(base, size) }
     }
 
     public var bytes: UnsafeRawBufferPointer {
@@ -48,14 +65,14 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Tells the kernel the range will be read once, front to back.
     public func adviseSequential() {
-        guard let base else { return }
+        guard let base, !ownsHeapCopy else { return }
         _ = madvise(base, size, MADV_SEQUENTIAL)
     }
 
     /// Drops the pages fully inside the range from this process's resident set; they stay in the
     /// page cache and are read back transparently if touched again.
     public func release(offset: Int, count: Int) {
-        guard let base, count > 0 else { return }
+        guard let base, count > 0, !ownsHeapCopy else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = (offset + page - 1) / page * page
         let end = min(size, offset + count) / page * page

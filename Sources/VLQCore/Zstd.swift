@@ -14,6 +14,13 @@ public enum Zstd {
         return out
     }
 
+    /// The decompressed size a frame declares, nil when it is not a zstd frame or does not say.
+    public static func frameContentSize(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        let size = ZSTD_getFrameContentSize(bytes.baseAddress, bytes.count)
+        guard size != ZSTD_CONTENTSIZE_ERROR, size != ZSTD_CONTENTSIZE_UNKNOWN, size <= UInt64(Int.max) else { return nil }
+        return Int(size)
+    }
+
     /// Decompresses a frame that must expand to exactly `expectedSize` bytes.
     public static func decompress(_ bytes: UnsafeRawBufferPointer, expectedSize: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: expectedSize)

@@ -34,7 +34,11 @@ struct Inspect: ParsableCommand {
             print("language: \(l?["layers"]?.intValue ?? 0) layers x \(l?["hidden_size"]?.intValue ?? 0), \(l?["heads"]?.intValue ?? 0) heads / \(l?["kv_heads"]?.intValue ?? 0) kv, vocab \(l?["vocab_size"]?.intValue ?? 0)")
         }
         if let q = m["quantization"]?.objectValue, !q.isEmpty {
-            print("quantization: \(JSONValue.object(q).serialized())")
+            var line = "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
+            if let c = q["calibration"] { line += ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))" }
+            let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }
+            print(line)
+            for (name, t) in fallbacks.sorted(by: { $0.key < $1.key }) { print("  fallback \(name): \(t["fallback"]!.stringValue!)") }
         } else {
             print("quantization: none")
         }
@@ -55,7 +59,8 @@ struct Inspect: ParsableCommand {
         let width = min(72, file.tensors.map(\.name.count).max() ?? 0)
         for r in file.tensors {
             let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
-            print(padRight(r.name, width) + "  " + padRight(r.encoding.name, 6) + padRight(shape, 22) + padLeft(formatBytes(r.byteCount), 12))
+            let encoding = r.encoding.isQuantized ? "\(r.encoding.name) g\(r.groupSize)" : r.encoding.name
+            print(padRight(r.name, width) + "  " + padRight(encoding, 9) + padRight(shape, 22) + padLeft(formatBytes(r.byteCount), 12))
         }
     }
 }

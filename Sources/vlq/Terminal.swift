@@ -31,6 +31,8 @@ final class ByteProgress {
     var lastLoggedDecile = -1
     var finished = false
     static let loggingThreshold = 256 << 20
+    /// "bytes", or a count noun such as "samples" (then totals are shown as counts).
+    var unit = "bytes"
 
     init(label: String, logger: Logger, enabled: Bool) {
         self.label = label
@@ -51,7 +53,8 @@ final class ByteProgress {
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
             let eta = rate > 0 ? Double(total - done) / rate : 0
-            let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s ETA \(formatDuration(eta))"
+            let amounts = unit == "bytes" ? "\(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s" : "\(done)/\(total) \(unit) \(fixed(rate, 2))/s"
+            let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(amounts) ETA \(formatDuration(eta))"
             fputs("\r\u{1B}[K" + line, Glibc.stderr)
             if done == total && !finished {
                 finished = true
@@ -59,11 +62,12 @@ final class ByteProgress {
             }
         } else {
             // Log lines for small jobs would only be noise: they finish before anyone reads them.
-            guard total >= ByteProgress.loggingThreshold else { return }
+            guard unit != "bytes" || total >= ByteProgress.loggingThreshold else { return }
             let decile = total > 0 ? done * 10 / total : 10
             guard decile > lastLoggedDecile else { return }
             lastLoggedDecile = decile
-            logger.info("\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)")
+            logger.info(unit == "bytes" ? "\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)"
+                                        : "\(label): \(done) of \(total) \(unit)")
         }
     }
 }

@@ -1,0 +1,106 @@
+import SafeTensors
+import VLQCore
+
+/// A `.vlqstats` file: one zstd frame holding a safetensors file with, per Linear input, its row
+/// count, sums of |x| and x^2 per column and (optionally) X^T X, all f64, plus metadata naming the
+/// calibration set's digest, the model, and the aliases of Linears sharing an input. Sums, so two
+/// files of the same model merge by addition.
+public struct StatisticsFile {
+    public var statistics: [String: InputStatistics]
+    public var aliases: [String: String]
+    public var setDigests: [String]
+    public var samples: Int
+    public var model: String
+
+    public init(collector: StatisticsCollector, setDigest: String, samples: Int, model: String) {
+        statistics = collector.statistics
+        aliases = collector.aliases
+        setDigests = [setDigest]
+        self.samples = samples
+        self.model = model
+    }
+
+    public func statistics(for weightName: String) -> InputStatistics? {
+        statistics[aliases[weightName] ?? weightName]
+    }
+
+    public var hasGram: Bool { statistics.values.allSatisfy { $0.gram != nil } }
+
+    /// A digest of everything the statistics were computed from, for the quantization record.
+    public var setDigest: String { setDigests.count == 1 ? setDigests[0] : setDigests.sorted().joined(separator: "+") }
+
+    public func write(to path: String) throws {
+        var file = SafeTensorsWriter()
+        func doubles(_ v: [Double]) -> [UInt8] { v.map { $0.bitPattern.littleEndian }.withUnsafeBytes { Array($0) } }
+        for name in statistics.keys.sorted() {
+            let s = statistics[name]!
+            file.add(.init(name: name + ".rows", dtype: .f64, shape: [1], bytes: doubles([s.rows])))
+            file.add(.init(name: name + ".sum_abs", dtype: .f64, shape: [s.columns], bytes: doubles(s.sumAbs)))
+            file.add(.init(name: name + ".sum_squares", dtype: .f64, shape: [s.columns], bytes: doubles(s.sumSquares)))
+            if let g = s.gram { file.add(.init(name: name + ".gram", dtype: .f64, shape: [s.columns, s.columns], bytes: doubles(g))) }
+        }
+        let aliasJSON = JSONValue.object(aliases.mapValues { .string($0) }).serialized()
+        file.metadata = ["format": "vlqstats 1", "aliases": aliasJSON, "set_digests": setDigests.joined(separator: ","),
+                         "samples": String(samples), "model": model, "vlq_version": VLQVersion.string]
+        let raw = file.serialized()
+        let output = try AtomicOutputFile(targetPath: path)
+        try output.write(Zstd.compress(raw, level: 3), at: 0)
+        try output.commit()
+    }
+
+    public static func read(_ path: String) throws -> StatisticsFile {
+        let packed = try MappedFile(path: path)
+        guard let size = Zstd.frameContentSize(packed.bytes) else { throw VLQError(path, "not a .vlqstats file (no zstd frame)") }
+        let raw: [UInt8]
+        do { raw = try Zstd.decompress(packed.bytes, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
+        let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
+        guard file.metadata["format"] == "vlqstats 1" else { throw VLQError(path, "not a .vlqstats file") }
+        func doubles(_ name: String) throws -> [Double] {
+            guard let info = file.info(name), info.dtype == .f64 else { throw VLQError(path, "missing \(name)") }
+            return file.data(info).bindMemory(to: UInt64.self).map { Double(bitPattern: UInt64(littleEndian: $0)) }
+        }
+        var statistics: [String: InputStatistics] = [:]
+        for t in file.tensors where t.name.hasSuffix(".rows") {
+            let name = String(t.name.dropLast(".rows".count))
+            let sumAbs = try doubles(name + ".sum_abs")
+            var s = InputStatistics(columns: sumAbs.count, withGram: false)
+            s.rows = try doubles(name + ".rows")[0]
+            s.sumAbs = sumAbs
+            s.sumSquares = try doubles(name + ".sum_squares")
+            if file.info(name + ".gram") != nil {
+                let g = try doubles(name + ".gram")
+                guard g.count == s.columns * s.columns else { throw VLQError(path, "\(name).gram has the wrong size") }
+                s.gram = g
+            }
+            statistics[name] = s
+        }
+        var aliases: [String: String] = [:]
+        if let text = file.metadata["aliases"], let object = try? JSONValue.parse(text).objectValue {
+            for (k, v) in object { if let s = v.stringValue { aliases[k] = s } }
+        }
+        return StatisticsFile(statistics: statistics, aliases: aliases,
+                              setDigests: (file.metadata["set_digests"] ?? "").split(separator: ",").map(String.init),
+                              samples: Int(file.metadata["samples"] ?? "0") ?? 0, model: file.metadata["model"] ?? "")
+    }
+
+    init(statistics: [String: InputStatistics], aliases: [String: String], setDigests: [String], samples: Int, model: String) {
+        self.statistics = statistics
+        self.aliases = aliases
+        self.setDigests = setDigests
+        self.samples = samples
+        self.model = model
+    }
+
+    /// Sums two runs over the same model (for example halves of a large set on two machines).
+    public mutating func merge(_ other: StatisticsFile, subject: String) throws {
+        guard Set(statistics.keys) == Set(other.statistics.keys) else {
+            throw VLQError(subject, "the statistics cover different layers; they are not of the same model")
+        }
+        for (name, s) in other.statistics {
+            guard statistics[name]!.columns == s.columns else { throw VLQError(subject, "\(name) has \(s.columns) columns here, \(statistics[name]!.columns) there") }
+            statistics[name]!.merge(s)
+        }
+        setDigests += other.setDigests
+        samples += other.samples
+    }
+}

@@ -1,0 +1,243 @@
+import Calibration
+import Logging
+import VLQCore
+import VLQFormat
+import YiVL
+
+/// Bundle in, quantized bundle out, one tensor at a time.
+///
+/// For each tensor the recipe decides an encoding; calibrated methods take their statistics from a
+/// `.vlqstats` file or from running a calibration set through the fp32 engine. AWQ's channel scales
+/// are searched per layer before that layer is written and folded into the op that precedes each
+/// group of Linears (norm weights and biases, or the rows of the Linear feeding it), so the float
+/// function is unchanged before rounding. Only the tensor in hand is held in f32.
+public final class QuantizePipeline {
+    public struct Options {
+        public var recipe: Recipe
+        public var method: QuantizationMethod?
+        public var activationOrder = false
+        public init(recipe: Recipe, method: QuantizationMethod? = nil) {
+            self.recipe = recipe
+            self.method = method
+        }
+    }
+
+    public struct Report {
+        public var tensors: Int
+        public var quantized: Int
+        public var fallbacks: [String: String]
+        public var awqAlphas: [String: Float]
+        public var outputBytes: Int
+    }
+
+    let options: Options
+    let logger: Logger
+
+    public init(options: Options, logger: Logger = Logger(label: "vlq.quantize")) {
+        self.options = options
+        self.logger = logger
+    }
+
+    var recipe: Recipe {
+        var r = options.recipe
+        if let m = options.method { r.method = m }
+        return r
+    }
+
+    /// Whether the recipe needs calibration statistics (and whether Gram matrices among them).
+    public static func needs(_ recipe: Recipe) -> (statistics: Bool, gram: Bool) {
+        let methods = Set(recipe.rules.compactMap { rule -> QuantizationMethod? in
+            if case .quantized = rule.target { return rule.method ?? recipe.method ?? .rtn }
+            return nil
+        })
+        return (methods.contains { $0 != .rtn }, methods.contains(.gptq) || methods.contains(.awq))
+    }
+
+    public func run(source: VLQFile, output: String, statistics: StatisticsFile?, calibrationSource: String?,
+                    progress: (Int, Int) -> Void = { _, _ in }) throws -> Report {
+        if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
+            throw VLQError(source.path, "is already quantized; quantize from the unquantized bundle or the Hugging Face folder")
+        }
+        let recipe = self.recipe
+        let need = QuantizePipeline.needs(recipe)
+        if need.statistics && statistics == nil { throw VLQError(nil, "method \(recipe.method?.rawValue ?? "") needs calibration: give --set or --stats") }
+        if need.gram, let statistics, !statistics.hasGram {
+            throw VLQError(nil, "gptq and awq need statistics with Gram matrices; these were collected without (--diagonal-only)")
+        }
+        let weights = WeightStore(bundle: source, cacheBudget: 0)
+
+        var decisions: [String: Recipe.Decision] = [:]
+        var plan: [TensorRecord] = []
+        for r in source.tensors {
+            let d = recipe.decide(name: r.name, component: r.component, shape: r.shape)
+            decisions[r.name] = d
+            var record = TensorRecord(name: r.name, encoding: d.encoding ?? r.encoding, component: r.component, shape: r.shape,
+                                      groupSize: d.encoding?.isQuantized == true ? d.groupSize : 0, sourceDType: r.sourceDType)
+            record.groupSize = record.encoding.isQuantized ? d.groupSize : 0
+            plan.append(record)
+        }
+
+        // AWQ: scales per group of Linears sharing an input, folded into what precedes them.
+        var columnScales: [String: [Float]] = [:]   // weight *= s per column
+        var divideRows: [String: [Float]] = [:]     // weight rows (and bias) /= s
+        var divideVector: [String: [Float]] = [:]   // norm weight (and bias) /= s
+        var alphas: [String: Float] = [:]
+        let config = try EngineConfig(metadata: source.metadata, source: source.path)
+        for group in QuantizePipeline.awqGroups(config) {
+            let members = group.linears.filter { decisions[$0]?.method == .awq && decisions[$0]?.encoding?.isQuantized == true }
+            guard members.count == group.linears.count, let first = members.first,
+                  let stats = statistics?.statistics(for: first), let d = decisions[first], let encoding = d.encoding else { continue }
+            let shapes = try members.map { try weights.shape($0) }
+            let result = AWQ().searchScales(weights: try members.map { try weights.floats($0) }, rows: shapes.map { $0[0] },
+                                            columns: shapes[0][1], statistics: stats, encoding: encoding, groupSize: d.groupSize)
+            alphas[first] = result.alpha
+            guard result.alpha > 0 else { continue }
+            for m in members { columnScales[m] = result.scales }
+            switch group.fold {
+            case .vector(let names): for n in names { divideVector[n] = result.scales }
+            case .rows(let weight, let bias):
+                divideRows[weight] = result.scales
+                if let bias { divideVector[bias] = result.scales }
+            }
+        }
+        // Tensors changed by folding are stored as f32 unless quantized.
+        for i in plan.indices where (divideVector[plan[i].name] != nil || divideRows[plan[i].name] != nil) && !plan[i].encoding.isQuantized {
+            plan[i].encoding = .f32
+        }
+
+        let writer = try VLQWriter(path: output, plan: plan)
+        var fallbacks: [String: String] = [:]
+        var quantizedCount = 0
+        var tensorRecords: [String: JSONValue] = [:]
+        do {
+            // The writer's records carry the byte lengths it laid out.
+            for (index, record) in writer.records.enumerated() {
+                let d = decisions[record.name]!
+                if let f = d.fallback { fallbacks[record.name] = f }
+                let sourceRecord = source.record(record.name)!
+                let changed = columnScales[record.name] != nil || divideRows[record.name] != nil || divideVector[record.name] != nil
+                if !record.encoding.isQuantized && !changed && record.encoding == sourceRecord.encoding {
+                    try writer.writeTensor(index) { try $0.append(source.data(sourceRecord)) }
+                    progress(index + 1, plan.count)
+                    continue
+                }
+                var values = try weights.floats(record.name)
+                let columns = record.shape.last ?? 1, rows = values.count / max(columns, 1)
+                if let s = columnScales[record.name] { for r in 0..<rows { for j in 0..<columns { values[r * columns + j] *= s[j] } } }
+                if let s = divideRows[record.name] { for r in 0..<rows { for j in 0..<columns { values[r * columns + j] /= s[r] } } }
+                if let s = divideVector[record.name] { for j in 0..<values.count { values[j] /= s[j] } }
+                if record.encoding.isQuantized {
+                    let method = d.method ?? .rtn
+                    var stats = statistics?.statistics(for: record.name)
+                    if let s = columnScales[record.name], stats != nil {
+                        // The scaled Linear sees x / s.
+                        stats!.sumSquares = zip(stats!.sumSquares, s).map { $0 / Double($1 * $1) }
+                        stats!.sumAbs = zip(stats!.sumAbs, s).map { $0 / Double($1) }
+                        stats!.gram = nil
+                    }
+                    // After its channel scaling, AWQ rounds groups with the (scaled) importance weighting.
+                    var effective: QuantizationMethod = method == .awq ? .imatrix : method
+                    var note = d.fallback
+                    if method != .rtn && stats == nil {
+                        // Calibration never reached it (the vision layers after the selected one): its output
+                        // is never used, so round to nearest is all it can get.
+                        effective = .rtn
+                        note = "not reached by calibration (unused by the model): rtn"
+                        fallbacks[record.name] = note
+                    }
+                    let out = try LinearQuantizer.quantize(values, rows: rows, columns: columns, encoding: record.encoding,
+                                                           groupSize: record.groupSize, method: effective, statistics: stats,
+                                                           activationOrder: options.activationOrder)
+                    try writer.writeTensor(index) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
+                    quantizedCount += 1
+                    var entry: [String: JSONValue] = ["encoding": .string(record.encoding.name), "group_size": .int(Int64(record.groupSize)),
+                                                      "method": .string(method.rawValue)]
+                    if let a = alphas[record.name] { entry["awq_alpha"] = .double(Double(a)) }
+                    if columnScales[record.name] != nil { entry["awq_scaled"] = true }
+                    if let note { entry["fallback"] = .string(note) }
+                    tensorRecords[record.name] = .object(entry)
+                } else {
+                    var bytes = [UInt8](repeating: 0, count: record.byteCount)
+                    precondition(bytes.count == values.count * record.encoding.bitsPerElement / 8)
+                    let width = record.encoding.bitsPerElement / 8
+                    values.withUnsafeBytes { src in
+                        bytes.withUnsafeMutableBytes { dst in
+                            for i in 0..<values.count {
+                                let v = src.load(fromByteOffset: 4 * i, as: Float.self)
+                                switch record.encoding {
+                                case .f32: dst.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+                                case .f16: dst.storeBytes(of: Float16(v).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                                default:
+                                    let b = v.bitPattern
+                                    dst.storeBytes(of: UInt16((b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16).littleEndian, toByteOffset: width * i, as: UInt16.self)
+                                }
+                            }
+                        }
+                    }
+                    try writer.writeTensor(index) { sink in try bytes.withUnsafeBytes { try sink.append($0) } }
+                    if changed { tensorRecords[record.name] = ["encoding": .string(record.encoding.name), "awq_folded": true] }
+                    if let f = d.fallback { tensorRecords[record.name] = ["encoding": .string(record.encoding.name), "fallback": .string(f)] }
+                }
+                progress(index + 1, plan.count)
+            }
+            var metadata = source.metadata.objectValue!
+            var record: [String: JSONValue] = [
+                "recipe": recipe.json,
+                "method": .string(recipe.method?.rawValue ?? "rtn"),
+                "activation_order": .bool(options.activationOrder),
+                "tensors": .object(tensorRecords),
+                "source_table_xxh3": .string(hex64(source.header.tableChecksum)),
+            ]
+            if let statistics {
+                record["calibration"] = ["set_digest": .string(statistics.setDigest), "samples": .int(Int64(statistics.samples)),
+                                         "source": calibrationSource.map { .string($0) } ?? .null, "gram": .bool(statistics.hasGram)]
+            }
+            metadata["quantization"] = .object(record)
+            try writer.finish(metadata: .object(metadata))
+        } catch {
+            writer.abandon()
+            throw error
+        }
+        let size = (try? MappedFile(path: output).size) ?? 0
+        return Report(tensors: plan.count, quantized: quantizedCount, fallbacks: fallbacks, awqAlphas: alphas, outputBytes: size)
+    }
+
+    enum Fold {
+        /// Divide these 1-D tensors (norm weight, norm bias) by the scales.
+        case vector([String])
+        /// Divide the rows of this Linear (and its bias) by the scales.
+        case rows(weight: String, bias: String?)
+    }
+
+    struct AWQGroup {
+        var linears: [String]
+        var fold: Fold
+    }
+
+    /// Linears sharing an input whose producer is linear in it, per layer.
+    static func awqGroups(_ c: EngineConfig) -> [AWQGroup] {
+        var groups: [AWQGroup] = []
+        for i in 0..<c.vision.selectedHiddenState {
+            let p = "vision_model.encoder.layers.\(i)."
+            groups.append(AWQGroup(linears: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).weight" },
+                                   fold: .vector([p + "layer_norm1.weight", p + "layer_norm1.bias"])))
+            groups.append(AWQGroup(linears: [p + "self_attn.out_proj.weight"], fold: .rows(weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")))
+            groups.append(AWQGroup(linears: [p + "mlp.fc1.weight"], fold: .vector([p + "layer_norm2.weight", p + "layer_norm2.bias"])))
+        }
+        let l = c.language
+        for i in 0..<l.layers {
+            let p = "model.layers.\(i)."
+            groups.append(AWQGroup(linears: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).weight" },
+                                   fold: .vector([p + "input_layernorm.weight"])))
+            if l.kvHeads == l.heads {
+                groups.append(AWQGroup(linears: [p + "self_attn.o_proj.weight"], fold: .rows(weight: p + "self_attn.v_proj.weight", bias: nil)))
+            }
+            groups.append(AWQGroup(linears: [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], fold: .vector([p + "post_attention_layernorm.weight"])))
+            groups.append(AWQGroup(linears: [p + "mlp.down_proj.weight"], fold: .rows(weight: p + "mlp.up_proj.weight", bias: nil)))
+        }
+        if !l.tiedEmbeddings {
+            groups.append(AWQGroup(linears: ["lm_head.weight"], fold: .vector(["model.norm.weight"])))
+        }
+        return groups
+    }
+}

@@ -1,0 +1,134 @@
+import Calibration
+import SafeTensors
+import VLQCore
+import YiVL
+
+/// Per-stage outputs of a reference run (transformers through tools/transformers_reference.py, or
+/// the fixture's reference folder), one file per case.
+public struct ReferenceCase: Sendable {
+    public var name: String
+    public var question: String
+    public var pixelValues: [Float]
+    public var visionFeatures: [Float]
+    public var projectorOutput: [Float]
+    public var inputIds: [Int]
+    public var logits: [Float]
+    public var logitsShape: [Int]
+
+    /// Every case of a folder: from its `cases.json` (`reference`, `question` per case), else every
+    /// `*.safetensors` whose metadata carries the prompt (`prompt`).
+    public static func load(folder: String) throws -> [ReferenceCase] {
+        var entries: [(file: String, question: String?)] = []
+        if let index = try? MappedFile(path: folder + "/cases.json") {
+            let json: JSONValue
+            do { json = try JSONValue.parse(index.bytes) } catch { throw VLQError(index.path, "\(error)") }
+            guard let cases = json.arrayValue else { throw VLQError(index.path, "not a list of cases") }
+            for c in cases {
+                guard let file = c["reference"]?.stringValue, let question = c["question"]?.stringValue else {
+                    throw VLQError(index.path, "each case needs \"reference\" and \"question\"")
+                }
+                let name = file.split(separator: "/").last.map(String.init) ?? file
+                entries.append((folder + "/" + name, question))
+            }
+        } else {
+            let names = try listFiles(folder).filter { $0.hasSuffix(".safetensors") }.sorted()
+            entries = names.map { (folder + "/" + $0, nil) }
+        }
+        guard !entries.isEmpty else { throw VLQError(folder, "no reference cases") }
+        return try entries.map { entry in
+            let file = try SafeTensorsFile(path: entry.file)
+            func floats(_ n: String) throws -> ([Float], [Int]) {
+                guard let info = file.info(n), info.dtype == .f32 else { throw VLQError(entry.file, "no f32 tensor \(n)") }
+                return (Array(file.data(info).bindMemory(to: Float.self)), info.shape)
+            }
+            guard let question = entry.question ?? file.metadata["prompt"] else {
+                throw VLQError(entry.file, "no question: neither cases.json nor a \"prompt\" in the metadata")
+            }
+            guard let ids = file.info("input_ids"), ids.dtype == .i64 else { throw VLQError(entry.file, "no i64 tensor input_ids") }
+            let logits = try floats("logits")
+            return ReferenceCase(name: entry.file.split(separator: "/").last.map(String.init) ?? entry.file, question: question,
+                                 pixelValues: try floats("pixel_values").0, visionFeatures: try floats("vision_features").0,
+                                 projectorOutput: try floats("projector_output").0,
+                                 inputIds: file.data(ids).bindMemory(to: Int64.self).map { Int(Int64(littleEndian: $0)) },
+                                 logits: logits.0, logitsShape: logits.1)
+        }
+    }
+}
+
+/// The candidate run on the reference's own pixel values and prompts, compared stage by stage.
+public struct ReferenceComparison: Sendable {
+    public struct CaseResult: Sendable {
+        public var name: String
+        public var vision: FeatureDrift
+        public var projector: FeatureDrift
+        public var logits: LogitDrift
+    }
+
+    public var cases: [CaseResult] = []
+    public var logits = LogitDrift()
+
+    public var minimumVisionCosine: Double { cases.map(\.vision.cosine).min() ?? 1 }
+    public var minimumProjectorCosine: Double { cases.map(\.projector.cosine).min() ?? 1 }
+
+    public static func run(candidate: YiVLEngine, references: [ReferenceCase]) throws -> ReferenceComparison {
+        var result = ReferenceComparison()
+        let vocab = candidate.config.language.vocabSize
+        for r in references {
+            let prompt = candidate.prompt(question: r.question)
+            guard prompt.inputIds == r.inputIds else {
+                throw VLQError(r.name, "the candidate tokenizes the prompt differently from the reference (\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
+            }
+            let positions = prompt.before.count + candidate.imageTokenCount() + prompt.after.count
+            let stages = try candidate.prefill(pixels: r.pixelValues, prompt: prompt, cache: candidate.model.makeCache(capacity: positions))
+            let logits = try candidate.model.logits(stages.hidden)
+            guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
+                throw VLQError(r.name, "reference logits are \(r.logitsShape), the candidate gives [\(logits.count / vocab), \(vocab)]")
+            }
+            var drift = LogitDrift()
+            drift.add(reference: r.logits, candidate: logits, vocab: vocab)
+            result.logits.add(reference: r.logits, candidate: logits, vocab: vocab)
+            result.cases.append(CaseResult(name: r.name, vision: FeatureDrift(reference: r.visionFeatures, candidate: stages.visionFeatures),
+                                           projector: FeatureDrift(reference: r.projectorOutput, candidate: stages.projectorOutput),
+                                           logits: drift))
+        }
+        return result
+    }
+}
+
+/// Greedy answers against the expected ones of a set whose rows carry `answer`.
+public struct ExactMatch: Sendable {
+    public var correct = 0
+    public var total = 0
+    public var answers: [String] = []
+    public var rate: Double { total == 0 ? 0 : Double(correct) / Double(total) }
+
+    public static func run(_ engine: YiVLEngine, set: CalibrationSet, maxTokens: Int = 64,
+                           progress: (Int, Int) -> Void = { _, _ in }) throws -> ExactMatch {
+        var result = ExactMatch()
+        for (i, sample) in set.samples.enumerated() {
+            guard let expected = sample.answer else { continue }
+            let g = try engine.generate(pixels: try engine.pixelValues(imagePath: sample.image), question: sample.question,
+                                        options: .init(maxTokens: maxTokens))
+            result.total += 1
+            if g.answer == expected { result.correct += 1 }
+            result.answers.append(g.answer)
+            progress(i + 1, set.samples.count)
+        }
+        return result
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func listFiles(_ folder: String) throws -> [String] {
+    guard let dir = opendir(folder) else { throw VLQError(folder, "cannot read folder") }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

@@ -1,0 +1,167 @@
+import ArgumentParser
+import Calibration
+import Conversion
+import Foundation
+import Quantization
+import VLQCore
+import VLQFormat
+import YiVL
+
+/// A model argument that may be a Hugging Face folder: converted to a temporary bundle beside
+/// `scratchBeside` first (removed afterwards), so every later step reads one format.
+func openBundle(_ model: String, scratchBeside: String, logger: Logging.Logger) throws -> (VLQFile, cleanup: () -> Void) {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else { throw VLQError(model, "no such file or folder") }
+    if !isDirectory.boolValue { return (try VLQFile(path: model), {}) }
+    let temporary = scratchBeside + ".source-\(getpid()).vlq.tmp"
+    logger.info("converting \(model) first (to \(temporary), removed afterwards)")
+    _ = try Converter(options: ConvertOptions(), logger: logger).convert(folder: model, output: temporary)
+    return (try VLQFile(path: temporary), { try? FileManager.default.removeItem(atPath: temporary) })
+}
+
+import Logging
+
+struct Calibrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a calibration set of images and questions through the fp32 model; save the statistics of every Linear's inputs.",
+        discussion: """
+            The statistics (sums of |x| and x^2 per input channel, and X^T X for gptq and awq) are stored \
+            zstd-compressed with the set's digest. They are sums: `--merge a.vlqstats b.vlqstats` adds runs \
+            over parts of a large set.
+            """
+    )
+
+    @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder (omit with --merge).")
+    var model: String?
+
+    @Option(help: "A JSONL manifest ({\"image\", \"question\"}) or a folder of images.")
+    var set: String?
+
+    @Option(name: .shortAndLong, help: "The .vlqstats file to write.")
+    var output: String
+
+    @Flag(name: .customLong("diagonal-only"), help: "Skip X^T X: enough for imatrix and much smaller.")
+    var diagonalOnly = false
+
+    @Option(parsing: .upToNextOption, help: "Merge these .vlqstats files instead of calibrating.")
+    var merge: [String] = []
+
+    @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        if merge.isEmpty {
+            guard model != nil, set != nil else { throw ValidationError("give a model and --set, or --merge FILES") }
+        } else {
+            guard merge.count >= 2, model == nil, set == nil else { throw ValidationError("--merge takes two or more files and no model or set") }
+        }
+    }
+
+    func run() throws {
+        let logger = global.makeLogger("vlq.calibrate")
+        if !merge.isEmpty {
+            var merged = try StatisticsFile.read(merge[0])
+            for path in merge.dropFirst() { try merged.merge(try StatisticsFile.read(path), subject: path) }
+            try merged.write(to: output)
+            logger.notice("wrote \(output): \(merged.samples) samples from \(merge.count) files")
+            return
+        }
+        let calibrationSet = try CalibrationSet(path: set!)
+        let engine = try YiVLEngine.open(model!)
+        let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+        let started = monotonicSeconds()
+        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: !diagonalOnly, progress: progress.update)
+        let file = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: calibrationSet.samples.count, model: model!)
+        try file.write(to: output)
+        logger.notice("wrote \(output): \(collector.statistics.count) Linear inputs over \(calibrationSet.samples.count) samples in \(fixed(monotonicSeconds() - started, 1)) s (set \(calibrationSet.digest))")
+    }
+}
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model to int8 / int4 groups, calibrated with images, driven by a preset or a recipe.",
+        discussion: """
+            Presets: int8 (every Linear and the embeddings in int8, vision tower included), int4 (LLM Linears \
+            4-bit affine group 128; vision tower, projector, embeddings and lm_head int8). Norms, biases and \
+            class/position/patch embeddings stay in float. Methods: rtn, imatrix, awq, gptq; all but rtn need \
+            --set (calibrate now) or --stats (from vlq calibrate).
+            """
+    )
+
+    @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder.")
+    var model: String
+
+    @Option(name: .shortAndLong, help: "The quantized .vlq file to write.")
+    var output: String
+
+    @Option(help: "int8 or int4.")
+    var preset: String?
+
+    @Option(help: "A recipe JSON file (see formats/RECIPES.md).")
+    var recipe: String?
+
+    @Option(help: "rtn, imatrix, awq or gptq (default: the recipe's, else rtn).")
+    var method: String?
+
+    @Option(help: "Calibration set: a JSONL manifest or a folder of images.")
+    var set: String?
+
+    @Option(help: "Statistics from vlq calibrate.")
+    var stats: String?
+
+    @Flag(name: .customLong("act-order"), help: "GPTQ: quantize columns in order of decreasing activation energy.")
+    var activationOrder = false
+
+    @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        guard (preset == nil) != (recipe == nil) else { throw ValidationError("give exactly one of --preset and --recipe") }
+        if let preset, Recipe.preset(preset) == nil { throw ValidationError("--preset must be int8 or int4") }
+        if let method, QuantizationMethod(rawValue: method) == nil { throw ValidationError("--method must be rtn, imatrix, awq or gptq") }
+        if set != nil && stats != nil { throw ValidationError("give --set or --stats, not both") }
+    }
+
+    func run() throws {
+        let logger = global.makeLogger("vlq.quantize")
+        var chosen: Recipe
+        if let preset { chosen = Recipe.preset(preset)! } else {
+            let file = try MappedFile(path: recipe!)
+            let json: JSONValue
+            do { json = try JSONValue.parse(file.bytes) } catch { throw VLQError(recipe!, "\(error)") }
+            chosen = try Recipe(json: json, source: recipe!)
+        }
+        if let method { chosen.method = QuantizationMethod(rawValue: method)! }
+        let need = QuantizePipeline.needs(chosen)
+        if need.statistics && set == nil && stats == nil {
+            throw ValidationError("method \(chosen.method?.rawValue ?? "") is calibrated: give --set (e.g. calibration/default.jsonl) or --stats")
+        }
+        let started = monotonicSeconds()
+        let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
+        defer { cleanup() }
+        var statistics: StatisticsFile?
+        if let stats {
+            statistics = try StatisticsFile.read(stats)
+        } else if need.statistics, let set {
+            let calibrationSet = try CalibrationSet(path: set)
+            let engine = try YiVLEngine.open(source.path)
+            let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+            let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: need.gram, progress: progress.update)
+            statistics = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: calibrationSet.samples.count, model: model)
+        }
+        var options = QuantizePipeline.Options(recipe: chosen)
+        options.activationOrder = activationOrder
+        let report = try QuantizePipeline(options: options, logger: logger).run(source: source, output: output, statistics: statistics,
+                                                                                 calibrationSource: stats ?? set)
+        for (name, reason) in report.fallbacks.sorted(by: { $0.key < $1.key }) { logger.info("fallback \(name): \(reason)") }
+        logger.notice("wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized (\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) in \(fixed(monotonicSeconds() - started, 1)) s")
+    }
+}
+
+/// Per-sample progress for calibration: a redrawn counter on a terminal, a line per tenth otherwise.
+final class SampleProgress {
+    let inner: ByteProgress
+    init(label: String, logger: Logging.Logger, enabled: Bool) {
+        inner = ByteProgress(label: label, logger: logger, enabled: enabled)
+        inner.unit = "samples"
+    }
+    func update(_ done: Int, _ total: Int) { inner.update(done, total) }
+}

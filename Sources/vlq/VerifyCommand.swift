@@ -1,0 +1,121 @@
+import ArgumentParser
+import Calibration
+import Foundation
+import VLQCore
+import Verification
+import YiVL
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure a candidate's accuracy drift against reference outputs; exit 1 when a bound is broken.",
+        discussion: """
+            --reference-dir: per-stage files of a reference run (tools/transformers_reference.py, or \
+            Tests/Fixtures/tiny-yivl-data/reference); the candidate runs on the reference's own pixel values \
+            and prompts. --set: a manifest whose rows carry "answer": greedy answers are scored by exact match \
+            (with --reference too, the reference model's answers are scored alongside). Exit codes: 0 all \
+            bounds hold, 1 a bound is broken, 2 usage or input error.
+            """
+    )
+
+    @Option(name: .customLong("reference-dir"), help: "Folder of reference per-stage files.")
+    var referenceDir: String?
+
+    @Option(help: "Reference model (bundle or Hugging Face folder) for answer agreement on --set.")
+    var reference: String?
+
+    @Option(help: "The model under test (bundle or Hugging Face folder).")
+    var candidate: String
+
+    @Option(help: "Evaluation set (JSONL with image, question, answer).")
+    var set: String?
+
+    @Option(name: .customLong("max-kld"), help: "Fail when the mean KL divergence exceeds this.")
+    var maxKLD: Double?
+
+    @Option(name: .customLong("min-same-top"), help: "Fail when the same-top-token rate falls below this (0..1).")
+    var minSameTop: Double?
+
+    @Option(name: .customLong("min-cosine"), help: "Fail when a projector-output cosine similarity falls below this.")
+    var minCosine: Double?
+
+    @Option(help: "Write every figure to this JSON file.")
+    var json: String?
+
+    @Option(name: .customLong("max-tokens"), help: "Most tokens per generated answer.")
+    var maxTokens: Int = 64
+
+    @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        guard referenceDir != nil || set != nil else { throw ValidationError("give --reference-dir, --set, or both") }
+    }
+
+    func run() throws {
+        let logger = global.makeLogger("vlq.verify")
+        let engine = try YiVLEngine.open(candidate)
+        var report: [String: JSONValue] = ["candidate": .string(candidate)]
+        var failures: [String] = []
+        print("candidate: \(candidate)")
+        if let referenceDir {
+            let references = try ReferenceCase.load(folder: referenceDir)
+            let c = try ReferenceComparison.run(candidate: engine, references: references)
+            print("reference: \(referenceDir) (\(references.count) cases, \(c.logits.positions) positions)")
+            print("")
+            print(padRight("case", 24) + padLeft("vision cos", 12) + padLeft("vision relL2", 14) + padLeft("proj cos", 12) + padLeft("proj relL2", 12) + padLeft("mean KLD", 12) + padLeft("same top", 10))
+            for r in c.cases {
+                print(padRight(r.name, 24) + padLeft(fixed(r.vision.cosine, 6), 12) + padLeft(sci(r.vision.relativeL2), 14)
+                      + padLeft(fixed(r.projector.cosine, 6), 12) + padLeft(sci(r.projector.relativeL2), 12)
+                      + padLeft(sci(r.logits.meanKLD), 12) + padLeft(fixed(100 * r.logits.sameTopRate, 2) + "%", 10))
+            }
+            let l = c.logits
+            print("")
+            print("logits: mean KLD \(sci(l.meanKLD)), median \(sci(l.medianKLD)), p99 \(sci(l.p99KLD)), max \(sci(l.maxKLD)); same top \(fixed(100 * l.sameTopRate, 2))%; RMS dp(top) \(sci(l.rmsTopProbabilityDelta))")
+            report["reference_dir"] = .string(referenceDir)
+            report["logits"] = ["mean_kld": .double(l.meanKLD), "median_kld": .double(l.medianKLD), "p99_kld": .double(l.p99KLD),
+                                "max_kld": .double(l.maxKLD), "same_top": .double(l.sameTopRate),
+                                "rms_top_probability_delta": .double(l.rmsTopProbabilityDelta), "positions": .int(Int64(l.positions))]
+            report["cases"] = .array(c.cases.map { r in
+                ["name": .string(r.name), "vision_cosine": .double(r.vision.cosine), "vision_relative_l2": .double(r.vision.relativeL2),
+                 "projector_cosine": .double(r.projector.cosine), "projector_relative_l2": .double(r.projector.relativeL2),
+                 "mean_kld": .double(r.logits.meanKLD), "same_top": .double(r.logits.sameTopRate)]
+            })
+            if let maxKLD, l.meanKLD > maxKLD { failures.append("mean KLD \(sci(l.meanKLD)) > \(maxKLD)") }
+            if let minSameTop, l.sameTopRate < minSameTop { failures.append("same top \(fixed(l.sameTopRate, 4)) < \(minSameTop)") }
+            if let minCosine, c.minimumProjectorCosine < minCosine { failures.append("projector cosine \(fixed(c.minimumProjectorCosine, 6)) < \(minCosine)") }
+        }
+        if let set {
+            let evaluation = try CalibrationSet(path: set)
+            let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
+            let candidateAnswers = try ExactMatch.run(engine, set: evaluation, maxTokens: maxTokens, progress: progress.update)
+            print("exact match on \(set): \(candidateAnswers.correct)/\(candidateAnswers.total) = \(fixed(100 * candidateAnswers.rate, 1))%")
+            var answers: [String: JSONValue] = ["correct": .int(Int64(candidateAnswers.correct)), "total": .int(Int64(candidateAnswers.total)),
+                                                "rate": .double(candidateAnswers.rate)]
+            if let reference {
+                let referenceAnswers = try ExactMatch.run(try YiVLEngine.open(reference), set: evaluation, maxTokens: maxTokens, progress: progress.update)
+                let agree = zip(referenceAnswers.answers, candidateAnswers.answers).filter { $0 == $1 }.count
+                print("reference exact match: \(fixed(100 * referenceAnswers.rate, 1))%; answers identical to the reference's: \(agree)/\(referenceAnswers.answers.count)")
+                answers["reference_rate"] = .double(referenceAnswers.rate)
+                answers["agreement"] = .double(Double(agree) / Double(max(1, referenceAnswers.answers.count)))
+            }
+            report["exact_match"] = .object(answers)
+        }
+        report["failures"] = .array(failures.map { .string($0) })
+        if let json {
+            try Data(JSONValue.object(report).serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json))
+        }
+        if !failures.isEmpty {
+            throw CheckFailure(message: "vlq: verify: bound broken: " + failures.joined(separator: "; "))
+        }
+        print(failures.isEmpty && (maxKLD != nil || minSameTop != nil || minCosine != nil) ? "all bounds hold" : "")
+    }
+}
+
+/// Scientific notation with three significant digits, for small drift figures.
+func sci(_ v: Double) -> String {
+    guard v != 0, v.isFinite else { return v == 0 ? "0" : String(v) }
+    var exponent = 0
+    var m = abs(v)
+    while m >= 10 { m /= 10; exponent += 1 }
+    while m < 1 { m *= 10; exponent -= 1 }
+    return (v < 0 ? "-" : "") + fixed(m, 2) + "e" + (exponent < 0 ? "-" : "+") + (abs(exponent) < 10 ? "0" : "") + String(abs(exponent))
+}
