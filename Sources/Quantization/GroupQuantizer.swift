@@ -40,6 +40,19 @@ public struct GroupQuantizer: Sendable {
     }
 
     func error(_ w: UnsafePointer<Float>, _ n: Int, _ a: UnsafePointer<Float>?, scale: Float, bias: Float) -> Float {
+        if let gram {
+            // The group's share of the output error: d^T G d over its block of the Gram matrix.
+            var d = [Double](repeating: 0, count: n)
+            for j in 0..<n { d[j] = Double(w[j] - (Float(code(w[j], scale: scale, bias: bias)) * scale + bias)) }
+            var e = 0.0
+            for j in 0..<n where d[j] != 0 {
+                var row = 0.0
+                let g = gram.pointer + j * gram.stride
+                for k in 0..<n { row += g[k] * d[k] }
+                e += d[j] * row
+            }
+            return Float(e)
+        }
         var e: Float = 0
         for j in 0..<n {
             let d = w[j] - (Float(code(w[j], scale: scale, bias: bias)) * scale + bias)
@@ -47,6 +60,15 @@ public struct GroupQuantizer: Sendable {
         }
         return e
     }
+
+    /// With a Gram block, candidates are judged by the output error they cause (AWQ's clipping search)
+    /// rather than by the weights' own error.
+    public struct GramBlock {
+        public var pointer: UnsafePointer<Double>
+        public var stride: Int
+    }
+
+    public var gram: GramBlock?
 
     /// The best parameters for `w[0..<n]`.
     public func fit(_ w: UnsafePointer<Float>, count n: Int, importance a: UnsafePointer<Float>? = nil) -> Fit {

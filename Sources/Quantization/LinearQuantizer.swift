@@ -11,6 +11,12 @@ public enum LinearQuantizer {
         public var channelScales: [Float]?
     }
 
+    /// The output-aware clip search costs rows x columns x group size per candidate range; past this
+    /// budget (about 2 s of work) AWQ falls back to E[x^2]-weighted ranges, which cost rows x columns.
+    static func outputAwareClipAffordable(rows: Int, columns: Int, groupSize: Int) -> Bool {
+        rows * columns * groupSize <= 1 << 30
+    }
+
     public static func quantize(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
                                 method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
                                 activationOrder: Bool = false) throws -> Output {
@@ -28,16 +34,27 @@ public enum LinearQuantizer {
         case .awq:
             guard let statistics else { throw VLQError(nil, "awq needs calibration statistics") }
             guard let s = awqScales else {
-                // Not foldable into a preceding op: importance-weighted groups only.
+                // Not foldable into a preceding op: only the output-aware clipping search.
+                if let g = statistics.gram, outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize) {
+                    return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: g))
+                }
                 return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding,
                                                                      groupSize: groupSize, columnImportance: statistics.meanSquares))
             }
             var scaled = w
             for r in 0..<rows { for j in 0..<columns { scaled[r * columns + j] *= s[j] } }
-            // The scaled layer sees inputs x / s.
-            let importance = zip(statistics.meanSquares, s).map { $0 / ($1 * $1) }
-            var m = MatrixQuantizer.roundToNearest(scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+            // The scaled layer sees inputs x / s: its Gram matrix is diag(1/s) G diag(1/s). Each group's
+            // clipping range is then searched against the output error (AWQ's auto-clip).
+            var m: QuantizedMatrix
+            if let g = statistics.gram, LinearQuantizer.outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize) {
+                var scaledGram = g
+                for i in 0..<columns { for j in 0..<columns { scaledGram[i * columns + j] /= Double(s[i]) * Double(s[j]) } }
+                m = MatrixQuantizer.roundToNearest(scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: scaledGram)
+            } else {
+                let importance = zip(statistics.meanSquares, s).map { $0 / ($1 * $1) }
+                m = MatrixQuantizer.roundToNearest(scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
                                                    columnImportance: importance)
+            }
             // Report values in the unscaled frame, as the folded model computes them.
             for r in 0..<rows { for j in 0..<columns { m.dequantized[r * columns + j] /= s[j] } }
             return Output(matrix: m, channelScales: s)

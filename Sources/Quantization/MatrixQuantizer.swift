@@ -25,10 +25,11 @@ public enum QuantizationMethod: String, CaseIterable, Sendable {
 public enum MatrixQuantizer {
     /// Quantizes `w` [rows, columns] group by group. `columnImportance` (E[x^2] per input column)
     /// turns on the weighted search and least-squares refinement.
+    /// With `gram` (X^T X of the inputs), each group's range is chosen by the output error it causes.
     public static func roundToNearest(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
-                                      columnImportance: [Float]? = nil) -> QuantizedMatrix {
+                                      columnImportance: [Float]? = nil, gram: [Double]? = nil) -> QuantizedMatrix {
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
-        let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil)
+        var quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
         var codes = [Int8](repeating: 0, count: rows * columns)
         var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var biases = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
@@ -49,7 +50,13 @@ public enum MatrixQuantizer {
                         for j in 0..<groupSize { importance[j] = ci[start + j] * (sigma2 + row[start + j] * row[start + j]).squareRoot() }
                     }
                     let fit = importance.withUnsafeBufferPointer { a in
-                        quantizer.fit(row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
+                        if let gram {
+                            return gram.withUnsafeBufferPointer { g in
+                                quantizer.gram = GroupQuantizer.GramBlock(pointer: g.baseAddress! + start * columns + start, stride: columns)
+                                return quantizer.fit(row + start, count: groupSize)
+                            }
+                        }
+                        return quantizer.fit(row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
                     }
                     scales[r * layout.groupsPerRow + g] = fit.scale
                     biases[r * layout.groupsPerRow + g] = fit.bias

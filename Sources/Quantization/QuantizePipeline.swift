@@ -123,20 +123,16 @@ public final class QuantizePipeline {
                 }
                 var values = try weights.floats(record.name)
                 let columns = record.shape.last ?? 1, rows = values.count / max(columns, 1)
-                if let s = columnScales[record.name] { for r in 0..<rows { for j in 0..<columns { values[r * columns + j] *= s[j] } } }
+                // AWQ's column scaling happens inside LinearQuantizer (it also rescales the statistics).
+                if let s = columnScales[record.name], !record.encoding.isQuantized {
+                    for r in 0..<rows { for j in 0..<columns { values[r * columns + j] *= s[j] } }
+                }
                 if let s = divideRows[record.name] { for r in 0..<rows { for j in 0..<columns { values[r * columns + j] /= s[r] } } }
                 if let s = divideVector[record.name] { for j in 0..<values.count { values[j] /= s[j] } }
                 if record.encoding.isQuantized {
                     let method = d.method ?? .rtn
-                    var stats = statistics?.statistics(for: record.name)
-                    if let s = columnScales[record.name], stats != nil {
-                        // The scaled Linear sees x / s.
-                        stats!.sumSquares = zip(stats!.sumSquares, s).map { $0 / Double($1 * $1) }
-                        stats!.sumAbs = zip(stats!.sumAbs, s).map { $0 / Double($1) }
-                        stats!.gram = nil
-                    }
-                    // After its channel scaling, AWQ rounds groups with the (scaled) importance weighting.
-                    var effective: QuantizationMethod = method == .awq ? .imatrix : method
+                    let stats = statistics?.statistics(for: record.name)
+                    var effective = method
                     var note = d.fallback
                     if method != .rtn && stats == nil {
                         // Calibration never reached it (the vision layers after the selected one): its output
@@ -147,6 +143,7 @@ public final class QuantizePipeline {
                     }
                     let out = try LinearQuantizer.quantize(values, rows: rows, columns: columns, encoding: record.encoding,
                                                            groupSize: record.groupSize, method: effective, statistics: stats,
+                                                           awqScales: effective == .awq ? columnScales[record.name] : nil,
                                                            activationOrder: options.activationOrder)
                     try writer.writeTensor(index) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
                     quantizedCount += 1

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The accuracy table of vlq quantize on the tiny Yi-VL: every preset/method against the transformers
+# fp32 reference logits of the six reference cases (mean KLD, same top) and greedy exact match on the
+# 200-sample eval set, with the bits per weight of the LLM's Linear weights.
+#   tools/accuracy_table.sh [WORK_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/vlq-accuracy}
+mkdir -p "$work"
+swift build -c release --product vlq >/dev/null
+vlq=.build/release/vlq
+data=Tests/Fixtures/tiny-yivl-data
+$vlq convert Tests/Fixtures/tiny-yivl -o "$work/fp.vlq" -q
+$vlq calibrate "$work/fp.vlq" --set $data/calibration.jsonl -o "$work/tiny.vlqstats" -q
+
+row() {  # name bundle
+  local json="$work/$1.json"
+  $vlq verify --reference-dir $data/reference --candidate "$2" --set $data/eval.jsonl --json "$json" -q >/dev/null
+  python3 - "$1" "$json" "$2" <<'PY'
+import json, subprocess, sys
+name, path, bundle = sys.argv[1:4]
+r = json.load(open(path))
+listing = json.loads(subprocess.run([".build/release/vlq", "inspect", bundle, "--json"], capture_output=True, text=True, check=True).stdout)
+linear = [t for t in listing["tensors"] if t["name"].startswith("model.layers.") and len(t["shape"]) == 2]
+bits = 8 * sum(t["bytes"] for t in linear) / sum(t["shape"][0] * t["shape"][1] for t in linear)
+total = listing["totals"]["bits_per_weight"]
+l = r["logits"]
+print(f"| {name} | {l['mean_kld']:.2e} | {100 * l['same_top']:.2f}% | {100 * r['exact_match']['rate']:.1f}% | {bits:.2f} | {total:.2f} |")
+PY
+}
+
+echo "| candidate | mean KLD | same top | exact match | bits/LLM-Linear weight | bits/weight (all) |"
+echo "| --- | --- | --- | --- | --- | --- |"
+row "fp32 bundle (bf16 LLM, as shipped)" "$work/fp.vlq"
+for preset in int8 int4; do
+  for method in rtn imatrix awq gptq; do
+    $vlq quantize "$work/fp.vlq" -o "$work/$preset-$method.vlq" --preset $preset --method $method --stats "$work/tiny.vlqstats" -q
+    row "$preset $method" "$work/$preset-$method.vlq"
+  done
+done
+for recipe in ${VLQ_EXTRA_RECIPES:-}; do
+  name=$(basename "$recipe" .json)
+  $vlq quantize "$work/fp.vlq" -o "$work/$name.vlq" --recipe "$recipe" --stats "$work/tiny.vlqstats" -q
+  row "$name" "$work/$name.vlq"
+done
