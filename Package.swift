@@ -30,7 +30,7 @@ let package = Package(
         // Reading Hugging Face safetensors files and shard sets over mmap.
         .target(name: "SafeTensors", dependencies: ["VLQCore"]),
         // The .vlq bundle format (formats/VLQ-BUNDLE.md): writer, reader, checker.
-        .target(name: "VLQFormat", dependencies: ["VLQCore"]),
+        .target(name: "VLQFormat", dependencies: ["VLQCore"], swiftSettings: optimizedEvenInDebug),
         // SentencePiece BPE tokenizer read from tokenizer.model.
         .target(name: "Tokenizer", dependencies: ["VLQCore"]),
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.

@@ -31,6 +31,58 @@ import numpy as np
 MAGIC = b"\x89VLQ\r\n\x1a\n"
 HEADER_SIZE = 128
 ENCODINGS = {0: ("f32", "<f4", 4), 1: ("f16", "<f2", 2), 2: ("bf16", "<u2", 2)}
+QUANTIZED = {32: "q8", 33: "q4", 34: "q4s"}
+PLANE_ALIGNMENT = 64
+
+
+def _align(x, a):
+    return (x + a - 1) // a * a
+
+
+def quantized_layout(encoding, shape, group_size):
+    """(values bytes, scales offset, biases offset or None, total bytes) per the spec, or None if invalid."""
+    if not shape or group_size <= 0:
+        return None
+    columns = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if columns <= 0 or columns % group_size or (encoding != "q8" and group_size % 2):
+        return None
+    values = rows * columns if encoding == "q8" else rows * columns // 2
+    parameters = rows * (columns // group_size) * 2
+    scales = _align(values, PLANE_ALIGNMENT)
+    if encoding == "q4":
+        biases = _align(scales + parameters, PLANE_ALIGNMENT)
+        return values, scales, biases, biases + parameters
+    return values, scales, None, scales + parameters
+
+
+def dequantize(data, encoding, shape, group_size):
+    """Decodes a quantized tensor's bytes (q8, q4, q4s) to float32 of `shape` (formats/VLQ-BUNDLE.md, section 5)."""
+    layout = quantized_layout(encoding, shape, group_size)
+    if layout is None or len(data) != layout[3]:
+        raise VLQFormatError(f"{encoding} data of {len(data)} bytes does not fit shape {shape} group {group_size}")
+    values_bytes, scales_offset, biases_offset, _ = layout
+    columns = shape[-1]
+    rows = len(data[:values_bytes]) // (columns if encoding == "q8" else columns // 2)
+    groups = columns // group_size
+    raw = np.frombuffer(data, dtype=np.uint8, count=values_bytes)
+    scales = np.frombuffer(data, dtype="<f2", count=rows * groups, offset=scales_offset).astype(np.float32).reshape(rows, groups, 1)
+    if encoding == "q8":
+        codes = raw.view(np.int8).astype(np.float32).reshape(rows, groups, group_size)
+        out = codes * scales
+    else:
+        nibbles = np.empty(rows * columns, dtype=np.float32)
+        nibbles[0::2] = raw & 0x0F
+        nibbles[1::2] = raw >> 4
+        nibbles = nibbles.reshape(rows, groups, group_size)
+        if encoding == "q4":
+            biases = np.frombuffer(data, dtype="<f2", count=rows * groups, offset=biases_offset).astype(np.float32).reshape(rows, groups, 1)
+        else:
+            biases = np.float32(-8) * scales
+        out = nibbles * scales + biases
+    return out.astype(np.float32).reshape(shape)
 COMPONENTS = {0: "vision", 1: "projector", 2: "language"}
 SOURCE_DTYPES = {0: "f32", 1: "f16", 2: "bf16", 255: "unknown"}
 MASK64 = (1 << 64) - 1
@@ -320,7 +372,7 @@ class VLQBundle:
                 self._fail(f"tensor table entry {index} is malformed")
             shape = list(struct.unpack_from(f"<{rank}Q", table, pos + 40))
             name = bytes(table[pos + 40 + 8 * rank:pos + 40 + 8 * rank + name_length]).decode("utf-8")
-            if encoding not in ENCODINGS:
+            if encoding not in ENCODINGS and encoding not in QUANTIZED:
                 self._fail(f"tensor {name}: unknown encoding {encoding}")
             if component not in COMPONENTS:
                 self._fail(f"tensor {name}: unknown component {component}")
@@ -329,11 +381,16 @@ class VLQBundle:
             count = 1
             for d in shape:
                 count *= d
-            if count * ENCODINGS[encoding][2] != size:
+            if encoding in QUANTIZED:
+                layout = quantized_layout(QUANTIZED[encoding], shape, group_size)
+                expected = layout[3] if layout else None
+            else:
+                expected = count * ENCODINGS[encoding][2] if group_size == 0 else None
+            if expected != size:
                 self._fail(f"tensor {name}: {size} bytes do not match shape {shape}")
             if offset % self.alignment or offset < self.data_offset or offset + size > self.data_offset + self.data_size:
                 self._fail(f"tensor {name}: data lies outside the data region or is misaligned")
-            entry = TensorEntry(name=name, encoding=ENCODINGS[encoding][0], component=COMPONENTS[component], shape=shape,
+            entry = TensorEntry(name=name, encoding=QUANTIZED.get(encoding) or ENCODINGS[encoding][0], component=COMPONENTS[component], shape=shape,
                                 group_size=group_size, source_dtype=SOURCE_DTYPES.get(source, "unknown"),
                                 offset=offset, size=size, xxh3=digest)
             self._by_name[name] = entry
@@ -373,14 +430,18 @@ class VLQBundle:
         return self.buffer[t.offset:t.offset + t.size]
 
     def tensor(self, name):
-        """A read-only numpy view of the stored elements (bf16 as uint16 bit patterns), no copy."""
+        """A read-only numpy view of the stored elements (bf16 as uint16 bit patterns), no copy.
+        For quantized encodings: the raw bytes (uint8); tensor_f32 decodes them."""
         t = self.entry(name)
-        return np.frombuffer(self.buffer, dtype=ENCODINGS[{"f32": 0, "f16": 1, "bf16": 2}[t.encoding]][1],
-                             count=t.size // ENCODINGS[{"f32": 0, "f16": 1, "bf16": 2}[t.encoding]][2],
-                             offset=t.offset).reshape(t.shape)
+        if t.encoding in QUANTIZED.values():
+            return np.frombuffer(self.buffer, dtype=np.uint8, count=t.size, offset=t.offset)
+        _, dtype, width = next(v for v in ENCODINGS.values() if v[0] == t.encoding)
+        return np.frombuffer(self.buffer, dtype=dtype, count=t.size // width, offset=t.offset).reshape(t.shape)
 
     def tensor_f32(self, name):
         t = self.entry(name)
+        if t.encoding in QUANTIZED.values():
+            return dequantize(self.raw(name), t.encoding, t.shape, t.group_size)
         values = self.tensor(name)
         if t.encoding == "bf16":
             return (values.astype(np.uint32) << 16).view(np.float32)

@@ -25,6 +25,13 @@ public struct Recipe: Sendable, Equatable {
         public var pattern: String
         public var target: Target
         public var method: QuantizationMethod?
+
+        public init(component: Component?, pattern: String, target: Target, method: QuantizationMethod?) {
+            self.component = component
+            self.pattern = pattern
+            self.target = target
+            self.method = method
+        }
     }
 
     public var name: String

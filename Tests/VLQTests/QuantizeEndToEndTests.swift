@@ -1,0 +1,112 @@
+import Calibration
+import Foundation
+import Quantization
+import VLQCore
+import VLQFormat
+import Verification
+import XCTest
+import YiVL
+
+/// `vlq calibrate` and `vlq quantize` end to end on the tiny Yi-VL, measured against the
+/// transformers fp32 reference.
+final class QuantizeEndToEndTests: XCTestCase {
+    static let calibrationSet = Reference.data + "/calibration.jsonl"
+    static let references = try! ReferenceCase.load(folder: Reference.data + "/reference")
+
+    func drift(_ bundle: String) throws -> LogitDrift {
+        try ReferenceComparison.run(candidate: try YiVLEngine.open(bundle), references: Self.references).logits
+    }
+
+    /// The int8 bar: mean KLD <= 2e-4, same top >= 99%, exact match within 2 points of fp32 (48%).
+    func testInt8PresetCalibratedWithTheShippedScenesMeetsTheBar() throws {
+        let scratch = try Scratch()
+        let output = scratch.file("int8.vlq")
+        let result = try vlq("quantize", Repo.tinyModel, "-o", output, "--preset", "int8", "--method", "imatrix", "--set", Self.calibrationSet, "-q")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertEqual(scratch.listing(), ["int8.vlq"], "the temporary conversion is removed")
+        XCTAssertEqual(try vlq("check", output).status, 0)
+        let d = try drift(output)
+        XCTAssertLessThanOrEqual(d.meanKLD, 2e-4)
+        XCTAssertGreaterThanOrEqual(d.sameTopRate, 0.99)
+        let answers = try ExactMatch.run(try YiVLEngine.open(output), set: try CalibrationSet(path: Reference.data + "/eval.jsonl"))
+        XCTAssertEqual(answers.total, 200)
+        XCTAssertGreaterThanOrEqual(answers.rate, 0.48 - 0.02)
+
+        let bundle = try VLQFile(path: output)
+        let q = try XCTUnwrap(bundle.metadata["quantization"])
+        XCTAssertEqual(q["method"]?.stringValue, "imatrix")
+        XCTAssertEqual(q["calibration"]?["samples"]?.intValue, 32)
+        XCTAssertEqual(q["calibration"]?["set_digest"]?.stringValue, try CalibrationSet(path: Self.calibrationSet).digest)
+        XCTAssertEqual(bundle.record("vision_model.encoder.layers.0.mlp.fc1.weight")?.encoding, .q8, "the vision tower is quantized")
+        XCTAssertEqual(bundle.record("vision_model.embeddings.position_embedding.weight")?.encoding, .f32)
+        XCTAssertEqual(bundle.record("model.norm.weight")?.encoding, .bf16)
+        XCTAssertEqual(q["tensors"]?["vision_model.encoder.layers.3.mlp.fc1.weight"]?["fallback"]?.stringValue,
+                       "not reached by calibration (unused by the model): rtn")
+    }
+
+    func testInt4CalibratedMethodsBeatRoundToNearestAndGPTQBeatsLlamaCppQ4_0() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), stats = scratch.file("tiny.vlqstats")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let calibrated = try vlq("calibrate", bundle, "--set", Self.calibrationSet, "-o", stats, "-q")
+        XCTAssertEqual(calibrated.status, 0, calibrated.stderr)
+        var kld: [String: Double] = [:]
+        for method in ["rtn", "gptq", "imatrix"] {
+            let output = scratch.file("int4-\(method).vlq")
+            let result = try vlq("quantize", bundle, "-o", output, "--preset", "int4", "--method", method, "--stats", stats, "-q")
+            XCTAssertEqual(result.status, 0, result.stderr)
+            kld[method] = try drift(output).meanKLD
+        }
+        XCTAssertLessThan(kld["imatrix"]!, kld["rtn"]!)
+        XCTAssertLessThanOrEqual(kld["gptq"]!, 0.6 * kld["rtn"]!)
+        XCTAssertLessThan(kld["gptq"]!, 0.0030, "llama.cpp Q4_0 with imatrix on these cases (LLM only)")
+        let listing = try JSONValue.parse(try vlq("inspect", scratch.file("int4-gptq.vlq"), "--json").stdout)
+        let language = listing["components"]?.arrayValue?.first { $0["name"]?.stringValue == "language" }
+        XCTAssertLessThan(language?["bits_per_weight"]?.doubleValue ?? 99, 8)
+    }
+
+    func testStatisticsAreSumsSoHalvesMergeIntoTheWhole() throws {
+        let scratch = try Scratch()
+        let engine = EngineParityTests.folderEngine
+        let all = try CalibrationSet(path: Self.calibrationSet)
+        var first = all, second = all
+        first.samples = Array(all.samples.prefix(10))
+        second.samples = Array(all.samples.dropFirst(10))
+        for (set, name) in [(first, "a"), (second, "b"), (all, "all")] {
+            let c = try CalibrationRunner.collect(engine: engine, set: set, withGram: false)
+            try StatisticsFile(collector: c, setDigest: set.digest, samples: set.samples.count, model: "tiny").write(to: scratch.file(name + ".vlqstats"))
+        }
+        let merged = try vlq("calibrate", "--merge", scratch.file("a.vlqstats"), scratch.file("b.vlqstats"), "-o", scratch.file("ab.vlqstats"))
+        XCTAssertEqual(merged.status, 0, merged.stderr)
+        let ab = try StatisticsFile.read(scratch.file("ab.vlqstats")), whole = try StatisticsFile.read(scratch.file("all.vlqstats"))
+        XCTAssertEqual(ab.samples, 32)
+        XCTAssertEqual(Set(ab.statistics.keys), Set(whole.statistics.keys))
+        for (name, s) in whole.statistics {
+            let m = ab.statistics[name]!
+            XCTAssertEqual(m.rows, s.rows, name)
+            for j in 0..<s.columns { XCTAssertEqual(m.sumSquares[j], s.sumSquares[j], accuracy: 1e-9 * max(1, s.sumSquares[j]), name) }
+        }
+    }
+
+    func testBadQuantizeInputsAreClearErrors() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        try #"{"rules": [{"match": "*", "encoding": "q3"}]}"#.write(toFile: scratch.file("bad.json"), atomically: true, encoding: .utf8)
+        let badRecipe = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--recipe", scratch.file("bad.json"))
+        XCTAssertEqual(badRecipe.status, 2)
+        XCTAssertTrue(badRecipe.stderr.contains("bad.json: rule 1: unknown encoding \"q3\""), badRecipe.stderr)
+        let uncalibrated = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "gptq")
+        XCTAssertEqual(uncalibrated.status, 2)
+        XCTAssertTrue(uncalibrated.stderr.contains("--set"), uncalibrated.stderr)
+        try writeBytes(Array("garbage".utf8), to: scratch.file("bad.vlqstats"))
+        let badStats = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "imatrix", "--stats", scratch.file("bad.vlqstats"))
+        XCTAssertEqual(badStats.status, 2)
+        XCTAssertTrue(badStats.stderr.contains("bad.vlqstats: not a .vlqstats file"), badStats.stderr)
+        XCTAssertEqual(try vlq("quantize", bundle, "-o", scratch.file("q8.vlq"), "--preset", "int8", "-q").status, 0)
+        let twice = try vlq("quantize", scratch.file("q8.vlq"), "-o", scratch.file("q.vlq"), "--preset", "int4")
+        XCTAssertEqual(twice.status, 2)
+        XCTAssertTrue(twice.stderr.contains("is already quantized"), twice.stderr)
+        XCTAssertFalse(scratch.listing().contains("q.vlq"))
+    }
+}
