@@ -7,15 +7,21 @@ public struct InputStatistics: Sendable {
     public var rows: Double
     public var sumAbs: [Double]
     public var sumSquares: [Double]
-    /// X^T X, columns x columns, row-major (nil when only the diagonal was collected).
-    public var gram: [Double]?
+    /// X^T X, accumulated in place by BLAS (nil when only the diagonal was collected).
+    public var gramMatrix: GramMatrix?
+
+    /// X^T X, columns x columns, row-major and symmetric (nil when only the diagonal was collected).
+    public var gram: [Double]? {
+        get { gramMatrix?.symmetric }
+        set { gramMatrix = newValue.map { GramMatrix(columns: columns, symmetric: $0) } }
+    }
 
     public init(columns: Int, withGram: Bool) {
         self.columns = columns
         rows = 0
         sumAbs = Array(repeating: 0, count: columns)
         sumSquares = Array(repeating: 0, count: columns)
-        gram = withGram ? Array(repeating: 0, count: columns * columns) : nil
+        gramMatrix = withGram ? GramMatrix(columns: columns) : nil
     }
 
     public mutating func add(_ x: UnsafePointer<Float>, rows n: Int) {
@@ -28,19 +34,7 @@ public struct InputStatistics: Sendable {
                 sumSquares[j] += v * v
             }
         }
-        if gram != nil {
-            // X^T X through BLAS in float, accumulated in double across batches.
-            let g = UnsafeMutablePointer<Float>.allocate(capacity: columns * columns)
-            defer { g.deallocate() }
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 0, g, Int32(columns))
-            for i in 0..<columns {
-                for j in i..<columns {
-                    let v = Double(g[i * columns + j])
-                    gram![i * columns + j] += v
-                    if i != j { gram![j * columns + i] += v }
-                }
-            }
-        }
+        gramMatrix?.add(x, rows: n)
     }
 
     public mutating func merge(_ other: InputStatistics) {
@@ -50,10 +44,10 @@ public struct InputStatistics: Sendable {
             sumAbs[j] += other.sumAbs[j]
             sumSquares[j] += other.sumSquares[j]
         }
-        if let o = other.gram, gram != nil {
-            for i in 0..<o.count { gram![i] += o[i] }
+        if let o = other.gramMatrix, let g = gramMatrix {
+            g.add(o)
         } else {
-            gram = nil
+            gramMatrix = nil
         }
     }
 
@@ -62,3 +56,52 @@ public struct InputStatistics: Sendable {
     public var meanAbs: [Float] { sumAbs.map { Float($0 / max(rows, 1)) } }
 }
 
+
+/// X^T X over calibration inputs. Accumulated in float by `ssyrk` straight into its upper triangle
+/// (as GPTQ does on GPUs: the cost is one rank-k update per batch, no copies); the symmetric double
+/// matrix the methods use is built once, when first asked for.
+public final class GramMatrix: @unchecked Sendable {
+    public let columns: Int
+    private var upper: [Float]
+    private var cached: [Double]?
+
+    public init(columns: Int) {
+        self.columns = columns
+        upper = Array(repeating: 0, count: columns * columns)
+    }
+
+    public init(columns: Int, symmetric: [Double]) {
+        precondition(symmetric.count == columns * columns)
+        self.columns = columns
+        upper = symmetric.map { Float($0) }
+        cached = symmetric
+    }
+
+    func add(_ x: UnsafePointer<Float>, rows n: Int) {
+        upper.withUnsafeMutableBufferPointer { g in
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 1, g.baseAddress, Int32(columns))
+        }
+        cached = nil
+    }
+
+    func add(_ other: GramMatrix) {
+        let o = other.symmetric
+        for i in 0..<columns { for j in i..<columns { upper[i * columns + j] += Float(o[i * columns + j]) } }
+        cached = nil
+    }
+
+    /// The full symmetric matrix in double.
+    public var symmetric: [Double] {
+        if let cached { return cached }
+        var full = [Double](repeating: 0, count: columns * columns)
+        for i in 0..<columns {
+            for j in i..<columns {
+                let v = Double(upper[i * columns + j])
+                full[i * columns + j] = v
+                full[j * columns + i] = v
+            }
+        }
+        cached = full
+        return full
+    }
+}

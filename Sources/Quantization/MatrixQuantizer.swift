@@ -29,14 +29,23 @@ public enum MatrixQuantizer {
     public static func roundToNearest(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
                                       columnImportance: [Float]? = nil, gram: [Double]? = nil) -> QuantizedMatrix {
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
-        var quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
+        let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
         var codes = [Int8](repeating: 0, count: rows * columns)
         var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var biases = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var values = [Float](repeating: 0, count: rows * columns)
-        var importance = [Float](repeating: 1, count: groupSize)
+        // Rows are independent: they are spread over the cores, each writing its own rows.
+        codes.withUnsafeMutableBufferPointer { codesBuffer in
+        scales.withUnsafeMutableBufferPointer { scalesBuffer in
+        biases.withUnsafeMutableBufferPointer { biasesBuffer in
+        values.withUnsafeMutableBufferPointer { valuesBuffer in
+        let codesOut = codesBuffer.baseAddress!, scalesOut = scalesBuffer.baseAddress!
+        let biasesOut = biasesBuffer.baseAddress!, valuesOut = valuesBuffer.baseAddress!
         w.withUnsafeBufferPointer { wp in
-            for r in 0..<rows {
+          parallelRows(rows) { range in
+            var quantizer = quantizer
+            var importance = [Float](repeating: 1, count: groupSize)
+            for r in range {
                 let row = wp.baseAddress! + r * columns
                 var sigma2: Float = 0
                 if columnImportance != nil {
@@ -58,14 +67,19 @@ public enum MatrixQuantizer {
                         }
                         return quantizer.fit(row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
                     }
-                    scales[r * layout.groupsPerRow + g] = fit.scale
-                    biases[r * layout.groupsPerRow + g] = fit.bias
+                    scalesOut[r * layout.groupsPerRow + g] = fit.scale
+                    biasesOut[r * layout.groupsPerRow + g] = fit.bias
                     for j in start..<(start + groupSize) {
-                        codes[r * columns + j] = quantizer.storedCode(row[j], fit)
-                        values[r * columns + j] = quantizer.dequantized(row[j], fit)
+                        codesOut[r * columns + j] = quantizer.storedCode(row[j], fit)
+                        valuesOut[r * columns + j] = quantizer.dequantized(row[j], fit)
                     }
                 }
             }
+          }
+        }
+        }
+        }
+        }
         }
         return QuantizedMatrix(layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
                                dequantized: values)
@@ -86,3 +100,16 @@ public enum MatrixQuantizer {
         return total
     }
 }
+
+import Dispatch
+
+/// Splits 0..<count over the cores (at least 16 rows per task).
+func parallelRows(_ count: Int, _ body: (Range<Int>) -> Void) {
+    let tasks = min(max(1, count / 16), max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+    if tasks <= 1 { return body(0..<count) }
+    DispatchQueue.concurrentPerform(iterations: tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

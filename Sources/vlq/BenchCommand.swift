@@ -1,5 +1,8 @@
 import ArgumentParser
 import CBLAS
+import Calibration
+import Quantization
+import VLQFormat
 import VLQCore
 import YiVL
 
@@ -27,6 +30,9 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Repetitions of each measurement; the best is reported.")
     var repeats: Int = 2
+
+    @Flag(help: "Also measure calibration overhead (statistics at every Linear input) and GPTQ / RTN time per decoder layer.")
+    var quantization = false
 
     func run() throws {
         let engine = try YiVLEngine.open(model)
@@ -72,9 +78,54 @@ struct Bench: ParsableCommand {
         let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.model.visionFeatures(pixels: pixels) }
         print("vision tower, one \(c.vision.imageSize) px image (\(c.vision.selectedHiddenState) layers, \(c.vision.patchCount + 1) positions): \(fixed(visionSeconds, 3)) s")
 
+        if quantization { try benchQuantization(engine, pixels: pixels, embeddings: embeddings) }
+
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         print("peak RSS: \(usage.ru_maxrss / 1024) MiB")
+    }
+
+    /// One sample's forward (vision tower, projector, decoder prefill) plain, with diagonal statistics
+    /// (imatrix), and with X^T X on the decoder (gptq, awq); then RTN and GPTQ on decoder layer 0.
+    func benchQuantization(_ engine: YiVLEngine, pixels: [Float], embeddings: [Float]) throws {
+        let c = engine.config, l = c.language
+        func forward() throws {
+            let features = try engine.model.visionFeatures(pixels: pixels)
+            _ = try engine.model.project(features)
+            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens))
+        }
+        let plain = try bestThrowing(repeats) { _ in try forward() }
+        let diagonal = StatisticsCollector(withGram: false)
+        engine.model.observer = diagonal
+        let withDiagonal = try bestThrowing(repeats) { _ in diagonal.nextSample(); try forward() }
+        engine.model.observer = nil
+        print("calibration, one sample (\(c.vision.patchCount + 1) vision positions, \(tokens) decoder tokens): forward \(fixed(plain, 2)) s; with E[x], E[x^2] statistics \(fixed(withDiagonal, 2)) s (+\(fixed(100 * (withDiagonal / plain - 1), 1))%)")
+        let gram = StatisticsCollector(withGram: true)
+        engine.model.observer = gram
+        let decoderOnly = try bestThrowing(2) { _ in gram.nextSample(); _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens)) }
+        engine.model.observer = nil
+        let decoderPlain = try bestThrowing(repeats) { _ in _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens)) }
+        print("decoder prefill with X^T X statistics (gptq, awq): \(fixed(decoderOnly, 2)) s vs \(fixed(decoderPlain, 2)) s plain (+\(fixed(100 * (decoderOnly / decoderPlain - 1), 1))%)")
+
+        let names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            .map { "model.layers.0.\($0).weight" }
+        var parameters = 0
+        var rtnSeconds: [TensorEncoding: Double] = [:]
+        var gptqSeconds = 0.0
+        for name in names {
+            let w = try engine.model.weights.floats(name), shape = try engine.model.weights.shape(name)
+            parameters += w.count
+            for encoding in [TensorEncoding.q8, .q4] {
+                let t = monotonicNow()
+                _ = MatrixQuantizer.roundToNearest(w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: 128)
+                rtnSeconds[encoding, default: 0] += monotonicNow() - t
+            }
+            guard let stats = gram.statistics(for: name), let g = stats.gram else { continue }
+            let t = monotonicNow()
+            _ = try GPTQ().quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: g)
+            gptqSeconds += monotonicNow() - t
+        }
+        print("decoder layer 0 (\(parameters / 1_000_000)M weights): RTN int8 \(fixed(rtnSeconds[.q8]!, 2)) s = \(fixed(Double(parameters) / rtnSeconds[.q8]! / 1e6, 1))M weights/s; RTN int4 \(fixed(rtnSeconds[.q4]!, 2)) s = \(fixed(Double(parameters) / rtnSeconds[.q4]! / 1e6, 1))M weights/s; GPTQ int4 g128 \(fixed(gptqSeconds, 1)) s per layer")
     }
 
     func randomValues(_ n: Int) -> [Float] {
