@@ -26,3 +26,15 @@ echo "== vlq run: the fp32 engine answers about an image (from the bundle, then 
 data=Tests/Fixtures/tiny-yivl-data
 $vlq run "$out/tiny-yivl.vlq" --image $data/cases/cases-003.png --prompt "Where is the yellow triangle?"
 $vlq run "$model" --image $data/cases/cases-004.png --prompt "图片里有什么形状？"
+echo
+echo "== vlq quantize: int8 (vision tower included) and int4, calibrated with the tiny model's calibration scenes"
+$vlq quantize "$out/tiny-yivl.vlq" -o "$out/tiny-yivl-int8.vlq" --preset int8 --method imatrix --set $data/calibration.jsonl -q
+$vlq quantize "$out/tiny-yivl.vlq" -o "$out/tiny-yivl-int4.vlq" --preset int4 --method gptq --set $data/calibration.jsonl -q
+$vlq inspect "$out/tiny-yivl-int4.vlq" --summary
+echo
+echo "== vlq run on the int4 bundle"
+$vlq run "$out/tiny-yivl-int4.vlq" --image $data/cases/cases-003.png --prompt "Where is the yellow triangle?"
+echo
+echo "== vlq verify: drift of the int4 bundle against the transformers fp32 reference, as a CI gate"
+$vlq verify --reference-dir $data/reference --candidate "$out/tiny-yivl-int4.vlq" --set $data/eval.jsonl \
+  --max-kld 0.01 --min-same-top 0.97 -q

@@ -182,8 +182,13 @@ public final class WeightStore: @unchecked Sendable {
         return sum
     }
 
+    /// A copy of the tensor as f32. The stored pages are released afterwards: callers of this (the
+    /// quantizer, tensor by tensor) do not come back to them, and a 2.5 GB f32 vision tower would
+    /// otherwise stay resident.
     public func floats(_ name: String) throws -> [Float] {
-        try withFloats(name) { Array($0) }
+        let values = try withFloats(name) { Array($0) }
+        if let e = entries[name], case .f32 = e.storage { e.release() }
+        return values
     }
 
     static func upcast(_ e: Entry) -> [Float] {
