@@ -121,18 +121,11 @@ public final class WeightStore: @unchecked Sendable {
                 }
             }
         case .quantized(let layout):
-            // Rows are decoded a block at a time into a small buffer: the packed bytes are what streams.
+            // Dot products straight on the packed codes: one byte (q8) or half a byte (q4) streams per
+            // weight, and each group's scale multiplies its partial sum once.
+            let base = e.bytes.baseAddress!
             Kernels.parallelRows(rows, minimumPerTask: 64) { range in
-                let block = 16
-                let buffer = UnsafeMutablePointer<Float>.allocate(capacity: block * cols)
-                defer { buffer.deallocate() }
-                var r = range.lowerBound
-                while r < range.upperBound {
-                    let n = min(block, range.upperBound - r)
-                    layout.dequantize(e.bytes, rows: r..<(r + n), into: buffer)
-                    for i in 0..<n { y[r + i] = WeightStore.dotF32(buffer + i * cols, x, cols) }
-                    r += n
-                }
+                for r in range { y[r] = WeightStore.quantizedDot(layout, base, row: r, x) }
             }
         }
         return true
@@ -156,6 +149,66 @@ public final class WeightStore: @unchecked Sendable {
             i += 1
         }
         return sum
+    }
+
+    @inline(__always)
+    static func halfToFloat(_ p: UnsafeRawPointer, _ index: Int) -> Float {
+        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self))))
+    }
+
+    static func quantizedDot(_ layout: QuantizedLayout, _ data: UnsafeRawPointer, row r: Int, _ x: UnsafePointer<Float>) -> Float {
+        let cols = layout.columns, g = layout.groupSize, groups = layout.groupsPerRow
+        let xs = UnsafeRawPointer(x)
+        var total: Float = 0
+        switch layout.encoding {
+        case .q8:
+            let codes = data + r * cols
+            for k in 0..<groups {
+                var acc = SIMD8<Float>(repeating: 0)
+                var j = k * g
+                let end = j + g
+                while j + 8 <= end {
+                    let q = SIMD8<Int32>(truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j, as: SIMD8<Int8>.self))
+                    acc += SIMD8<Float>(q) * xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
+                    j += 8
+                }
+                var partial = acc.sum()
+                while j < end {
+                    partial += Float(Int8(bitPattern: codes.load(fromByteOffset: j, as: UInt8.self))) * x[j]
+                    j += 1
+                }
+                total += partial * halfToFloat(data + layout.scalesOffset, r * groups + k)
+            }
+        default:
+            // value = n * scale + bias (q4s: bias = -8 scale): sum = scale * sum(n x) + bias * sum(x).
+            let codes = data + r * cols / 2
+            for k in 0..<groups {
+                var acc = SIMD8<Float>(repeating: 0), xsum = SIMD8<Float>(repeating: 0)
+                var j = k * g
+                let end = j + g
+                while j + 8 <= end {
+                    let packed = SIMD4<UInt32>(truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j / 2, as: SIMD4<UInt8>.self))
+                    let low = packed & 0x0F, high = packed &>> 4
+                    let n = SIMD8<Float>(Float(low[0]), Float(high[0]), Float(low[1]), Float(high[1]),
+                                         Float(low[2]), Float(high[2]), Float(low[3]), Float(high[3]))
+                    let xv = xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
+                    acc += n * xv
+                    xsum += xv
+                    j += 8
+                }
+                var partial = acc.sum(), sumX = xsum.sum()
+                while j < end {
+                    let byte = codes.load(fromByteOffset: j / 2, as: UInt8.self)
+                    partial += Float(j % 2 == 0 ? byte & 0x0F : byte >> 4) * x[j]
+                    sumX += x[j]
+                    j += 1
+                }
+                let scale = halfToFloat(data + layout.scalesOffset, r * groups + k)
+                let bias = layout.biasesOffset.map { halfToFloat(data + $0, r * groups + k) } ?? -8 * scale
+                total += scale * partial + bias * sumX
+            }
+        }
+        return total
     }
 
     @inline(__always)
