@@ -1,5 +1,15 @@
 import VLQCore
 import YiVL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Half of this machine's memory, the default budget for X^T X accumulators.
+public var defaultGramBudget: Int {
+    if let text = getenv("VLQ_GRAM_BUDGET_MB"), let mb = Int(String(cString: text)) { return mb << 20 }
+    let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+    return pages > 0 && size > 0 ? Int(pages) * Int(size) / 4 : 4 << 30
+}
 
 /// Accumulates `InputStatistics` for every Linear as the engine runs.
 ///
@@ -8,10 +18,20 @@ import YiVL
 public final class StatisticsCollector: LinearInputObserver {
     public private(set) var statistics: [String: InputStatistics] = [:]
     public private(set) var aliases: [String: String] = [:]
+    /// Owners of statistics in the order the forward pass first reached them.
+    public private(set) var order: [String] = []
     public let withGram: Bool
+    /// When set, only inputs whose owner it accepts get X^T X (the rest only sums).
+    public let gramFor: ((String) -> Bool)?
     private var last: (pointer: UnsafePointer<Float>, rows: Int, columns: Int, key: String)?
 
-    public init(withGram: Bool) { self.withGram = withGram }
+    public init(withGram: Bool, gramFor: ((String) -> Bool)? = nil) {
+        self.withGram = withGram
+        self.gramFor = gramFor
+    }
+
+    /// Bytes the X^T X accumulators of all inputs need (float, columns x columns each).
+    public var gramBytesIfAll: Int { statistics.values.reduce(0) { $0 + 4 * $1.columns * $1.columns } }
 
     public func observe(linear weightName: String, input: UnsafePointer<Float>, rows: Int, columns: Int) {
         if let last, last.pointer == input, last.rows == rows, last.columns == columns, weightName != last.key {
@@ -19,7 +39,11 @@ public final class StatisticsCollector: LinearInputObserver {
             return
         }
         last = (input, rows, columns, weightName)
-        statistics[weightName, default: InputStatistics(columns: columns, withGram: withGram)].add(input, rows: rows)
+        if statistics[weightName] == nil {
+            order.append(weightName)
+            statistics[weightName] = InputStatistics(columns: columns, withGram: withGram && (gramFor?(weightName) ?? true))
+        }
+        statistics[weightName]!.add(input, rows: rows)
     }
 
     /// Statistics of the input of `weightName` (through its alias when it shares one).
@@ -34,9 +58,12 @@ public final class StatisticsCollector: LinearInputObserver {
 /// Runs a calibration set through the fp32 engine, collecting statistics at every Linear's input:
 /// vision tower and projector included, so the vision side is calibrated by images.
 public enum CalibrationRunner {
-    public static func collect(engine: YiVLEngine, set: CalibrationSet, withGram: Bool,
-                               progress: (Int, Int) -> Void = { _, _ in }) throws -> StatisticsCollector {
-        let collector = StatisticsCollector(withGram: withGram)
+    /// `gramBudget`: the X^T X accumulators may not need more bytes than this (checked after the first
+    /// sample, when every input has been seen); a model too large for one pass is calibrated in windows
+    /// by `WindowedStatistics` instead.
+    public static func collect(engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
+                               gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }) throws -> StatisticsCollector {
+        let collector = StatisticsCollector(withGram: withGram, gramFor: gramFor)
         engine.model.observer = collector
         defer { engine.model.observer = nil }
         for (i, sample) in set.samples.enumerated() {
@@ -48,6 +75,9 @@ public enum CalibrationRunner {
             let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
             // The language-model head sees the final hidden states too.
             _ = try engine.model.logits(stages.hidden)
+            if i == 0, withGram, gramFor == nil, let budget = gramBudget, collector.gramBytesIfAll > budget {
+                throw VLQError(nil, "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which calibrates in windows of layers")
+            }
             progress(i + 1, set.samples.count)
         }
         return collector

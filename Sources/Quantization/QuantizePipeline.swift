@@ -53,7 +53,7 @@ public final class QuantizePipeline {
         return (methods.contains { $0 != .rtn }, methods.contains(.gptq) || methods.contains(.awq))
     }
 
-    public func run(source: VLQFile, output: String, statistics: StatisticsFile?, calibrationSource: String?,
+    public func run(source: VLQFile, output: String, statistics: StatisticsSource?, calibrationSource: String?,
                     progress: (Int, Int) -> Void = { _, _ in }) throws -> Report {
         if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
             throw VLQError(source.path, "is already quantized; quantize from the unquantized bundle or the Hugging Face folder")
@@ -77,32 +77,53 @@ public final class QuantizePipeline {
             plan.append(record)
         }
 
-        // AWQ: scales per group of Linears sharing an input, folded into what precedes them.
+        // AWQ: scales per group of Linears sharing an input, folded into what precedes them. Searched
+        // per layer when the layer's first tensor is reached (its norms come before its Linears), so
+        // only that layer's statistics are needed at a time.
         var columnScales: [String: [Float]] = [:]   // weight *= s per column
         var divideRows: [String: [Float]] = [:]     // weight rows (and bias) /= s
         var divideVector: [String: [Float]] = [:]   // norm weight (and bias) /= s
         var alphas: [String: Float] = [:]
         let config = try EngineConfig(metadata: source.metadata, source: source.path)
-        for group in QuantizePipeline.awqGroups(config) {
-            let members = group.linears.filter { decisions[$0]?.method == .awq && decisions[$0]?.encoding?.isQuantized == true }
-            guard members.count == group.linears.count, let first = members.first,
-                  let stats = statistics?.statistics(for: first), let d = decisions[first], let encoding = d.encoding else { continue }
-            let shapes = try members.map { try weights.shape($0) }
-            let result = AWQ().searchScales(weights: try members.map { try weights.floats($0) }, rows: shapes.map { $0[0] },
-                                            columns: shapes[0][1], statistics: stats, encoding: encoding, groupSize: d.groupSize)
-            alphas[first] = result.alpha
-            guard result.alpha > 0 else { continue }
-            for m in members { columnScales[m] = result.scales }
-            switch group.fold {
-            case .vector(let names): for n in names { divideVector[n] = result.scales }
-            case .rows(let weight, let bias):
-                divideRows[weight] = result.scales
-                if let bias { divideVector[bias] = result.scales }
+        let groupsByLayer = Dictionary(grouping: QuantizePipeline.awqGroups(config), by: { QuantizePipeline.layerKey($0.linears[0]) })
+        var searchedLayers: Set<String> = []
+        func prepareAWQ(for name: String) throws {
+            let key = QuantizePipeline.layerKey(name)
+            guard !searchedLayers.contains(key), let groups = groupsByLayer[key] else { return }
+            searchedLayers.insert(key)
+            for group in groups {
+                let members = group.linears.filter { decisions[$0]?.method == .awq && decisions[$0]?.encoding?.isQuantized == true }
+                guard members.count == group.linears.count, let first = members.first,
+                      let stats = try statistics?.statistics(for: first), stats.gramMatrix != nil,
+                      let d = decisions[first], let encoding = d.encoding else { continue }
+                let shapes = try members.map { try weights.shape($0) }
+                let result = AWQ().searchScales(weights: try members.map { try weights.floats($0) }, rows: shapes.map { $0[0] },
+                                                columns: shapes[0][1], statistics: stats, encoding: encoding, groupSize: d.groupSize)
+                alphas[first] = result.alpha
+                guard result.alpha > 0 else { continue }
+                for m in members { columnScales[m] = result.scales }
+                switch group.fold {
+                case .vector(let names): for n in names { divideVector[n] = result.scales }
+                case .rows(let weight, let bias):
+                    divideRows[weight] = result.scales
+                    if let bias { divideVector[bias] = result.scales }
+                }
             }
         }
-        // Tensors changed by folding are stored as f32 unless quantized.
-        for i in plan.indices where (divideVector[plan[i].name] != nil || divideRows[plan[i].name] != nil) && !plan[i].encoding.isQuantized {
-            plan[i].encoding = .f32
+        // Tensors AWQ may fold into are stored as f32 unless quantized: decided before the layout is fixed.
+        if recipe.rules.contains(where: { ($0.method ?? recipe.method) == .awq }) {
+            var foldTargets: Set<String> = []
+            for group in QuantizePipeline.awqGroups(config) {
+                switch group.fold {
+                case .vector(let names): foldTargets.formUnion(names)
+                case .rows(let weight, let bias):
+                    foldTargets.insert(weight)
+                    if let bias { foldTargets.insert(bias) }
+                }
+            }
+            for i in plan.indices where foldTargets.contains(plan[i].name) && !plan[i].encoding.isQuantized {
+                plan[i].encoding = .f32
+            }
         }
 
         let writer = try VLQWriter(path: output, plan: plan)
@@ -114,9 +135,11 @@ public final class QuantizePipeline {
             for (index, record) in writer.records.enumerated() {
                 let d = decisions[record.name]!
                 if let f = d.fallback { fallbacks[record.name] = f }
+                try prepareAWQ(for: record.name)
                 let sourceRecord = source.record(record.name)!
                 let changed = columnScales[record.name] != nil || divideRows[record.name] != nil || divideVector[record.name] != nil
                 if !record.encoding.isQuantized && !changed && record.encoding == sourceRecord.encoding {
+                    // Unchanged float tensors are copied as stored.
                     try writer.writeTensor(index) { try $0.append(source.data(sourceRecord)) }
                     progress(index + 1, plan.count)
                     continue
@@ -131,14 +154,14 @@ public final class QuantizePipeline {
                 if let s = divideVector[record.name] { for j in 0..<values.count { values[j] /= s[j] } }
                 if record.encoding.isQuantized {
                     let method = d.method ?? .rtn
-                    let stats = statistics?.statistics(for: record.name)
+                    let stats = method == .rtn ? nil : try statistics?.statistics(for: record.name)
                     var effective = method
                     var note = d.fallback
                     if method != .rtn && stats == nil {
                         // Calibration never reached it (the vision layers after the selected one): its output
                         // is never used, so round to nearest is all it can get.
                         effective = .rtn
-                        note = "not reached by calibration (unused by the model): rtn"
+                        note = "no Linear-input statistics (an embedding lookup, or a layer the model never runs): rtn"
                         fallbacks[record.name] = note
                     }
                     let out = try LinearQuantizer.quantize(values, rows: rows, columns: columns, encoding: record.encoding,
@@ -189,6 +212,10 @@ public final class QuantizePipeline {
                 record["calibration"] = ["set_digest": .string(statistics.setDigest), "samples": .int(Int64(statistics.samples)),
                                          "source": calibrationSource.map { .string($0) } ?? .null, "gram": .bool(statistics.hasGram)]
             }
+            // A folded tensor that ended up unchanged (alpha 0) is still stored as f32: say why.
+            for r in writer.records where r.encoding == .f32 && tensorRecords[r.name] == nil && source.record(r.name)?.encoding != .f32 {
+                tensorRecords[r.name] = ["encoding": "f32", "awq_fold_target": true]
+            }
             metadata["quantization"] = .object(record)
             try writer.finish(metadata: .object(metadata))
         } catch {
@@ -204,6 +231,15 @@ public final class QuantizePipeline {
         case vector([String])
         /// Divide the rows of this Linear (and its bias) by the scales.
         case rows(weight: String, bias: String?)
+    }
+
+    /// The layer a tensor belongs to, for per-layer work: "vision.N", "language.N", "head" (final norm
+    /// and lm_head), or the name itself.
+    static func layerKey(_ name: String) -> String {
+        for (prefix, label) in [("vision_model.encoder.layers.", "vision."), ("model.layers.", "language.")] where name.hasPrefix(prefix) {
+            return label + name.dropFirst(prefix.count).prefix { $0 != "." }
+        }
+        return name == "lm_head.weight" || name == "model.norm.weight" ? "head" : name
     }
 
     struct AWQGroup {

@@ -69,7 +69,8 @@ struct Calibrate: ParsableCommand {
         let engine = try YiVLEngine.open(model!)
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
-        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: !diagonalOnly, progress: progress.update)
+        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: !diagonalOnly,
+                                                      gramBudget: defaultGramBudget, progress: progress.update)
         let file = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: calibrationSet.samples.count, model: model!)
         try file.write(to: output)
         logger.notice("wrote \(output): \(collector.statistics.count) Linear inputs over \(calibrationSet.samples.count) samples in \(fixed(monotonicSeconds() - started, 1)) s (set \(calibrationSet.digest))")
@@ -111,6 +112,9 @@ struct Quantize: ParsableCommand {
     @Flag(name: .customLong("act-order"), help: "GPTQ: quantize columns in order of decreasing activation energy.")
     var activationOrder = false
 
+    @Option(name: .customLong("gram-memory-mb"), help: "Memory for X^T X statistics with --set (default: a quarter of RAM); more layers per calibration pass.")
+    var gramBudgetMB: Int?
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
@@ -137,15 +141,23 @@ struct Quantize: ParsableCommand {
         let started = monotonicSeconds()
         let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
         defer { cleanup() }
-        var statistics: StatisticsFile?
+        var statistics: StatisticsSource?
         if let stats {
-            statistics = try StatisticsFile.read(stats)
+            statistics = StoredStatistics(try StatisticsFile.read(stats))
         } else if need.statistics, let set {
             let calibrationSet = try CalibrationSet(path: set)
             let engine = try YiVLEngine.open(source.path)
-            let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
-            let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: need.gram, progress: progress.update)
-            statistics = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: calibrationSet.samples.count, model: model)
+            if need.gram {
+                // X^T X of a large model does not fit at once: windows of layers, one pass each.
+                statistics = try WindowedStatistics(engine: engine, set: calibrationSet, budget: gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget) {
+                    logger.info("\($0)")
+                }
+            } else {
+                let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+                let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: false, progress: progress.update)
+                statistics = StoredStatistics(StatisticsFile(collector: collector, setDigest: calibrationSet.digest,
+                                                             samples: calibrationSet.samples.count, model: model))
+            }
         }
         var options = QuantizePipeline.Options(recipe: chosen)
         options.activationOrder = activationOrder
