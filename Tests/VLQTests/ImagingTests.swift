@@ -113,16 +113,26 @@ final class ImagingTests: XCTestCase {
 /// at the tiny model's 84 px and at Yi-VL's 448 px (tools/pixel_reference.py wrote the reference).
 final class PhotographPixelTests: XCTestCase {
     func testPhotographsMatchTransformersBitForBitAsPNGAndCloselyAsJPEG() throws {
-        let reference = try JSONValue.parse(try readBytes(Repo.root.appendingPathComponent("Tests/Fixtures/pixel-reference.json").path))
+        try assertMatchesReference("Tests/Fixtures/pixel-reference.json", images: "calibration/", count: 28)
+    }
+
+    /// 16-bit gray (PIL's I;16, clipped at 255 on RGB conversion), 16-bit RGB and RGBA (high bytes),
+    /// gray + alpha, 2-bit gray, palette with transparency, grayscale and Adobe CMYK JPEGs.
+    func testEveryPixelLayoutConvertsToRGBAsPILDoes() throws {
+        try assertMatchesReference("Tests/Fixtures/images/pixel-reference.json", images: "Tests/Fixtures/images/", count: 16)
+    }
+
+    func assertMatchesReference(_ file: String, images: String, count: Int) throws {
+        let reference = try JSONValue.parse(try readBytes(Repo.root.appendingPathComponent(file).path))
         let entries = try XCTUnwrap(reference["images"]?.arrayValue)
-        XCTAssertEqual(entries.count, 28)
+        XCTAssertEqual(entries.count, count)
         for entry in entries {
             let image = entry["image"]!.stringValue!, size = entry["size"]!.intValue!
             var p = ImagePreprocessing()
             p.shortestEdge = size
             p.cropHeight = size
             p.cropWidth = size
-            let pixels = try p.pixelValues(path: Repo.root.appendingPathComponent("calibration/" + image).path)
+            let pixels = try p.pixelValues(path: Repo.root.appendingPathComponent(images + image).path)
             XCTAssertEqual(pixels.count, 3 * size * size)
             if image.hasSuffix(".png") {
                 XCTAssertEqual(hex64(pixels.withUnsafeBytes { XXH3Hasher.hash($0) }), entry["xxh3"]!.stringValue!, "\(image) at \(size) px")
