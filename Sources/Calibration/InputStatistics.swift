@@ -59,11 +59,11 @@ public struct InputStatistics: Sendable {
 
 /// X^T X over calibration inputs. Accumulated in float by `ssyrk` straight into its upper triangle
 /// (as GPTQ does on GPUs: the cost is one rank-k update per batch, no copies); the symmetric double
-/// matrix the methods use is built once, when first asked for.
+/// matrix the methods use is built each time it is asked for and not kept, since for a 11008-wide
+/// input it is a gigabyte.
 public final class GramMatrix: @unchecked Sendable {
     public let columns: Int
     private var upper: [Float]
-    private var cached: [Double]?
 
     public init(columns: Int) {
         self.columns = columns
@@ -74,25 +74,21 @@ public final class GramMatrix: @unchecked Sendable {
         precondition(symmetric.count == columns * columns)
         self.columns = columns
         upper = symmetric.map { Float($0) }
-        cached = symmetric
     }
 
     func add(_ x: UnsafePointer<Float>, rows n: Int) {
         upper.withUnsafeMutableBufferPointer { g in
             cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 1, g.baseAddress, Int32(columns))
         }
-        cached = nil
     }
 
     func add(_ other: GramMatrix) {
         let o = other.symmetric
         for i in 0..<columns { for j in i..<columns { upper[i * columns + j] += Float(o[i * columns + j]) } }
-        cached = nil
     }
 
     /// The full symmetric matrix in double.
     public var symmetric: [Double] {
-        if let cached { return cached }
         var full = [Double](repeating: 0, count: columns * columns)
         for i in 0..<columns {
             for j in i..<columns {
@@ -101,7 +97,6 @@ public final class GramMatrix: @unchecked Sendable {
                 full[j * columns + i] = v
             }
         }
-        cached = full
         return full
     }
 }

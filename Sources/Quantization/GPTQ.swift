@@ -26,17 +26,25 @@ public struct GPTQ: Sendable {
             for r in 0..<rows { w[r * columns + j] = 0 }
         }
         var order = Array(0..<columns)
-        if activationOrder { order.sort { h[$0 * columns + $0] > h[$1 * columns + $1] } }
-        // Permute W's columns and H into processing order.
-        var hp = [Double](repeating: 0, count: columns * columns)
-        for i in 0..<columns { for j in 0..<columns { hp[i * columns + j] = h[order[i] * columns + order[j]] } }
-        var wp = [Float](repeating: 0, count: rows * columns)
-        for r in 0..<rows { for i in 0..<columns { wp[r * columns + i] = w[r * columns + order[i]] } }
+        var hp: [Double]
+        var wp: [Float]
+        if activationOrder {
+            order.sort { h[$0 * columns + $0] > h[$1 * columns + $1] }
+            // Permute W's columns and H into processing order.
+            hp = [Double](repeating: 0, count: columns * columns)
+            for i in 0..<columns { for j in 0..<columns { hp[i * columns + j] = h[order[i] * columns + order[j]] } }
+            wp = [Float](repeating: 0, count: rows * columns)
+            for r in 0..<rows { for i in 0..<columns { wp[r * columns + i] = w[r * columns + order[i]] } }
+        } else {
+            hp = h
+            wp = w
+        }
+        h = []  // a gigabyte for the widest inputs: not kept twice
         var meanDiagonal = 0.0
         for i in 0..<columns { meanDiagonal += hp[i * columns + i] }
         let damp = dampening * meanDiagonal / Double(columns)
         for i in 0..<columns { hp[i * columns + i] += damp }
-        let hinvUpper = try GPTQ.upperCholeskyOfInverse(hp, columns)
+        let hinvUpper = try GPTQ.upperCholeskyOfInverse(&hp, columns)
 
         // Group parameters: static (from the original weights) under activation order, else fitted
         // when the first column of a group is reached, from the already-updated weights.
@@ -96,8 +104,8 @@ public struct GPTQ: Sendable {
     }
 
     /// U upper-triangular with H^-1 = U^T U (row-major), via LAPACK in double.
-    static func upperCholeskyOfInverse(_ h: [Double], _ n: Int) throws -> [Double] {
-        var a = h
+    /// Works in place on `a` (which it consumes) to avoid another copy of an n x n matrix.
+    static func upperCholeskyOfInverse(_ a: inout [Double], _ n: Int) throws -> [Double] {
         var size = Int32(n), info: Int32 = 0
         // Row-major symmetric data read as column-major is the same matrix; "L" there is "U" here.
         var lower = Int8(UInt8(ascii: "L"))

@@ -146,7 +146,8 @@ struct Quantize: ParsableCommand {
             statistics = StoredStatistics(try StatisticsFile.read(stats))
         } else if need.statistics, let set {
             let calibrationSet = try CalibrationSet(path: set)
-            let engine = try YiVLEngine.open(source.path)
+            // Upcast weights and X^T X windows share the memory: a quarter each.
+            let engine = try YiVLEngine.open(source.path, cacheBudget: WeightStore.defaultCacheBudget / 2)
             if need.gram {
                 // X^T X of a large model does not fit at once: windows of layers, one pass each.
                 statistics = try WindowedStatistics(engine: engine, set: calibrationSet, budget: gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget) {
