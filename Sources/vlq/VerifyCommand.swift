@@ -20,8 +20,11 @@ struct Verify: ParsableCommand {
     @Option(name: .customLong("reference-dir"), help: "Folder of reference per-stage files.")
     var referenceDir: String?
 
-    @Option(help: "Reference model (bundle or Hugging Face folder) for answer agreement on --set.")
+    @Option(help: "The reference: a .vlqref file from vlq reference, or a model (bundle or Hugging Face folder) run first on --set.")
     var reference: String?
+
+    @Option(name: .customLong("layer-samples"), help: "Samples whose per-layer hidden states are compared (with --reference).")
+    var layerSamples: Int = 4
 
     @Option(help: "The model under test (bundle or Hugging Face folder).")
     var candidate: String
@@ -48,6 +51,7 @@ struct Verify: ParsableCommand {
 
     func validate() throws {
         guard referenceDir != nil || set != nil else { throw ValidationError("give --reference-dir, --set, or both") }
+        if reference != nil && set == nil { throw ValidationError("--reference needs --set") }
     }
 
     func run() throws {
@@ -83,21 +87,51 @@ struct Verify: ParsableCommand {
             if let minSameTop, l.sameTopRate < minSameTop { failures.append("same top \(fixed(l.sameTopRate, 4)) < \(minSameTop)") }
             if let minCosine, c.minimumProjectorCosine < minCosine { failures.append("projector cosine \(fixed(c.minimumProjectorCosine, 6)) < \(minCosine)") }
         }
-        if let set {
+        if let set, let reference {
+            let evaluation = try CalibrationSet(path: set)
+            let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
+            let stored: ReferenceRun
+            if reference.hasSuffix(".vlqref") {
+                stored = try ReferenceRun.read(reference)
+            } else {
+                // The reference runs first and is released before the candidate is opened.
+                stored = try ReferenceRun.run(engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
+                                              layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
+            }
+            let c = try RunComparison.run(candidate: engine, reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
+            printRunComparison(c, reference: reference, set: set)
+            let l = c.logits
+            var section: [String: JSONValue] = [
+                "reference": .string(reference), "set": .string(set), "set_digest": .string(evaluation.digest),
+                "mean_kld": .double(l.meanKLD), "median_kld": .double(l.medianKLD), "p99_kld": .double(l.p99KLD), "max_kld": .double(l.maxKLD),
+                "same_top": .double(l.sameTopRate), "rms_top_probability_delta": .double(l.rmsTopProbabilityDelta),
+                "answer_agreement": .double(c.answerAgreement),
+                "vision_layer_relative_l2": .array(c.visionLayerDrift.map { .double($0) }),
+                "decoder_layer_relative_l2": .array(c.decoderLayerDrift.map { .double($0) }),
+                "samples": .array(c.samples.map { s in
+                    ["image": .string(s.image), "vision_cosine": .double(s.vision.cosine), "vision_relative_l2": .double(s.vision.relativeL2),
+                     "projector_cosine": .double(s.projector.cosine), "projector_relative_l2": .double(s.projector.relativeL2),
+                     "mean_kld": .double(s.logits.meanKLD), "same_top": .double(s.logits.sameTopRate),
+                     "reference_answer": .string(s.referenceAnswer), "candidate_answer": .string(s.candidateAnswer),
+                     "expected_answer": s.expectedAnswer.map { .string($0) } ?? .null,
+                     "perplexity_ratio": s.perplexityRatio.map { .double($0) } ?? .null]
+                }),
+            ]
+            if let p = c.meanPerplexityRatio { section["perplexity_ratio"] = .double(p) }
+            if let e = c.exactMatch { section["exact_match"] = ["reference": .double(e.reference), "candidate": .double(e.candidate)] }
+            report["run"] = .object(section)
+            if let maxKLD, l.meanKLD > maxKLD { failures.append("mean KLD \(sci(l.meanKLD)) > \(maxKLD) on \(set)") }
+            if let minSameTop, l.sameTopRate < minSameTop { failures.append("same top \(fixed(l.sameTopRate, 4)) < \(minSameTop) on \(set)") }
+            if let minCosine, let worst = c.samples.map(\.projector.cosine).min(), worst < minCosine {
+                failures.append("projector cosine \(fixed(worst, 6)) < \(minCosine) on \(set)")
+            }
+        } else if let set {
             let evaluation = try CalibrationSet(path: set)
             let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
             let candidateAnswers = try ExactMatch.run(engine, set: evaluation, maxTokens: maxTokens, progress: progress.update)
             print("exact match on \(set): \(candidateAnswers.correct)/\(candidateAnswers.total) = \(fixed(100 * candidateAnswers.rate, 1))%")
-            var answers: [String: JSONValue] = ["correct": .int(Int64(candidateAnswers.correct)), "total": .int(Int64(candidateAnswers.total)),
-                                                "rate": .double(candidateAnswers.rate)]
-            if let reference {
-                let referenceAnswers = try ExactMatch.run(try YiVLEngine.open(reference), set: evaluation, maxTokens: maxTokens, progress: progress.update)
-                let agree = zip(referenceAnswers.answers, candidateAnswers.answers).filter { $0 == $1 }.count
-                print("reference exact match: \(fixed(100 * referenceAnswers.rate, 1))%; answers identical to the reference's: \(agree)/\(referenceAnswers.answers.count)")
-                answers["reference_rate"] = .double(referenceAnswers.rate)
-                answers["agreement"] = .double(Double(agree) / Double(max(1, referenceAnswers.answers.count)))
-            }
-            report["exact_match"] = .object(answers)
+            report["exact_match"] = ["correct": .int(Int64(candidateAnswers.correct)), "total": .int(Int64(candidateAnswers.total)),
+                                     "rate": .double(candidateAnswers.rate)]
         }
         report["failures"] = .array(failures.map { .string($0) })
         if let json {
@@ -107,6 +141,29 @@ struct Verify: ParsableCommand {
             throw CheckFailure(message: "vlq: verify: bound broken: " + failures.joined(separator: "; "))
         }
         print(failures.isEmpty && (maxKLD != nil || minSameTop != nil || minCosine != nil) ? "all bounds hold" : "")
+    }
+}
+
+func printRunComparison(_ c: RunComparison, reference: String, set: String) {
+    print("reference: \(reference) on \(set) (\(c.samples.count) samples, \(c.logits.positions) text positions)")
+    print("")
+    print(padRight("sample", 28) + padLeft("vision cos", 12) + padLeft("proj cos", 12) + padLeft("mean KLD", 12) + padLeft("same top", 10) + padLeft("ppl ratio", 11) + "  answers")
+    for s in c.samples {
+        let name = String(s.image.split(separator: "/").last ?? "")
+        let answers = s.referenceAnswer == s.candidateAnswer ? "same" : "differ: \"\(s.candidateAnswer)\""
+        print(padRight(name, 28) + padLeft(fixed(s.vision.cosine, 6), 12) + padLeft(fixed(s.projector.cosine, 6), 12)
+              + padLeft(sci(s.logits.meanKLD), 12) + padLeft(fixed(100 * s.logits.sameTopRate, 1) + "%", 10)
+              + padLeft(s.perplexityRatio.map { fixed($0, 4) } ?? "-", 11) + "  " + answers)
+    }
+    let l = c.logits
+    print("")
+    print("logits: mean KLD \(sci(l.meanKLD)), median \(sci(l.medianKLD)), p99 \(sci(l.p99KLD)), max \(sci(l.maxKLD)); same top \(fixed(100 * l.sameTopRate, 2))%; RMS dp(top) \(sci(l.rmsTopProbabilityDelta))")
+    if let p = c.meanPerplexityRatio { print("perplexity ratio on the answers: \(fixed(p, 4))") }
+    print("greedy answers identical to the reference's: \(fixed(100 * c.answerAgreement, 1))%")
+    if let e = c.exactMatch { print("exact match: reference \(fixed(100 * e.reference, 1))%, candidate \(fixed(100 * e.candidate, 1))%") }
+    if !c.visionLayerDrift.isEmpty {
+        print("hidden-state relative L2 after each vision layer: " + c.visionLayerDrift.map { sci($0) }.joined(separator: " "))
+        print("hidden-state relative L2 after each decoder layer: " + c.decoderLayerDrift.map { sci($0) }.joined(separator: " "))
     }
 }
 

@@ -1,0 +1,225 @@
+import Calibration
+import SafeTensors
+import VLQFormat
+import VLQCore
+import YiVL
+
+/// The reference model's outputs on every sample of a set, stored once (`vlq reference`) and compared
+/// against any number of candidates, so that the two models never need to be in memory together.
+///
+/// Per sample: vision features, projector output, the logits of every position from the last image
+/// position on (the prompt's text and, for rows with an answer, the teacher-forced answer), the
+/// answer's token ids, the greedy answer, and for the first `layerSamples` samples the hidden state
+/// after every vision and decoder layer.
+public struct SampleReference: Sendable {
+    public var image: String
+    public var question: String
+    public var answer: String?
+    public var answerIds: [Int]
+    public var greedyAnswer: String
+    public var visionFeatures: [Float]
+    public var projectorOutput: [Float]
+    /// Rows of logits from position `logitsStart` of the spliced sequence to its end.
+    public var logits: [Float]
+    public var logitsStart: Int
+    public var visionLayers: [[Float]]
+    public var decoderLayers: [[Float]]
+}
+
+public struct ReferenceRun: Sendable {
+    public var samples: [SampleReference]
+    public var setDigest: String
+    public var model: String
+    public var modelDigest: String
+
+    /// Runs `engine` over `set`.
+    public static func run(engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
+                           progress: (Int, Int) -> Void = { _, _ in }) throws -> ReferenceRun {
+        var samples: [SampleReference] = []
+        for (i, s) in set.samples.enumerated() {
+            samples.append(try runSample(engine: engine, sample: s, keepLayers: i < layerSamples, maxTokens: maxTokens))
+            progress(i + 1, set.samples.count)
+        }
+        return ReferenceRun(samples: samples, setDigest: set.digest, model: model, modelDigest: modelDigest(engine))
+    }
+
+    /// One sample through `engine`: the same computation for reference and candidate.
+    public static func runSample(engine: YiVLEngine, sample: CalibrationSet.Sample, keepLayers: Bool, maxTokens: Int) throws -> SampleReference {
+        let pixels = try engine.pixelValues(imagePath: sample.image)
+        var prompt = engine.prompt(question: sample.question)
+        let answerIds = sample.answer.map { engine.tokenizer.encode($0) } ?? []
+        let start = prompt.before.count + engine.imageTokenCount() - 1
+        prompt.after += answerIds
+        var visionLayers: [[Float]] = [], decoderLayers: [[Float]] = []
+        let features = try engine.model.visionFeatures(pixels: pixels, layerOutputs: keepLayers ? { visionLayers.append($0) } : nil)
+        let projected = try engine.model.project(features)
+        var embeddings = try engine.model.embed(prompt.before)
+        embeddings += projected
+        embeddings += try engine.model.embed(prompt.after)
+        let positions = embeddings.count / engine.config.language.hiddenSize
+        let hidden = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: positions),
+                                             layerOutputs: keepLayers ? { decoderLayers.append($0) } : nil)
+        let d = engine.config.language.hiddenSize
+        let logits = try engine.model.logits(Array(hidden[(start * d)...]))
+        let greedy = try engine.generate(pixels: pixels, question: sample.question, options: .init(maxTokens: maxTokens)).answer
+        return SampleReference(image: sample.image, question: sample.question, answer: sample.answer, answerIds: answerIds,
+                               greedyAnswer: greedy, visionFeatures: features, projectorOutput: projected, logits: logits,
+                               logitsStart: start, visionLayers: visionLayers, decoderLayers: decoderLayers)
+    }
+
+    /// What a reference file is tied to: the bundle's tensor table checksum, or for a Hugging Face
+    /// folder the engine's source path (its files are not hashed again here).
+    static func modelDigest(_ engine: YiVLEngine) -> String {
+        (try? VLQFile(path: engine.source)).map { hex64($0.header.tableChecksum) } ?? "folder:" + engine.source
+    }
+
+    // MARK: File
+
+    public func write(to path: String) throws {
+        var file = SafeTensorsWriter()
+        var meta: [JSONValue] = []
+        for (i, s) in samples.enumerated() {
+            let p = "s\(i)."
+            file.add(.f32(p + "vision_features", [s.visionFeatures.count], s.visionFeatures))
+            file.add(.f32(p + "projector_output", [s.projectorOutput.count], s.projectorOutput))
+            file.add(.f32(p + "logits", [s.logits.count], s.logits))
+            file.add(.i64(p + "answer_ids", [s.answerIds.count], s.answerIds))
+            for (j, h) in s.visionLayers.enumerated() { file.add(.f32(p + "vision_layer.\(j)", [h.count], h)) }
+            for (j, h) in s.decoderLayers.enumerated() { file.add(.f32(p + "decoder_layer.\(j)", [h.count], h)) }
+            meta.append(["image": .string(s.image), "question": .string(s.question), "answer": s.answer.map { .string($0) } ?? .null,
+                         "greedy_answer": .string(s.greedyAnswer), "logits_start": .int(Int64(s.logitsStart)),
+                         "vision_layers": .int(Int64(s.visionLayers.count)), "decoder_layers": .int(Int64(s.decoderLayers.count))])
+        }
+        file.metadata = ["format": "vlqref 1", "samples": JSONValue.array(meta).serialized(), "set_digest": setDigest,
+                         "model": model, "model_digest": modelDigest, "vlq_version": VLQVersion.string]
+        let output = try AtomicOutputFile(targetPath: path)
+        try output.write(Zstd.compress(file.serialized(), level: 3), at: 0)
+        try output.commit()
+    }
+
+    public static func read(_ path: String) throws -> ReferenceRun {
+        let packed = try MappedFile(path: path)
+        guard let size = Zstd.frameContentSize(packed.bytes) else { throw VLQError(path, "not a .vlqref file (no zstd frame)") }
+        let raw: [UInt8]
+        do { raw = try Zstd.decompress(packed.bytes, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
+        let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
+        guard file.metadata["format"] == "vlqref 1", let metaText = file.metadata["samples"],
+              let meta = try? JSONValue.parse(metaText).arrayValue else { throw VLQError(path, "not a .vlqref file") }
+        func floats(_ name: String) throws -> [Float] {
+            guard let info = file.info(name), info.dtype == .f32 else { throw VLQError(path, "missing \(name)") }
+            return Array(file.data(info).bindMemory(to: Float.self))
+        }
+        var samples: [SampleReference] = []
+        for (i, m) in meta.enumerated() {
+            let p = "s\(i)."
+            guard let ids = file.info(p + "answer_ids") else { throw VLQError(path, "missing \(p)answer_ids") }
+            samples.append(SampleReference(
+                image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "", answer: m["answer"]?.stringValue,
+                answerIds: file.data(ids).bindMemory(to: Int64.self).map { Int($0) }, greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
+                visionFeatures: try floats(p + "vision_features"), projectorOutput: try floats(p + "projector_output"),
+                logits: try floats(p + "logits"), logitsStart: m["logits_start"]?.intValue ?? 0,
+                visionLayers: try (0..<(m["vision_layers"]?.intValue ?? 0)).map { try floats(p + "vision_layer.\($0)") },
+                decoderLayers: try (0..<(m["decoder_layers"]?.intValue ?? 0)).map { try floats(p + "decoder_layer.\($0)") }))
+        }
+        return ReferenceRun(samples: samples, setDigest: file.metadata["set_digest"] ?? "", model: file.metadata["model"] ?? "",
+                            modelDigest: file.metadata["model_digest"] ?? "")
+    }
+}
+
+/// A candidate against a stored reference run, sample by sample.
+public struct RunComparison: Sendable {
+    public struct Sample: Sendable {
+        public var image: String
+        public var vision: FeatureDrift
+        public var projector: FeatureDrift
+        public var logits: LogitDrift
+        public var referenceAnswer: String
+        public var candidateAnswer: String
+        public var expectedAnswer: String?
+        public var perplexityRatio: Double?
+    }
+
+    /// Exact match of greedy answers with the set's answers: (reference, candidate), nil without answers.
+    public var exactMatch: (reference: Double, candidate: Double)? {
+        let scored = samples.filter { $0.expectedAnswer != nil }
+        guard !scored.isEmpty else { return nil }
+        let n = Double(scored.count)
+        return (Double(scored.filter { $0.referenceAnswer == $0.expectedAnswer }.count) / n,
+                Double(scored.filter { $0.candidateAnswer == $0.expectedAnswer }.count) / n)
+    }
+
+    public var samples: [Sample] = []
+    public var logits = LogitDrift()
+    /// Mean relative L2 error of the hidden state after each vision / decoder layer.
+    public var visionLayerDrift: [Double] = []
+    public var decoderLayerDrift: [Double] = []
+
+    public var answerAgreement: Double {
+        samples.isEmpty ? 1 : Double(samples.filter { $0.referenceAnswer == $0.candidateAnswer }.count) / Double(samples.count)
+    }
+
+    public var meanPerplexityRatio: Double? {
+        let r = samples.compactMap(\.perplexityRatio)
+        return r.isEmpty ? nil : r.reduce(0, +) / Double(r.count)
+    }
+
+    public static func run(candidate: YiVLEngine, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
+                           progress: (Int, Int) -> Void = { _, _ in }) throws -> RunComparison {
+        guard set.digest == reference.setDigest else {
+            throw VLQError(nil, "the reference was computed on another set (digest \(reference.setDigest), this set \(set.digest))")
+        }
+        var result = RunComparison()
+        var visionSums: [Double] = [], decoderSums: [Double] = [], layerCounts = 0
+        let vocab = candidate.config.language.vocabSize
+        for (i, r) in reference.samples.enumerated() {
+            let c = try ReferenceRun.runSample(engine: candidate, sample: set.samples[i], keepLayers: !r.decoderLayers.isEmpty, maxTokens: maxTokens)
+            guard c.logits.count == r.logits.count else {
+                throw VLQError(r.image, "the candidate gives \(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
+            }
+            var drift = LogitDrift()
+            drift.add(reference: r.logits, candidate: c.logits, vocab: vocab)
+            result.logits.add(reference: r.logits, candidate: c.logits, vocab: vocab)
+            var ratio: Double?
+            if !r.answerIds.isEmpty {
+                // Rows predicting the answer: the last prompt row onwards, one per answer token.
+                let firstRow = (r.logits.count / vocab) - r.answerIds.count - 1
+                func nll(_ logits: [Float]) -> Double {
+                    var total = 0.0
+                    for (k, id) in r.answerIds.enumerated() {
+                        let row = LogitDrift.logSoftmax(logits, (firstRow + k) * vocab, vocab)
+                        total -= row[id]
+                    }
+                    return total / Double(r.answerIds.count)
+                }
+                ratio = exp(nll(c.logits) - nll(r.logits))
+            }
+            if !r.decoderLayers.isEmpty {
+                if visionSums.isEmpty {
+                    visionSums = Array(repeating: 0, count: r.visionLayers.count)
+                    decoderSums = Array(repeating: 0, count: r.decoderLayers.count)
+                }
+                for (j, h) in r.visionLayers.enumerated() where j < c.visionLayers.count {
+                    visionSums[j] += FeatureDrift(reference: h, candidate: c.visionLayers[j]).relativeL2
+                }
+                for (j, h) in r.decoderLayers.enumerated() where j < c.decoderLayers.count {
+                    decoderSums[j] += FeatureDrift(reference: h, candidate: c.decoderLayers[j]).relativeL2
+                }
+                layerCounts += 1
+            }
+            result.samples.append(Sample(image: r.image, vision: FeatureDrift(reference: r.visionFeatures, candidate: c.visionFeatures),
+                                         projector: FeatureDrift(reference: r.projectorOutput, candidate: c.projectorOutput),
+                                         logits: drift, referenceAnswer: r.greedyAnswer, candidateAnswer: c.greedyAnswer,
+                                         expectedAnswer: r.answer, perplexityRatio: ratio))
+            progress(i + 1, reference.samples.count)
+        }
+        if layerCounts > 0 {
+            result.visionLayerDrift = visionSums.map { $0 / Double(layerCounts) }
+            result.decoderLayerDrift = decoderSums.map { $0 / Double(layerCounts) }
+        }
+        return result
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
