@@ -223,3 +223,62 @@ public struct RunComparison: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Which quantized layers cost the most: the reference model with one layer at a time taken from the
+/// candidate, run on a few samples, its drift measured against the reference's own logits.
+public enum LayerContribution {
+    public struct Entry: Sendable {
+        public var layer: String
+        public var tensors: Int
+        public var meanKLD: Double
+    }
+
+    public static func rank(reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
+                            progress: (Int, Int) -> Void = { _, _ in }) throws -> [Entry] {
+        let quantized = candidate.model.weights.tensorNames.filter { candidate.model.weights.isQuantized($0) }
+        let layers = Dictionary(grouping: quantized, by: layerKey)
+        let vocab = reference.config.language.vocabSize
+        var entries: [Entry] = []
+        for (i, key) in layers.keys.sorted().enumerated() {
+            let names = Set(layers[key]!)
+            let hybrid = YiVLEngine(source: reference.source + "+" + key,
+                                    model: YiVLModel(config: reference.config,
+                                                     weights: WeightStore(base: reference.model.weights, overlay: candidate.model.weights, names: names)),
+                                    tokenizer: reference.tokenizer)
+            var drift = LogitDrift()
+            for (k, r) in run.samples.prefix(samples).enumerated() {
+                let c = try ReferenceRun.runLogits(engine: hybrid, sample: set.samples[k])
+                drift.add(reference: r.logits, candidate: c, vocab: vocab)
+            }
+            entries.append(Entry(layer: key, tensors: names.count, meanKLD: drift.meanKLD))
+            progress(i + 1, layers.count)
+        }
+        return entries.sorted { $0.meanKLD > $1.meanKLD }
+    }
+
+    /// "vision layer 3", "decoder layer 12", "projector", "embeddings", "lm_head"...
+    public static func layerKey(_ name: String) -> String {
+        for (prefix, label) in [("vision_model.encoder.layers.", "vision layer "), ("model.layers.", "decoder layer ")] where name.hasPrefix(prefix) {
+            let index = name.dropFirst(prefix.count).prefix { $0 != "." }
+            return label + (index.count < 2 ? "0" : "") + index
+        }
+        if name.hasPrefix("model.mm_projector.") { return "projector" }
+        if name.hasPrefix("model.embed_tokens") { return "token embeddings" }
+        if name.hasPrefix("lm_head") { return "lm_head" }
+        return name
+    }
+}
+
+extension ReferenceRun {
+    /// Only the logits of one sample (no generation, no layer states): the ranking's unit of work.
+    static func runLogits(engine: YiVLEngine, sample: CalibrationSet.Sample) throws -> [Float] {
+        let pixels = try engine.pixelValues(imagePath: sample.image)
+        var prompt = engine.prompt(question: sample.question)
+        let start = prompt.before.count + engine.imageTokenCount() - 1
+        prompt.after += sample.answer.map { engine.tokenizer.encode($0) } ?? []
+        let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
+        let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
+        let d = engine.config.language.hiddenSize
+        return try engine.model.logits(Array(stages.hidden[(start * d)...]))
+    }
+}

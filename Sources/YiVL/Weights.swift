@@ -74,6 +74,21 @@ public final class WeightStore: @unchecked Sendable {
         self.init(entries: entries, keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
     }
 
+    /// `base` with the tensors named in `names` taken from `overlay` instead: the reference model
+    /// with one layer quantized, to measure that layer's own contribution to the drift.
+    public convenience init(base: WeightStore, overlay: WeightStore, names: Set<String>, cacheBudget: Int = 0) {
+        var entries = base.entries
+        for name in names { if let e = overlay.entries[name] { entries[name] = e } }
+        self.init(entries: entries, keepAlive: [base, overlay], cacheBudget: cacheBudget)
+    }
+
+    public var tensorNames: [String] { entries.keys.sorted() }
+
+    public func isQuantized(_ name: String) -> Bool {
+        if case .quantized = entries[name]?.storage { return true }
+        return false
+    }
+
     public func shape(_ name: String) throws -> [Int] {
         guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
         return e.shape

@@ -26,6 +26,9 @@ struct Verify: ParsableCommand {
     @Option(name: .customLong("layer-samples"), help: "Samples whose per-layer hidden states are compared (with --reference).")
     var layerSamples: Int = 4
 
+    @Option(name: .customLong("rank-layers"), help: "With --reference MODEL: rank the candidate's quantized layers by their own drift, each quantized alone, on this many samples.")
+    var rankSamples: Int?
+
     @Option(help: "The model under test (bundle or Hugging Face folder).")
     var candidate: String
 
@@ -100,6 +103,15 @@ struct Verify: ParsableCommand {
             }
             let c = try RunComparison.run(candidate: engine, reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
             printRunComparison(c, reference: reference, set: set)
+            if let rankSamples {
+                guard !reference.hasSuffix(".vlqref") else { throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref") }
+                let ranking = try LayerContribution.rank(reference: try YiVLEngine.open(reference), candidate: engine, run: stored,
+                                                         set: evaluation, samples: rankSamples, progress: progress.update)
+                print("")
+                print("drift of each quantized layer on its own (\(rankSamples) samples), largest first: keep the top ones in higher precision")
+                for e in ranking.prefix(12) { print("  " + padRight(e.layer, 24) + padLeft(sci(e.meanKLD), 12) + "  (\(e.tensors) tensors)") }
+                report["layer_ranking"] = .array(ranking.map { ["layer": .string($0.layer), "tensors": .int(Int64($0.tensors)), "mean_kld": .double($0.meanKLD)] })
+            }
             let l = c.logits
             var section: [String: JSONValue] = [
                 "reference": .string(reference), "set": .string(set), "set_digest": .string(evaluation.digest),
