@@ -59,13 +59,21 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("vlq.verify")
-        let engine = try YiVLEngine.open(candidate)
+        // Opened on first use: with --reference MODEL, the reference runs and is released first, so
+        // the two models are never in memory together.
+        var opened: YiVLEngine?
+        func candidateEngine() throws -> YiVLEngine {
+            if let opened { return opened }
+            let e = try YiVLEngine.open(candidate)
+            opened = e
+            return e
+        }
         var report: [String: JSONValue] = ["candidate": .string(candidate)]
         var failures: [String] = []
         print("candidate: \(candidate)")
         if let referenceDir {
             let references = try ReferenceCase.load(folder: referenceDir)
-            let c = try ReferenceComparison.run(candidate: engine, references: references)
+            let c = try ReferenceComparison.run(candidate: try candidateEngine(), references: references)
             print("reference: \(referenceDir) (\(references.count) cases, \(c.logits.positions) positions)")
             print("")
             print(padRight("case", 24) + padLeft("vision cos", 12) + padLeft("vision relL2", 14) + padLeft("proj cos", 12) + padLeft("proj relL2", 12) + padLeft("mean KLD", 12) + padLeft("same top", 10))
@@ -101,11 +109,11 @@ struct Verify: ParsableCommand {
                 stored = try ReferenceRun.run(engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
                                               layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
             }
-            let c = try RunComparison.run(candidate: engine, reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
+            let c = try RunComparison.run(candidate: try candidateEngine(), reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
             printRunComparison(c, reference: reference, set: set)
             if let rankSamples {
                 guard !reference.hasSuffix(".vlqref") else { throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref") }
-                let ranking = try LayerContribution.rank(reference: try YiVLEngine.open(reference), candidate: engine, run: stored,
+                let ranking = try LayerContribution.rank(reference: try YiVLEngine.open(reference), candidate: try candidateEngine(), run: stored,
                                                          set: evaluation, samples: rankSamples, progress: progress.update)
                 print("")
                 print("drift of each quantized layer on its own (\(rankSamples) samples), largest first: keep the top ones in higher precision")
@@ -140,7 +148,7 @@ struct Verify: ParsableCommand {
         } else if let set {
             let evaluation = try CalibrationSet(path: set)
             let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
-            let candidateAnswers = try ExactMatch.run(engine, set: evaluation, maxTokens: maxTokens, progress: progress.update)
+            let candidateAnswers = try ExactMatch.run(try candidateEngine(), set: evaluation, maxTokens: maxTokens, progress: progress.update)
             print("exact match on \(set): \(candidateAnswers.correct)/\(candidateAnswers.total) = \(fixed(100 * candidateAnswers.rate, 1))%")
             report["exact_match"] = ["correct": .int(Int64(candidateAnswers.correct)), "total": .int(Int64(candidateAnswers.total)),
                                      "rate": .double(candidateAnswers.rate)]

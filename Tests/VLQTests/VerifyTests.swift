@@ -58,3 +58,50 @@ final class VerifyTests: XCTestCase {
         XCTAssertTrue(result.stdout.contains("same top 100.00%"), result.stdout)
     }
 }
+
+extension VerifyTests {
+    /// verify's KL divergence and same-top figures, recomputed independently: `vlq logits` writes the
+    /// candidate's logits for each reference case, numpy computes the statistics from the two files.
+    func testVerifyFiguresAgreeWithAnIndependentComputationFromVlqLogits() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), int4 = scratch.file("int4.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        XCTAssertEqual(try vlq("quantize", bundle, "-o", int4, "--preset", "int4", "-q").status, 0)
+        let verified = try vlq("verify", "--reference-dir", Reference.data + "/reference", "--candidate", int4, "--json", scratch.file("v.json"), "-q")
+        XCTAssertEqual(verified.status, 0, verified.stderr)
+        var outputs: [String] = []
+        for (i, c) in Reference.cases.enumerated() {
+            let out = scratch.file("case-\(i).safetensors")
+            let r = try vlq("logits", int4, "--pixel-values", c.file.path, "--prompt", c.question, "-o", out, "-q")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outputs.append(c.file.path + "=" + out)
+        }
+        let script = """
+            import json, struct, sys
+            import numpy as np
+            def load(path):
+                data = open(path, "rb").read()
+                n = struct.unpack("<Q", data[:8])[0]
+                t = json.loads(data[8:8 + n])["logits"]
+                a, b = t["data_offsets"]
+                return np.frombuffer(data[8 + n + a:8 + n + b], dtype=np.float32).reshape(t["shape"]).astype(np.float64)
+            klds, same = [], 0
+            for pair in sys.argv[1:]:
+                ref, cand = (load(p) for p in pair.split("="))
+                lr = ref - ref.max(1, keepdims=True); lr -= np.log(np.exp(lr).sum(1, keepdims=True))
+                lc = cand - cand.max(1, keepdims=True); lc -= np.log(np.exp(lc).sum(1, keepdims=True))
+                klds.extend((np.exp(lr) * (lr - lc)).sum(1).clip(0))
+                same += int((ref.argmax(1) == cand.argmax(1)).sum())
+            print(json.dumps({"mean_kld": float(np.mean(klds)), "same_top": same / len(klds), "positions": len(klds)}))
+            """
+        try script.write(toFile: scratch.file("kld.py"), atomically: true, encoding: .utf8)
+        let independent = try python([scratch.file("kld.py")] + outputs)
+        XCTAssertEqual(independent.status, 0, independent.stderr)
+        let mine = try JSONValue.parse(try readBytes(scratch.file("v.json")))["logits"]!
+        let theirs = try JSONValue.parse(independent.stdout)
+        XCTAssertEqual(mine["positions"]?.intValue, theirs["positions"]?.intValue)
+        XCTAssertEqual(mine["same_top"]!.doubleValue!, theirs["same_top"]!.doubleValue!, accuracy: 1e-12)
+        XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirs["mean_kld"]!.doubleValue!, accuracy: 1e-6 * theirs["mean_kld"]!.doubleValue! + 1e-12)
+        XCTAssertGreaterThan(theirs["mean_kld"]!.doubleValue!, 1e-4, "int4 drifts measurably")
+    }
+}
