@@ -46,7 +46,7 @@ let package = Package(
                                                       .product(name: "Logging", package: "swift-log")],
                 swiftSettings: optimizedEvenInDebug),
         // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift.
-        .target(name: "Verification", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration"], swiftSettings: optimizedEvenInDebug),
+        .target(name: "Verification", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"], swiftSettings: optimizedEvenInDebug),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
             "VLQCore", "SafeTensors", "VLQFormat", "YiVL",

@@ -47,6 +47,9 @@ struct Verify: ParsableCommand {
     @Option(help: "Write every figure to this JSON file.")
     var json: String?
 
+    @Option(help: "Write a self-contained HTML report (charts, per-sample table with thumbnails) to this file.")
+    var html: String?
+
     @Option(name: .customLong("max-tokens"), help: "Most tokens per generated answer.")
     var maxTokens: Int = 64
 
@@ -69,6 +72,8 @@ struct Verify: ParsableCommand {
             return e
         }
         var report: [String: JSONValue] = ["candidate": .string(candidate)]
+        var positionKLD: [Double] = []
+        var thumbnails: [String: String] = [:]
         var failures: [String] = []
         print("candidate: \(candidate)")
         if let referenceDir {
@@ -83,6 +88,7 @@ struct Verify: ParsableCommand {
                       + padLeft(sci(r.logits.meanKLD), 12) + padLeft(fixed(100 * r.logits.sameTopRate, 2) + "%", 10))
             }
             let l = c.logits
+            positionKLD = l.klDivergences
             print("")
             print("logits: mean KLD \(sci(l.meanKLD)), median \(sci(l.medianKLD)), p99 \(sci(l.p99KLD)), max \(sci(l.maxKLD)); same top \(fixed(100 * l.sameTopRate, 2))%; RMS dp(top) \(sci(l.rmsTopProbabilityDelta))")
             report["reference_dir"] = .string(referenceDir)
@@ -111,6 +117,8 @@ struct Verify: ParsableCommand {
             }
             let c = try RunComparison.run(candidate: try candidateEngine(), reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
             printRunComparison(c, reference: reference, set: set)
+            positionKLD = c.logits.klDivergences
+            if html != nil { for s in c.samples { thumbnails[s.image] = HTMLReport.thumbnail(path: s.image) } }
             if let rankSamples {
                 guard !reference.hasSuffix(".vlqref") else { throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref") }
                 let ranking = try LayerContribution.rank(reference: try YiVLEngine.open(reference), candidate: try candidateEngine(), run: stored,
@@ -156,6 +164,11 @@ struct Verify: ParsableCommand {
         report["failures"] = .array(failures.map { .string($0) })
         if let json {
             try Data(JSONValue.object(report).serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json))
+        }
+        if let html {
+            let page = HTMLReport.render(report: .object(report), klDivergences: positionKLD, thumbnails: thumbnails)
+            try Data(page.utf8).write(to: URL(fileURLWithPath: html))
+            logger.info("wrote \(html)")
         }
         if !failures.isEmpty {
             throw CheckFailure(message: "vlq: verify: bound broken: " + failures.joined(separator: "; "))

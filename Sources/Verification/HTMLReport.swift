@@ -1,0 +1,196 @@
+import Imaging
+import VLQCore
+
+/// A self-contained HTML page of a verify report: no scripts, no external files. Charts are inline
+/// SVG (drift after every vision and decoder layer, the distribution of per-position KL divergence,
+/// the layer ranking); the per-sample table shows each image as an embedded PNG thumbnail.
+public enum HTMLReport {
+    public static func render(report: JSONValue, klDivergences: [Double], thumbnails: [String: String]) -> String {
+        var body = ""
+        body += "<h1>vlq verify</h1>\n<p class=meta>candidate <code>\(escape(report["candidate"]?.stringValue ?? ""))</code>"
+        if let run = report["run"] { body += " &middot; reference <code>\(escape(run["reference"]?.stringValue ?? ""))</code> on <code>\(escape(run["set"]?.stringValue ?? ""))</code>" }
+        if let dir = report["reference_dir"]?.stringValue { body += " &middot; reference files <code>\(escape(dir))</code>" }
+        body += "</p>\n"
+        let failures = report["failures"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        body += failures.isEmpty ? "<p class=pass>All bounds hold.</p>\n" : "<p class=fail>Bound broken: \(failures.map(escape).joined(separator: "; "))</p>\n"
+
+        let logits = report["run"] ?? report["logits"]
+        if let l = logits {
+            body += "<h2>Logits</h2>\n<table class=summary><tr>"
+            for (label, key, percent) in [("mean KLD", "mean_kld", false), ("median KLD", "median_kld", false), ("p99 KLD", "p99_kld", false),
+                                          ("max KLD", "max_kld", false), ("same top token", "same_top", true), ("RMS &Delta;p(top)", "rms_top_probability_delta", false),
+                                          ("perplexity ratio", "perplexity_ratio", false), ("answers identical", "answer_agreement", true)] {
+                guard let v = l[key]?.doubleValue else { continue }
+                body += "<td><div class=label>\(label)</div><div class=value>\(percent ? fixed(100 * v, 2) + "%" : number(v))</div></td>"
+            }
+            body += "</tr></table>\n"
+        }
+        if !klDivergences.isEmpty {
+            body += "<h2>Distribution of KL divergence per position</h2>\n" + histogram(klDivergences)
+        }
+        if let run = report["run"] {
+            for (title, key) in [("Hidden-state drift after each vision layer", "vision_layer_relative_l2"),
+                                 ("Hidden-state drift after each decoder layer", "decoder_layer_relative_l2")] {
+                let values = run[key]?.arrayValue?.compactMap(\.doubleValue) ?? []
+                if !values.isEmpty {
+                    body += "<h2>\(title) (relative L2 against the reference)</h2>\n"
+                    body += bars(values.enumerated().map { ("\($0.offset)", $0.element) })
+                }
+            }
+        }
+        if let ranking = report["layer_ranking"]?.arrayValue, !ranking.isEmpty {
+            body += "<h2>Each quantized layer's own drift (mean KLD with only that layer quantized)</h2>\n"
+            body += bars(ranking.prefix(20).map { ($0["layer"]?.stringValue ?? "", $0["mean_kld"]?.doubleValue ?? 0) }, horizontal: true)
+        }
+        if let samples = report["run"]?["samples"]?.arrayValue {
+            body += "<h2>Samples</h2>\n<table class=samples><tr><th>image</th><th>vision cos</th><th>projector cos</th><th>mean KLD</th><th>same top</th><th>perplexity ratio</th><th>reference answer</th><th>candidate answer</th></tr>\n"
+            for s in samples {
+                let image = s["image"]?.stringValue ?? ""
+                let thumb = thumbnails[image].map { "<img src=\"data:image/png;base64,\($0)\" alt=\"\(escape(image))\">" } ?? ""
+                let same = s["reference_answer"] == s["candidate_answer"]
+                body += "<tr><td>\(thumb)<div class=file>\(escape(String(image.split(separator: "/").last ?? "")))</div></td>"
+                body += "<td>\(fixed(s["vision_cosine"]?.doubleValue ?? 0, 6))</td><td>\(fixed(s["projector_cosine"]?.doubleValue ?? 0, 6))</td>"
+                body += "<td>\(number(s["mean_kld"]?.doubleValue ?? 0))</td><td>\(fixed(100 * (s["same_top"]?.doubleValue ?? 0), 1))%</td>"
+                body += "<td>\(s["perplexity_ratio"]?.doubleValue.map { fixed($0, 4) } ?? "-")</td>"
+                body += "<td>\(escape(s["reference_answer"]?.stringValue ?? ""))</td><td class=\(same ? "same" : "differ")>\(escape(s["candidate_answer"]?.stringValue ?? ""))</td></tr>\n"
+            }
+            body += "</table>\n"
+        } else if let cases = report["cases"]?.arrayValue {
+            body += "<h2>Reference cases</h2>\n<table class=samples><tr><th>case</th><th>vision cos</th><th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th><th>mean KLD</th><th>same top</th></tr>\n"
+            for c in cases {
+                body += "<tr><td>\(escape(c["name"]?.stringValue ?? ""))</td><td>\(fixed(c["vision_cosine"]?.doubleValue ?? 0, 6))</td><td>\(number(c["vision_relative_l2"]?.doubleValue ?? 0))</td>"
+                body += "<td>\(fixed(c["projector_cosine"]?.doubleValue ?? 0, 6))</td><td>\(number(c["projector_relative_l2"]?.doubleValue ?? 0))</td>"
+                body += "<td>\(number(c["mean_kld"]?.doubleValue ?? 0))</td><td>\(fixed(100 * (c["same_top"]?.doubleValue ?? 0), 1))%</td></tr>\n"
+            }
+            body += "</table>\n"
+        }
+        return """
+            <!DOCTYPE html>
+            <html lang="en"><head><meta charset="utf-8"><title>vlq verify</title>
+            <style>
+            body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; max-width: 1100px; }
+            h1 { font-size: 22px; } h2 { font-size: 16px; margin-top: 28px; }
+            code { background: #f1f3f7; padding: 1px 4px; border-radius: 3px; }
+            .meta { color: #5a6476; } .pass { color: #17803d; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
+            table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: middle; }
+            .summary td { border: 1px solid #e3e7ee; } .label { color: #5a6476; font-size: 12px; } .value { font-size: 18px; font-weight: 600; }
+            .samples img { width: 56px; height: 56px; image-rendering: pixelated; display: block; }
+            .file { font-size: 11px; color: #5a6476; } .differ { color: #b42318; } .same { color: #17803d; }
+            svg text { font: 11px system-ui, sans-serif; fill: #3b4457; }
+            </style></head><body>
+            \(body)</body></html>
+            """
+    }
+
+    static func escape(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+
+    static func number(_ v: Double) -> String {
+        if v == 0 { return "0" }
+        if abs(v) >= 0.01 && abs(v) < 1000 { return fixed(v, 4) }
+        var e = 0, m = abs(v)
+        while m >= 10 { m /= 10; e += 1 }
+        while m < 1 { m *= 10; e -= 1 }
+        return (v < 0 ? "-" : "") + fixed(m, 2) + "e" + String(e)
+    }
+
+    /// Vertical bars (one per layer), or horizontal bars with labels (rankings).
+    static func bars(_ items: [(String, Double)], horizontal: Bool = false) -> String {
+        let maximum = max(items.map(\.1).max() ?? 1, 1e-300)
+        if horizontal {
+            let height = 20 * items.count + 10
+            var svg = "<svg width=\"760\" height=\"\(height)\" role=\"img\">"
+            for (i, (label, v)) in items.enumerated() {
+                let w = 480 * v / maximum
+                svg += "<text x=\"0\" y=\"\(20 * i + 15)\">\(escape(label))</text>"
+                svg += "<rect x=\"170\" y=\"\(20 * i + 4)\" width=\"\(fixed(w, 1))\" height=\"14\" fill=\"#3b6fd8\"/>"
+                svg += "<text x=\"\(fixed(176 + w, 1))\" y=\"\(20 * i + 15)\">\(number(v))</text>"
+            }
+            return svg + "</svg>\n"
+        }
+        let width = max(300, 24 * items.count + 60)
+        var svg = "<svg width=\"\(width)\" height=\"190\" role=\"img\"><text x=\"0\" y=\"12\">max \(number(maximum))</text>"
+        for (i, (label, v)) in items.enumerated() {
+            let h = 140 * v / maximum
+            svg += "<rect x=\"\(40 + 24 * i)\" y=\"\(fixed(160 - h, 1))\" width=\"18\" height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
+            svg += "<text x=\"\(40 + 24 * i + 4)\" y=\"176\">\(escape(label))</text>"
+        }
+        return svg + "</svg>\n"
+    }
+
+    /// Counts of per-position KL divergence in decades (log10 bins).
+    static func histogram(_ values: [Double]) -> String {
+        var bins: [Int: Int] = [:]
+        for v in values { bins[v > 0 ? Int((log10(v)).rounded(.down)) : -13, default: 0] += 1 }
+        let keys = (bins.keys.min()!...bins.keys.max()!)
+        return bars(keys.map { ("1e\($0)", Double(bins[$0] ?? 0)) })
+    }
+
+    /// An embedded PNG thumbnail of an image file (PIL-exact resize to `size` on the longer side).
+    public static func thumbnail(path: String, size: Int = 64) -> String? {
+        guard let image = try? ImageDecoder.decode(path: path) else { return nil }
+        let scale = Double(size) / Double(max(image.width, image.height))
+        let w = max(1, Int(Double(image.width) * scale)), h = max(1, Int(Double(image.height) * scale))
+        let small = Resampler.resize(image, width: w, height: h, filter: .bicubic)
+        return Base64.encode(PNGEncoder.encode(small))
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Minimal PNG writer for thumbnails: 8-bit RGB, zlib with stored (uncompressed) deflate blocks,
+/// which every decoder reads; no compression library needed.
+enum PNGEncoder {
+    static func encode(_ image: RGBImage) -> [UInt8] {
+        var raw: [UInt8] = []
+        for y in 0..<image.height {
+            raw.append(0)
+            raw += image.pixels[(y * image.width * 3)..<((y + 1) * image.width * 3)]
+        }
+        var zlib: [UInt8] = [0x78, 0x01]
+        var offset = 0
+        repeat {
+            let n = min(65535, raw.count - offset)
+            let last: UInt8 = offset + n >= raw.count ? 1 : 0
+            zlib += [last, UInt8(n & 0xFF), UInt8(n >> 8), UInt8(~n & 0xFF), UInt8((~n >> 8) & 0xFF)]
+            zlib += raw[offset..<(offset + n)]
+            offset += n
+        } while offset < raw.count
+        var a: UInt32 = 1, b: UInt32 = 0
+        for byte in raw { a = (a + UInt32(byte)) % 65521; b = (b + a) % 65521 }
+        zlib += be32(b << 16 | a)
+        var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        png += chunk("IHDR", be32(UInt32(image.width)) + be32(UInt32(image.height)) + [8, 2, 0, 0, 0])
+        png += chunk("IDAT", zlib)
+        png += chunk("IEND", [])
+        return png
+    }
+
+    static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+
+    static let crcTable: [UInt32] = (0..<256).map { n in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
+        let body = Array(type.utf8) + data
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in body { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        return be32(UInt32(data.count)) + body + be32(~crc)
+    }
+}
