@@ -1,4 +1,5 @@
 import Calibration
+import Imaging
 import Foundation
 import VLQCore
 import Verification
@@ -103,5 +104,34 @@ extension VerifyTests {
         XCTAssertEqual(mine["same_top"]!.doubleValue!, theirs["same_top"]!.doubleValue!, accuracy: 1e-12)
         XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirs["mean_kld"]!.doubleValue!, accuracy: 1e-6 * theirs["mean_kld"]!.doubleValue! + 1e-12)
         XCTAssertGreaterThan(theirs["mean_kld"]!.doubleValue!, 1e-4, "int4 drifts measurably")
+    }
+}
+
+extension VerifyTests {
+    func testTheHTMLReportIsSelfContainedWithChartsAndDecodableThumbnails() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), int8 = scratch.file("int8.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        XCTAssertEqual(try vlq("quantize", bundle, "-o", int8, "--preset", "int8", "-q").status, 0)
+        let set = try writeSet(scratch, count: 3)
+        let result = try vlq("verify", "--reference", bundle, "--candidate", int8, "--set", set, "--rank-layers", "2",
+                             "--html", scratch.file("report.html"), "-q")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let page = try String(contentsOfFile: scratch.file("report.html"), encoding: .utf8)
+        XCTAssertTrue(page.hasPrefix("<!DOCTYPE html>"))
+        XCTAssertFalse(page.contains("<script"), "no scripts")
+        XCTAssertFalse(page.contains("src=\"http"), "nothing fetched from outside")
+        XCTAssertTrue(page.contains("Hidden-state drift after each vision layer"))
+        XCTAssertTrue(page.contains("Hidden-state drift after each decoder layer"))
+        XCTAssertTrue(page.contains("Distribution of KL divergence per position"))
+        XCTAssertTrue(page.contains("decoder layer 00"))
+        XCTAssertGreaterThanOrEqual(page.components(separatedBy: "<svg").count - 1, 4)
+        let thumbnails = page.components(separatedBy: "data:image/png;base64,").dropFirst().map { String($0.prefix { $0 != "\"" }) }
+        XCTAssertEqual(thumbnails.count, 3)
+        for t in thumbnails {
+            let png = try XCTUnwrap(Base64.decode(t))
+            let image = try png.withUnsafeBytes { try ImageDecoder.decode($0, source: "thumbnail") }
+            XCTAssertEqual(max(image.width, image.height), 64)
+        }
     }
 }
