@@ -37,4 +37,5 @@ $vlq run "$out/tiny-yivl-int4.vlq" --image $data/cases/cases-003.png --prompt "W
 echo
 echo "== vlq verify: drift of the int4 bundle against the transformers fp32 reference, as a CI gate"
 $vlq verify --reference-dir $data/reference --candidate "$out/tiny-yivl-int4.vlq" --set $data/eval.jsonl \
-  --max-kld 0.01 --min-same-top 0.97 -q
+  --max-kld 0.01 --min-same-top 0.97 --html "$out/verify.html" -q
+echo "(HTML report: $out/verify.html; tools/render_report.sh $out/verify.html $out/verify.png screenshots it)"

@@ -4,9 +4,9 @@
 #   tools/render_report.sh report.html screenshot.png [WIDTHxHEIGHT]
 set -euo pipefail
 report=${1:?report.html}; shot=${2:?screenshot.png}; size=${3:-1200x2400}
-if ! command -v chromium >/dev/null; then
+if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi wqy; then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null
 fi
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size="${size/x/,}" \
   --screenshot="$(realpath -m "$shot")" "file://$(realpath "$report")" 2>/dev/null

@@ -106,7 +106,7 @@ public enum HTMLReport {
     }
 
     /// Vertical bars (one per layer), or horizontal bars with labels (rankings).
-    static func bars(_ items: [(String, Double)], horizontal: Bool = false) -> String {
+    static func bars(_ items: [(String, Double)], horizontal: Bool = false, spacing: Int = 24) -> String {
         let maximum = max(items.map(\.1).max() ?? 1, 1e-300)
         if horizontal {
             let height = 20 * items.count + 10
@@ -119,12 +119,12 @@ public enum HTMLReport {
             }
             return svg + "</svg>\n"
         }
-        let width = max(300, 24 * items.count + 60)
+        let width = max(300, spacing * items.count + 60)
         var svg = "<svg width=\"\(width)\" height=\"190\" role=\"img\"><text x=\"0\" y=\"12\">max \(number(maximum))</text>"
         for (i, (label, v)) in items.enumerated() {
             let h = 140 * v / maximum
-            svg += "<rect x=\"\(40 + 24 * i)\" y=\"\(fixed(160 - h, 1))\" width=\"18\" height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
-            svg += "<text x=\"\(40 + 24 * i + 4)\" y=\"176\">\(escape(label))</text>"
+            svg += "<rect x=\"\(40 + spacing * i)\" y=\"\(fixed(160 - h, 1))\" width=\"\(spacing - 6)\" height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
+            svg += "<text x=\"\(40 + spacing * i)\" y=\"176\">\(escape(label))</text>"
         }
         return svg + "</svg>\n"
     }
@@ -134,7 +134,7 @@ public enum HTMLReport {
         var bins: [Int: Int] = [:]
         for v in values { bins[v > 0 ? Int((log10(v)).rounded(.down)) : -13, default: 0] += 1 }
         let keys = (bins.keys.min()!...bins.keys.max()!)
-        return bars(keys.map { ("1e\($0)", Double(bins[$0] ?? 0)) })
+        return bars(keys.map { ("1e\($0)", Double(bins[$0] ?? 0)) }, spacing: 40)
     }
 
     /// An embedded PNG thumbnail of an image file (PIL-exact resize to `size` on the longer side).
