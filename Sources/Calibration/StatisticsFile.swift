@@ -42,19 +42,11 @@ public struct StatisticsFile {
         let aliasJSON = JSONValue.object(aliases.mapValues { .string($0) }).serialized()
         file.metadata = ["format": "vlqstats 1", "aliases": aliasJSON, "set_digests": setDigests.joined(separator: ","),
                          "samples": String(samples), "model": model, "vlq_version": VLQVersion.string]
-        let raw = file.serialized()
-        let output = try AtomicOutputFile(targetPath: path)
-        try output.write(Zstd.compress(raw, level: 3), at: 0)
-        try output.commit()
+        try CompressedSafeTensors.write(file, to: path)
     }
 
     public static func read(_ path: String) throws -> StatisticsFile {
-        let packed = try MappedFile(path: path)
-        guard let size = Zstd.frameContentSize(packed.bytes) else { throw VLQError(path, "not a .vlqstats file (no zstd frame)") }
-        let raw: [UInt8]
-        do { raw = try Zstd.decompress(packed.bytes, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
-        let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
-        guard file.metadata["format"] == "vlqstats 1" else { throw VLQError(path, "not a .vlqstats file") }
+        let file = try CompressedSafeTensors.read(path, format: "vlqstats 1", kind: ".vlqstats")
         func doubles(_ name: String) throws -> [Double] {
             guard let info = file.info(name), info.dtype == .f64 else { throw VLQError(path, "missing \(name)") }
             return file.data(info).bindMemory(to: UInt64.self).map { Double(bitPattern: UInt64(littleEndian: $0)) }

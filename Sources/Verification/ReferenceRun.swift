@@ -92,19 +92,14 @@ public struct ReferenceRun: Sendable {
         }
         file.metadata = ["format": "vlqref 1", "samples": JSONValue.array(meta).serialized(), "set_digest": setDigest,
                          "model": model, "model_digest": modelDigest, "vlq_version": VLQVersion.string]
-        let output = try AtomicOutputFile(targetPath: path)
-        try output.write(Zstd.compress(file.serialized(), level: 3), at: 0)
-        try output.commit()
+        try CompressedSafeTensors.write(file, to: path)
     }
 
     public static func read(_ path: String) throws -> ReferenceRun {
-        let packed = try MappedFile(path: path)
-        guard let size = Zstd.frameContentSize(packed.bytes) else { throw VLQError(path, "not a .vlqref file (no zstd frame)") }
-        let raw: [UInt8]
-        do { raw = try Zstd.decompress(packed.bytes, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
-        let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
-        guard file.metadata["format"] == "vlqref 1", let metaText = file.metadata["samples"],
-              let meta = try? JSONValue.parse(metaText).arrayValue else { throw VLQError(path, "not a .vlqref file") }
+        let file = try CompressedSafeTensors.read(path, format: "vlqref 1", kind: ".vlqref")
+        guard let metaText = file.metadata["samples"], let meta = try? JSONValue.parse(metaText).arrayValue else {
+            throw VLQError(path, "the .vlqref metadata lacks its samples")
+        }
         func floats(_ name: String) throws -> [Float] {
             guard let info = file.info(name), info.dtype == .f32 else { throw VLQError(path, "missing \(name)") }
             return Array(file.data(info).bindMemory(to: Float.self))

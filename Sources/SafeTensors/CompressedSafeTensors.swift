@@ -1,0 +1,23 @@
+import VLQCore
+
+/// A safetensors file inside one zstd frame: the container of `.vlqstats` and `.vlqref` files, told
+/// apart by the `format` entry of their metadata.
+public enum CompressedSafeTensors {
+    public static func write(_ file: SafeTensorsWriter, to path: String) throws {
+        let output = try AtomicOutputFile(targetPath: path)
+        try output.write(Zstd.compress(file.serialized(), level: 3), at: 0)
+        try output.commit()
+    }
+
+    /// Reads and validates the file; `format` must equal its metadata's `format`; `kind` (".vlqstats")
+    /// names the expected file type in errors.
+    public static func read(_ path: String, format: String, kind: String) throws -> SafeTensorsFile {
+        let packed = try MappedFile(path: path)
+        guard let size = Zstd.frameContentSize(packed.bytes) else { throw VLQError(path, "not a \(kind) file (no zstd frame)") }
+        let raw: [UInt8]
+        do { raw = try Zstd.decompress(packed.bytes, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
+        let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
+        guard file.metadata["format"] == format else { throw VLQError(path, "not a \(kind) file") }
+        return file
+    }
+}
