@@ -141,15 +141,25 @@ public final class Converter {
             hasher.update(file.mapped.slice(offset: 0, count: 8 + file.headerLength)!)
             for info in file.tensors {
                 let data = file.data(info)
-                hasher.update(data)
-                if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
-                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name) { offset, count in
-                        file.mapped.release(offset: info.fileOffset + offset, count: count)
-                    }
-                } else if let visionName = copyByRootName[info.name] {
-                    compare(copy: data, info: info, with: visionName, in: checkpoint, into: &comparison)
+                // Each chunk is hashed for the file digest and released as soon as it is used, so that
+                // not even the largest tensor is resident at once.
+                let finished = { (offset: Int, count: Int) in
+                    hasher.update(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + count)]))
+                    file.mapped.release(offset: info.fileOffset + offset, count: count)
                 }
-                file.mapped.release(offset: info.fileOffset, count: info.byteCount)
+                if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
+                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name, done: finished)
+                } else {
+                    if let visionName = copyByRootName[info.name] {
+                        compare(copy: data, info: info, with: visionName, in: checkpoint, into: &comparison)
+                    }
+                    var offset = 0
+                    while offset < data.count {
+                        let n = min(Converter.chunkBytes, data.count - offset)
+                        finished(offset, n)
+                        offset += n
+                    }
+                }
                 done += info.byteCount
                 progress(done, total)
             }

@@ -122,9 +122,19 @@ public final class VLQFile: @unchecked Sendable {
     /// `progress` is called with the bytes verified so far.
     public func verifyChecksums(progress: (Int) -> Void = { _ in }) throws {
         var done = 0
+        let chunk = 32 << 20
         for r in tensors.sorted(by: { $0.offset < $1.offset }) {
-            let digest = XXH3Hasher.hash(data(r))
-            mapped.release(offset: r.offset, count: r.byteCount)
+            // Hashed in chunks, each released after use: resident memory stays at one chunk.
+            let hasher = XXH3Hasher()
+            let bytes = data(r)
+            var offset = 0
+            while offset < bytes.count {
+                let n = min(chunk, bytes.count - offset)
+                hasher.update(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+                mapped.release(offset: r.offset + offset, count: n)
+                offset += n
+            }
+            let digest = hasher.digest()
             guard digest == r.checksum else {
                 throw VLQError(path, "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted")
             }
