@@ -28,14 +28,10 @@ public struct CalibrationSet: Sendable {
         guard stat(path, &st) == 0 else { throw VLQError(path, "no such file or folder") }
         var samples: [Sample] = []
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            guard let dir = opendir(path) else { throw VLQError(path, "cannot read folder") }
-            var names: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let names = try FileSystem.list(path).filter { name in
                 let lower = name.lowercased()
-                if lower.hasSuffix(".png") || lower.hasSuffix(".jpg") || lower.hasSuffix(".jpeg") { names.append(name) }
+                return lower.hasSuffix(".png") || lower.hasSuffix(".jpg") || lower.hasSuffix(".jpeg")
             }
-            closedir(dir)
             samples = names.sorted().map { Sample(image: path + "/" + $0, question: defaultQuestion, answer: nil) }
         } else {
             let file = try MappedFile(path: path)

@@ -107,18 +107,12 @@ public final class Converter {
 
     /// The rename at the end would replace a source file given as the output; the source is read-only to vlq.
     static func refuseToOverwriteSources(_ output: String, checkpoint: YiVLCheckpoint) throws {
-        guard let target = realPath(output) else { return }
+        guard let target = FileSystem.realPath(output) else { return }
         let sources = (checkpoint.rootShards.files + checkpoint.visionShards.files).map(\.path)
             + [checkpoint.folder + "/config.json", checkpoint.tokenizerModelPath] + Array(checkpoint.auxiliaryFiles.values)
-        for source in sources where realPath(source) == target {
+        for source in sources where FileSystem.realPath(source) == target {
             throw VLQError(output, "is a file of the source checkpoint; choose another output path")
         }
-    }
-
-    private static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
     }
 
     private func write(_ checkpoint: YiVLCheckpoint, to writer: VLQWriter, progress: (Int, Int) -> Void) throws -> ConvertReport {

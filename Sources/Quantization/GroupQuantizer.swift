@@ -63,7 +63,7 @@ public struct GroupQuantizer: Sendable {
 
     /// With a Gram block, candidates are judged by the output error they cause (AWQ's clipping search)
     /// rather than by the weights' own error.
-    public struct GramBlock {
+    public struct GramBlock: @unchecked Sendable {
         public var pointer: UnsafePointer<Double>
         public var stride: Int
     }

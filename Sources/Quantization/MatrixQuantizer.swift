@@ -2,6 +2,7 @@ import CBLAS
 import Calibration
 import VLQCore
 import VLQFormat
+import YiVL
 
 /// A quantized weight matrix: its bytes in the bundle encoding, and the values they decode to.
 public struct QuantizedMatrix {
@@ -42,7 +43,7 @@ public enum MatrixQuantizer {
         let codesOut = codesBuffer.baseAddress!, scalesOut = scalesBuffer.baseAddress!
         let biasesOut = biasesBuffer.baseAddress!, valuesOut = valuesBuffer.baseAddress!
         w.withUnsafeBufferPointer { wp in
-          parallelRows(rows) { range in
+          Kernels.parallelRows(rows, minimumPerTask: 16) { range in
             var quantizer = quantizer
             var importance = [Float](repeating: 1, count: groupSize)
             for r in range {
@@ -100,16 +101,3 @@ public enum MatrixQuantizer {
         return total
     }
 }
-
-import Dispatch
-
-/// Splits 0..<count over the cores (at least 16 rows per task).
-func parallelRows(_ count: Int, _ body: (Range<Int>) -> Void) {
-    let tasks = min(max(1, count / 16), max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
-    if tasks <= 1 { return body(0..<count) }
-    DispatchQueue.concurrentPerform(iterations: tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -136,23 +136,11 @@ public final class ShardSet: @unchecked Sendable {
     }
 
     static func realPath(_ path: String, subject: String) throws -> String {
-        guard let p = realpath(path, nil) else { throw VLQError(subject, "cannot resolve \(path): \(systemError())") }
-        defer { free(p) }
-        return String(cString: p)
+        guard let real = FileSystem.realPath(path) else { throw VLQError(subject, "cannot resolve \(path): \(systemError())") }
+        return real
     }
 
-    static func listFolder(_ folder: String) throws -> [String] {
-        guard let dir = opendir(folder) else { throw VLQError(folder, "cannot read folder: \(systemError())") }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
+    static func listFolder(_ folder: String) throws -> [String] { try FileSystem.list(folder) }
 
     static func parent(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }

@@ -31,7 +31,7 @@ public struct ReferenceCase: Sendable {
                 entries.append((folder + "/" + name, question))
             }
         } else {
-            let names = try listFiles(folder).filter { $0.hasSuffix(".safetensors") }.sorted()
+            let names = try FileSystem.list(folder).filter { $0.hasSuffix(".safetensors") }.sorted()
             entries = names.map { (folder + "/" + $0, nil) }
         }
         guard !entries.isEmpty else { throw VLQError(folder, "no reference cases") }
@@ -116,19 +116,4 @@ public struct ExactMatch: Sendable {
         }
         return result
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-func listFiles(_ folder: String) throws -> [String] {
-    guard let dir = opendir(folder) else { throw VLQError(folder, "cannot read folder") }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
 }

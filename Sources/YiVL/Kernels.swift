@@ -9,7 +9,7 @@ import Glibc
 public enum Kernels {
     /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
     @inline(__always)
-    static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
+    public static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
         let tasks = min(activeProcessors, max(1, count / minimumPerTask))
         if tasks <= 1 { return body(0..<count) }
         DispatchQueue.concurrentPerform(iterations: tasks) { t in

@@ -117,11 +117,11 @@ public final class YiVLEngine: @unchecked Sendable {
         let prompt = prompt(question: question)
         let promptLength = prompt.before.count + imageTokenCount() + prompt.after.count
         let cache = model.makeCache(capacity: promptLength + options.maxTokens)
-        let started = monotonicNow()
+        let started = monotonicSeconds()
         let stages = try prefill(pixels: pixels, prompt: prompt, cache: cache)
         let d = config.language.hiddenSize
         var last = try model.logits(Array(stages.hidden.suffix(d)))
-        let prefillDone = monotonicNow()
+        let prefillDone = monotonicSeconds()
         var random = SplitMix64(seed: options.seed)
         var ids: [Int] = []
         var emitted = 0
@@ -148,7 +148,7 @@ public final class YiVLEngine: @unchecked Sendable {
         let trimmed = YiVLEngine.trim(answer)
         if trimmed.count > emitted { onText(String(trimmed.dropFirst(emitted))) }
         return Generation(answer: trimmed, tokenIds: ids, promptTokens: promptLength,
-                          prefillSeconds: prefillDone - started, decodeSeconds: monotonicNow() - prefillDone)
+                          prefillSeconds: prefillDone - started, decodeSeconds: monotonicSeconds() - prefillDone)
     }
 
     static func trim(_ s: String) -> String {
@@ -213,10 +213,4 @@ public struct SplitMix64 {
     }
 
     public mutating func nextDouble() -> Double { Double(next() >> 11) / Double(1 << 53) }
-}
-
-public func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

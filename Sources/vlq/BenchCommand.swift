@@ -55,9 +55,9 @@ struct Bench: ParsableCommand {
         let flops = Double(l.layers) * (2 * Double(tokens) * Double(linearParameters) + 4 * Double(tokens * tokens * l.heads * l.headDim))
         var cold = 0.0
         let prefillSeconds = try bestThrowing(repeats + 1) { first in
-            let started = monotonicNow()
+            let started = monotonicSeconds()
             _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens + decodeTokens))
-            if first { cold = monotonicNow() - started }
+            if first { cold = monotonicSeconds() - started }
         }
         let prefillRate = flops / prefillSeconds / 1e9
         print("prefill \(tokens) tokens through \(l.layers) decoder layers: \(fixed(prefillSeconds, 3)) s = \(fixed(prefillRate, 1)) GFLOP/s = \(fixed(100 * prefillRate / sgemmRate, 0))% of sgemm (first run, with bf16 upcast: \(fixed(cold, 3)) s)")
@@ -66,11 +66,11 @@ struct Bench: ParsableCommand {
         let cache = engine.model.makeCache(capacity: tokens + decodeTokens)
         _ = try engine.model.decode(embeddings, cache: cache)
         let token = try engine.model.embed([1])
-        let started = monotonicNow()
+        let started = monotonicSeconds()
         for _ in 0..<decodeTokens {
             _ = try engine.model.logits(try engine.model.decode(token, cache: cache))
         }
-        let perToken = (monotonicNow() - started) / Double(decodeTokens)
+        let perToken = (monotonicSeconds() - started) / Double(decodeTokens)
         print("decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, \(l.layers) layers + lm_head)")
 
         // Vision tower on one image.
@@ -116,14 +116,14 @@ struct Bench: ParsableCommand {
             let w = try engine.model.weights.floats(name), shape = try engine.model.weights.shape(name)
             parameters += w.count
             for encoding in [TensorEncoding.q8, .q4] {
-                let t = monotonicNow()
+                let t = monotonicSeconds()
                 _ = MatrixQuantizer.roundToNearest(w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: 128)
-                rtnSeconds[encoding, default: 0] += monotonicNow() - t
+                rtnSeconds[encoding, default: 0] += monotonicSeconds() - t
             }
             guard let stats = gram.statistics(for: name), let g = stats.gram else { continue }
-            let t = monotonicNow()
+            let t = monotonicSeconds()
             _ = try GPTQ().quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: g)
-            gptqSeconds += monotonicNow() - t
+            gptqSeconds += monotonicSeconds() - t
         }
         print("decoder layer 0 (\(parameters / 1_000_000)M weights): RTN int8 \(fixed(rtnSeconds[.q8]!, 2)) s = \(fixed(Double(parameters) / rtnSeconds[.q8]! / 1e6, 1))M weights/s; RTN int4 \(fixed(rtnSeconds[.q4]!, 2)) s = \(fixed(Double(parameters) / rtnSeconds[.q4]! / 1e6, 1))M weights/s; GPTQ int4 g128 \(fixed(gptqSeconds, 1)) s per layer")
     }
@@ -135,18 +135,18 @@ struct Bench: ParsableCommand {
 
     func best(_ n: Int, _ body: () -> Void) -> Double {
         (0..<n).map { _ in
-            let t = monotonicNow()
+            let t = monotonicSeconds()
             body()
-            return monotonicNow() - t
+            return monotonicSeconds() - t
         }.min()!
     }
 
     func bestThrowing(_ n: Int, _ body: (Bool) throws -> Void) throws -> Double {
         var times: [Double] = []
         for i in 0..<n {
-            let t = monotonicNow()
+            let t = monotonicSeconds()
             try body(i == 0)
-            times.append(monotonicNow() - t)
+            times.append(monotonicSeconds() - t)
         }
         return (n > 1 ? Array(times.dropFirst()) : times).min()!
     }
