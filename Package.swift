@@ -27,8 +27,15 @@ let package = Package(
 
         // Shared primitives: JSON, mapped files, atomic output, checksums, compression, errors.
         .target(name: "VLQCore", dependencies: ["CZstd", "CXXHash"]),
-        // Reading Hugging Face safetensors files and shard sets over mmap.
-        .target(name: "SafeTensors", dependencies: ["VLQCore"]),
+        // The interface every checkpoint format implements: element types, tensor entries, TensorFile.
+        .target(name: "TensorSource", dependencies: ["VLQCore"]),
+        // Reading Hugging Face safetensors files over mmap, validated.
+        .target(name: "SafeTensors", dependencies: ["VLQCore", "TensorSource"]),
+        // Reading PyTorch torch.save checkpoints (zip + pickle) over mmap, with a restricted unpickler.
+        .target(name: "PyTorchCheckpoint", dependencies: ["VLQCore", "TensorSource"], swiftSettings: optimizedEvenInDebug),
+        // A model folder's weight files: which files to read (safetensors or PyTorch, sharded or not),
+        // shard indexes, and the Hugging Face cache layout.
+        .target(name: "CheckpointFiles", dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint"]),
         // The .vlq bundle format (formats/VLQ-BUNDLE.md): writer, reader, checker.
         .target(name: "VLQFormat", dependencies: ["VLQCore"], swiftSettings: optimizedEvenInDebug),
         // SentencePiece BPE tokenizer read from tokenizer.model.
@@ -36,7 +43,7 @@ let package = Package(
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
         .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"], swiftSettings: optimizedEvenInDebug),
         // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine (OpenBLAS).
-        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
+        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
                 swiftSettings: optimizedEvenInDebug),
 
         // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
@@ -49,17 +56,18 @@ let package = Package(
         .target(name: "Verification", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"], swiftSettings: optimizedEvenInDebug),
         // Hugging Face folder -> .vlq bundle, streaming.
         .target(name: "Conversion", dependencies: [
-            "VLQCore", "SafeTensors", "VLQFormat", "YiVL",
+            "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vlq", dependencies: [
-            "VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
+            "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "vlq"],
+            dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
+                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "vlq"],
             exclude: []
         ),
     ],

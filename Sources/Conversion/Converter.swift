@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CheckpointFiles
 import Logging
 import SafeTensors
 import VLQCore
@@ -132,20 +133,48 @@ public final class Converter {
         for file in sourceFiles {
             file.mapped.adviseSequential()
             let hasher = XXH3Hasher()
-            hasher.update(file.mapped.slice(offset: 0, count: 8 + file.headerLength)!)
+            // The file digest covers every byte in order. Tensors are visited by offset; the bytes
+            // between them (a safetensors header, a zip archive's headers and pickle) are hashed as
+            // the cursor passes, and bytes that views share are hashed once.
+            var hashed = 0
+            func hash(upTo end: Int) {
+                while hashed < end {
+                    let n = min(Converter.chunkBytes, end - hashed)
+                    hasher.update(file.mapped.slice(offset: hashed, count: n)!)
+                    file.mapped.release(offset: hashed, count: n)
+                    hashed += n
+                }
+            }
             for info in file.tensors {
-                let data = file.data(info)
+                hash(upTo: info.fileOffset)
+                let data = file.mapped.slice(offset: info.fileOffset, count: info.spanBytes)!
                 // Each chunk is hashed for the file digest and released as soon as it is used, so that
                 // not even the largest tensor is resident at once.
                 let finished = { (offset: Int, count: Int) in
-                    hasher.update(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + count)]))
-                    file.mapped.release(offset: info.fileOffset + offset, count: count)
+                    let start = info.fileOffset + offset
+                    if start + count > hashed {
+                        let from = max(start, hashed)
+                        hasher.update(file.mapped.slice(offset: from, count: start + count - from)!)
+                        hashed = start + count
+                    }
+                    file.mapped.release(offset: start, count: count)
                 }
                 if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
-                    saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name, done: finished)
+                    if info.isContiguous {
+                        saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name,
+                                              done: finished)
+                    } else {
+                        // A strided view: gathered into a contiguous copy (O(tensor)), its span hashed after.
+                        saturated += try file.withContiguousData(info) { contiguous in
+                            try copy(contiguous, dtype: info.dtype, into: writer, index: index, name: info.name) { _, _ in }
+                        }
+                        finished(0, info.spanBytes)
+                    }
                 } else {
                     if let visionName = copyByRootName[info.name] {
-                        compare(copy: data, info: info, with: visionName, in: checkpoint, into: &comparison)
+                        file.withContiguousData(info) { contiguous in
+                            compare(copy: contiguous, info: info, with: visionName, in: checkpoint, into: &comparison)
+                        }
                     }
                     var offset = 0
                     while offset < data.count {
@@ -157,7 +186,8 @@ public final class Converter {
                 done += info.byteCount
                 progress(done, total)
             }
-            done += 8 + file.headerLength
+            hash(upTo: file.mapped.size)
+            done = sourceFiles.prefix { $0 !== file }.reduce(file.mapped.size) { $0 + $1.mapped.size }
             progress(done, total)
             fileDigests[file.path] = (file.mapped.size, hasher.digest())
         }
@@ -234,8 +264,8 @@ public final class Converter {
             return
         }
         result.tensors += 1
-        let reference = visionFile.data(visionInfo)
         var beyondRounding = false
+        visionFile.withContiguousData(visionInfo) { reference in
         for i in 0..<info.elementCount {
             let a = ElementConversion.value(reference, visionEncoding, i)
             let b = ElementConversion.value(copy, copyEncoding, i)
@@ -245,7 +275,8 @@ public final class Converter {
             let ulp = a == 0 ? Float.leastNormalMagnitude : Float(sign: .plus, exponent: a.exponent - 7, significand: 1)
             if !(difference <= ulp) { beyondRounding = true }
         }
-        visionFile.mapped.release(offset: visionInfo.fileOffset, count: visionInfo.byteCount)
+        }
+        visionFile.mapped.release(offset: visionInfo.fileOffset, count: visionInfo.spanBytes)
         if beyondRounding { result.differing.append(visionName) }
     }
 

@@ -1,16 +1,5 @@
+@_exported import TensorSource
 import VLQCore
-
-/// One tensor's entry in a safetensors file.
-public struct TensorInfo: Sendable, Equatable {
-    public var name: String
-    public var dtype: DType
-    public var shape: [Int]
-    /// Absolute byte offset of the tensor's data in its file.
-    public var fileOffset: Int
-    public var byteCount: Int
-
-    public var elementCount: Int { shape.reduce(1, *) }
-}
 
 /// A validated, memory-mapped safetensors file.
 ///
@@ -19,7 +8,8 @@ public struct TensorInfo: Sendable, Equatable {
 /// the limit and the file, a JSON object header, known dtypes, offsets that tile the data area with
 /// no hole or overlap, byte lengths equal to shape x dtype size, and a data area that ends exactly at
 /// the end of the file.
-public final class SafeTensorsFile: @unchecked Sendable {
+public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
+    public var formatName: String { "safetensors" }
     public static let maxHeaderLength = 100_000_000
 
     public let path: String
@@ -89,6 +79,10 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 case .int(let begin64) = offsets[0], case .int(let end64) = offsets[1],
                 begin64 >= 0, end64 >= begin64
             else { throw fail("tensor \(name): data_offsets must be [begin, end] with 0 <= begin <= end") }
+            // Offsets this large cannot lie in any file; refusing them here keeps the sums below in range.
+            guard end64 <= Int64(bytes.count) else {
+                throw fail("tensor \(name): data_offsets [\(begin64), \(end64)] lie beyond the file's \(bytes.count) bytes")
+            }
             let begin = Int(begin64), end = Int(end64)
             guard let count = Checked.product(shape), let expected = Checked.multiply(count, dtype.byteSize) else {
                 throw fail("tensor \(name): shape \(shape) overflows")
@@ -130,10 +124,5 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     public func info(_ name: String) -> TensorInfo? {
         byName[name].map { tensors[$0] }
-    }
-
-    /// The tensor's bytes, in place in the mapping. Offsets were validated on open.
-    public func data(_ info: TensorInfo) -> UnsafeRawBufferPointer {
-        mapped.slice(offset: info.fileOffset, count: info.byteCount)!
     }
 }

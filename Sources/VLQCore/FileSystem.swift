@@ -20,6 +20,17 @@ public enum FileSystem {
         return names
     }
 
+    /// What a path names, following symbolic links; nil when nothing is there.
+    public static func kind(_ path: String) -> mode_t? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return info.st_mode & S_IFMT
+    }
+
+    public static func exists(_ path: String) -> Bool { kind(path) != nil }
+    public static func isDirectory(_ path: String) -> Bool { kind(path) == S_IFDIR }
+    public static func isRegularFile(_ path: String) -> Bool { kind(path) == S_IFREG }
+
     /// The canonical absolute path (symbolic links resolved), nil when it does not exist.
     public static func realPath(_ path: String) -> String? {
         guard let p = realpath(path, nil) else { return nil }

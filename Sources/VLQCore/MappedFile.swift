@@ -31,12 +31,16 @@ public final class MappedFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         ownsHeapCopy = false
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer; only
+        // regular files pass the check below, for which the flag changes nothing.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw VLQError(path, "cannot open: \(systemError())") }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw VLQError(path, "cannot stat: \(systemError())") }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw VLQError(path, "not a regular file") }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw VLQError(path, "not a regular file (\(MappedFile.kindName(info.st_mode)))")
+        }
         size = Int(info.st_size)
         if size == 0 {
             base = nil
@@ -45,6 +49,16 @@ public final class MappedFile: @unchecked Sendable {
         let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
         guard let p, p != MAP_FAILED else { throw VLQError(path, "cannot map: \(systemError())") }
         base = p
+    }
+
+    static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "a folder"
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR, S_IFBLK: return "a device"
+        case S_IFSOCK: return "a socket"
+        default: return "not a plain file"
+        }
     }
 
     deinit {

@@ -67,9 +67,18 @@ public final class WeightStore: @unchecked Sendable {
         for t in checkpoint.tensors {
             let storage: Storage = t.info.dtype == .f32 ? .f32 : t.info.dtype == .f16 ? .f16 : .bf16
             let (file, info) = (t.file, t.info)
-            entries[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
-                                             release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
-            files.append(t.file)
+            if info.isContiguous {
+                entries[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
+                                                 release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
+                files.append(t.file)
+            } else {
+                // A strided view of a PyTorch storage: gathered once into a contiguous copy that lives
+                // as long as the store (such views are rare: tied or transposed parameters).
+                let copy = MappedFile(bytes: file.contiguousCopy(info), path: file.path)
+                entries[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: copy.bytes, subject: file.path,
+                                                 release: {})
+                files.append(copy)
+            }
         }
         self.init(entries: entries, keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
     }

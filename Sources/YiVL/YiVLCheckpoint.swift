@@ -3,28 +3,32 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CheckpointFiles
 import SafeTensors
 import VLQCore
 
 /// A Yi-VL checkpoint in the Hugging Face layout, discovered and checked against its configs.
 ///
 /// The root folder holds config.json, the LLM + projector shards and the tokenizer; the vision tower
-/// lives in the folder named by `mm_vision_tower`. Opening maps every safetensors file and matches its
-/// tensors with what the configs imply; any mismatch is reported in one error listing all of them.
+/// lives in the folder named by `mm_vision_tower`. Either holds safetensors or PyTorch weights
+/// (`CheckpointFiles.ShardSet` picks which); a Hugging Face cache snapshot or repository cache folder
+/// works too (`ModelFolder`). Opening maps every weight file and matches its tensors with what the
+/// configs imply; any mismatch is reported in one error listing all of them.
 public final class YiVLCheckpoint: @unchecked Sendable {
     public static let inShardVisionPrefix = "model.vision_tower.vision_tower."
 
     public let folder: String
     public let visionFolder: String
+    public let model: ModelFolder
     public let config: YiVLConfig
     public let rootShards: ShardSet
     public let visionShards: ShardSet
 
     /// Every expected tensor with where its data is.
-    public let tensors: [(expected: ExpectedTensor, file: SafeTensorsFile, info: TensorInfo)]
+    public let tensors: [(expected: ExpectedTensor, file: any TensorFile, info: TensorInfo)]
     /// Vision-tower tensors also found in the root shards, keyed by their name in the vision folder.
     /// Yi's loader ignores them; so does vlq, after comparing.
-    public let inShardVisionCopy: [String: (file: SafeTensorsFile, info: TensorInfo)]
+    public let inShardVisionCopy: [String: (file: any TensorFile, info: TensorInfo)]
     /// Buffers that hold no weights (rotary inv_freq, CLIP position_ids), skipped.
     public let ignoredTensors: [String]
 
@@ -34,36 +38,36 @@ public final class YiVLCheckpoint: @unchecked Sendable {
 
     public static let optionalRootFiles = ["generation_config.json", "tokenizer_config.json", "special_tokens_map.json"]
 
-    public init(folder: String, visionTower: String? = nil) throws {
-        var isDirectory = stat()
-        guard stat(folder, &isDirectory) == 0 else { throw VLQError(folder, "model folder does not exist") }
-        guard (isDirectory.st_mode & S_IFMT) == S_IFDIR else { throw VLQError(folder, "not a folder") }
-        let folder = folder.count > 1 && folder.hasSuffix("/") ? String(folder.dropLast()) : folder
+    public init(folder given: String, visionTower: String? = nil) throws {
+        let model = try ModelFolder(given)
+        self.model = model
+        let folder = model.path
         self.folder = folder
 
-        let rootConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(folder, "config.json", what: "model config"))
+        let rootConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(model, "config.json", what: "model config"))
         let towerSetting = try visionTower ?? rootConfig.string("mm_vision_tower")
         let visionFolder = YiVLCheckpoint.join(folder, towerSetting)
-        var st = stat()
-        guard stat(visionFolder, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+        guard FileSystem.isDirectory(visionFolder) else {
             throw VLQError(rootConfig.path, "mm_vision_tower \"\(towerSetting)\" names a vision folder that does not exist (\(visionFolder))")
         }
         self.visionFolder = visionFolder
-        let visionConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(visionFolder, "config.json", what: "vision tower config"))
-        let preprocessor = try ConfigReader(path: try YiVLCheckpoint.requireFile(visionFolder, "preprocessor_config.json", what: "image preprocessing config"))
+        let vision = try ModelFolder(nested: visionFolder, in: model)
+        let visionConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(vision, "config.json", what: "vision tower config"))
+        let preprocessor = try ConfigReader(path: try YiVLCheckpoint.requireFile(vision, "preprocessor_config.json", what: "image preprocessing config"))
         config = try YiVLConfig(root: rootConfig, vision: visionConfig, preprocessor: preprocessor)
-        tokenizerModelPath = try YiVLCheckpoint.requireFile(folder, "tokenizer.model", what: "SentencePiece tokenizer")
+        tokenizerModelPath = try YiVLCheckpoint.requireFile(model, "tokenizer.model", what: "SentencePiece tokenizer")
         var auxiliary: [String: String] = [:]
-        for name in YiVLCheckpoint.optionalRootFiles where access(folder + "/" + name, R_OK) == 0 {
+        for name in YiVLCheckpoint.optionalRootFiles where FileSystem.exists(folder + "/" + name) {
+            try model.checkReadable(folder + "/" + name)
             auxiliary[name] = folder + "/" + name
         }
         auxiliaryFiles = auxiliary
 
-        rootShards = try ShardSet(folder: folder)
-        visionShards = try ShardSet(folder: visionFolder)
+        rootShards = try ShardSet(folder: model)
+        visionShards = try ShardSet(folder: vision)
 
         var problems = TensorProblems()
-        var tensors: [(ExpectedTensor, SafeTensorsFile, TensorInfo)] = []
+        var tensors: [(ExpectedTensor, any TensorFile, TensorInfo)] = []
         var claimedRoot = Set<String>(), claimedVision = Set<String>()
         for expected in config.expectedTensors {
             let source = expected.part == .vision ? visionShards : rootShards
@@ -80,7 +84,7 @@ public final class YiVLCheckpoint: @unchecked Sendable {
                 tensors.append((expected, file, info))
             }
         }
-        var copy: [String: (SafeTensorsFile, TensorInfo)] = [:]
+        var copy: [String: (any TensorFile, TensorInfo)] = [:]
         var ignored: [String] = []
         for name in visionShards.tensorNames where !claimedVision.contains(name) {
             if IgnorableTensor.matches(name) { ignored.append(name) } else { problems.unexpected.append(name) }
@@ -114,9 +118,10 @@ public final class YiVLCheckpoint: @unchecked Sendable {
         return rest.isEmpty || rest == "." ? base : base + "/" + rest
     }
 
-    static func requireFile(_ folder: String, _ name: String, what: String) throws -> String {
-        let path = folder + "/" + name
-        guard access(path, R_OK) == 0 else { throw VLQError(folder, "missing \(name) (\(what))") }
+    static func requireFile(_ folder: ModelFolder, _ name: String, what: String) throws -> String {
+        let path = folder.path + "/" + name
+        guard FileSystem.exists(path) else { throw VLQError(folder.path, "missing \(name) (\(what))") }
+        try folder.checkReadable(path)
         return path
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import CheckpointFiles
 import SafeTensors
 import VLQCore
 import XCTest
