@@ -74,7 +74,9 @@ public final class ModelFolder: @unchecked Sendable {
         guard FileSystem.isDirectory(snapshots), !FileSystem.exists(folder + "/config.json") else { return nil }
         let refPath = folder + "/refs/main"
         if FileSystem.exists(refPath) {
-            let text = String(decoding: Array(try MappedFile(path: refPath).bytes), as: UTF8.self)
+            let file = try MappedFile(path: refPath)
+            guard file.size <= 4096 else { throw VLQError(refPath, "is \(file.size) bytes, not a commit hash") }
+            let text = withExtendedLifetime(file) { String(decoding: file.bytes, as: UTF8.self) }
             let revision = text.trimmingWhitespace()
             guard !revision.isEmpty, revision.allSatisfy({ $0.isHexDigit }) else {
                 throw VLQError(refPath, "does not hold a commit hash")

@@ -85,6 +85,7 @@ public final class Converter {
     /// `progress(done, total)` reports source bytes read.
     public func convert(folder: String, output: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> ConvertReport {
         let checkpoint = try YiVLCheckpoint(folder: folder, visionTower: options.visionTower)
+        for line in Converter.describeSources(checkpoint) { logger.notice("\(line)") }
         if !checkpoint.inShardVisionCopy.isEmpty {
             logger.notice("the root shards also carry a vision tower copy (\(checkpoint.inShardVisionCopy.count) tensors); using \(checkpoint.visionFolder) as Yi's loader does")
         }
@@ -104,6 +105,24 @@ public final class Converter {
             writer.abandon()
             throw error
         }
+    }
+
+    /// Which files hold each part's weights and which weight-like files were left alone: a user of the
+    /// official folders, which also hold an OpenCLIP copy of the tower, sees what was read.
+    public static func describeSources(_ checkpoint: YiVLCheckpoint) -> [String] {
+        var lines: [String] = []
+        if let cache = checkpoint.model.resolvedFrom {
+            lines.append("\(cache) is a Hugging Face repository cache; reading its snapshot \(checkpoint.folder)")
+        }
+        let tower = checkpoint.visionFolder.hasPrefix(checkpoint.folder + "/")
+            ? String(checkpoint.visionFolder.dropFirst(checkpoint.folder.count + 1)) : checkpoint.visionFolder
+        for (part, shards) in [("language model and projector", checkpoint.rootShards),
+                               ("vision tower (\(tower))", checkpoint.visionShards)] {
+            var line = "\(part): \(shards.description)"
+            if !shards.ignoredFiles.isEmpty { line += "; not read: \(shards.ignoredFiles.joined(separator: ", "))" }
+            lines.append(line)
+        }
+        return lines
     }
 
     /// The rename at the end would replace a source file given as the output; the source is read-only to vlq.
@@ -313,7 +332,7 @@ public final class Converter {
         if generationDefaults["do_sample"] == nil { generationDefaults["do_sample"] = false }
 
         let tokenizerConfig = smallFiles["tokenizer_config.json"]
-        let folderName = checkpoint.folder.split(separator: "/").last.map(String.init) ?? checkpoint.folder
+        let folderName = checkpoint.model.modelName
         let towerRelative = checkpoint.visionFolder.hasPrefix(folderPrefix) ? String(checkpoint.visionFolder.dropFirst(folderPrefix.count)) : checkpoint.visionFolder
         return [
             "format": ["name": "vlq", "version": .string("\(VLQLayout.majorVersion).\(VLQLayout.minorVersion)")],

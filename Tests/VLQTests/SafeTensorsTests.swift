@@ -154,3 +154,12 @@ final class SafeTensorsTests: XCTestCase {
         assertVLQError(try ShardSet(folder: scratch.file("model")), contains: ["outside the model folder"])
     }
 }
+
+extension SafeTensorsTests {
+    func testDataOffsetsWhoseSumWithTheHeaderWouldOverflowAreRefused() {
+        var b = SafeTensorsBuilder()
+        b.add("a", dtype: "I64", shape: [1])
+        let header = #"{"a":{"dtype":"U8","shape":[8],"data_offsets":[9223372036854775799,9223372036854775807]}}"#
+        assertVLQError(try open(b.bytes(header: header)), contains: ["tensor a", "beyond the file"])
+    }
+}
