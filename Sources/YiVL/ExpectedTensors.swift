@@ -1,3 +1,6 @@
+import VLQCore
+import VLQFormat
+
 /// The part of Yi-VL a tensor belongs to. Mirrors the bundle's components.
 public enum ModelPart: Int, Sendable, CaseIterable {
     case vision, projector, language
@@ -13,13 +16,21 @@ public struct ExpectedTensor: Equatable, Sendable {
 extension YiVLConfig {
     /// Every tensor of the three parts, with the shape the configs imply, in the order a bundle lays
     /// them out: vision tower, projector, language model; layers in numeric order.
+    public var expectedTensors: [ExpectedTensor] { EngineConfig(self).expectedTensors }
+}
+
+extension EngineConfig {
+    /// Every tensor of the three parts, with the shape the hyperparameters imply, in the order a bundle
+    /// lays them out: vision tower, projector, language model; layers in numeric order. Bounded, since
+    /// the hyperparameters passed `validate`.
     public var expectedTensors: [ExpectedTensor] {
         var out: [ExpectedTensor] = []
         let v = vision
+        let positions = v.patchCount + 1
         func vis(_ name: String, _ shape: [Int]) { out.append(ExpectedTensor(name: "vision_model." + name, shape: shape, part: .vision)) }
         vis("embeddings.class_embedding", [v.hiddenSize])
         vis("embeddings.patch_embedding.weight", [v.hiddenSize, v.channels, v.patchSize, v.patchSize])
-        vis("embeddings.position_embedding.weight", [v.positions, v.hiddenSize])
+        vis("embeddings.position_embedding.weight", [positions, v.hiddenSize])
         vis("pre_layrnorm.weight", [v.hiddenSize])
         vis("pre_layrnorm.bias", [v.hiddenSize])
         for i in 0..<v.layers {
@@ -43,7 +54,7 @@ extension YiVLConfig {
         let l = language
         let h = l.hiddenSize
         func proj(_ name: String, _ shape: [Int]) { out.append(ExpectedTensor(name: "model.mm_projector." + name, shape: shape, part: .projector)) }
-        proj("0.weight", [h, multimodal.hiddenSize])
+        proj("0.weight", [h, projectorInput])
         proj("0.bias", [h])
         proj("1.weight", [h])
         proj("1.bias", [h])
@@ -68,8 +79,33 @@ extension YiVLConfig {
             lm(p + "mlp.down_proj.weight", [h, l.intermediateSize])
         }
         lm("model.norm.weight", [h])
-        if !l.tieWordEmbeddings { lm("lm_head.weight", [l.vocabSize, h]) }
+        if !l.tiedEmbeddings { lm("lm_head.weight", [l.vocabSize, h]) }
         return out
+    }
+}
+
+extension EngineConfig {
+    /// A bundle's metadata and its tensor table must agree before anything runs: the engine indexes
+    /// weights by the shapes the metadata implies, so a table that disagrees would make it read
+    /// outside a tensor. Every mismatch is listed in one error.
+    public func checkTable(of bundle: VLQFile) throws {
+        var problems = TensorProblems()
+        let records = Dictionary(bundle.tensors.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        for expected in expectedTensors {
+            guard let record = records[expected.name] else {
+                problems.missing.append(expected.name)
+                continue
+            }
+            if record.shape != expected.shape {
+                problems.misshapen.append("\(expected.name) is \(record.shape), metadata implies \(expected.shape)")
+            } else if record.encoding.isQuantized,
+                      QuantizedLayout(encoding: record.encoding, shape: record.shape, groupSize: record.groupSize) == nil {
+                problems.badDType.append("\(expected.name) is \(record.encoding) with group \(record.groupSize)")
+            }
+        }
+        if let message = problems.message {
+            throw VLQError(bundle.path, "tensor table does not match the metadata: \(message)")
+        }
     }
 }
 

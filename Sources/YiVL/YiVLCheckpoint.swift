@@ -143,7 +143,7 @@ struct TensorProblems {
         }
         list(missing, "missing")
         list(misshapen, "with the wrong shape")
-        list(badDType, "with a non-float dtype")
+        list(badDType, "with an unusable element type")
         list(unexpected, "unexpected")
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }

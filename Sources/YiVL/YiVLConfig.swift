@@ -162,7 +162,8 @@ public struct YiVLConfig: Sendable {
 
     /// Index into the encoder's hidden states (0 is the embeddings output) of the selected features.
     public var selectedHiddenState: Int {
-        multimodal.selectLayer < 0 ? vision.layers + 1 + multimodal.selectLayer : multimodal.selectLayer
+        // Grouped so that no config value can overflow the sum (layers is positive, the offset negative).
+        multimodal.selectLayer < 0 ? vision.layers + (1 + multimodal.selectLayer) : multimodal.selectLayer
     }
 
     public init(root: ConfigReader, vision: ConfigReader, preprocessor: ConfigReader) throws {
@@ -180,5 +181,6 @@ public struct YiVLConfig: Sendable {
                          "mm_vision_select_layer \(multimodal.selectLayer) selects no layer of a \(self.vision.layers)-layer tower")
         try preprocessor.require(self.preprocessor.cropHeight == self.vision.imageSize && self.preprocessor.cropWidth == self.vision.imageSize,
                                  "crop_size \(self.preprocessor.cropHeight)x\(self.preprocessor.cropWidth) differs from the tower's image_size \(self.vision.imageSize)")
+        try EngineConfig(self).validate(language: root.path, vision: vision.path, preprocessor: preprocessor.path)
     }
 }

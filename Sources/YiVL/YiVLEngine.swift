@@ -33,6 +33,7 @@ public final class YiVLEngine: @unchecked Sendable {
         }
         let bundle = try VLQFile(path: path)
         let config = try EngineConfig(metadata: bundle.metadata, source: path)
+        try config.checkTable(of: bundle)
         guard let encoded = bundle.metadata["tokenizer"]?["model"]?.stringValue, let bytes = Base64.decode(encoded) else {
             throw VLQError(path, "metadata lacks the tokenizer model")
         }
