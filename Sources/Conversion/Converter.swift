@@ -54,6 +54,8 @@ public struct ConvertReport: Sendable {
     public var inShardVision: InShardVisionComparison?
     public var ignoredTensors: [String]
     public var saturatedValues: Int
+    /// Tensors holding NaN or infinite values, with their counts: converted as they are, warned about.
+    public var nonFinite: [String: Int]
 }
 
 /// Hugging Face Yi-VL folder -> .vlq bundle, streaming.
@@ -140,6 +142,7 @@ public final class Converter {
         let total = sourceFiles.reduce(0) { $0 + $1.mapped.size }
         var done = 0
         var saturated = 0
+        var nonFinite: [String: Int] = [:]
         var fileDigests: [String: (size: Int, digest: UInt64)] = [:]
         var comparison = InShardVisionComparison(tensors: 0, differing: [], unmatched: [], maxAbsDifference: 0)
         let copyByRootName = Dictionary(uniqueKeysWithValues: checkpoint.inShardVisionCopy.map {
@@ -179,15 +182,21 @@ public final class Converter {
                     file.mapped.release(offset: start, count: count)
                 }
                 if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
+                    let counts: (saturated: Int, nonFinite: Int)
                     if info.isContiguous {
-                        saturated += try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name,
-                                              done: finished)
+                        counts = try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name,
+                                          done: finished)
                     } else {
                         // A strided view: gathered into a contiguous copy (O(tensor)), its span hashed after.
-                        saturated += try file.withContiguousData(info) { contiguous in
+                        counts = try file.withContiguousData(info) { contiguous in
                             try copy(contiguous, dtype: info.dtype, into: writer, index: index, name: info.name) { _, _ in }
                         }
                         finished(0, info.spanBytes)
+                    }
+                    saturated += counts.saturated
+                    if counts.nonFinite > 0 {
+                        nonFinite[info.name] = counts.nonFinite
+                        logger.warning("tensor \(info.name): \(counts.nonFinite) of \(info.elementCount) values are NaN or infinite")
                     }
                 } else {
                     if let visionName = copyByRootName[info.name] {
@@ -231,22 +240,24 @@ public final class Converter {
         let outputBytes = (try? MappedFile(path: writer.path).size) ?? 0
         return ConvertReport(tensorCount: writer.records.count, tensorBytes: tensorBytes, outputBytes: outputBytes,
                              sourceBytes: total, inShardVision: checkpoint.inShardVisionCopy.isEmpty ? nil : comparison,
-                             ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated)
+                             ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated, nonFinite: nonFinite)
     }
 
     /// `done(offset, count)` is told which source bytes are finished with, chunk by chunk, so that a
     /// 500 MB embedding does not stay resident while it is copied.
     private func copy(_ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String,
-                      done: (Int, Int) -> Void) throws -> Int {
+                      done: (Int, Int) -> Void) throws -> (saturated: Int, nonFinite: Int) {
         let from = Converter.encoding(of: dtype)!
         let to = writer.records[index].encoding
-        var saturated = 0
+        var saturated = 0, nonFinite = 0
         try writer.writeTensor(index) { sink in
             if from == to {
                 var offset = 0
                 while offset < data.count {
                     let n = min(Converter.chunkBytes, data.count - offset)
-                    try sink.append(UnsafeRawBufferPointer(rebasing: data[offset..<(offset + n)]))
+                    let chunk = UnsafeRawBufferPointer(rebasing: data[offset..<(offset + n)])
+                    nonFinite += NonFiniteValues.count(chunk, encoding: from)
+                    try sink.append(chunk)
                     done(offset, n)
                     offset += n
                 }
@@ -261,6 +272,7 @@ public final class Converter {
                 let n = min(chunkElements, count - start)
                 let sourceBytes = from.bitsPerElement / 8
                 let slice = UnsafeRawBufferPointer(rebasing: data[(start * sourceBytes)..<((start + n) * sourceBytes)])
+                nonFinite += NonFiniteValues.count(slice, encoding: from)
                 saturated += ElementConversion.convert(slice, from: from, into: buffer, to: to, count: n)
                 try sink.append(UnsafeRawBufferPointer(rebasing: buffer[0..<(n * to.bitsPerElement / 8)]))
                 done(start * sourceBytes, n * sourceBytes)
@@ -268,7 +280,7 @@ public final class Converter {
             }
         }
         if saturated > 0 { logger.warning("tensor \(name): \(saturated) values saturated to the f16 range") }
-        return saturated
+        return (saturated, nonFinite)
     }
 
     /// Compares one tensor of the in-shard vision copy with the vision folder's: equal up to the

@@ -16,6 +16,9 @@ public final class QuantizePipeline {
         public var recipe: Recipe
         public var method: QuantizationMethod?
         public var activationOrder = false
+        /// Tensors with NaN or infinite values that the recipe would quantize: refused (false), or kept
+        /// in their float encoding and recorded as a fallback (true).
+        public var keepNonFiniteInFloat = false
         public init(recipe: Recipe, method: QuantizationMethod? = nil) {
             self.recipe = recipe
             self.method = method
@@ -76,6 +79,7 @@ public final class QuantizePipeline {
             record.groupSize = record.encoding.isQuantized ? d.groupSize : 0
             plan.append(record)
         }
+        try handleNonFinite(source: source, decisions: &decisions, plan: &plan)
 
         // AWQ: scales per group of Linears sharing an input, folded into what precedes them. Searched
         // per layer when the layer's first tensor is reached (its norms come before its Linears), so
@@ -141,6 +145,7 @@ public final class QuantizePipeline {
                 if !record.encoding.isQuantized && !changed && record.encoding == sourceRecord.encoding {
                     // Unchanged float tensors are copied as stored.
                     try writer.writeTensor(index) { try $0.append(source.data(sourceRecord)) }
+                    if let f = d.fallback { tensorRecords[record.name] = ["encoding": .string(record.encoding.name), "fallback": .string(f)] }
                     progress(index + 1, plan.count)
                     continue
                 }
@@ -224,6 +229,59 @@ public final class QuantizePipeline {
         }
         let size = (try? MappedFile(path: output).size) ?? 0
         return Report(tensors: plan.count, quantized: quantizedCount, fallbacks: fallbacks, awqAlphas: alphas, outputBytes: size)
+    }
+
+    private var scannedNonFinite: [String: Int] = [:]
+
+    /// NaN and infinity counts of the named tensors, scanned once per pipeline (`preflight` and `run`).
+    func nonFiniteCounts(_ source: VLQFile, names: [String]) -> [String: Int] {
+        for name in names where scannedNonFinite[name] == nil {
+            guard let stored = source.record(name) else { continue }
+            scannedNonFinite[name] = NonFiniteValues.count(source.data(stored), encoding: stored.encoding)
+            source.mapped.release(offset: stored.offset, count: stored.byteCount)
+        }
+        return scannedNonFinite
+    }
+
+    /// What `run` refuses about the source, found before any calibration: an already quantized bundle,
+    /// tensors with non-finite values to quantize.
+    public func preflight(source: VLQFile) throws {
+        if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
+            throw VLQError(source.path, "is already quantized; quantize from the unquantized bundle or the Hugging Face folder")
+        }
+        var decisions: [String: Recipe.Decision] = [:]
+        var plan = source.tensors.map { r -> TensorRecord in
+            let d = recipe.decide(name: r.name, component: r.component, shape: r.shape)
+            decisions[r.name] = d
+            return TensorRecord(name: r.name, encoding: d.encoding ?? r.encoding, component: r.component, shape: r.shape,
+                                groupSize: d.groupSize, sourceDType: r.sourceDType)
+        }
+        // Kept tensors are warned about once, by `run`.
+        if !options.keepNonFiniteInFloat { try handleNonFinite(source: source, decisions: &decisions, plan: &plan) }
+    }
+
+    /// Rounding NaN or an infinity into a group's codes poisons the whole group (its scale becomes
+    /// NaN): such tensors are refused before any work, or kept as stored when the user says so.
+    func handleNonFinite(source: VLQFile, decisions: inout [String: Recipe.Decision], plan: inout [TensorRecord]) throws {
+        var offending: [(name: String, count: Int)] = []
+        let counts = nonFiniteCounts(source, names: plan.filter(\.encoding.isQuantized).map(\.name))
+        for i in plan.indices where plan[i].encoding.isQuantized {
+            guard let stored = source.record(plan[i].name), let count = counts[plan[i].name], count > 0 else { continue }
+            offending.append((plan[i].name, count))
+            if options.keepNonFiniteInFloat {
+                let note = "\(count) NaN or infinite values: kept in \(stored.encoding.name)"
+                decisions[plan[i].name] = Recipe.Decision(encoding: nil, groupSize: 0, method: nil, fallback: note)
+                plan[i].encoding = stored.encoding
+                plan[i].groupSize = 0
+                logger.warning("tensor \(plan[i].name): \(note)")
+            }
+        }
+        if !offending.isEmpty && !options.keepNonFiniteInFloat {
+            let listed = offending.prefix(6).map { "\($0.name) (\($0.count))" }.joined(separator: ", ")
+            let more = offending.count > 6 ? ", and \(offending.count - 6) more" : ""
+            throw VLQError(source.path, "\(offending.count) tensors to quantize hold NaN or infinite values: \(listed)\(more); "
+                + "keep them in float with --keep-non-finite (or a recipe rule with \"encoding\": \"keep\")")
+        }
     }
 
     enum Fold {

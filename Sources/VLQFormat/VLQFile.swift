@@ -121,16 +121,27 @@ public final class VLQFile: @unchecked Sendable {
     /// Hashes every tensor in file order and throws at the first whose checksum differs.
     /// `progress` is called with the bytes verified so far.
     public func verifyChecksums(progress: (Int) -> Void = { _ in }) throws {
+        _ = try verify(scanValues: false, progress: progress)
+    }
+
+    /// Hashes every tensor in file order and throws at the first whose checksum differs; with
+    /// `scanValues`, also counts each tensor's non-finite values in the same pass (names with counts).
+    public func verify(scanValues: Bool, progress: (Int) -> Void = { _ in }) throws -> [(name: String, nonFinite: Int)] {
         var done = 0
+        var nonFinite: [(name: String, nonFinite: Int)] = []
         let chunk = 32 << 20
         for r in tensors.sorted(by: { $0.offset < $1.offset }) {
             // Hashed in chunks, each released after use: resident memory stays at one chunk.
             let hasher = XXH3Hasher()
             let bytes = data(r)
             var offset = 0
+            var count = 0
             while offset < bytes.count {
                 let n = min(chunk, bytes.count - offset)
-                hasher.update(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)])
+                hasher.update(piece)
+                // Chunks are a multiple of every element size, so no value straddles two of them.
+                if scanValues && !r.encoding.isQuantized { count += NonFiniteValues.count(piece, encoding: r.encoding) }
                 mapped.release(offset: r.offset + offset, count: n)
                 offset += n
             }
@@ -138,8 +149,13 @@ public final class VLQFile: @unchecked Sendable {
             guard digest == r.checksum else {
                 throw VLQError(path, "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted")
             }
+            if scanValues && r.encoding.isQuantized {
+                count = NonFiniteValues.count(bytes, encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)
+            }
+            if count > 0 { nonFinite.append((r.name, count)) }
             done += r.byteCount
             progress(done)
         }
+        return nonFinite
     }
 }

@@ -74,6 +74,9 @@ struct Check: ParsableCommand {
     @Argument(help: "The .vlq bundle.")
     var bundle: String
 
+    @Flag(help: "Also scan every value for NaN and infinities (exit 1 when any is found).")
+    var values = false
+
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
@@ -89,12 +92,19 @@ struct Check: ParsableCommand {
         let total = file.tensors.reduce(0) { $0 + $1.byteCount }
         let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
+        let nonFinite: [(name: String, nonFinite: Int)]
         do {
-            try file.verifyChecksums { progress.update($0, total) }
+            nonFinite = try file.verify(scanValues: values) { progress.update($0, total) }
         } catch let error as VLQError {
             throw CheckFailure(message: "vlq: check failed: \(error)")
         }
         let seconds = monotonicSeconds() - started
-        print("\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums (\(formatBytes(total)) in \(fixed(seconds, 2)) s)")
+        if !nonFinite.isEmpty {
+            let listed = nonFinite.prefix(8).map { "\($0.name) (\($0.nonFinite))" }.joined(separator: ", ")
+            let more = nonFinite.count > 8 ? ", and \(nonFinite.count - 8) more" : ""
+            throw CheckFailure(message: "vlq: check failed: \(bundle): \(nonFinite.count) tensors hold NaN or infinite values: \(listed)\(more)")
+        }
+        let scanned = values ? ", every value finite" : ""
+        print("\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums\(scanned) (\(formatBytes(total)) in \(fixed(seconds, 2)) s)")
     }
 }

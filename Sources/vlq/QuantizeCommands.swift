@@ -109,6 +109,10 @@ struct Quantize: ParsableCommand {
     @Option(help: "Statistics from vlq calibrate.")
     var stats: String?
 
+    @Flag(name: .customLong("keep-non-finite"),
+          help: "Keep tensors holding NaN or infinite values in their float encoding instead of refusing them.")
+    var keepNonFinite = false
+
     @Flag(name: .customLong("act-order"), help: "GPTQ: quantize columns in order of decreasing activation energy.")
     var activationOrder = false
 
@@ -141,6 +145,11 @@ struct Quantize: ParsableCommand {
         let started = monotonicSeconds()
         let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
         defer { cleanup() }
+        var options = QuantizePipeline.Options(recipe: chosen)
+        options.activationOrder = activationOrder
+        options.keepNonFiniteInFloat = keepNonFinite
+        let pipeline = QuantizePipeline(options: options, logger: logger)
+        try pipeline.preflight(source: source)
         var statistics: StatisticsSource?
         if let stats {
             statistics = StoredStatistics(try StatisticsFile.read(stats))
@@ -160,9 +169,7 @@ struct Quantize: ParsableCommand {
                                                              samples: calibrationSet.samples.count, model: model))
             }
         }
-        var options = QuantizePipeline.Options(recipe: chosen)
-        options.activationOrder = activationOrder
-        let report = try QuantizePipeline(options: options, logger: logger).run(source: source, output: output, statistics: statistics,
+        let report = try pipeline.run(source: source, output: output, statistics: statistics,
                                                                                  calibrationSource: stats ?? set)
         for (name, reason) in report.fallbacks.sorted(by: { $0.key < $1.key }) { logger.info("fallback \(name): \(reason)") }
         logger.notice("wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized (\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) in \(fixed(monotonicSeconds() - started, 1)) s")

@@ -1,0 +1,74 @@
+import Conversion
+import Foundation
+import SafeTensors
+import VLQCore
+import VLQFormat
+import XCTest
+
+/// NaN and infinite weights: convert warns with a count per tensor, `vlq check --values` finds
+/// them, and quantize refuses to round them into codes unless told to keep them in float.
+final class NonFiniteTests: XCTestCase {
+    static let poisoned = "model.layers.1.mlp.up_proj.weight"
+    var scratch: Scratch!
+
+    override func setUpWithError() throws {
+        scratch = try Scratch()
+    }
+
+    /// The tiny model with three NaNs and one -Inf written into one bf16 weight.
+    func poisonedModel() throws -> String {
+        let model = try scratch.copyOfTinyModel()
+        for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+            let path = model + "/" + shard
+            guard let info = try SafeTensorsFile(path: path).info(NonFiniteTests.poisoned) else { continue }
+            var bytes = try readBytes(path)
+            for (i, bits) in [(0, 0x7FC0), (5, 0xFFC1), (77, 0x7F81), (100, 0xFF80)] as [(Int, UInt16)] {
+                bytes[info.fileOffset + 2 * i] = UInt8(bits & 0xFF)
+                bytes[info.fileOffset + 2 * i + 1] = UInt8(bits >> 8)
+            }
+            try writeBytes(bytes, to: path)
+        }
+        return model
+    }
+
+    func testConvertCountsNonFiniteValuesPerTensorAndStillWritesThem() throws {
+        let report = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(), output: scratch.file("p.vlq"))
+        XCTAssertEqual(report.nonFinite, [NonFiniteTests.poisoned: 4])
+        let clean = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: scratch.file("c.vlq"))
+        XCTAssertEqual(clean.nonFinite, [:])
+    }
+
+    func testCheckValuesFindsThemAndExitsOne() throws {
+        let bundle = scratch.file("p.vlq")
+        _ = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(), output: bundle)
+        let plain = try vlq("check", bundle, "-q")
+        XCTAssertEqual(plain.status, 0, "checksums alone cannot see a NaN that was there at conversion")
+        let scanned = try vlq("check", bundle, "--values", "-q")
+        XCTAssertEqual(scanned.status, 1)
+        XCTAssertTrue(scanned.stderr.contains("1 tensors hold NaN or infinite values: \(NonFiniteTests.poisoned) (4)"), scanned.stderr)
+
+        let clean = scratch.file("c.vlq")
+        _ = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: clean)
+        let ok = try vlq("check", clean, "--values", "-q")
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("every value finite"), ok.stdout)
+    }
+
+    func testQuantizeRefusesThemBeforeAnyWorkUnlessToldToKeepThemInFloat() throws {
+        let bundle = scratch.file("p.vlq")
+        _ = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(), output: bundle)
+        let refused = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "-q")
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.stderr.contains("\(NonFiniteTests.poisoned) (4)"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("--keep-non-finite"), refused.stderr)
+        XCTAssertEqual(scratch.listing(), ["model", "p.vlq"], "a refused quantize left files behind")
+
+        let kept = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "--keep-non-finite", "-q")
+        XCTAssertEqual(kept.status, 0, kept.stderr)
+        let output = try VLQFile(path: scratch.file("q.vlq"))
+        XCTAssertEqual(output.record(NonFiniteTests.poisoned)?.encoding, .bf16)
+        XCTAssertEqual(output.record("model.layers.1.mlp.down_proj.weight")?.encoding, .q8)
+        let note = output.metadata["quantization"]?["tensors"]?[NonFiniteTests.poisoned]?["fallback"]?.stringValue
+        XCTAssertEqual(note, "4 NaN or infinite values: kept in bf16")
+    }
+}
