@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes Tests/Fixtures/tiny-yivl-bin: the tiny Yi-VL of Tests/Fixtures/tiny-yivl as the official
+"""Writes Tests/Fixtures/tiny-yivl-bin (or any Yi-VL folder given, e.g. a synthetic 6B-shaped one): the tiny Yi-VL of Tests/Fixtures/tiny-yivl as the official
 01-ai repositories ship it, PyTorch `torch.save` archives instead of safetensors.
 
 - root: `pytorch_model-0000N-of-00002.bin` + `pytorch_model.bin.index.json` (bf16, with the in-shard
@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 source = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "Tests/Fixtures/tiny-yivl")
 destination = sys.argv[2] if len(sys.argv) > 2 else os.path.join(root, "Tests/Fixtures/tiny-yivl-bin")
-vit = "vit/clip-vit-tiny-yivl-84"
+# The tower folder as config.json names it ("./vit/clip-vit-tiny-yivl-84" for the tiny model).
+vit = json.load(open(os.path.join(source, "config.json")))["mm_vision_tower"].removeprefix("./").rstrip("/")
 
 
 def state_dict(tensors):
