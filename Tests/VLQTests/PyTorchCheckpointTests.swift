@@ -599,7 +599,8 @@ final class PyTorchCheckpointTests: XCTestCase {
 
     /// Seeded random mutations (byte flips, overwrites, truncations, insertions, pickle opcodes) of
     /// genuine and built archives, anywhere or inside data.pkl only (entries are not checksummed, so a
-    /// damaged pickle reaches the unpickler). `VLQ_TORCH_MUTATIONS` sets the count for longer runs.
+    /// damaged pickle reaches the unpickler). `VLQ_TORCH_MUTATIONS` and `VLQ_TORCH_MUTATION_SEED` set
+    /// the count and seed of longer runs.
     func testTenThousandRandomMutationsNeverTrap() throws {
         var seeds: [[UInt8]] = try ["state_dict.bin", "protocol4.bin", "nested.bin", "malicious.bin"]
             .map { try readBytes(fixture($0)) }
@@ -618,8 +619,9 @@ final class PyTorchCheckpointTests: XCTestCase {
                                 0x8d, 0x55, 0x54, 0x43, 0x42, 0x8e, 0x29, 0x74, 0x85, 0x86, 0x87, 0x5d, 0x61, 0x65,
                                 0x7d, 0x73, 0x75, 0x28, 0x30, 0x31, 0x32, 0x71, 0x72, 0x94, 0x68, 0x6a, 0x63, 0x93,
                                 0x52, 0x81, 0x62, 0x51]
-        let iterations = Int(ProcessInfo.processInfo.environment["VLQ_TORCH_MUTATIONS"] ?? "") ?? 10_000
-        var random = SplitMix64(seed: 0x5eed_7042)
+        let environment = ProcessInfo.processInfo.environment
+        let iterations = Int(environment["VLQ_TORCH_MUTATIONS"] ?? "") ?? 10_000
+        var random = SplitMix64(seed: UInt64(environment["VLQ_TORCH_MUTATION_SEED"] ?? "") ?? 0x5eed_7042)
         var opened = 0
         for iteration in 0..<iterations {
             let seed = iteration % seeds.count
@@ -643,6 +645,93 @@ final class PyTorchCheckpointTests: XCTestCase {
         }
         // Many mutations land in tensor data or in fields nobody reads: the readable ones are read through.
         XCTAssertGreaterThan(opened, iterations / 100)
+    }
+
+    /// Random opcode sequences with plausible operands (memo indices, allowed globals, storage ids), so
+    /// that REDUCE, BUILD, BINPERSID and the containers meet every kind of argument.
+    func testRandomPicklesFromTheOpcodeGrammarNeverTrap() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let iterations = Int(environment["VLQ_TORCH_MUTATIONS"] ?? "") ?? 10_000
+        var random = SplitMix64(seed: UInt64(environment["VLQ_TORCH_MUTATION_SEED"] ?? "") ?? 0x0dd_c0de)
+        let b = simpleBuilder()
+        let globals = [("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                       ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"),
+                       ("torch", "device"), ("torch", "FloatStorage"), ("torch", "HalfStorage")]
+        let strings = ["storage", "0", "1", "cpu", "w", "", "_metadata"]
+        let simple: [UInt8] = [0x4e, 0x88, 0x89, 0x29, 0x74, 0x85, 0x86, 0x87, 0x5d, 0x61, 0x65, 0x7d, 0x73, 0x75,
+                               0x28, 0x30, 0x31, 0x32, 0x94, 0x52, 0x81, 0x62, 0x51, 0x93, 0x2e]
+        var opened = 0
+        for _ in 0..<iterations {
+            var w = PickleWriter()
+            for _ in 0..<(1 + Int(random.next() % 80)) {
+                let pick = Int(random.next() % 100)
+                switch pick {
+                case 0..<40: w.op(simple[Int(random.next() % UInt64(simple.count))])
+                case 40..<55: w.int(Int(random.next() % 16) - 2)
+                case 55..<65: w.string(strings[Int(random.next() % UInt64(strings.count))])
+                case 65..<75:
+                    let (module, name) = globals[Int(random.next() % UInt64(globals.count))]
+                    w.global(module, name)
+                case 75..<85: w.raw([0x71, UInt8(random.next() % 8)]) // BINPUT
+                case 85..<95: w.raw([0x68, UInt8(random.next() % 8)]) // BINGET
+                default: w.int([6, 12, 1 << 40, -1][Int(random.next() % 4)])
+                }
+            }
+            w.stop()
+            if try exerciseNeverTrapping(b.bytes(pickle: w.bytes)) { opened += 1 }
+        }
+        XCTAssertGreaterThan(opened, 0, "some random pickles are empty state dicts or better")
+    }
+
+    /// Random views (offsets, shapes, strides, element types; some out of range or overflowing) of a
+    /// storage: each is refused, or reads back exactly the elements its strides select.
+    func testRandomViewsReadBackExactlyOrAreRefused() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let iterations = Int(environment["VLQ_TORCH_MUTATIONS"] ?? "") ?? 10_000
+        var random = SplitMix64(seed: UInt64(environment["VLQ_TORCH_MUTATION_SEED"] ?? "") ?? 0x5712_1de5)
+        func pick(_ n: Int) -> Int { Int(random.next() % UInt64(n)) }
+        let types: [(String, Int)] = [("FloatStorage", 4), ("HalfStorage", 2), ("LongStorage", 8), ("ByteStorage", 1)]
+        var read = 0
+        for _ in 0..<iterations {
+            let (storageType, elementSize) = types[pick(types.count)]
+            let elements = pick(40)
+            let storage = (0..<(elements * elementSize)).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
+            var b = TorchCheckpointBuilder()
+            b.addStorage("0", storage)
+            var specs: [TorchTensorSpec] = []
+            for index in 0..<(1 + pick(3)) {
+                let rank = pick(5)
+                // Mostly plausible values, sometimes negative or enormous.
+                let odd = { (normal: Int) -> Int in [-1, 1 << 40, Int.max, normal][min(3, pick(40))] }
+                let spec = TorchTensorSpec(
+                    name: "t\(index)", storageKey: "0", storageType: storageType,
+                    storageElements: pick(10) == 0 ? elements + 1 : elements, offset: odd(pick(elements + 2)),
+                    shape: (0..<rank).map { _ in odd(pick(5)) },
+                    strides: pick(4) == 0 ? nil : (0..<rank).map { _ in odd(pick(9)) })
+                specs.append(spec)
+                b.addTensor(spec)
+            }
+            guard let file = try? open(b.bytes()) else { continue }
+            for spec in specs {
+                let info = try XCTUnwrap(file.info(spec.name))
+                let strides = spec.strides ?? TorchCheckpointBuilder.rowMajorStrides(spec.shape)
+                // The expected bytes, element by element, from the multi-index.
+                var expected: [UInt8] = []
+                let count = spec.shape.reduce(1, *)
+                for element in 0..<count {
+                    var remainder = element, source = spec.offset
+                    for axis in spec.shape.indices.reversed() {
+                        source += (remainder % spec.shape[axis]) * strides[axis]
+                        remainder /= spec.shape[axis]
+                    }
+                    expected += storage[(source * elementSize)..<((source + 1) * elementSize)]
+                }
+                XCTAssertEqual(file.withContiguousData(info) { Array($0) }, expected,
+                               "\(spec.shape) \(strides) at \(spec.offset)")
+                read += 1
+            }
+        }
+        XCTAssertGreaterThan(read, iterations / 10)
     }
 
     /// The stored size of the first entry, from the central directory (the local header's is zero).

@@ -223,12 +223,13 @@ struct TorchCheckpointBuilder {
         w.put()
     }
 
+    /// Wrapping on overflow: tests write absurd shapes on purpose, for the reader to refuse.
     static func rowMajorStrides(_ shape: [Int]) -> [Int] {
         var strides = [Int](repeating: 1, count: shape.count)
         var step = 1
         for axis in shape.indices.reversed() {
             strides[axis] = step
-            step *= shape[axis]
+            step = step &* shape[axis]
         }
         return strides
     }
