@@ -49,7 +49,6 @@ struct TensorLocation {
     var fileOffset: Int
     var byteCount: Int
     var strides: [Int]?
-    var storageKey: String
 }
 
 /// A value the unpickler built. Containers refer to other values by index into the unpickler's
@@ -376,8 +375,8 @@ struct RestrictedUnpickler {
     private func allowedGlobal(module: String, name: String) throws -> AllowedGlobal {
         guard let global = AllowedGlobal(module: module, name: name) else {
             let shown = "\(module.prefix(200)).\(name.prefix(200))"
-            throw fail("names the global \(shown), which a checkpoint of tensors never needs; refused without "
-                + "running anything")
+            throw VLQError(path, "\(entryName) names the global \(shown), which a checkpoint of tensors never needs; "
+                + "refused without running anything")
         }
         return global
     }
@@ -555,6 +554,6 @@ struct RestrictedUnpickler {
         }
         return TensorLocation(dtype: storage.dtype, shape: shape,
                               fileOffset: storage.dataOffset + storageOffset * storage.dtype.byteSize,
-                              byteCount: byteCount, strides: isContiguous ? nil : strides, storageKey: storage.key)
+                              byteCount: byteCount, strides: isContiguous ? nil : strides)
     }
 }
