@@ -86,7 +86,8 @@ final class MalformedTokenizerTests: XCTestCase {
     func testTenByteVarintsAtTheLimitStillRead() throws {
         // 2^63 + 1 takes all ten bytes, the last holding bit 63 only: legal, and an unknown piece type.
         XCTAssertEqual(Proto.varint(1 << 63 | 1).count, 10)
-        assertVLQError(try read(Proto.model(unknownType: 1 << 63 | 1)), contains: ["unknown piece type 9223372036854775809"])
+        assertVLQError(try read(Proto.model(unknownType: 1 << 63 | 1)),
+                       contains: ["unknown piece type 9223372036854775809"])
     }
 
     /// Random damage to the real model: flipped bytes, cuts and spliced runs. Each read ends in a
