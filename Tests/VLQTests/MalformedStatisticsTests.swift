@@ -160,4 +160,22 @@ final class MalformedStatisticsTests: XCTestCase {
                                                          gram: gram)
         XCTAssertEqual(g.dequantized.count, 8)
     }
+
+    /// The quantizers' own entry checks, for callers other than the pipeline.
+    func testTheQuantizersRefuseSizesThatDoNotFit() throws {
+        let w = [Float](repeating: 0.5, count: 16)
+        var stats = InputStatistics(columns: 16, withGram: true)
+        stats.rows = 1
+        assertVLQError(try LinearQuantizer.quantize(w, rows: 2, columns: 8, encoding: .q8, groupSize: 8,
+                                                    method: .imatrix, statistics: stats),
+                       contains: ["statistics for a weight of 8 columns: statistics of 16 (|x|) and 16 (x^2)"])
+        assertVLQError(try LinearQuantizer.quantize(w, rows: 3, columns: 8, encoding: .q8, groupSize: 8, method: .rtn,
+                                                    statistics: nil),
+                       contains: ["a [3, 8] weight of 16 values cannot be q8 in groups of 8"])
+        assertVLQError(try LinearQuantizer.quantize(w, rows: 2, columns: 8, encoding: .q4, groupSize: 3, method: .rtn,
+                                                    statistics: nil),
+                       contains: ["cannot be q4 in groups of 3"])
+        assertVLQError(try GPTQ().quantize(w, rows: 2, columns: 8, encoding: .q8, groupSize: 8, gram: [1, 0, 0, 1]),
+                       contains: ["GPTQ: a [2, 8] weight of 16 values with a Hessian of 4 values"])
+    }
 }
