@@ -65,11 +65,16 @@ int vlq_decode_png(const uint8_t *data, size_t size, uint64_t max_pixels, vlq_de
         return 2;
     }
     png_infop info = png_create_info_struct(png);
-    if (!info || setjmp(failure.jump)) {
-        png_destroy_read_struct(&png, info ? &info : NULL, NULL);
+    if (!info) {
+        png_destroy_read_struct(&png, NULL, NULL);
+        snprintf(error, error_size, "out of memory");
+        return 3;
+    }
+    if (setjmp(failure.jump)) {
+        /* png_on_error wrote the message (destroying the structs sets `info` to NULL: test it before). */
+        png_destroy_read_struct(&png, &info, NULL);
         free(rows);
         free(pixels);
-        if (!info) snprintf(error, error_size, "out of memory");
         return 3;
     }
     png_set_read_fn(png, &memory, png_read_memory);
@@ -77,8 +82,11 @@ int vlq_decode_png(const uint8_t *data, size_t size, uint64_t max_pixels, vlq_de
     png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
     int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
     if ((uint64_t)width * height > max_pixels) {
-        snprintf(error, error_size, "%ux%u pixels is larger than the limit of %llu", width, height, (unsigned long long)max_pixels);
-        png_error(png, error);
+        /* Formatted apart from `error`: png_on_error copies the message into it. */
+        char limit[128];
+        snprintf(limit, sizeof limit, "%ux%u pixels is larger than the limit of %llu", width, height,
+                 (unsigned long long)max_pixels);
+        png_error(png, limit);
     }
     vlq_pixel_layout layout;
     /* Like PIL: palettes expand to RGB, low bit depths scale to 8 bits, 16-bit colour keeps the high

@@ -51,6 +51,22 @@ public struct InputStatistics: Sendable {
         }
     }
 
+    /// What makes these unusable as the statistics of an input `expected` columns wide (nil if
+    /// nothing): statistics read from a file may be damaged, or be those of another model.
+    public func inconsistency(columns expected: Int) -> String? {
+        guard columns == expected, sumAbs.count == expected, sumSquares.count == expected else {
+            return "statistics of \(sumAbs.count) (|x|) and \(sumSquares.count) (x^2) input columns, not \(expected)"
+        }
+        if let g = gramMatrix, g.columns != expected {
+            return "X^T X is \(g.columns) x \(g.columns), not \(expected) x \(expected)"
+        }
+        guard rows.isFinite, rows >= 0 else { return "row count \(rows) is not a count" }
+        guard sumAbs.allSatisfy({ $0.isFinite && $0 >= 0 }), sumSquares.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+            return "a sum of |x| or x^2 is negative or not finite"
+        }
+        return nil
+    }
+
     /// E[x_j^2]: llama.cpp's importance matrix.
     public var meanSquares: [Float] { sumSquares.map { Float($0 / max(rows, 1)) } }
     public var meanAbs: [Float] { sumAbs.map { Float($0 / max(rows, 1)) } }

@@ -47,23 +47,38 @@ public struct StatisticsFile {
 
     public static func read(_ path: String) throws -> StatisticsFile {
         let file = try CompressedSafeTensors.read(path, format: "vlqstats 1", kind: ".vlqstats")
-        func doubles(_ name: String) throws -> [Double] {
-            guard let info = file.info(name), info.dtype == .f64 else { throw VLQError(path, "missing \(name)") }
-            return file.data(info).bindMemory(to: UInt64.self).map { Double(bitPattern: UInt64(littleEndian: $0)) }
+        func doubles(_ name: String, rank: Int) throws -> [Double] {
+            guard let info = file.info(name) else { throw VLQError(path, "missing \(name)") }
+            guard info.dtype == .f64, info.shape.count == rank else {
+                throw VLQError(path, "\(name) is \(info.dtype.rawValue) \(info.shape), not a \(rank)-D F64 tensor")
+            }
+            // Safetensors offsets need not be multiples of 8: read unaligned.
+            let data = file.data(info)
+            return (0..<(data.count / 8)).map {
+                Double(bitPattern: UInt64(littleEndian: data.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self)))
+            }
         }
         var statistics: [String: InputStatistics] = [:]
         for t in file.tensors where t.name.hasSuffix(".rows") {
             let name = String(t.name.dropLast(".rows".count))
-            let sumAbs = try doubles(name + ".sum_abs")
+            let rows = try doubles(t.name, rank: 1)
+            guard rows.count == 1 else { throw VLQError(path, "\(t.name) holds \(rows.count) values, not 1") }
+            let sumAbs = try doubles(name + ".sum_abs", rank: 1)
             var s = InputStatistics(columns: sumAbs.count, withGram: false)
-            s.rows = try doubles(name + ".rows")[0]
+            s.rows = rows[0]
             s.sumAbs = sumAbs
-            s.sumSquares = try doubles(name + ".sum_squares")
+            s.sumSquares = try doubles(name + ".sum_squares", rank: 1)
             if file.info(name + ".gram") != nil {
-                let g = try doubles(name + ".gram")
-                guard g.count == s.columns * s.columns else { throw VLQError(path, "\(name).gram has the wrong size") }
+                let g = try doubles(name + ".gram", rank: 2)
+                guard Checked.multiply(s.columns, s.columns) == g.count else {
+                    throw VLQError(path, "\(name).gram holds \(g.count) values, not \(s.columns) x \(s.columns)")
+                }
+                guard g.allSatisfy(\.isFinite) else {
+                    throw VLQError(path, "\(name).gram holds a value that is not finite")
+                }
                 s.gram = g
             }
+            if let problem = s.inconsistency(columns: s.columns) { throw VLQError(path, "\(name): \(problem)") }
             statistics[name] = s
         }
         var aliases: [String: String] = [:]

@@ -45,9 +45,66 @@ public struct ImagePreprocessing: Equatable, Sendable {
         guard mean.count == 3, std.count == 3, shortestEdge > 0, cropHeight > 0, cropWidth > 0 else {
             throw VLQError(source, "metadata preprocessing is malformed")
         }
+        if let problem = settingsProblem { throw VLQError(source, "metadata preprocessing: \(problem)") }
     }
 
-    /// Yi's expand2square: the image pasted centred on a square of its longer side.
+    /// The result (cropped, else resized, else padded) may have no more pixels than this: the model
+    /// takes 448 x 448, and the float copy of 2^24 pixels is already 192 MiB. A resized image that is
+    /// then cropped may have as many as a decoded one (`ImageDecoder.maxPixels`).
+    public static let maxPixels = 1 << 24
+
+    /// What makes these settings unusable whatever the image (nil if nothing). Settings come from a
+    /// bundle's metadata or a checkpoint's preprocessor_config.json: sizes there are untrusted.
+    public var settingsProblem: String? {
+        guard padColor.count == 3, mean.count == 3, std.count == 3 else {
+            return "pad colour, mean and std need 3 channels each"
+        }
+        if resize {
+            guard shortestEdge > 0 else { return "shortest edge \(shortestEdge) is not positive" }
+            guard let square = Checked.multiply(shortestEdge, shortestEdge), square <= Self.maxPixels else {
+                return "shortest edge \(shortestEdge) makes images larger than the limit of \(Self.maxPixels) pixels"
+            }
+        }
+        if centerCrop {
+            guard cropHeight > 0, cropWidth > 0 else { return "crop size \(cropHeight)x\(cropWidth) is not positive" }
+            guard let area = Checked.multiply(cropHeight, cropWidth), area <= Self.maxPixels else {
+                return "crop size \(cropHeight)x\(cropWidth) is larger than the limit of \(Self.maxPixels) pixels"
+            }
+        }
+        return nil
+    }
+
+    /// The size each step gives `width` x `height`, checked against `maxPixels` before anything is
+    /// allocated (Int conversions of huge doubles would trap).
+    func checkedGeometry(width: Int, height: Int) throws -> (width: Int, height: Int) {
+        func fail(_ reason: String) -> VLQError { VLQError(nil, reason) }
+        if let problem = settingsProblem { throw fail("preprocessing: \(problem)") }
+        guard width > 0, height > 0 else { throw fail("a \(width)x\(height) image has no pixels") }
+        var size = (width: width, height: height)
+        let padded = padToSquare && width != height
+        if padded { size = (max(width, height), max(width, height)) }
+        if resize {
+            let short = Double(min(size.width, size.height)), long = Double(max(size.width, size.height))
+            let newLong = Double(shortestEdge) * long / short
+            let limit = centerCrop ? Int(ImageDecoder.maxPixels) : Self.maxPixels
+            guard newLong * Double(shortestEdge) <= Double(limit) else {
+                throw fail("resizing the \(width)x\(height) image to a shortest edge of \(shortestEdge) gives more "
+                           + "than the limit of \(limit) pixels")
+            }
+            size = resizedSize(width: size.width, height: size.height)
+        } else if padded && !centerCrop {
+            // The padded square is the result: it must be made, so it must fit.
+            guard let area = Checked.multiply(size.width, size.height), area <= Self.maxPixels else {
+                throw fail("the \(width)x\(height) image padded to a \(size.width)x\(size.height) square is larger "
+                           + "than the limit of \(Self.maxPixels) pixels")
+            }
+        }
+        if centerCrop { size = (cropWidth, cropHeight) }
+        return size
+    }
+
+    /// Yi's expand2square: the image pasted centred on a square of its longer side. `geometry` gets the
+    /// same pixels without making the square (which is side^2 whatever the image's own size).
     public func expandToSquare(_ image: RGBImage) -> RGBImage {
         if image.width == image.height { return image }
         let side = max(image.width, image.height)
@@ -71,15 +128,20 @@ public struct ImagePreprocessing: Equatable, Sendable {
     /// transformers' center_crop: offsets (h - ch) // 2, zero padding where the image is smaller.
     public func crop(_ image: RGBImage) -> RGBImage {
         if image.width == cropWidth && image.height == cropHeight { return image }
+        return crop(width: image.width, height: image.height) { image[$0, $1, $2] }
+    }
+
+    /// The crop of a `width` x `height` image whose pixels `pixel(x, y, channel)` gives.
+    func crop(width: Int, height: Int, pixel: (Int, Int, Int) -> UInt8) -> RGBImage {
         var out = RGBImage(width: cropWidth, height: cropHeight, fill: [0, 0, 0])
-        let top = floorDiv(image.height - cropHeight, 2), left = floorDiv(image.width - cropWidth, 2)
+        let top = floorDiv(height - cropHeight, 2), left = floorDiv(width - cropWidth, 2)
         for y in 0..<cropHeight {
             let sy = y + top
-            guard sy >= 0, sy < image.height else { continue }
+            guard sy >= 0, sy < height else { continue }
             for x in 0..<cropWidth {
                 let sx = x + left
-                guard sx >= 0, sx < image.width else { continue }
-                for c in 0..<3 { out.pixels[(y * cropWidth + x) * 3 + c] = image[sx, sy, c] }
+                guard sx >= 0, sx < width else { continue }
+                for c in 0..<3 { out.pixels[(y * cropWidth + x) * 3 + c] = pixel(sx, sy, c) }
             }
         }
         return out
@@ -87,10 +149,29 @@ public struct ImagePreprocessing: Equatable, Sendable {
 
     private func floorDiv(_ a: Int, _ b: Int) -> Int { a >= 0 ? a / b : -((-a + b - 1) / b) }
 
-    /// The 8-bit image the network's pixels are computed from (after pad, resize and crop).
-    public func geometry(_ image: RGBImage) -> RGBImage {
-        var img = padToSquare ? expandToSquare(image) : image
-        if resize {
+    /// The 8-bit image the network's pixels are computed from (after pad, resize and crop). Sizes are
+    /// checked first (`maxPixels`); the padded square is never made unless it is the result.
+    public func geometry(_ image: RGBImage) throws -> RGBImage {
+        _ = try checkedGeometry(width: image.width, height: image.height)
+        var img = image
+        if padToSquare && image.width != image.height {
+            let side = max(image.width, image.height)
+            if resize {
+                let size = resizedSize(width: side, height: side)
+                img = Resampler.resize(image, centredOnSquare: side, fill: padColor, width: size.width,
+                                       height: size.height, filter: filter)
+            } else if centerCrop {
+                // Cropped straight from the square's pixels: the fill outside the image.
+                let dx = (side - image.width) / 2, dy = (side - image.height) / 2
+                return crop(width: side, height: side) { x, y, c in
+                    let ix = x - dx, iy = y - dy
+                    guard ix >= 0, ix < image.width, iy >= 0, iy < image.height else { return padColor[c] }
+                    return image[ix, iy, c]
+                }
+            } else {
+                img = expandToSquare(image)
+            }
+        } else if resize {
             let size = resizedSize(width: img.width, height: img.height)
             img = Resampler.resize(img, width: size.width, height: size.height, filter: filter)
         }
@@ -100,8 +181,10 @@ public struct ImagePreprocessing: Equatable, Sendable {
 
     /// Channels-first float32 pixel values [3, H, W]: rescaled in double then stored as float (as
     /// transformers' rescale does), normalised in float32 ((x - mean) / std with float32 mean and std).
-    public func pixelValues(_ image: RGBImage) -> [Float] {
-        let img = geometry(image)
+    /// `source` names the image in errors.
+    public func pixelValues(_ image: RGBImage, source: String = "image") throws -> [Float] {
+        let img: RGBImage
+        do { img = try geometry(image) } catch let e as VLQError { throw e.about(source) }
         let plane = img.width * img.height
         var out = [Float](repeating: 0, count: 3 * plane)
         for c in 0..<3 {
@@ -117,6 +200,6 @@ public struct ImagePreprocessing: Equatable, Sendable {
     }
 
     public func pixelValues(path: String) throws -> [Float] {
-        pixelValues(try ImageDecoder.decode(path: path))
+        try pixelValues(try ImageDecoder.decode(path: path), source: path)
     }
 }

@@ -16,7 +16,11 @@ public struct GPTQ: Sendable {
 
     public func quantize(_ weights: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
                          gram: [Double]) throws -> QuantizedMatrix {
-        let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
+        guard let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize),
+              weights.count == layout.rows * columns, Checked.multiply(columns, columns) == gram.count else {
+            throw VLQError(nil, "GPTQ: a [\(rows), \(columns)] weight of \(weights.count) values with a Hessian of "
+                           + "\(gram.count) values cannot be \(encoding.name) in groups of \(groupSize)")
+        }
         let quantizer = GroupQuantizer(encoding: encoding)
         var h = gram
         var w = weights

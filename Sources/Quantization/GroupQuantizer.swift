@@ -36,6 +36,8 @@ public struct GroupQuantizer: Sendable {
     func code(_ w: Float, scale: Float, bias: Float) -> Int {
         guard scale != 0 else { return 0 }
         let q = ((w - bias) / scale).rounded()
+        // A NaN weight has no code: converting it to Int would trap.
+        guard !q.isNaN else { return 0 }
         return Int(min(max(q, Float(levels.low)), Float(levels.high)))
     }
 

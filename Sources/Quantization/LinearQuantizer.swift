@@ -20,6 +20,19 @@ public enum LinearQuantizer {
     public static func quantize(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
                                 method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
                                 activationOrder: Bool = false) throws -> Output {
+        // The methods index the weight, the statistics and the scales by these sizes: mismatches must be
+        // errors here, not out-of-range reads below.
+        guard columns > 0, Checked.multiply(rows, columns) == w.count,
+              QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil else {
+            throw VLQError(nil, "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
+                           + "in groups of \(groupSize)")
+        }
+        if let statistics, let problem = statistics.inconsistency(columns: columns) {
+            throw VLQError(nil, "statistics for a weight of \(columns) columns: \(problem)")
+        }
+        if let awqScales, awqScales.count != columns {
+            throw VLQError(nil, "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
+        }
         switch method {
         case .rtn:
             return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize))

@@ -68,6 +68,17 @@ public final class QuantizePipeline {
             throw VLQError(nil, "gptq and awq need statistics with Gram matrices; these were collected without (--diagonal-only)")
         }
         let weights = WeightStore(bundle: source, cacheBudget: 0)
+        // Statistics read from a file may be of another model: they are checked against each weight
+        // they are used for, and a mismatch names the file and the tensor.
+        func inputStatistics(for name: String, columns: Int) throws -> InputStatistics? {
+            guard let stats = try statistics?.statistics(for: name) else { return nil }
+            if let problem = stats.inconsistency(columns: columns) {
+                throw VLQError(calibrationSource ?? "calibration statistics",
+                               "tensor \(name) has \(columns) input columns; its input's \(problem): "
+                               + "the statistics are not of this model")
+            }
+            return stats
+        }
 
         var decisions: [String: Recipe.Decision] = [:]
         var plan: [TensorRecord] = []
@@ -98,9 +109,16 @@ public final class QuantizePipeline {
             for group in groups {
                 let members = group.linears.filter { decisions[$0]?.method == .awq && decisions[$0]?.encoding?.isQuantized == true }
                 guard members.count == group.linears.count, let first = members.first,
-                      let stats = try statistics?.statistics(for: first), stats.gramMatrix != nil,
                       let d = decisions[first], let encoding = d.encoding else { continue }
                 let shapes = try members.map { try weights.shape($0) }
+                guard shapes.allSatisfy({ $0.count == 2 && $0[1] == shapes[0][1] }) else {
+                    let names = members.joined(separator: ", ")
+                    throw VLQError(source.path, "tensors \(names) share an input but have shapes "
+                                   + "\(shapes.map { "\($0)" }.joined(separator: ", ")): not one input width")
+                }
+                guard let stats = try inputStatistics(for: first, columns: shapes[0][1]), stats.gramMatrix != nil else {
+                    continue
+                }
                 let result = AWQ().searchScales(weights: try members.map { try weights.floats($0) }, rows: shapes.map { $0[0] },
                                                 columns: shapes[0][1], statistics: stats, encoding: encoding, groupSize: d.groupSize)
                 alphas[first] = result.alpha
@@ -151,15 +169,30 @@ public final class QuantizePipeline {
                 }
                 var values = try weights.floats(record.name)
                 let columns = record.shape.last ?? 1, rows = values.count / max(columns, 1)
+                // Scales come from the Linears this tensor feeds: a bundle whose shapes disagree with
+                // each other must stop here, not index out of range.
+                func requireScales(_ s: [Float], _ count: Int, _ what: String) throws {
+                    guard s.count == count else {
+                        throw VLQError(source.path, "tensor \(record.name) has \(count) \(what), "
+                                       + "but the AWQ scales folded into it have \(s.count)")
+                    }
+                }
                 // AWQ's column scaling happens inside LinearQuantizer (it also rescales the statistics).
                 if let s = columnScales[record.name], !record.encoding.isQuantized {
+                    try requireScales(s, columns, "columns")
                     for r in 0..<rows { for j in 0..<columns { values[r * columns + j] *= s[j] } }
                 }
-                if let s = divideRows[record.name] { for r in 0..<rows { for j in 0..<columns { values[r * columns + j] /= s[r] } } }
-                if let s = divideVector[record.name] { for j in 0..<values.count { values[j] /= s[j] } }
+                if let s = divideRows[record.name] {
+                    try requireScales(s, rows, "rows")
+                    for r in 0..<rows { for j in 0..<columns { values[r * columns + j] /= s[r] } }
+                }
+                if let s = divideVector[record.name] {
+                    try requireScales(s, values.count, "values")
+                    for j in 0..<values.count { values[j] /= s[j] }
+                }
                 if record.encoding.isQuantized {
                     let method = d.method ?? .rtn
-                    let stats = method == .rtn ? nil : try statistics?.statistics(for: record.name)
+                    let stats = method == .rtn ? nil : try inputStatistics(for: record.name, columns: columns)
                     var effective = method
                     var note = d.fallback
                     if method != .rtn && stats == nil {

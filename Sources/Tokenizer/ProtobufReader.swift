@@ -31,7 +31,10 @@ struct ProtobufReader {
             guard position < bytes.endIndex else { throw Malformed(reason: "truncated varint") }
             let byte = bytes[position]
             position += 1
-            guard shift < 64 else { throw Malformed(reason: "varint longer than 64 bits") }
+            // The tenth byte holds bit 63 only; anything more (or an eleventh byte) does not fit 64 bits.
+            guard shift < 63 || (shift == 63 && byte <= 1) else {
+                throw Malformed(reason: "varint longer than 64 bits")
+            }
             result |= UInt64(byte & 0x7F) << shift
             if byte < 0x80 { return result }
             shift += 7
@@ -52,7 +55,9 @@ struct ProtobufReader {
             return (number, .fixed64(v))
         case 2:
             let length = try varint()
-            guard length <= UInt64(bytes.endIndex - position) else { throw Malformed(reason: "length-delimited field runs past the end") }
+            guard length <= UInt64(bytes.endIndex - position) else {
+                throw Malformed(reason: "length-delimited field runs past the end")
+            }
             let slice = bytes[position..<(position + Int(length))]
             position += Int(length)
             return (number, .bytes(slice))

@@ -63,7 +63,10 @@ public struct SentencePieceModel: Sendable {
                 piece.text = text
             case (2, .fixed32(let bits)): piece.score = Float(bitPattern: bits)
             case (3, .varint(let t)):
-                guard let type = PieceType(rawValue: Int(t)) else { throw ProtobufReader.Malformed(reason: "unknown piece type \(t)") }
+                // A varint is 64 bits on the wire: one past Int.max must be an error, not a trap.
+                guard let type = Int(exactly: t).flatMap(PieceType.init(rawValue:)) else {
+                    throw ProtobufReader.Malformed(reason: "unknown piece type \(t)")
+                }
                 piece.type = type
             default: break
             }
@@ -75,7 +78,11 @@ public struct SentencePieceModel: Sendable {
         var reader = ProtobufReader(bytes)
         while !reader.atEnd {
             switch try reader.next() {
-            case (3, .varint(let t)): algorithm = Algorithm(rawValue: Int(t)) ?? .unigram
+            case (3, .varint(let t)):
+                guard let type = Int(exactly: t).flatMap(Algorithm.init(rawValue:)) else {
+                    throw ProtobufReader.Malformed(reason: "unknown model type \(t)")
+                }
+                algorithm = type
             case (35, .varint(let v)): byteFallback = v != 0
             default: break
             }

@@ -45,11 +45,19 @@ public enum TensorEncoding: UInt16, CaseIterable, Sendable {
     /// The exact byte length of a tensor of `shape` in this encoding, nil when the shape and group size
     /// do not fit the encoding or on overflow.
     public func byteCount(shape: [Int], groupSize: Int) -> Int? {
+        try? checkedByteCount(shape: shape, groupSize: groupSize)
+    }
+
+    /// As `byteCount`, with a VLQError (no subject) saying what is wrong instead of nil.
+    public func checkedByteCount(shape: [Int], groupSize: Int) throws -> Int {
         if !isQuantized {
-            guard groupSize == 0, let n = Checked.product(shape) else { return nil }
-            return Checked.multiply(n, bitsPerElement / 8)
+            guard groupSize == 0 else { throw VLQError(nil, "group size \(groupSize) given for a \(name) tensor") }
+            guard let n = Checked.product(shape), let bytes = Checked.multiply(n, bitsPerElement / 8) else {
+                throw VLQError(nil, "shape \(shape) in \(name) overflows")
+            }
+            return bytes
         }
-        return QuantizedLayout(encoding: self, shape: shape, groupSize: groupSize)?.byteCount
+        return try QuantizedLayout(validating: self, shape: shape, groupSize: groupSize).byteCount
     }
 }
 

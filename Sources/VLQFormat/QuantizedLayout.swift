@@ -21,27 +21,49 @@ public struct QuantizedLayout: Equatable, Sendable {
     public let byteCount: Int
 
     public init?(encoding: TensorEncoding, shape: [Int], groupSize: Int) {
-        guard encoding.isQuantized, shape.count >= 1, groupSize > 0 else { return nil }
-        let columns = shape.last!
-        guard let rows = Checked.product(shape.dropLast()), columns > 0, columns % groupSize == 0 else { return nil }
-        if encoding != .q8 { guard groupSize % 2 == 0 else { return nil } }
+        guard let layout = try? QuantizedLayout(validating: encoding, shape: shape, groupSize: groupSize) else {
+            return nil
+        }
+        self = layout
+    }
+
+    /// The layout, or a VLQError (no subject) saying why `shape` and `groupSize` make none. Shapes come
+    /// from bundle tables: every size is computed with overflow checks.
+    public init(validating encoding: TensorEncoding, shape: [Int], groupSize: Int) throws {
+        func fail(_ reason: String) -> VLQError { VLQError(nil, reason) }
+        guard encoding.isQuantized else { throw fail("\(encoding.name) is not a quantized encoding") }
+        guard let columns = shape.last else { throw fail("a scalar cannot be \(encoding.name)-quantized") }
+        guard groupSize > 0 else { throw fail("group size \(groupSize) is not positive") }
+        guard columns > 0 else { throw fail("shape \(shape) has \(columns) columns") }
+        guard columns % groupSize == 0 else { throw fail("\(columns) columns are not whole groups of \(groupSize)") }
+        if encoding != .q8 && groupSize % 2 != 0 {
+            throw fail("group size \(groupSize) is odd, but \(encoding.name) packs values in pairs")
+        }
+        let overflow = fail("shape \(shape) in \(encoding.name) groups of \(groupSize) overflows")
+        guard let rows = Checked.product(shape.dropLast()), let elements = Checked.multiply(rows, columns),
+              let parameterBytes = Checked.multiply(rows, columns / groupSize).flatMap({ Checked.multiply($0, 2) })
+        else { throw overflow }
+        let valuesBytes = encoding == .q8 ? elements : elements / 2
+        guard let scales = Checked.alignUp(valuesBytes, to: QuantizedLayout.planeAlignment),
+              let scalesEnd = Checked.add(scales, parameterBytes)
+        else { throw overflow }
+        var biases: Int?
+        var end = scalesEnd
+        if encoding == .q4 {
+            guard let b = Checked.alignUp(scalesEnd, to: QuantizedLayout.planeAlignment),
+                  let biasesEnd = Checked.add(b, parameterBytes)
+            else { throw overflow }
+            biases = b
+            end = biasesEnd
+        }
         self.encoding = encoding
         self.rows = rows
         self.columns = columns
         self.groupSize = groupSize
-        guard let elements = Checked.multiply(rows, columns) else { return nil }
-        valuesBytes = encoding == .q8 ? elements : elements / 2
-        let parameterBytes = rows * (columns / groupSize) * 2
-        guard let scales = Checked.alignUp(valuesBytes, to: QuantizedLayout.planeAlignment) else { return nil }
+        self.valuesBytes = valuesBytes
         scalesOffset = scales
-        if encoding == .q4 {
-            let biases = Checked.alignUp(scales + parameterBytes, to: QuantizedLayout.planeAlignment)!
-            biasesOffset = biases
-            byteCount = biases + parameterBytes
-        } else {
-            biasesOffset = nil
-            byteCount = scales + parameterBytes
-        }
+        biasesOffset = biases
+        byteCount = end
     }
 
     /// Decodes rows `range` into f32, row-major, `columns` values per row.

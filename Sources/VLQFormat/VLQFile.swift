@@ -71,7 +71,13 @@ public final class VLQFile: @unchecked Sendable {
             let r: TensorRecord
             do { r = try TensorRecord.decode(&reader, index: i) } catch let e as VLQError { throw e.about(path) }
             guard indexByName.updateValue(i, forKey: r.name) == nil else { throw fail("tensor \(r.name) appears twice") }
-            guard let expected = r.encoding.byteCount(shape: r.shape, groupSize: r.groupSize), expected == r.byteCount else {
+            let expected: Int
+            do {
+                expected = try r.encoding.checkedByteCount(shape: r.shape, groupSize: r.groupSize)
+            } catch let e as VLQError {
+                throw fail("tensor \(r.name): \(e.reason)")
+            }
+            guard expected == r.byteCount else {
                 throw fail("tensor \(r.name): \(r.byteCount) bytes do not match shape \(r.shape) in \(r.encoding.name)")
             }
             guard r.offset % alignment == 0 else { throw fail("tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)") }

@@ -31,6 +31,8 @@ public struct ReferenceRun: Sendable {
     public var setDigest: String
     public var model: String
     public var modelDigest: String
+    /// The .vlqref file it was read from, named in errors about its content.
+    public var source: String?
 
     /// Runs `engine` over `set`.
     public static func run(engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
@@ -100,24 +102,79 @@ public struct ReferenceRun: Sendable {
         guard let metaText = file.metadata["samples"], let meta = try? JSONValue.parse(metaText).arrayValue else {
             throw VLQError(path, "the .vlqref metadata lacks its samples")
         }
+        // Safetensors offsets need not be aligned: tensors are read with unaligned loads.
         func floats(_ name: String) throws -> [Float] {
-            guard let info = file.info(name), info.dtype == .f32 else { throw VLQError(path, "missing \(name)") }
-            return Array(file.data(info).bindMemory(to: Float.self))
+            guard let info = file.info(name), info.dtype == .f32, info.shape.count == 1 else {
+                throw VLQError(path, "missing \(name), or it is not a 1-D F32 tensor")
+            }
+            let data = file.data(info)
+            return (0..<(data.count / 4)).map {
+                Float(bitPattern: UInt32(littleEndian: data.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)))
+            }
+        }
+        func tokenIds(_ name: String) throws -> [Int] {
+            guard let info = file.info(name), info.dtype == .i64, info.shape.count == 1 else {
+                throw VLQError(path, "missing \(name), or it is not a 1-D I64 tensor")
+            }
+            let data = file.data(info)
+            return try (0..<(data.count / 8)).map {
+                let id = Int64(littleEndian: data.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))
+                guard id >= 0 else { throw VLQError(path, "\(name) holds token id \(id)") }
+                return Int(id)
+            }
+        }
+        // Counts from the metadata decide how many tensors are read: each must be a count of tensors
+        // the file can hold, not a range to allocate.
+        func count(_ m: JSONValue, _ key: String, sample: Int) throws -> Int {
+            guard let value = m[key] else { return 0 }
+            guard let n = value.intValue, n >= 0, n <= file.tensors.count else {
+                throw VLQError(path, "sample \(sample): \(key) \(value.serialized()) is not a count of its tensors")
+            }
+            return n
         }
         var samples: [SampleReference] = []
         for (i, m) in meta.enumerated() {
             let p = "s\(i)."
-            guard let ids = file.info(p + "answer_ids") else { throw VLQError(path, "missing \(p)answer_ids") }
+            let visionLayers = try count(m, "vision_layers", sample: i)
+            let decoderLayers = try count(m, "decoder_layers", sample: i)
+            let logitsStart = m["logits_start"]?.intValue ?? 0
+            guard logitsStart >= 0 else { throw VLQError(path, "sample \(i): logits_start \(logitsStart) is negative") }
             samples.append(SampleReference(
                 image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "", answer: m["answer"]?.stringValue,
-                answerIds: file.data(ids).bindMemory(to: Int64.self).map { Int($0) }, greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
+                answerIds: try tokenIds(p + "answer_ids"), greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
                 visionFeatures: try floats(p + "vision_features"), projectorOutput: try floats(p + "projector_output"),
-                logits: try floats(p + "logits"), logitsStart: m["logits_start"]?.intValue ?? 0,
-                visionLayers: try (0..<(m["vision_layers"]?.intValue ?? 0)).map { try floats(p + "vision_layer.\($0)") },
-                decoderLayers: try (0..<(m["decoder_layers"]?.intValue ?? 0)).map { try floats(p + "decoder_layer.\($0)") }))
+                logits: try floats(p + "logits"), logitsStart: logitsStart,
+                visionLayers: try (0..<visionLayers).map { try floats(p + "vision_layer.\($0)") },
+                decoderLayers: try (0..<decoderLayers).map { try floats(p + "decoder_layer.\($0)") }))
         }
         return ReferenceRun(samples: samples, setDigest: file.metadata["set_digest"] ?? "", model: file.metadata["model"] ?? "",
-                            modelDigest: file.metadata["model_digest"] ?? "")
+                            modelDigest: file.metadata["model_digest"] ?? "", source: path)
+    }
+
+    /// Checks what `read` cannot: that the run fits `set` and a model of `vocab` tokens. A stored run
+    /// may have been edited or made for another set or model; that must be an error naming the file,
+    /// not an index out of range.
+    public func validate(set: CalibrationSet, vocab: Int) throws {
+        let subject = source ?? "reference"
+        guard samples.count <= set.samples.count else {
+            throw VLQError(subject, "holds \(samples.count) samples, but the set has \(set.samples.count)")
+        }
+        // Layer drift is summed per layer over the samples that store layer states.
+        let layered = samples.filter { !$0.decoderLayers.isEmpty }
+        if let first = layered.first, layered.contains(where: {
+            $0.visionLayers.count != first.visionLayers.count || $0.decoderLayers.count != first.decoderLayers.count
+        }) {
+            throw VLQError(subject, "samples store the states of different numbers of layers")
+        }
+        for (i, s) in samples.enumerated() {
+            if let id = s.answerIds.first(where: { $0 >= vocab }) {
+                throw VLQError(subject, "sample \(i): answer token id \(id) is outside the vocabulary of \(vocab)")
+            }
+            guard s.logits.count % vocab == 0, s.logits.count / vocab > s.answerIds.count else {
+                throw VLQError(subject, "sample \(i): \(s.logits.count) logits are not whole rows of \(vocab) "
+                               + "for the prompt and \(s.answerIds.count) answer tokens")
+            }
+        }
     }
 }
 
@@ -166,10 +223,12 @@ public struct RunComparison: Sendable {
         var result = RunComparison()
         var visionSums: [Double] = [], decoderSums: [Double] = [], layerCounts = 0
         let vocab = candidate.config.language.vocabSize
+        try reference.validate(set: set, vocab: vocab)
         for (i, r) in reference.samples.enumerated() {
             let c = try ReferenceRun.runSample(engine: candidate, sample: set.samples[i], keepLayers: !r.decoderLayers.isEmpty, maxTokens: maxTokens)
             guard c.logits.count == r.logits.count else {
-                throw VLQError(r.image, "the candidate gives \(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
+                throw VLQError(reference.source ?? r.image, "sample \(i): the candidate gives "
+                               + "\(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
             }
             var drift = LogitDrift()
             drift.add(reference: r.logits, candidate: c.logits, vocab: vocab)
@@ -233,6 +292,7 @@ public enum LayerContribution {
         let quantized = candidate.model.weights.tensorNames.filter { candidate.model.weights.isQuantized($0) }
         let layers = Dictionary(grouping: quantized, by: layerKey)
         let vocab = reference.config.language.vocabSize
+        try run.validate(set: set, vocab: vocab)
         var entries: [Entry] = []
         for (i, key) in layers.keys.sorted().enumerated() {
             let names = Set(layers[key]!)
@@ -243,6 +303,10 @@ public enum LayerContribution {
             var drift = LogitDrift()
             for (k, r) in run.samples.prefix(samples).enumerated() {
                 let c = try ReferenceRun.runLogits(engine: hybrid, sample: set.samples[k])
+                guard c.count == r.logits.count else {
+                    throw VLQError(run.source ?? r.image, "sample \(k): \(key) gives \(c.count / vocab) logit rows, "
+                                   + "the reference \(r.logits.count / vocab)")
+                }
                 drift.add(reference: r.logits, candidate: c, vocab: vocab)
             }
             entries.append(Entry(layer: key, tensors: names.count, meanKLD: drift.meanKLD))

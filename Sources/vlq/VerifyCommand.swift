@@ -58,6 +58,9 @@ struct Verify: ParsableCommand {
     func validate() throws {
         guard referenceDir != nil || set != nil else { throw ValidationError("give --reference-dir, --set, or both") }
         if reference != nil && set == nil { throw ValidationError("--reference needs --set") }
+        if let rankSamples, rankSamples < 1 {
+            throw ValidationError("--rank-layers needs a positive number of samples")
+        }
     }
 
     func run() throws {
