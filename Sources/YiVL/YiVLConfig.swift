@@ -136,7 +136,9 @@ public struct PreprocessorConfig: Equatable, Sendable {
         }
         mean = try c.doubles("image_mean", count: 3)
         std = try c.doubles("image_std", count: 3)
-        try c.require(std.allSatisfy { $0 > 0 }, "image_std must be positive")
+        try c.require(std.allSatisfy { $0 > 0 && $0.isFinite }, "image_std must be positive")
+        // The pad colour is int(mean * 255): a mean outside [0, 1] is no colour (and 1e300 no Int).
+        try c.require(mean.allSatisfy { $0 >= 0 && $0 <= 1 }, "image_mean must lie in [0, 1]")
         rescaleFactor = try c.double("rescale_factor", default: 1.0 / 255.0)
         resample = try c.int("resample", default: 3, min: 0)
         try c.require(PreprocessorConfig.resampleNames[resample] != nil, "resample \(resample) is not a PIL filter")

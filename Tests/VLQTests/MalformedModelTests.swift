@@ -47,6 +47,14 @@ final class MalformedModelTests: XCTestCase {
         assertVLQError(try YiVLCheckpoint(folder: model), contains: ["vision num_hidden_layers is 9223372036854775807"])
     }
 
+    func testAnImageMeanOutsideZeroToOneIsRefusedBeforeItBecomesAPadColour() throws {
+        let model = try scratch.copyOfTinyModel()
+        try editConfig(model, "vit/clip-vit-tiny-yivl-84/preprocessor_config.json") {
+            $0.replacingOccurrences(of: "0.48145466", with: "1e300")
+        }
+        assertVLQError(try YiVLCheckpoint(folder: model), contains: ["preprocessor_config.json", "image_mean must lie in [0, 1]"])
+    }
+
     // MARK: Bundle metadata
 
     func tinyBundle() throws -> String {
@@ -96,7 +104,7 @@ final class MalformedModelTests: XCTestCase {
                 var p = metadata["preprocessing"]!.objectValue!
                 p["crop_size"] = [1_099_511_627_776, 1_099_511_627_776]
                 metadata["preprocessing"] = .object(p)
-            }, "crop height is 1099511627776"),
+            }, "crop size 1099511627776x1099511627776 is larger than the limit"),
         ]
         for (name, edit, message) in cases {
             let bundle = scratch.file(name)
