@@ -13,8 +13,9 @@ public var defaultGramBudget: Int {
 
 /// Accumulates `InputStatistics` for every Linear as the engine runs.
 ///
-/// Linears fed the same input (q/k/v, gate/up) share one entry: the first name seen owns it and the
-/// others are recorded as aliases, so the Gram matrix is computed once per distinct input.
+/// Linears fed the same input (q/k/v, gate/up: `ModelDefinition.sharedInputGroups`) share one entry:
+/// the group's first Linear owns it and the others are recorded as aliases, so the Gram matrix is
+/// computed once per distinct input.
 public final class StatisticsCollector: LinearInputObserver {
     public private(set) var statistics: [String: InputStatistics] = [:]
     public private(set) var aliases: [String: String] = [:]
@@ -23,22 +24,28 @@ public final class StatisticsCollector: LinearInputObserver {
     public let withGram: Bool
     /// When set, only inputs whose owner it accepts get X^T X (the rest only sums).
     public let gramFor: ((String) -> Bool)?
-    private var last: (pointer: UnsafePointer<Float>, rows: Int, columns: Int, key: String)?
+    let definition: ModelDefinition
+    /// The owner of each Linear's input statistics, for the members of shared-input groups.
+    private let owners: [TensorHandle: TensorHandle]
 
-    public init(withGram: Bool, gramFor: ((String) -> Bool)? = nil) {
+    public init(definition: ModelDefinition, withGram: Bool, gramFor: ((String) -> Bool)? = nil) {
+        self.definition = definition
         self.withGram = withGram
         self.gramFor = gramFor
+        var owners: [TensorHandle: TensorHandle] = [:]
+        for group in definition.sharedInputGroups { for member in group.dropFirst() { owners[member.weight] = group[0].weight } }
+        self.owners = owners
     }
 
     /// Bytes the X^T X accumulators of all inputs need (float, columns x columns each).
     public var gramBytesIfAll: Int { statistics.values.reduce(0) { $0 + 4 * $1.columns * $1.columns } }
 
-    public func observe(linear weightName: String, input: UnsafePointer<Float>, rows: Int, columns: Int) {
-        if let last, last.pointer == input, last.rows == rows, last.columns == columns, weightName != last.key {
-            aliases[weightName] = last.key
+    public func observe(linear: Linear, input: UnsafePointer<Float>, rows: Int) {
+        let weightName = definition.name(linear.weight), columns = linear.inputs
+        if let owner = owners[linear.weight] {
+            aliases[weightName] = definition.name(owner)
             return
         }
-        last = (input, rows, columns, weightName)
         if statistics[weightName] == nil {
             order.append(weightName)
             statistics[weightName] = InputStatistics(columns: columns, withGram: withGram && (gramFor?(weightName) ?? true))
@@ -51,8 +58,6 @@ public final class StatisticsCollector: LinearInputObserver {
         statistics[aliases[weightName] ?? weightName]
     }
 
-    /// A new sample starts: inputs never alias across samples.
-    public func nextSample() { last = nil }
 }
 
 /// Runs a calibration set through the fp32 engine, collecting statistics at every Linear's input:
@@ -63,11 +68,10 @@ public enum CalibrationRunner {
     /// by `WindowedStatistics` instead.
     public static func collect(engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
                                gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }) throws -> StatisticsCollector {
-        let collector = StatisticsCollector(withGram: withGram, gramFor: gramFor)
+        let collector = StatisticsCollector(definition: engine.model.definition, withGram: withGram, gramFor: gramFor)
         engine.model.observer = collector
         defer { engine.model.observer = nil }
         for (i, sample) in set.samples.enumerated() {
-            collector.nextSample()
             let pixels = try engine.pixelValues(imagePath: sample.image)
             var prompt = engine.prompt(question: sample.question)
             if let answer = sample.answer { prompt.after += engine.tokenizer.encode(answer) }

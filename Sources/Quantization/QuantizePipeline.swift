@@ -67,7 +67,11 @@ public final class QuantizePipeline {
         if need.gram, let statistics, !statistics.hasGram {
             throw VLQError(nil, "gptq and awq need statistics with Gram matrices; these were collected without (--diagonal-only)")
         }
-        let weights = WeightStore(bundle: source, cacheBudget: 0)
+        let config = try EngineConfig(metadata: source.metadata, source: source.path)
+        try config.checkTable(of: source)
+        let definition = ModelDefinition(config)
+        let weights = WeightStore(bundle: source, definition: definition, cacheBudget: 0)
+        func handle(_ name: String) -> TensorHandle { definition.handle(named: name)! }
         // Statistics read from a file may be of another model: they are checked against each weight
         // they are used for, and a mismatch names the file and the tensor.
         func inputStatistics(for name: String, columns: Int) throws -> InputStatistics? {
@@ -99,18 +103,18 @@ public final class QuantizePipeline {
         var divideRows: [String: [Float]] = [:]     // weight rows (and bias) /= s
         var divideVector: [String: [Float]] = [:]   // norm weight (and bias) /= s
         var alphas: [String: Float] = [:]
-        let config = try EngineConfig(metadata: source.metadata, source: source.path)
-        let groupsByLayer = Dictionary(grouping: QuantizePipeline.awqGroups(config), by: { QuantizePipeline.layerKey($0.linears[0]) })
+        let awqGroups = QuantizePipeline.awqGroups(definition)
+        let groupsByLayer = Dictionary(grouping: awqGroups, by: \.layer).mapValues { $0.map(\.group) }
         var searchedLayers: Set<String> = []
         func prepareAWQ(for name: String) throws {
-            let key = QuantizePipeline.layerKey(name)
+            let key = definition.label(of: handle(name))
             guard !searchedLayers.contains(key), let groups = groupsByLayer[key] else { return }
             searchedLayers.insert(key)
             for group in groups {
                 let members = group.linears.filter { decisions[$0]?.method == .awq && decisions[$0]?.encoding?.isQuantized == true }
                 guard members.count == group.linears.count, let first = members.first,
                       let d = decisions[first], let encoding = d.encoding else { continue }
-                let shapes = try members.map { try weights.shape($0) }
+                let shapes = members.map { weights.shape(handle($0)) }
                 guard shapes.allSatisfy({ $0.count == 2 && $0[1] == shapes[0][1] }) else {
                     let names = members.joined(separator: ", ")
                     throw VLQError(source.path, "tensors \(names) share an input but have shapes "
@@ -119,7 +123,7 @@ public final class QuantizePipeline {
                 guard let stats = try inputStatistics(for: first, columns: shapes[0][1]), stats.gramMatrix != nil else {
                     continue
                 }
-                let result = AWQ().searchScales(weights: try members.map { try weights.floats($0) }, rows: shapes.map { $0[0] },
+                let result = AWQ().searchScales(weights: members.map { weights.floats(handle($0)) }, rows: shapes.map { $0[0] },
                                                 columns: shapes[0][1], statistics: stats, encoding: encoding, groupSize: d.groupSize)
                 alphas[first] = result.alpha
                 guard result.alpha > 0 else { continue }
@@ -135,7 +139,7 @@ public final class QuantizePipeline {
         // Tensors AWQ may fold into are stored as f32 unless quantized: decided before the layout is fixed.
         if recipe.rules.contains(where: { ($0.method ?? recipe.method) == .awq }) {
             var foldTargets: Set<String> = []
-            for group in QuantizePipeline.awqGroups(config) {
+            for (_, group) in awqGroups {
                 switch group.fold {
                 case .vector(let names): foldTargets.formUnion(names)
                 case .rows(let weight, let bias):
@@ -167,7 +171,7 @@ public final class QuantizePipeline {
                     progress(index + 1, plan.count)
                     continue
                 }
-                var values = try weights.floats(record.name)
+                var values = weights.floats(handle(record.name))
                 let columns = record.shape.last ?? 1, rows = values.count / max(columns, 1)
                 // Scales come from the Linears this tensor feeds: a bundle whose shapes disagree with
                 // each other must stop here, not index out of range.
@@ -324,44 +328,24 @@ public final class QuantizePipeline {
         case rows(weight: String, bias: String?)
     }
 
-    /// The layer a tensor belongs to, for per-layer work: "vision.N", "language.N", "head" (final norm
-    /// and lm_head), or the name itself.
-    static func layerKey(_ name: String) -> String {
-        for (prefix, label) in [("vision_model.encoder.layers.", "vision."), ("model.layers.", "language.")] where name.hasPrefix(prefix) {
-            return label + name.dropFirst(prefix.count).prefix { $0 != "." }
-        }
-        return name == "lm_head.weight" || name == "model.norm.weight" ? "head" : name
-    }
-
     struct AWQGroup {
         var linears: [String]
         var fold: Fold
     }
 
-    /// Linears sharing an input whose producer is linear in it, per layer.
-    static func awqGroups(_ c: EngineConfig) -> [AWQGroup] {
-        var groups: [AWQGroup] = []
-        for i in 0..<c.vision.selectedHiddenState {
-            let p = "vision_model.encoder.layers.\(i)."
-            groups.append(AWQGroup(linears: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).weight" },
-                                   fold: .vector([p + "layer_norm1.weight", p + "layer_norm1.bias"])))
-            groups.append(AWQGroup(linears: [p + "self_attn.out_proj.weight"], fold: .rows(weight: p + "self_attn.v_proj.weight", bias: p + "self_attn.v_proj.bias")))
-            groups.append(AWQGroup(linears: [p + "mlp.fc1.weight"], fold: .vector([p + "layer_norm2.weight", p + "layer_norm2.bias"])))
-        }
-        let l = c.language
-        for i in 0..<l.layers {
-            let p = "model.layers.\(i)."
-            groups.append(AWQGroup(linears: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).weight" },
-                                   fold: .vector([p + "input_layernorm.weight"])))
-            if l.kvHeads == l.heads {
-                groups.append(AWQGroup(linears: [p + "self_attn.o_proj.weight"], fold: .rows(weight: p + "self_attn.v_proj.weight", bias: nil)))
+    /// AWQ's smooth/balance mappings of the model (`ModelDefinition.smoothingMappings`) by tensor name,
+    /// with the layer each belongs to.
+    static func awqGroups(_ definition: ModelDefinition) -> [(layer: String, group: AWQGroup)] {
+        definition.smoothingMappings.flatMap { layer, mappings in
+            mappings.map { mapping -> (layer: String, group: AWQGroup) in
+                let fold: Fold
+                switch mapping.smooth {
+                case .norm(let handles): fold = .vector(handles.map(definition.name))
+                case .linearRows(let linear):
+                    fold = .rows(weight: definition.name(linear.weight), bias: linear.bias.map(definition.name))
+                }
+                return (layer, AWQGroup(linears: mapping.balance.map { definition.name($0.weight) }, fold: fold))
             }
-            groups.append(AWQGroup(linears: [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], fold: .vector([p + "post_attention_layernorm.weight"])))
-            groups.append(AWQGroup(linears: [p + "mlp.down_proj.weight"], fold: .rows(weight: p + "mlp.up_proj.weight", bias: nil)))
         }
-        if !l.tiedEmbeddings {
-            groups.append(AWQGroup(linears: ["lm_head.weight"], fold: .vector(["model.norm.weight"])))
-        }
-        return groups
     }
 }

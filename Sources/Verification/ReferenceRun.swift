@@ -289,16 +289,16 @@ public enum LayerContribution {
 
     public static func rank(reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
                             progress: (Int, Int) -> Void = { _, _ in }) throws -> [Entry] {
-        let quantized = candidate.model.weights.tensorNames.filter { candidate.model.weights.isQuantized($0) }
-        let layers = Dictionary(grouping: quantized, by: layerKey)
+        let definition = candidate.model.definition
+        let quantized = definition.handles.filter(candidate.model.weights.isQuantized)
+        let layers = Dictionary(grouping: quantized, by: definition.label(of:))
         let vocab = reference.config.language.vocabSize
         try run.validate(set: set, vocab: vocab)
         var entries: [Entry] = []
         for (i, key) in layers.keys.sorted().enumerated() {
             let names = Set(layers[key]!)
-            let hybrid = YiVLEngine(source: reference.source + "+" + key,
-                                    model: YiVLModel(config: reference.config,
-                                                     weights: WeightStore(base: reference.model.weights, overlay: candidate.model.weights, names: names)),
+            let weights = WeightStore(base: reference.model.weights, overlay: candidate.model.weights, handles: names)
+            let hybrid = YiVLEngine(source: reference.source + "+" + key, model: YiVLModel(weights: weights),
                                     tokenizer: reference.tokenizer)
             var drift = LogitDrift()
             for (k, r) in run.samples.prefix(samples).enumerated() {
@@ -315,17 +315,6 @@ public enum LayerContribution {
         return entries.sorted { $0.meanKLD > $1.meanKLD }
     }
 
-    /// "vision layer 3", "decoder layer 12", "projector", "embeddings", "lm_head"...
-    public static func layerKey(_ name: String) -> String {
-        for (prefix, label) in [("vision_model.encoder.layers.", "vision layer "), ("model.layers.", "decoder layer ")] where name.hasPrefix(prefix) {
-            let index = name.dropFirst(prefix.count).prefix { $0 != "." }
-            return label + (index.count < 2 ? "0" : "") + index
-        }
-        if name.hasPrefix("model.mm_projector.") { return "projector" }
-        if name.hasPrefix("model.embed_tokens") { return "token embeddings" }
-        if name.hasPrefix("lm_head") { return "lm_head" }
-        return name
-    }
 }
 
 extension ReferenceRun {

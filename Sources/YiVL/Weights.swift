@@ -5,7 +5,7 @@ import SafeTensors
 import VLQCore
 import VLQFormat
 
-/// Float32 weights by tensor name, whatever their storage.
+/// Float32 weights by tensor handle (`ModelDefinition`), whatever their storage.
 ///
 /// f32 tensors are used in place from the memory map; bf16 and f16 tensors are upcast when first
 /// used and kept while they fit the cache budget, else upcast again on each use. Either way the whole
@@ -25,8 +25,10 @@ public final class WeightStore: @unchecked Sendable {
         var release: () -> Void
     }
 
-    private var entries: [String: Entry] = [:]
-    private var cache: [String: [Float]] = [:]
+    public let definition: ModelDefinition
+    /// One entry per tensor of the definition, in its order.
+    private let entries: [Entry]
+    private var cache: [[Float]?]
     private var cachedBytes = 0
     public let cacheBudget: Int
     private let keepAlive: [AnyObject]
@@ -39,15 +41,19 @@ public final class WeightStore: @unchecked Sendable {
         return pages > 0 && size > 0 ? Int(pages) * Int(size) / 2 : 8 << 30
     }
 
-    init(entries: [String: Entry], keepAlive: [AnyObject], cacheBudget: Int) {
+    init(definition: ModelDefinition, entries: [Entry], keepAlive: [AnyObject], cacheBudget: Int) {
+        precondition(entries.count == definition.tensors.count)
+        self.definition = definition
         self.entries = entries
         self.keepAlive = keepAlive
         self.cacheBudget = cacheBudget
+        cache = Array(repeating: nil, count: entries.count)
     }
 
-    public convenience init(bundle: VLQFile, cacheBudget: Int = WeightStore.defaultCacheBudget) {
-        var entries: [String: Entry] = [:]
-        for r in bundle.tensors {
+    /// The bundle's table was checked against the definition (`EngineConfig.checkTable`).
+    public convenience init(bundle: VLQFile, definition: ModelDefinition, cacheBudget: Int = WeightStore.defaultCacheBudget) {
+        let entries = definition.tensors.map { tensor -> Entry in
+            let r = bundle.record(tensor.name)!
             let storage: Storage
             switch r.encoding {
             case .f32: storage = .f32
@@ -55,61 +61,58 @@ public final class WeightStore: @unchecked Sendable {
             case .bf16: storage = .bf16
             case .q8, .q4, .q4s: storage = .quantized(QuantizedLayout(encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)!)
             }
-            entries[r.name] = Entry(shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path,
-                                    release: { bundle.mapped.release(offset: r.offset, count: r.byteCount) })
+            return Entry(shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path,
+                         release: { bundle.mapped.release(offset: r.offset, count: r.byteCount) })
         }
-        self.init(entries: entries, keepAlive: [bundle], cacheBudget: cacheBudget)
+        self.init(definition: definition, entries: entries, keepAlive: [bundle], cacheBudget: cacheBudget)
     }
 
-    public convenience init(checkpoint: YiVLCheckpoint, cacheBudget: Int = WeightStore.defaultCacheBudget) {
-        var entries: [String: Entry] = [:]
+    public convenience init(checkpoint: YiVLCheckpoint, definition: ModelDefinition,
+                            cacheBudget: Int = WeightStore.defaultCacheBudget) {
+        var byName: [String: Entry] = [:]
         var files: [AnyObject] = []
         for t in checkpoint.tensors {
             let storage: Storage = t.info.dtype == .f32 ? .f32 : t.info.dtype == .f16 ? .f16 : .bf16
             let (file, info) = (t.file, t.info)
             if info.isContiguous {
-                entries[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
-                                                 release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
+                byName[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
+                                                release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
                 files.append(t.file)
             } else {
                 // A strided view of a PyTorch storage: gathered once into a contiguous copy that lives
                 // as long as the store (such views are rare: tied or transposed parameters).
                 let copy = MappedFile(bytes: file.contiguousCopy(info), path: file.path)
-                entries[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: copy.bytes, subject: file.path,
-                                                 release: {})
+                byName[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: copy.bytes, subject: file.path,
+                                                release: {})
                 files.append(copy)
             }
         }
-        self.init(entries: entries, keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
+        // The checkpoint matched every expected tensor by name on open.
+        self.init(definition: definition, entries: definition.tensors.map { byName[$0.name]! },
+                  keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
     }
 
-    /// `base` with the tensors named in `names` taken from `overlay` instead: the reference model
-    /// with one layer quantized, to measure that layer's own contribution to the drift.
-    public convenience init(base: WeightStore, overlay: WeightStore, names: Set<String>, cacheBudget: Int = 0) {
-        var entries = base.entries
-        for name in names { if let e = overlay.entries[name] { entries[name] = e } }
-        self.init(entries: entries, keepAlive: [base, overlay], cacheBudget: cacheBudget)
+    /// `base` with the tensors in `handles` taken from `overlay` instead: the reference model with one
+    /// layer quantized, to measure that layer's own contribution to the drift.
+    public convenience init(base: WeightStore, overlay: WeightStore, handles: Set<TensorHandle>, cacheBudget: Int = 0) {
+        let entries = base.entries.indices.map { handles.contains(TensorHandle(index: $0)) ? overlay.entries[$0] : base.entries[$0] }
+        self.init(definition: base.definition, entries: entries, keepAlive: [base, overlay], cacheBudget: cacheBudget)
     }
 
-    public var tensorNames: [String] { entries.keys.sorted() }
-
-    public func isQuantized(_ name: String) -> Bool {
-        if case .quantized = entries[name]?.storage { return true }
+    public func isQuantized(_ handle: TensorHandle) -> Bool {
+        if case .quantized = entries[handle.index].storage { return true }
         return false
     }
 
-    public func shape(_ name: String) throws -> [Int] {
-        guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
-        return e.shape
-    }
+    public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
 
     /// Runs `body` with the tensor's values as f32, in place when stored as f32.
-    public func withFloats<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R {
-        guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
+    public func withFloats<R>(_ handle: TensorHandle, _ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        let e = entries[handle.index]
         if case .f32 = e.storage {
             return try body(e.bytes.bindMemory(to: Float.self))
         }
-        if let cached = lock.withLock({ cache[name] }) {
+        if let cached = lock.withLock({ cache[handle.index] }) {
             return try cached.withUnsafeBufferPointer(body)
         }
         let values = WeightStore.upcast(e)
@@ -120,7 +123,7 @@ public final class WeightStore: @unchecked Sendable {
         if case .quantized = e.storage { return try values.withUnsafeBufferPointer(body) }
         lock.withLock {
             if cachedBytes + size <= cacheBudget {
-                cache[name] = values
+                cache[handle.index] = values
                 cachedBytes += size
             }
         }
@@ -133,9 +136,9 @@ public final class WeightStore: @unchecked Sendable {
     /// copy is cached use it instead: reading their stored pages again would keep both resident (a
     /// 6B model then reached 24 GB of RSS). The stored pages are released after each use. Returns
     /// false when the caller should use the f32 path.
-    public func matrixVector(_ name: String, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) throws -> Bool {
-        guard let e = entries[name] else { throw VLQError(nil, "weight \(name) is missing") }
-        guard e.shape.count == 2, lock.withLock({ cache[name] == nil }) else { return false }
+    public func matrixVector(_ handle: TensorHandle, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) -> Bool {
+        let e = entries[handle.index]
+        guard e.shape.count == 2, lock.withLock({ cache[handle.index] == nil }) else { return false }
         defer { e.release() }
         let rows = e.shape[0], cols = e.shape[1]
         let halves = e.bytes.bindMemory(to: UInt16.self)
@@ -269,9 +272,9 @@ public final class WeightStore: @unchecked Sendable {
     /// A copy of the tensor as f32. The stored pages are released afterwards: callers of this (the
     /// quantizer, tensor by tensor) do not come back to them, and a 2.5 GB f32 vision tower would
     /// otherwise stay resident.
-    public func floats(_ name: String) throws -> [Float] {
-        let values = try withFloats(name) { Array($0) }
-        if let e = entries[name], case .f32 = e.storage { e.release() }
+    public func floats(_ handle: TensorHandle) -> [Float] {
+        let values = withFloats(handle) { Array($0) }
+        if case .f32 = entries[handle.index].storage { entries[handle.index].release() }
         return values
     }
 

@@ -28,7 +28,8 @@ public final class YiVLEngine: @unchecked Sendable {
         if (st.st_mode & S_IFMT) == S_IFDIR {
             let checkpoint = try YiVLCheckpoint(folder: path)
             let tokenizer = try Tokenizer(contentsOf: checkpoint.tokenizerModelPath)
-            let model = YiVLModel(config: EngineConfig(checkpoint.config), weights: WeightStore(checkpoint: checkpoint, cacheBudget: cacheBudget))
+            let definition = ModelDefinition(EngineConfig(checkpoint.config))
+            let model = YiVLModel(weights: WeightStore(checkpoint: checkpoint, definition: definition, cacheBudget: cacheBudget))
             return YiVLEngine(source: path, model: model, tokenizer: tokenizer)
         }
         let bundle = try VLQFile(path: path)
@@ -38,8 +39,8 @@ public final class YiVLEngine: @unchecked Sendable {
             throw VLQError(path, "metadata lacks the tokenizer model")
         }
         let tokenizer = try Tokenizer(model: try SentencePieceModel(bytes: bytes, source: path + " (tokenizer)"), source: path)
-        return YiVLEngine(source: path, model: YiVLModel(config: config, weights: WeightStore(bundle: bundle, cacheBudget: cacheBudget)),
-                          tokenizer: tokenizer)
+        let weights = WeightStore(bundle: bundle, definition: ModelDefinition(config), cacheBudget: cacheBudget)
+        return YiVLEngine(source: path, model: YiVLModel(weights: weights), tokenizer: tokenizer)
     }
 
     // MARK: Prompt

@@ -5,48 +5,55 @@ import Glibc
 
 /// Sees the input of every Linear layer as the forward pass runs (calibration statistics).
 public protocol LinearInputObserver: AnyObject {
-    func observe(linear weightName: String, input: UnsafePointer<Float>, rows: Int, columns: Int)
+    func observe(linear: Linear, input: UnsafePointer<Float>, rows: Int)
 }
 
-/// The Yi-VL network in fp32: CLIP vision tower, projector, Yi language model.
+/// The Yi-VL network in fp32: CLIP vision tower, projector, Yi language model, run over the tensor
+/// handles of its `ModelDefinition`.
 public final class YiVLModel: @unchecked Sendable {
     public let config: EngineConfig
     public let weights: WeightStore
+    public var definition: ModelDefinition { weights.definition }
     public weak var observer: LinearInputObserver?
 
-    public init(config: EngineConfig, weights: WeightStore) {
-        self.config = config
+    public init(weights: WeightStore) {
+        self.config = weights.definition.config
         self.weights = weights
     }
 
-    /// out[rows, n] = x[rows, k] W^T + b for the Linear named `prefix` (`prefix.weight`, `prefix.bias`).
-    func linear(_ prefix: String, _ x: UnsafePointer<Float>, rows: Int, bias: Bool, into out: UnsafeMutablePointer<Float>) throws {
-        let weightName = prefix + ".weight"
-        let shape = try weights.shape(weightName)
-        guard shape.count == 2 else { throw VLQError(nil, "weight \(weightName) is not a matrix") }
-        observer?.observe(linear: weightName, input: x, rows: rows, columns: shape[1])
-        if rows == 1, try weights.matrixVector(weightName, x, into: out) {
-            if bias {
-                try weights.withFloats(prefix + ".bias") { b in Kernels.add(out, b.baseAddress!, count: shape[0]) }
+    /// out[rows, outputs] = x[rows, inputs] W^T + b.
+    func linear(_ layer: Linear, _ x: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>) {
+        observer?.observe(linear: layer, input: x, rows: rows)
+        if rows == 1, weights.matrixVector(layer.weight, x, into: out) {
+            if let bias = layer.bias {
+                weights.withFloats(bias) { b in Kernels.add(out, b.baseAddress!, count: layer.outputs) }
             }
             return
         }
-        try weights.withFloats(weightName) { w in
-            if bias {
-                try weights.withFloats(prefix + ".bias") { b in
-                    Kernels.linear(x, rows: rows, inputs: shape[1], weight: w.baseAddress!, outputs: shape[0], bias: b.baseAddress!, into: out)
+        weights.withFloats(layer.weight) { w in
+            if let bias = layer.bias {
+                weights.withFloats(bias) { b in
+                    Kernels.linear(x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs,
+                                   bias: b.baseAddress!, into: out)
                 }
             } else {
-                Kernels.linear(x, rows: rows, inputs: shape[1], weight: w.baseAddress!, outputs: shape[0], bias: nil, into: out)
+                Kernels.linear(x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs, bias: nil,
+                               into: out)
             }
         }
     }
 
-    func layerNorm(_ prefix: String, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, eps: Float) throws {
-        try weights.withFloats(prefix + ".weight") { w in
-            try weights.withFloats(prefix + ".bias") { b in
+    func layerNorm(_ norm: LayerNorm, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, eps: Float) {
+        weights.withFloats(norm.weight) { w in
+            weights.withFloats(norm.bias) { b in
                 Kernels.layerNorm(x, rows: rows, cols: cols, weight: w.baseAddress!, bias: b.baseAddress!, eps: eps)
             }
+        }
+    }
+
+    func rmsNorm(_ norm: RMSNorm, _ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        weights.withFloats(norm.weight) { w in
+            Kernels.rmsNorm(x, rows: rows, cols: cols, weight: w.baseAddress!, eps: config.language.rmsNormEps, into: out)
         }
     }
 
@@ -74,42 +81,38 @@ public final class YiVLModel: @unchecked Sendable {
                 }
             }
         }
+        let tower = definition.vision
         let x = FloatBuffer(n * d)
-        try weights.withFloats("vision_model.embeddings.patch_embedding.weight") { w in
+        weights.withFloats(tower.patchEmbedding) { w in
             Kernels.linear(patches.pointer, rows: v.patchCount, inputs: patchSize, weight: w.baseAddress!, outputs: d, bias: nil,
                            into: x.pointer + d)
         }
-        try weights.withFloats("vision_model.embeddings.class_embedding") { c in
-            x.pointer.update(from: c.baseAddress!, count: d)
-        }
-        try weights.withFloats("vision_model.embeddings.position_embedding.weight") { pos in
-            Kernels.add(x.pointer, pos.baseAddress!, count: n * d)
-        }
-        try layerNorm("vision_model.pre_layrnorm", x.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        weights.withFloats(tower.classEmbedding) { c in x.pointer.update(from: c.baseAddress!, count: d) }
+        weights.withFloats(tower.positionEmbedding) { pos in Kernels.add(x.pointer, pos.baseAddress!, count: n * d) }
+        layerNorm(tower.preLayerNorm, x.pointer, rows: n, cols: d, eps: v.layerNormEps)
 
         let h = FloatBuffer(n * d), qkv = FloatBuffer(3 * n * d), attended = FloatBuffer(n * d), mlp = FloatBuffer(n * v.intermediateSize)
-        for layer in 0..<v.selectedHiddenState {
-            let pre = "vision_model.encoder.layers.\(layer)."
+        for layer in definition.usedVisionLayers {
             h.pointer.update(from: x.pointer, count: n * d)
-            try layerNorm(pre + "layer_norm1", h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+            layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
             let q = qkv.pointer, k = qkv.pointer + n * d, val = qkv.pointer + 2 * n * d
-            try linear(pre + "self_attn.q_proj", h.pointer, rows: n, bias: true, into: q)
-            try linear(pre + "self_attn.k_proj", h.pointer, rows: n, bias: true, into: k)
-            try linear(pre + "self_attn.v_proj", h.pointer, rows: n, bias: true, into: val)
+            linear(layer.query, h.pointer, rows: n, into: q)
+            linear(layer.key, h.pointer, rows: n, into: k)
+            linear(layer.value, h.pointer, rows: n, into: val)
             Kernels.attention(q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
                               kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
                               firstQueryPosition: 0, out: attended.pointer, outStride: d)
-            try linear(pre + "self_attn.out_proj", attended.pointer, rows: n, bias: true, into: h.pointer)
+            linear(layer.output, attended.pointer, rows: n, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: n * d)
             h.pointer.update(from: x.pointer, count: n * d)
-            try layerNorm(pre + "layer_norm2", h.pointer, rows: n, cols: d, eps: v.layerNormEps)
-            try linear(pre + "mlp.fc1", h.pointer, rows: n, bias: true, into: mlp.pointer)
+            layerNorm(layer.layerNorm2, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+            linear(layer.fc1, h.pointer, rows: n, into: mlp.pointer)
             if v.quickGELU {
                 Kernels.quickGELU(mlp.pointer, count: n * v.intermediateSize)
             } else {
                 Kernels.gelu(mlp.pointer, count: n * v.intermediateSize)
             }
-            try linear(pre + "mlp.fc2", mlp.pointer, rows: n, bias: true, into: h.pointer)
+            linear(layer.fc2, mlp.pointer, rows: n, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: n * d)
             layerOutputs?(x.array)
         }
@@ -125,13 +128,12 @@ public final class YiVLModel: @unchecked Sendable {
         guard features.count % input == 0 else { throw VLQError(nil, "vision features are not a multiple of \(input)") }
         let rows = features.count / input
         let a = FloatBuffer(rows * hidden), b = FloatBuffer(rows * hidden)
-        try features.withUnsafeBufferPointer { f in
-            try linear("model.mm_projector.0", f.baseAddress!, rows: rows, bias: true, into: a.pointer)
-        }
-        try layerNorm("model.mm_projector.1", a.pointer, rows: rows, cols: hidden, eps: config.projectorEps)
+        let projector = definition.projector
+        features.withUnsafeBufferPointer { f in linear(projector.first, f.baseAddress!, rows: rows, into: a.pointer) }
+        layerNorm(projector.firstNorm, a.pointer, rows: rows, cols: hidden, eps: config.projectorEps)
         Kernels.gelu(a.pointer, count: rows * hidden)
-        try linear("model.mm_projector.3", a.pointer, rows: rows, bias: true, into: b.pointer)
-        try layerNorm("model.mm_projector.4", b.pointer, rows: rows, cols: hidden, eps: config.projectorEps)
+        linear(projector.second, a.pointer, rows: rows, into: b.pointer)
+        layerNorm(projector.secondNorm, b.pointer, rows: rows, cols: hidden, eps: config.projectorEps)
         return b.array
     }
 
@@ -164,7 +166,7 @@ public final class YiVLModel: @unchecked Sendable {
     public func embed(_ ids: [Int]) throws -> [Float] {
         let l = config.language
         var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
-        try weights.withFloats("model.embed_tokens.weight") { table in
+        try weights.withFloats(definition.language.embedTokens) { table in
             for (i, id) in ids.enumerated() {
                 guard id >= 0, id < l.vocabSize else { throw VLQError(nil, "token id \(id) is outside the vocabulary of \(l.vocabSize)") }
                 for c in 0..<l.hiddenSize { out[i * l.hiddenSize + c] = table[id * l.hiddenSize + c] }
@@ -210,37 +212,31 @@ public final class YiVLModel: @unchecked Sendable {
         let x = FloatBuffer(embeddings)
         let h = FloatBuffer(rows * d), q = FloatBuffer(rows * l.heads * l.headDim), attended = FloatBuffer(rows * l.heads * l.headDim)
         let gate = FloatBuffer(rows * l.intermediateSize), up = FloatBuffer(rows * l.intermediateSize)
-        for layer in 0..<l.layers {
-            let pre = "model.layers.\(layer)."
-            try weights.withFloats(pre + "input_layernorm.weight") { w in
-                Kernels.rmsNorm(x.pointer, rows: rows, cols: d, weight: w.baseAddress!, eps: l.rmsNormEps, into: h.pointer)
-            }
-            let keys = cache.keys[layer].pointer + start * kvWidth, values = cache.values[layer].pointer + start * kvWidth
-            try linear(pre + "self_attn.q_proj", h.pointer, rows: rows, bias: false, into: q.pointer)
-            try linear(pre + "self_attn.k_proj", h.pointer, rows: rows, bias: false, into: keys)
-            try linear(pre + "self_attn.v_proj", h.pointer, rows: rows, bias: false, into: values)
+        for layer in definition.language.layers {
+            rmsNorm(layer.inputNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
+            let cachedKeys = cache.keys[layer.index].pointer, cachedValues = cache.values[layer.index].pointer
+            let keys = cachedKeys + start * kvWidth, values = cachedValues + start * kvWidth
+            linear(layer.query, h.pointer, rows: rows, into: q.pointer)
+            linear(layer.key, h.pointer, rows: rows, into: keys)
+            linear(layer.value, h.pointer, rows: rows, into: values)
             applyRoPE(q.pointer, rows: rows, stride: l.heads * l.headDim, heads: l.heads, firstPosition: start)
             applyRoPE(keys, rows: rows, stride: kvWidth, heads: l.kvHeads, firstPosition: start)
-            Kernels.attention(q: q.pointer, qStride: l.heads * l.headDim, k: cache.keys[layer].pointer, kStride: kvWidth,
-                              v: cache.values[layer].pointer, vStride: kvWidth, queries: rows, keys: start + rows,
+            Kernels.attention(q: q.pointer, qStride: l.heads * l.headDim, k: cachedKeys, kStride: kvWidth,
+                              v: cachedValues, vStride: kvWidth, queries: rows, keys: start + rows,
                               heads: l.heads, kvHeads: l.kvHeads, headDim: l.headDim, scale: 1 / Float(l.headDim).squareRoot(),
                               causal: true, firstQueryPosition: start, out: attended.pointer, outStride: l.heads * l.headDim)
-            try linear(pre + "self_attn.o_proj", attended.pointer, rows: rows, bias: false, into: h.pointer)
+            linear(layer.output, attended.pointer, rows: rows, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: rows * d)
-            try weights.withFloats(pre + "post_attention_layernorm.weight") { w in
-                Kernels.rmsNorm(x.pointer, rows: rows, cols: d, weight: w.baseAddress!, eps: l.rmsNormEps, into: h.pointer)
-            }
-            try linear(pre + "mlp.gate_proj", h.pointer, rows: rows, bias: false, into: gate.pointer)
-            try linear(pre + "mlp.up_proj", h.pointer, rows: rows, bias: false, into: up.pointer)
+            rmsNorm(layer.postAttentionNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
+            linear(layer.gate, h.pointer, rows: rows, into: gate.pointer)
+            linear(layer.up, h.pointer, rows: rows, into: up.pointer)
             Kernels.swiGLU(gate.pointer, up.pointer, count: rows * l.intermediateSize)
-            try linear(pre + "mlp.down_proj", gate.pointer, rows: rows, bias: false, into: h.pointer)
+            linear(layer.down, gate.pointer, rows: rows, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: rows * d)
             layerOutputs?(x.array)
         }
         cache.advance(by: rows)
-        try weights.withFloats("model.norm.weight") { w in
-            Kernels.rmsNorm(x.pointer, rows: rows, cols: d, weight: w.baseAddress!, eps: l.rmsNormEps, into: h.pointer)
-        }
+        rmsNorm(definition.language.norm, x.pointer, rows: rows, cols: d, into: h.pointer)
         return h.array
     }
 
@@ -249,10 +245,7 @@ public final class YiVLModel: @unchecked Sendable {
         let l = config.language
         let rows = hidden.count / l.hiddenSize
         let out = FloatBuffer(rows * l.vocabSize)
-        let head = l.tiedEmbeddings ? "model.embed_tokens" : "lm_head"
-        try hidden.withUnsafeBufferPointer { h in
-            try linear(head, h.baseAddress!, rows: rows, bias: false, into: out.pointer)
-        }
+        hidden.withUnsafeBufferPointer { h in linear(definition.language.head, h.baseAddress!, rows: rows, into: out.pointer) }
         return out.array
     }
 }

@@ -95,25 +95,26 @@ struct Bench: ParsableCommand {
             _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens))
         }
         let plain = try bestThrowing(repeats) { _ in try forward() }
-        let diagonal = StatisticsCollector(withGram: false)
+        let diagonal = StatisticsCollector(definition: engine.model.definition, withGram: false)
         engine.model.observer = diagonal
-        let withDiagonal = try bestThrowing(repeats) { _ in diagonal.nextSample(); try forward() }
+        let withDiagonal = try bestThrowing(repeats) { _ in try forward() }
         engine.model.observer = nil
         print("calibration, one sample (\(c.vision.patchCount + 1) vision positions, \(tokens) decoder tokens): forward \(fixed(plain, 2)) s; with E[x], E[x^2] statistics \(fixed(withDiagonal, 2)) s (+\(fixed(100 * (withDiagonal / plain - 1), 1))%)")
-        let gram = StatisticsCollector(withGram: true)
+        let gram = StatisticsCollector(definition: engine.model.definition, withGram: true)
         engine.model.observer = gram
-        let decoderOnly = try bestThrowing(2) { _ in gram.nextSample(); _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens)) }
+        let decoderOnly = try bestThrowing(2) { _ in _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens)) }
         engine.model.observer = nil
         let decoderPlain = try bestThrowing(repeats) { _ in _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens)) }
         print("decoder prefill with X^T X statistics (gptq, awq): \(fixed(decoderOnly, 2)) s vs \(fixed(decoderPlain, 2)) s plain (+\(fixed(100 * (decoderOnly / decoderPlain - 1), 1))%)")
 
-        let names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-            .map { "model.layers.0.\($0).weight" }
+        let definition = engine.model.definition
+        let layer = definition.language.layers[0]
         var parameters = 0
         var rtnSeconds: [TensorEncoding: Double] = [:]
         var gptqSeconds = 0.0
-        for name in names {
-            let w = try engine.model.weights.floats(name), shape = try engine.model.weights.shape(name)
+        for linear in layer.linears {
+            let name = definition.name(linear.weight)
+            let w = engine.model.weights.floats(linear.weight), shape = engine.model.weights.shape(linear.weight)
             parameters += w.count
             for encoding in [TensorEncoding.q8, .q4] {
                 let t = monotonicSeconds()

@@ -45,8 +45,8 @@ final class QuantizationMethodTests: XCTestCase {
             ("model.mm_projector.3.weight", .q8, 128),
         ]
         for (name, encoding, group) in cases {
-            let w = try weights.floats(name)
-            let shape = try weights.shape(name)
+            let w = try weights.floats(named: name)
+            let shape = try weights.shape(named: name)
             let rows = shape[0], columns = shape[1]
             let stats = try XCTUnwrap(Self.split.calibration.statistics(for: name))
             func error(_ method: QuantizationMethod, scales: [Float]? = nil) throws -> Double {
@@ -68,7 +68,7 @@ final class QuantizationMethodTests: XCTestCase {
     func testGPTQWithActivationOrderAlsoBeatsRoundToNearest() throws {
         let name = "model.layers.1.mlp.down_proj.weight"
         let weights = EngineParityTests.folderEngine.model.weights
-        let w = try weights.floats(name), shape = try weights.shape(name)
+        let w = try weights.floats(named: name), shape = try weights.shape(named: name)
         let stats = try XCTUnwrap(Self.split.calibration.statistics(for: name))
         let rtn = MatrixQuantizer.roundToNearest(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128)
         let ordered = try GPTQ(activationOrder: true).quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: stats.gram!)

@@ -1,6 +1,7 @@
 import Foundation
 import VLQCore
 import XCTest
+import YiVL
 
 /// Paths and helpers shared by the tests.
 enum Repo {
@@ -173,4 +174,10 @@ struct SplitMix64 {
     }
 
     mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
+}
+
+extension WeightStore {
+    /// Tests name weights as checkpoints do; the engine holds them by handle.
+    func floats(named name: String) throws -> [Float] { floats(try XCTUnwrap(definition.handle(named: name))) }
+    func shape(named name: String) throws -> [Int] { shape(try XCTUnwrap(definition.handle(named: name))) }
 }
