@@ -333,52 +333,40 @@ public final class Converter {
         }
 
         let folderPrefix = checkpoint.folder.hasSuffix("/") ? checkpoint.folder : checkpoint.folder + "/"
-        let sources: [JSONValue] = digests.keys.sorted().map { path in
-            let relative = path.hasPrefix(folderPrefix) ? String(path.dropFirst(folderPrefix.count)) : path
-            return ["path": .string(relative), "bytes": .int(Int64(digests[path]!.size)), "xxh3": .string(hex64(digests[path]!.digest))]
-        }.sorted { $0["path"]!.stringValue! < $1["path"]!.stringValue! }
+        func relative(_ path: String) -> String { path.hasPrefix(folderPrefix) ? String(path.dropFirst(folderPrefix.count)) : path }
+        let sources = digests.keys.map { path in
+            BundleMetadata.SourceFile(path: relative(path), bytes: digests[path]!.size, xxh3: hex64(digests[path]!.digest))
+        }.sorted { $0.path < $1.path }
 
-        let generation = smallFiles["generation_config.json"] ?? .object([:])
-        var generationDefaults = generation.objectValue ?? [:]
-        generationDefaults["stop"] = .array(YiVLChat.stopStrings.map { .string($0) })
-        if generationDefaults["do_sample"] == nil { generationDefaults["do_sample"] = false }
-
-        let tokenizerConfig = smallFiles["tokenizer_config.json"]
-        let folderName = checkpoint.model.modelName
-        let towerRelative = checkpoint.visionFolder.hasPrefix(folderPrefix) ? String(checkpoint.visionFolder.dropFirst(folderPrefix.count)) : checkpoint.visionFolder
-        return [
-            "format": ["name": "vlq", "version": .string("\(VLQLayout.majorVersion).\(VLQLayout.minorVersion)")],
-            "model": ["architecture": "yi-vl", "name": .string(folderName)],
-            "architecture": config.architectureMetadata,
-            "configs": [
-                "language": config.rootJSON,
-                "vision": config.visionJSON,
-                "preprocessor": config.preprocessorJSON,
-                "generation": smallFiles["generation_config.json"] ?? .null,
-                "tokenizer": tokenizerConfig ?? .null,
-                "special_tokens_map": smallFiles["special_tokens_map.json"] ?? .null,
-            ],
-            "preprocessing": config.preprocessingMetadata,
-            "chat": config.chatMetadata,
-            "tokenizer": [
-                "type": "sentencepiece",
-                "model": .string(Base64.encode(tokenizerBytes)),
-                "model_bytes": .int(Int64(tokenizerBytes.count)),
-                "model_xxh3": .string(hex64(XXH3Hasher.hash(tokenizerBytes))),
-                "add_bos_token": .bool(tokenizerConfig?["add_bos_token"]?.boolValue ?? false),
-                "add_eos_token": .bool(tokenizerConfig?["add_eos_token"]?.boolValue ?? false),
-                "special_tokens": config.specialTokensMetadata(tokenizerConfig: tokenizerConfig, specialTokensMap: smallFiles["special_tokens_map.json"]),
-            ],
-            "generation": .object(generationDefaults),
-            "provenance": [
-                "vlq_version": .string(VLQVersion.string),
-                "converter": ["dtype": .string(options.dtype.rawValue), "alignment": .int(Int64(options.alignment))],
-                "vision_tower": .string(towerRelative),
-                "in_shard_vision_copy": .bool(!checkpoint.inShardVisionCopy.isEmpty),
-                "ignored_tensors": .array(checkpoint.ignoredTensors.map { .string($0) }),
-                "source_files": .array(sources),
-            ],
-            "quantization": .object([:]),
-        ]
+        let generation = smallFiles["generation_config.json"]?.objectValue ?? [:]
+        let tokenizerConfig = smallFiles["tokenizer_config.json"], specialTokensMap = smallFiles["special_tokens_map.json"]
+        func special(_ key: String, withID: Bool = true) -> BundleMetadata.SpecialToken {
+            BundleMetadata.SpecialToken(key, config: config, tokenizerConfig: tokenizerConfig, specialTokensMap: specialTokensMap,
+                                        withID: withID)
+        }
+        let tokenizer = BundleMetadata.Tokenizer(
+            type: "sentencepiece", model: tokenizerBytes, modelXXH3: hex64(XXH3Hasher.hash(tokenizerBytes)),
+            addBOSToken: tokenizerConfig?["add_bos_token"]?.boolValue ?? false,
+            addEOSToken: tokenizerConfig?["add_eos_token"]?.boolValue ?? false,
+            bos: special("bos"), eos: special("eos"), pad: special("pad"), unk: special("unk", withID: false))
+        let provenance = BundleMetadata.Provenance(
+            vlqVersion: VLQVersion.string, converterDType: options.dtype.rawValue, converterAlignment: options.alignment,
+            visionTower: relative(checkpoint.visionFolder), inShardVisionCopy: !checkpoint.inShardVisionCopy.isEmpty,
+            ignoredTensors: checkpoint.ignoredTensors, sourceFiles: sources)
+        let metadata = BundleMetadata(
+            formatVersion: "\(VLQLayout.majorVersion).\(VLQLayout.minorVersion)",
+            model: BundleMetadata.Model(architecture: "yi-vl", name: checkpoint.model.modelName),
+            architecture: BundleMetadata.Architecture(config),
+            configs: ["language": config.rootJSON, "vision": config.visionJSON, "preprocessor": config.preprocessorJSON,
+                      "generation": smallFiles["generation_config.json"] ?? .null, "tokenizer": tokenizerConfig ?? .null,
+                      "special_tokens_map": specialTokensMap ?? .null],
+            preprocessing: EngineConfig(config).preprocessing,
+            chat: BundleMetadata.Chat(config),
+            tokenizer: tokenizer,
+            generation: BundleMetadata.Generation(settings: generation.filter { $0.key != "stop" && $0.key != "do_sample" },
+                                                  stop: YiVLChat.stopStrings,
+                                                  doSample: generation["do_sample"]?.boolValue ?? false),
+            provenance: provenance)
+        return metadata.json
     }
 }

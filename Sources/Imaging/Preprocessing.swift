@@ -3,7 +3,13 @@ import VLQCore
 /// Yi-VL's image pipeline (`image_aspect_ratio: "pad"` + CLIPImageProcessor), step for step as
 /// transformers and PIL compute it, so that pixel values come out bit-identical.
 public struct ImagePreprocessing: Equatable, Sendable {
-    public var padToSquare = true
+    /// PIL's convert("RGB") first (recorded; decoding always yields RGB).
+    public var convertRGB = true
+    /// Yi-VL's `image_aspect_ratio`: "pad" pads to a square; "square" and "original" do not.
+    public var aspectRatio = "pad" {
+        didSet { padToSquare = aspectRatio == "pad" }
+    }
+    public private(set) var padToSquare = true
     public var padColor: [UInt8] = [122, 116, 104]
     public var resize = true
     public var shortestEdge = 448
@@ -25,13 +31,15 @@ public struct ImagePreprocessing: Equatable, Sendable {
             guard let v else { throw VLQError(source, "metadata preprocessing.\(key) is missing or malformed") }
             return v
         }
-        padToSquare = try need(m["aspect_ratio"]?.stringValue, "aspect_ratio") == "pad"
+        // Recorded only (decoding always yields RGB): absent reads as PIL's default.
+        convertRGB = m["convert_rgb"]?.boolValue ?? true
+        aspectRatio = try need(m["aspect_ratio"]?.stringValue, "aspect_ratio")
+        padToSquare = aspectRatio == "pad"
         padColor = try need(m["pad_color"]?.arrayValue?.compactMap { $0.intValue.map { UInt8(clamping: $0) } }, "pad_color")
         resize = try need(m["resize"]?.boolValue, "resize")
         shortestEdge = try need(m["shortest_edge"]?.intValue, "shortest_edge")
         let filterName = try need(m["resample"]?.stringValue, "resample")
-        let filters: [String: Resampler.Filter] = ["bicubic": .bicubic, "bilinear": .bilinear, "box": .box, "hamming": .hamming, "lanczos": .lanczos]
-        filter = try need(filters[filterName], "resample")
+        filter = try need(ImagePreprocessing.filterNames.first { $0.value == filterName }?.key, "resample")
         centerCrop = try need(m["center_crop"]?.boolValue, "center_crop")
         let crop = try need(m["crop_size"]?.arrayValue?.compactMap(\.intValue), "crop_size")
         guard crop.count == 2, padColor.count == 3 else { throw VLQError(source, "metadata preprocessing is malformed") }
@@ -46,6 +54,21 @@ public struct ImagePreprocessing: Equatable, Sendable {
             throw VLQError(source, "metadata preprocessing is malformed")
         }
         if let problem = settingsProblem { throw VLQError(source, "metadata preprocessing: \(problem)") }
+    }
+
+    static let filterNames: [Resampler.Filter: String] = [.bicubic: "bicubic", .bilinear: "bilinear",
+                                                         .box: "box", .hamming: "hamming", .lanczos: "lanczos"]
+
+    /// The `preprocessing` section of a bundle's metadata (formats/VLQ-BUNDLE.md, section 6).
+    public var json: JSONValue {
+        [
+            "convert_rgb": .bool(convertRGB), "aspect_ratio": .string(aspectRatio),
+            "pad_color": .array(padColor.map { .int(Int64($0)) }), "resize": .bool(resize),
+            "shortest_edge": .int(Int64(shortestEdge)), "resample": .string(ImagePreprocessing.filterNames[filter] ?? "bicubic"),
+            "center_crop": .bool(centerCrop), "crop_size": [.int(Int64(cropHeight)), .int(Int64(cropWidth))],
+            "rescale": .bool(rescale), "rescale_factor": .double(rescaleFactor), "normalize": .bool(normalize),
+            "mean": .array(mean.map { .double($0) }), "std": .array(std.map { .double($0) }),
+        ]
     }
 
     /// The result (cropped, else resized, else padded) may have no more pixels than this: the model

@@ -44,7 +44,8 @@ public struct EngineConfig: Sendable {
                             tiedEmbeddings: l.tieWordEmbeddings)
         var p = ImagePreprocessing()
         let pc = c.preprocessor
-        p.padToSquare = c.multimodal.imageAspectRatio == "pad"
+        p.aspectRatio = c.multimodal.imageAspectRatio
+        p.convertRGB = pc.doConvertRGB
         p.padColor = pc.padColor.map { UInt8(clamping: $0) }
         p.resize = pc.doResize
         p.shortestEdge = pc.shortestEdge
@@ -61,39 +62,29 @@ public struct EngineConfig: Sendable {
     }
 
     /// From a bundle's metadata (formats/VLQ-BUNDLE.md, section 6).
-    public init(metadata m: JSONValue, source: String) throws {
-        func int(_ section: JSONValue?, _ key: String) throws -> Int {
-            guard let v = section?[key]?.intValue else { throw VLQError(source, "metadata architecture lacks \(key)") }
-            return v
+    public init(metadata json: JSONValue, source: String) throws {
+        try self.init(BundleMetadata(json: json, source: source), source: source)
+    }
+
+    /// From the architecture, preprocessing and chat sections of a bundle's metadata.
+    public init(_ m: BundleMetadata, source: String) throws {
+        let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
+        guard p.type == "mlp2x_gelu_Norm" else {
+            throw VLQError(source, "metadata: projector type \(p.type) is not supported")
         }
-        func double(_ section: JSONValue?, _ key: String) throws -> Double {
-            guard let v = section?[key]?.doubleValue else { throw VLQError(source, "metadata architecture lacks \(key)") }
-            return v
-        }
-        let a = m["architecture"], v = a?["vision"], p = a?["projector"], l = a?["language"]
-        guard p?["type"]?.stringValue == "mlp2x_gelu_Norm" else {
-            throw VLQError(source, "metadata: projector type \(p?["type"]?.stringValue ?? "missing") is not supported")
-        }
-        vision = Vision(hiddenSize: try int(v, "hidden_size"), intermediateSize: try int(v, "intermediate_size"),
-                        layers: try int(v, "layers"), heads: try int(v, "heads"), imageSize: try int(v, "image_size"),
-                        patchSize: try int(v, "patch_size"), channels: try int(v, "channels"),
-                        layerNormEps: Float(try double(v, "layer_norm_eps")),
-                        quickGELU: v?["hidden_act"]?.stringValue == "quick_gelu",
-                        selectedHiddenState: try int(v, "selected_hidden_state"),
-                        keepClassToken: v?["select_feature"]?.stringValue == "cls_patch")
-        projectorInput = try int(p, "input_size")
-        projectorEps = Float(try double(p, "layer_norm_eps"))
-        language = Language(hiddenSize: try int(l, "hidden_size"), intermediateSize: try int(l, "intermediate_size"),
-                            layers: try int(l, "layers"), heads: try int(l, "heads"), kvHeads: try int(l, "kv_heads"),
-                            vocabSize: try int(l, "vocab_size"), rmsNormEps: Float(try double(l, "rms_norm_eps")),
-                            ropeTheta: try double(l, "rope_theta"), tiedEmbeddings: l?["tie_word_embeddings"]?.boolValue ?? false)
-        guard let pre = m["preprocessing"] else { throw VLQError(source, "metadata lacks preprocessing") }
-        preprocessing = try ImagePreprocessing(metadata: pre, source: source)
-        if let chat = m["chat"] {
-            systemPrompt = chat["system"]?.stringValue ?? systemPrompt
-            template = chat["template"]?.stringValue ?? template
-            stopStrings = chat["stop"]?.arrayValue?.compactMap(\.stringValue) ?? stopStrings
-        }
+        vision = Vision(hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
+                        imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
+                        layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
+                        selectedHiddenState: v.selectedHiddenState, keepClassToken: v.selectFeature == "cls_patch")
+        projectorInput = p.inputSize
+        projectorEps = Float(p.layerNormEps)
+        language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
+                            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps),
+                            ropeTheta: l.ropeTheta, tiedEmbeddings: l.tieWordEmbeddings)
+        preprocessing = m.preprocessing
+        systemPrompt = m.chat.system
+        template = m.chat.template
+        stopStrings = m.chat.stop
         try validate(language: source, vision: source, preprocessor: source)
     }
 

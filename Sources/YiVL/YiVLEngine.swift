@@ -33,12 +33,11 @@ public final class YiVLEngine: @unchecked Sendable {
             return YiVLEngine(source: path, model: model, tokenizer: tokenizer)
         }
         let bundle = try VLQFile(path: path)
-        let config = try EngineConfig(metadata: bundle.metadata, source: path)
+        let metadata = try BundleMetadata(json: bundle.metadata, source: path)
+        let config = try EngineConfig(metadata, source: path)
         try config.checkTable(of: bundle)
-        guard let encoded = bundle.metadata["tokenizer"]?["model"]?.stringValue, let bytes = Base64.decode(encoded) else {
-            throw VLQError(path, "metadata lacks the tokenizer model")
-        }
-        let tokenizer = try Tokenizer(model: try SentencePieceModel(bytes: bytes, source: path + " (tokenizer)"), source: path)
+        let tokenizer = try Tokenizer(model: try SentencePieceModel(bytes: metadata.tokenizer.model, source: path + " (tokenizer)"),
+                                      source: path)
         let weights = WeightStore(bundle: bundle, definition: ModelDefinition(config), cacheBudget: cacheBudget)
         return YiVLEngine(source: path, model: YiVLModel(weights: weights), tokenizer: tokenizer)
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import VLQCore
 import VLQFormat
+import YiVL
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,18 +23,15 @@ struct Inspect: ParsableCommand {
             print(file.inspection.serialized(pretty: true))
             return
         }
-        let m = file.metadata
+        let m = try BundleMetadata(json: file.metadata, source: bundle)
         print("\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes")
-        if let name = m["model"]?["name"]?.stringValue, let arch = m["model"]?["architecture"]?.stringValue {
-            print("model: \(name) (\(arch))")
-        }
-        if let a = m["architecture"] {
-            let v = a["vision"], p = a["projector"], l = a["language"]
-            print("vision: \(v?["layers"]?.intValue ?? 0) layers x \(v?["hidden_size"]?.intValue ?? 0), \(v?["image_size"]?.intValue ?? 0) px / patch \(v?["patch_size"]?.intValue ?? 0), features from hidden state \(v?["selected_hidden_state"]?.intValue ?? 0)")
-            print("projector: \(p?["type"]?.stringValue ?? "?") \(p?["input_size"]?.intValue ?? 0) -> \(p?["hidden_size"]?.intValue ?? 0)")
-            print("language: \(l?["layers"]?.intValue ?? 0) layers x \(l?["hidden_size"]?.intValue ?? 0), \(l?["heads"]?.intValue ?? 0) heads / \(l?["kv_heads"]?.intValue ?? 0) kv, vocab \(l?["vocab_size"]?.intValue ?? 0)")
-        }
-        if let q = m["quantization"]?.objectValue, !q.isEmpty {
+        print("model: \(m.model.name) (\(m.model.architecture))")
+        let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
+        print("vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from hidden state \(v.selectedHiddenState)")
+        print("projector: \(p.type) \(p.inputSize) -> \(p.hiddenSize)")
+        print("language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
+        if m.isQuantized {
+            let q = m.quantization
             var line = "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
             if let c = q["calibration"] { line += ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))" }
             let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }

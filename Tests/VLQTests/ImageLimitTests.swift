@@ -165,10 +165,10 @@ final class ImageLimitTests: XCTestCase {
     func testResultsLargerThanTheLimitAreRefused() throws {
         let wide = RGBImage(width: 100_000, height: 1, fill: [1, 2, 3])
         var p = ImagePreprocessing()
-        p.padToSquare = false  // shortest edge 1 -> 448: 44,800,000 x 448
+        p.aspectRatio = "square"  // shortest edge 1 -> 448: 44,800,000 x 448
         assertVLQError(try p.pixelValues(wide, source: "wide.png"),
                        contains: ["wide.png: resizing the 100000x1 image to a shortest edge of 448 gives more than"])
-        p.padToSquare = true
+        p.aspectRatio = "pad"
         p.resize = false
         p.centerCrop = false  // the result would be the 100000 x 100000 square
         assertVLQError(try p.pixelValues(wide, source: "wide.png"),
