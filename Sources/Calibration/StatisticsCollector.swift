@@ -2,6 +2,8 @@ import VLQCore
 import YiVL
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Half of this machine's memory, the default budget for X^T X accumulators.

@@ -155,6 +155,8 @@ public enum Resampler {
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 extension Resampler {

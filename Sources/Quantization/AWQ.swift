@@ -2,6 +2,8 @@ import Calibration
 import VLQFormat
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// AWQ (Lin et al., 2023): per-input-channel scales s = mean|x|^alpha, alpha searched on a grid so

@@ -135,7 +135,7 @@ public enum TemporaryFiles {
             _exit(128 + signal)
         }
         for s in [SIGINT, SIGTERM, SIGHUP] {
-            _ = Glibc.signal(s, handler)
+            _ = signal(s, handler)
         }
     }
 }

@@ -1,6 +1,8 @@
 import CZstd
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 public enum Zstd {

@@ -1,5 +1,7 @@
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// How far a candidate's next-token distributions are from a reference's, position by position,
@@ -39,8 +41,8 @@ public struct LogitDrift: Sendable {
         for i in 0..<n { m = max(m, Double(x[start + i])) }
         var sum = 0.0
         for i in 0..<n { sum += exp(Double(x[start + i]) - m) }
-        let log = m + Glibc.log(sum)
-        return (0..<n).map { Double(x[start + $0]) - log }
+        let logSum = m + log(sum)
+        return (0..<n).map { Double(x[start + $0]) - logSum }
     }
 
     public var meanKLD: Double { klDivergences.isEmpty ? 0 : klDivergences.reduce(0, +) / Double(klDivergences.count) }

@@ -149,6 +149,8 @@ public enum HTMLReport {
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Minimal PNG writer for thumbnails: 8-bit RGB, zlib with stored (uncompressed) deflate blocks,

@@ -276,6 +276,8 @@ public struct RunComparison: Sendable {
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Which quantized layers cost the most: the reference model with one layer at a time taken from the

@@ -2,6 +2,8 @@ import CBLAS
 import Dispatch
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// The numeric building blocks of the forward pass. Matrices are row-major f32; products go

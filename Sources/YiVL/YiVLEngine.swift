@@ -6,6 +6,8 @@ import VLQFormat
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Yi-VL end to end: image + question in, per-stage outputs and answers out.

@@ -1,6 +1,8 @@
 import VLQCore
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Sees the input of every Linear layer as the forward pass runs (calibration statistics).

@@ -8,6 +8,8 @@ import YiVL
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 struct Bench: ParsableCommand {

@@ -4,6 +4,8 @@ import VLQCore
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 @main
@@ -42,9 +44,12 @@ func printError(_ line: String) {
     print(line, to: &stderr)
 }
 
+/// The C stderr stream, named apart from Swift's own `stderr` variables.
+var standardErrorStream: UnsafeMutablePointer<FILE> { stderr }
+
 struct StandardError: TextOutputStream {
     mutating func write(_ string: String) {
-        fputs(string, Glibc.stderr)
+        fputs(string, standardErrorStream)
     }
 }
 

@@ -3,6 +3,8 @@ import VLQCore
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Log lines on stderr as `vlq: level: message`: short, greppable, one event per line.
@@ -55,10 +57,10 @@ final class ByteProgress {
             let eta = rate > 0 ? Double(total - done) / rate : 0
             let amounts = unit == "bytes" ? "\(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s" : "\(done)/\(total) \(unit) \(fixed(rate, 2))/s"
             let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(amounts) ETA \(formatDuration(eta))"
-            fputs("\r\u{1B}[K" + line, Glibc.stderr)
+            fputs("\r\u{1B}[K" + line, standardErrorStream)
             if done == total && !finished {
                 finished = true
-                fputs("\n", Glibc.stderr)
+                fputs("\n", standardErrorStream)
             }
         } else {
             // Log lines for small jobs would only be noise: they finish before anyone reads them.
