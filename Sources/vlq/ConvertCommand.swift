@@ -19,29 +19,20 @@ struct Convert: ParsableCommand {
     var output: String
 
     @Option(help: "Storage type of the weights: keep (each tensor's source dtype), f32, f16 or bf16.")
-    var dtype: String = "keep"
+    var dtype: OutputDType = .keep
 
     @Option(name: .customLong("vision-tower"), help: "Vision tower folder, instead of config.json's mm_vision_tower.")
     var visionTower: String?
 
     @Option(name: .customLong("metadata-compression"), help: "zstd (default) or none: how the metadata section is stored.")
-    var metadataCompression: String = "zstd"
+    var metadataCompression: MetadataCompression = .zstd
 
     @OptionGroup var global: GlobalOptions
 
-    func validate() throws {
-        guard OutputDType(rawValue: dtype) != nil else {
-            throw ValidationError("--dtype must be one of: \(OutputDType.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard ["zstd", "none"].contains(metadataCompression) else {
-            throw ValidationError("--metadata-compression must be zstd or none")
-        }
-    }
-
     func run() throws {
         let logger = global.makeLogger("vlq.convert")
-        var options = ConvertOptions(dtype: OutputDType(rawValue: dtype)!, visionTower: visionTower)
-        options.compressMetadata = metadataCompression == "zstd"
+        var options = ConvertOptions(dtype: dtype, visionTower: visionTower)
+        options.compressMetadata = metadataCompression == .zstd
         let progress = ByteProgress(label: "convert", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
         let report = try Converter(options: options, logger: logger).convert(folder: model, output: output, progress: progress.update)

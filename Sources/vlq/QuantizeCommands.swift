@@ -95,13 +95,13 @@ struct Quantize: ParsableCommand {
     var output: String
 
     @Option(help: "int8 or int4.")
-    var preset: String?
+    var preset: Preset?
 
     @Option(help: "A recipe JSON file (see formats/RECIPES.md).")
     var recipe: String?
 
     @Option(help: "rtn, imatrix, awq or gptq (default: the recipe's, else rtn).")
-    var method: String?
+    var method: QuantizationMethod?
 
     @Option(help: "Calibration set: a JSONL manifest or a folder of images.")
     var set: String?
@@ -123,21 +123,19 @@ struct Quantize: ParsableCommand {
 
     func validate() throws {
         guard (preset == nil) != (recipe == nil) else { throw ValidationError("give exactly one of --preset and --recipe") }
-        if let preset, Recipe.preset(preset) == nil { throw ValidationError("--preset must be int8 or int4") }
-        if let method, QuantizationMethod(rawValue: method) == nil { throw ValidationError("--method must be rtn, imatrix, awq or gptq") }
         if set != nil && stats != nil { throw ValidationError("give --set or --stats, not both") }
     }
 
     func run() throws {
         let logger = global.makeLogger("vlq.quantize")
         var chosen: Recipe
-        if let preset { chosen = Recipe.preset(preset)! } else {
+        if let preset { chosen = Recipe.preset(preset.rawValue)! } else {
             let file = try MappedFile(path: recipe!)
             let json: JSONValue
             do { json = try JSONValue.parse(file.bytes) } catch { throw VLQError(recipe!, "\(error)") }
             chosen = try Recipe(json: json, source: recipe!)
         }
-        if let method { chosen.method = QuantizationMethod(rawValue: method)! }
+        if let method { chosen.method = method }
         let need = QuantizePipeline.needs(chosen)
         if need.statistics && set == nil && stats == nil {
             throw ValidationError("method \(chosen.method?.rawValue ?? "") is calibrated: give --set (e.g. calibration/default.jsonl) or --stats")
