@@ -27,7 +27,7 @@ extension Zstd {
                 guard out.count < declaredSize else {
                     throw VLQError(nil, "zstd: expands to more than the \(declaredSize) bytes expected")
                 }
-                out.append(contentsOf: repeatElement(0, count: min(max(out.count, 1 << 16), declaredSize - out.count)))
+                out.append(contentsOf: [UInt8](repeating: 0, count: min(max(out.count, 1 << 16), declaredSize - out.count)))
             } else if input.pos == input.size {
                 throw VLQError(nil, "zstd: the frame is truncated (\(produced) of \(declaredSize) bytes)")
             }
