@@ -59,6 +59,8 @@ let package = Package(
             "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // What each fuzz target does with one input (tools/fuzz.sh); the regression tests replay saved inputs through it.
+        .target(name: "FuzzTargets", dependencies: ["VLQCore", "SafeTensors", "PyTorchCheckpoint", "VLQFormat", "Tokenizer", "Imaging", "YiVL", "Calibration"]),
         .executableTarget(name: "vlq", dependencies: [
             "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -67,9 +69,15 @@ let package = Package(
         .testTarget(
             name: "VLQTests",
             dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
-                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "vlq"],
+                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets", "vlq"],
             exclude: []
         ),
     ],
     swiftLanguageModes: [.v5]
 )
+
+// The libFuzzer driver links libFuzzer, which needs the sanitizer flags tools/fuzz.sh passes, so it is
+// part of the package only when VLQ_FUZZ is set: plain `swift build` and `swift test` never see it.
+if Context.environment["VLQ_FUZZ"] != nil {
+    package.targets.append(.executableTarget(name: "vlq-fuzz", dependencies: ["FuzzTargets", "VLQCore"]))
+}

@@ -88,6 +88,15 @@ int vlq_decode_png(const uint8_t *data, size_t size, uint64_t max_pixels, vlq_de
                  (unsigned long long)max_pixels);
         png_error(png, limit);
     }
+    /* Deflate expands at most 1032:1, so the filtered rows (a filter byte each) of an honest file fit
+     * in 1032 times its size: a header declaring more is refused before the rows are allocated. */
+    uint64_t filtered = ((uint64_t)png_get_rowbytes(png, info) + 1) * height;
+    if (filtered > (uint64_t)size * 1032 + 4096) {
+        char limit[160];
+        snprintf(limit, sizeof limit, "%ux%u pixels need %llu bytes of image data, more than a %zu-byte file can hold",
+                 width, height, (unsigned long long)filtered, size);
+        png_error(png, limit);
+    }
     vlq_pixel_layout layout;
     /* Like PIL: palettes expand to RGB, low bit depths scale to 8 bits, 16-bit colour keeps the high
      * byte; 16-bit gray stays 16-bit (PIL's "I;16"), converted later. */

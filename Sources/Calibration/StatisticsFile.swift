@@ -46,7 +46,16 @@ public struct StatisticsFile {
     }
 
     public static func read(_ path: String) throws -> StatisticsFile {
-        let file = try CompressedSafeTensors.read(path, format: "vlqstats 1", kind: ".vlqstats")
+        try read(file: CompressedSafeTensors.read(path, format: "vlqstats 1", kind: ".vlqstats"), path: path)
+    }
+
+    /// A `.vlqstats` file already in memory; `source` names it in errors.
+    public static func read(bytes: UnsafeRawBufferPointer, source: String) throws -> StatisticsFile {
+        try read(file: CompressedSafeTensors.read(bytes: bytes, source: source, format: "vlqstats 1", kind: ".vlqstats"),
+                 path: source)
+    }
+
+    static func read(file: SafeTensorsFile, path: String) throws -> StatisticsFile {
         func doubles(_ name: String, rank: Int) throws -> [Double] {
             guard let info = file.info(name) else { throw VLQError(path, "missing \(name)") }
             guard info.dtype == .f64, info.shape.count == rank else {

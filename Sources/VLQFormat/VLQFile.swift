@@ -15,9 +15,15 @@ public final class VLQFile: @unchecked Sendable {
     public let metadata: JSONValue
     private let indexByName: [String: Int]
 
-    public init(path: String) throws {
+    public convenience init(path: String) throws {
+        try self.init(mapped: try MappedFile(path: path))
+    }
+
+    /// A bundle already in memory or mapped (`mapped.path` names it in errors): what `init(path:)`
+    /// opens, and what the fuzzer feeds.
+    public init(mapped: MappedFile) throws {
+        let path = mapped.path
         self.path = path
-        let mapped = try MappedFile(path: path)
         self.mapped = mapped
         let fail = { (reason: String) in VLQError(path, reason) }
         let bytes = mapped.bytes
@@ -105,6 +111,7 @@ public final class VLQFile: @unchecked Sendable {
             metadataBytes = Array(storedMetadata)
         case .zstd?:
             guard metadataSize <= 1 << 30 else { throw fail("metadata claims \(metadataSize) bytes, over 1 GiB") }
+            // Not allocated by the size the header declares: the buffer grows with the real output.
             do { metadataBytes = try Zstd.decompress(storedMetadata, expectedSize: metadataSize) } catch let e as VLQError {
                 throw fail("metadata: \(e.reason)")
             }

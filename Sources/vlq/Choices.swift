@@ -9,7 +9,7 @@ extension OutputDType: ExpressibleByArgument {}
 extension QuantizationMethod: ExpressibleByArgument {}
 
 /// How convert stores the metadata section.
-enum MetadataCompression: String, CaseIterable, ExpressibleByArgument {
+enum MetadataCompressionChoice: String, CaseIterable, ExpressibleByArgument {
     case zstd, none
 }
 

@@ -25,7 +25,7 @@ struct Convert: ParsableCommand {
     var visionTower: String?
 
     @Option(name: .customLong("metadata-compression"), help: "zstd (default) or none: how the metadata section is stored.")
-    var metadataCompression: MetadataCompression = .zstd
+    var metadataCompression: MetadataCompressionChoice = .zstd
 
     @OptionGroup var global: GlobalOptions
 
