@@ -20,6 +20,8 @@ public struct EngineConfig: Sendable {
         public var rmsNormEps: Float
         public var ropeTheta: Double
         public var tiedEmbeddings: Bool
+        /// The context: positions RoPE was trained for (`max_position_embeddings`), what a chat may fill.
+        public var maxPositions = 4096
         public var headDim: Int { hiddenSize / heads }
     }
 
@@ -42,6 +44,7 @@ public struct EngineConfig: Sendable {
         language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
                             kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps), ropeTheta: l.ropeTheta,
                             tiedEmbeddings: l.tieWordEmbeddings)
+        language.maxPositions = l.maxPositionEmbeddings
         var p = ImagePreprocessing()
         let pc = c.preprocessor
         p.padToSquare = c.multimodal.imageAspectRatio == "pad"
@@ -87,6 +90,8 @@ public struct EngineConfig: Sendable {
                             layers: try int(l, "layers"), heads: try int(l, "heads"), kvHeads: try int(l, "kv_heads"),
                             vocabSize: try int(l, "vocab_size"), rmsNormEps: Float(try double(l, "rms_norm_eps")),
                             ropeTheta: try double(l, "rope_theta"), tiedEmbeddings: l?["tie_word_embeddings"]?.boolValue ?? false)
+        // Yi's default, as for a config.json without the key.
+        language.maxPositions = l?["max_position_embeddings"]?.intValue ?? 4096
         guard let pre = m["preprocessing"] else { throw VLQError(source, "metadata lacks preprocessing") }
         preprocessing = try ImagePreprocessing(metadata: pre, source: source)
         if let chat = m["chat"] {
@@ -107,6 +112,7 @@ public struct EngineConfig: Sendable {
         public static let vocabulary = 1 << 22
         public static let imageSide = 1 << 13
         public static let patches = 1 << 16
+        public static let positions = 1 << 20
     }
 
     /// The one place every hyperparameter is checked, whether it came from a Hugging Face folder's
@@ -153,6 +159,7 @@ public struct EngineConfig: Sendable {
                     "num_attention_heads \(l.heads) is not a multiple of num_key_value_heads \(l.kvHeads)")
         try require(l.headDim % 2 == 0, languageSource, "head dimension \(l.headDim) is odd; RoPE rotates pairs")
         try within(l.vocabSize, Limits.vocabulary, "vocab_size", languageSource)
+        try within(l.maxPositions, Limits.positions, "max_position_embeddings", languageSource)
         try positive(Double(l.rmsNormEps), "rms_norm_eps", languageSource)
         try positive(l.ropeTheta, "rope_theta", languageSource)
 
