@@ -10,6 +10,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "vlq", targets: ["vlq"]),
+        // Yi-VL for Swift apps: open a bundle, answer questions about an image, chat (Sources/VLQ/README.md).
+        .library(name: "VLQ", targets: ["VLQ"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -61,6 +63,13 @@ let package = Package(
         ]),
         // What each fuzz target does with one input (tools/fuzz.sh); the regression tests replay saved inputs through it.
         .target(name: "FuzzTargets", dependencies: ["VLQCore", "SafeTensors", "PyTorchCheckpoint", "VLQFormat", "Tokenizer", "Imaging", "YiVL", "Calibration"]),
+        // The library's public API over the engine: models, streamed answers, chat sessions. Swift 6
+        // language mode: its concurrency (Sendable types, one executor per model) is checked strictly.
+        .target(name: "VLQ", dependencies: ["VLQCore", "Imaging", "Tokenizer", "YiVL"], exclude: ["README.md"],
+                swiftSettings: [.swiftLanguageMode(.v6)]),
+        // An app's view of the library: two questions about an image, answers streamed.
+        .executableTarget(name: "chat-example", dependencies: ["VLQ"], path: "Examples/ChatAboutAnImage",
+                          swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(name: "vlq", dependencies: [
             "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -69,7 +78,8 @@ let package = Package(
         .testTarget(
             name: "VLQTests",
             dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
-                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets", "vlq"],
+                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets", "vlq",
+                           "VLQ", "chat-example"],
             exclude: []
         ),
     ],

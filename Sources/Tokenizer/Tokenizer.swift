@@ -68,19 +68,23 @@ public final class Tokenizer: @unchecked Sendable {
     // MARK: Encoding
 
     /// The normalised form: spaces as U+2581 and, with the dummy prefix, one in front.
-    func normalize(_ text: String) -> [UInt8] {
+    func normalize(_ text: String, dummyPrefix: Bool = true) -> [UInt8] {
         var s = text
         if model.removeExtraWhitespaces {
-            s = s.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+            // Mid-string (no dummy prefix) a run of spaces collapses to one instead of vanishing.
+            let keptSpace = !dummyPrefix && s.hasPrefix(" ") ? " " : ""
+            s = keptSpace + s.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
         }
         guard !s.isEmpty else { return [] }
-        if model.addDummyPrefix { s = " " + s }
+        if model.addDummyPrefix && dummyPrefix { s = " " + s }
         if model.escapeWhitespaces { s = s.replacing(" ", with: Tokenizer.whitespace) }
         return Array(s.utf8)
     }
 
-    public func encode(_ text: String) -> [Int] {
-        let normalized = normalize(text)
+    /// Token ids of `text`. `dummyPrefix: false` encodes text that continues a sequence mid-string
+    /// (a chat's follow-up turn): sentencepiece would add its dummy-prefix space only at the very start.
+    public func encode(_ text: String, dummyPrefix: Bool = true) -> [Int] {
+        let normalized = normalize(text, dummyPrefix: dummyPrefix)
         guard !normalized.isEmpty else { return [] }
 
         // Symbols: user-defined pieces whole (frozen), otherwise one UTF-8 character each.

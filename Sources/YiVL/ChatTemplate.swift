@@ -6,6 +6,13 @@ public enum YiVLChat {
     /// `{system}` and `{question}` are replaced; the prompt is split at the image placeholder and each
     /// piece tokenized on its own.
     public static let template = "{system}\n\n### Human: <image_placeholder>\n{question}\n### Assistant:"
+    /// What a follow-up turn appends after the previous `### Assistant:`. Yi's `Conversation.get_prompt`
+    /// (style SINGLE, sep "###") writes the system text, "\n\n### ", then each message as
+    /// `role + ": " + message + "\n### "` and the open assistant turn as `role + ":"`, so the first turn is
+    /// `template` and every later one continues with the previous answer (stripped, stop string removed,
+    /// as Yi's cli.py stores it) and the new question:
+    /// `{system}\n\n### Human: <image_placeholder>\n{q1}\n### Assistant: {a1}\n### Human: {q2}\n### Assistant:`.
+    public static let followUpTemplate = " {answer}\n### Human: {question}\n### Assistant:"
     /// The marker Yi's code puts in input_ids where the image features are spliced in.
     public static let imageTokenIndex = -200
     public static let stopStrings = ["###"]

@@ -20,6 +20,8 @@ public struct EngineConfig: Sendable {
         public var rmsNormEps: Float
         public var ropeTheta: Double
         public var tiedEmbeddings: Bool
+        /// The context: positions RoPE was trained for (`max_position_embeddings`), what a chat may fill.
+        public var maxPositions = 4096
         public var headDim: Int { hiddenSize / heads }
     }
 
@@ -42,6 +44,7 @@ public struct EngineConfig: Sendable {
         language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
                             kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps), ropeTheta: l.ropeTheta,
                             tiedEmbeddings: l.tieWordEmbeddings)
+        language.maxPositions = l.maxPositionEmbeddings
         var p = ImagePreprocessing()
         let pc = c.preprocessor
         p.aspectRatio = c.multimodal.imageAspectRatio
@@ -81,6 +84,7 @@ public struct EngineConfig: Sendable {
         language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
                             kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps),
                             ropeTheta: l.ropeTheta, tiedEmbeddings: l.tieWordEmbeddings)
+        language.maxPositions = l.maxPositionEmbeddings
         preprocessing = m.preprocessing
         systemPrompt = m.chat.system
         template = m.chat.template
@@ -98,6 +102,7 @@ public struct EngineConfig: Sendable {
         public static let vocabulary = 1 << 22
         public static let imageSide = 1 << 13
         public static let patches = 1 << 16
+        public static let positions = 1 << 20
     }
 
     /// The one place every hyperparameter is checked, whether it came from a Hugging Face folder's
@@ -144,6 +149,7 @@ public struct EngineConfig: Sendable {
                     "num_attention_heads \(l.heads) is not a multiple of num_key_value_heads \(l.kvHeads)")
         try require(l.headDim % 2 == 0, languageSource, "head dimension \(l.headDim) is odd; RoPE rotates pairs")
         try within(l.vocabSize, Limits.vocabulary, "vocab_size", languageSource)
+        try within(l.maxPositions, Limits.positions, "max_position_embeddings", languageSource)
         try positive(Double(l.rmsNormEps), "rms_norm_eps", languageSource)
         try positive(l.ropeTheta, "rope_theta", languageSource)
 

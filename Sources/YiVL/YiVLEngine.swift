@@ -53,9 +53,11 @@ public final class YiVLEngine: @unchecked Sendable {
         public var inputIds: [Int] { before + [YiVLChat.imageTokenIndex] + after }
     }
 
-    /// The chat template split at the image placeholder, each piece tokenized on its own.
-    public func prompt(question: String) -> Prompt {
-        let text = config.template.replacing("{system}", with: config.systemPrompt).replacing("{question}", with: question)
+    /// The chat template split at the image placeholder, each piece tokenized on its own; `system`
+    /// replaces the model's system prompt.
+    public func prompt(question: String, system: String? = nil) -> Prompt {
+        let text = config.template.replacing("{system}", with: system ?? config.systemPrompt)
+            .replacing("{question}", with: question)
         let pieces = text.split(separator: YiVLChat.imagePlaceholder, maxSplits: 1, omittingEmptySubsequences: false)
         let after = pieces.count > 1 ? String(pieces[1]) : ""
         return Prompt(before: tokenizer.encode(String(pieces[0])), after: tokenizer.encode(after))
@@ -123,34 +125,13 @@ public final class YiVLEngine: @unchecked Sendable {
         let started = monotonicSeconds()
         let stages = try prefill(pixels: pixels, prompt: prompt, cache: cache)
         let d = config.language.hiddenSize
-        var last = try model.logits(Array(stages.hidden.suffix(d)))
+        let logits = try model.logits(Array(stages.hidden.suffix(d)))
+        let generator = AnswerGenerator(engine: self, cache: cache, logits: logits, options: options)
         let prefillDone = monotonicSeconds()
-        var random = SplitMix64(seed: options.seed)
-        var ids: [Int] = []
-        var emitted = 0
-        var answer = ""
-        let eos = tokenizer.id(of: "<|endoftext|>")
-        while ids.count < options.maxTokens {
-            let next = options.temperature > 0 ? sample(last, temperature: options.temperature, random: &random) : argmax(last)
-            if next == eos { break }
-            ids.append(next)
-            let text = tokenizer.decode(ids)
-            if let stop = config.stopStrings.compactMap({ text.firstRange(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
-                answer = String(text[..<stop.lowerBound])
-                break
-            }
-            answer = text
-            // Hold back what could still turn into a stop string, and trailing white space.
-            let safe = YiVLEngine.finalPrefix(text, stops: config.stopStrings)
-            if safe.count > emitted {
-                onText(String(safe.dropFirst(emitted)))
-                emitted = safe.count
-            }
-            last = try model.logits(try model.decode(try model.embed([next]), cache: cache))
+        while let piece = try generator.step() {
+            if !piece.isEmpty { onText(piece) }
         }
-        let trimmed = YiVLEngine.trim(answer)
-        if trimmed.count > emitted { onText(String(trimmed.dropFirst(emitted))) }
-        return Generation(answer: trimmed, tokenIds: ids, promptTokens: promptLength,
+        return Generation(answer: generator.answer, tokenIds: generator.tokenIds, promptTokens: promptLength,
                           prefillSeconds: prefillDone - started, decodeSeconds: monotonicSeconds() - prefillDone)
     }
 
@@ -159,13 +140,14 @@ public final class YiVLEngine: @unchecked Sendable {
     }
 
     /// The part of `text` that no further token can change: leading white space trimmed, and any
-    /// suffix that is white space or a prefix of a stop string held back.
+    /// suffix that is white space, a prefix of a stop string or U+FFFD (a character whose byte pieces
+    /// have not all come yet) held back.
     static func finalPrefix(_ text: String, stops: [String]) -> String {
         var s = Substring(text.drop(while: { $0.isWhitespace }))
         var changed = true
         while changed && !s.isEmpty {
             changed = false
-            if s.last!.isWhitespace {
+            if s.last!.isWhitespace || s.last == "\u{FFFD}" {
                 s = s.dropLast()
                 changed = true
                 continue

@@ -143,7 +143,7 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Keys (after RoPE) and values of every layer for the positions seen so far.
     public final class KVCache {
-        public let capacity: Int
+        public private(set) var capacity: Int
         public private(set) var length = 0
         let width: Int
         var keys: [FloatBuffer]
@@ -157,6 +157,27 @@ public final class YiVLModel: @unchecked Sendable {
         }
 
         func advance(by n: Int) { length += n }
+
+        /// Makes room for `newCapacity` positions, keeping the cached ones: a chat's cache grows turn by
+        /// turn instead of holding the model's whole context from the start.
+        public func reserve(_ newCapacity: Int) {
+            guard newCapacity > capacity else { return }
+            func grown(_ old: FloatBuffer) -> FloatBuffer {
+                let buffer = FloatBuffer(newCapacity * width)
+                buffer.pointer.update(from: old.pointer, count: length * width)
+                return buffer
+            }
+            keys = keys.map(grown)
+            values = values.map(grown)
+            capacity = newCapacity
+        }
+
+        /// Forgets the positions from `newLength` on; the next decode continues from there (a chat
+        /// drops generated tokens its transcript re-tokenises differently).
+        public func truncate(to newLength: Int) {
+            precondition(newLength >= 0 && newLength <= length, "truncating a cache of \(length) to \(newLength)")
+            length = newLength
+        }
     }
 
     public func makeCache(capacity: Int) -> KVCache {
