@@ -12,8 +12,6 @@ bundle target fixes checksums up anyway).
 """
 
 import collections
-import ctypes
-import ctypes.util
 import io
 import json
 import os
@@ -57,22 +55,11 @@ def zstd(data):
     return subprocess.run(["zstd", "-q", "-c", "--no-check", "-3"], input=data, capture_output=True, check=True).stdout
 
 
-def xxh3_function():
-    name = ctypes.util.find_library("xxhash")
-    for candidate in [name, "libxxhash.so.0"]:
-        if not candidate:
-            continue
-        try:
-            lib = ctypes.CDLL(candidate)
-        except OSError:
-            continue
-        lib.XXH3_64bits.restype = ctypes.c_uint64
-        lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        return lambda data: lib.XXH3_64bits(bytes(data), len(data))
-    return lambda data: 0
+# The bundle reader's hasher (libxxhash, the xxhash module, or its own numpy XXH3), not a copy of it.
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import vlq_reader  # noqa: E402
 
-
-xxh3 = xxh3_function()
+xxh3 = vlq_reader.pick_hasher()[1]
 F = os.path.join
 fixtures = F(ROOT, "Tests/Fixtures")
 golden = F(ROOT, "formats/golden")
