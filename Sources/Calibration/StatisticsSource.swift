@@ -7,6 +7,17 @@ public protocol StatisticsSource: AnyObject {
     var hasGram: Bool { get }
     var setDigest: String { get }
     var samples: Int { get }
+    /// Bytes X^T X may take at once, when not every input's fits in memory (nil: all are at hand).
+    /// The quantization plan then divides the inputs into windows of this size.
+    var gramWindowBudget: Int? { get }
+    /// Computes X^T X of these inputs (each named by the Linear owning its statistics), replacing the
+    /// previous window's. The quantizer calls it before the tensors that read them.
+    func computeGram(for owners: [String]) throws
+}
+
+extension StatisticsSource {
+    public var gramWindowBudget: Int? { nil }
+    public func computeGram(for owners: [String]) throws {}
 }
 
 /// Statistics read from a `.vlqstats` file (or collected in one pass).
@@ -20,21 +31,20 @@ public final class StoredStatistics: StatisticsSource {
 }
 
 /// X^T X for a model whose accumulators do not fit in memory at once: a first pass collects the
-/// per-channel sums of every input; then, when the quantizer asks for an input whose Gram matrix is
-/// not at hand, one more pass over the set collects it together with those of the inputs that follow
-/// it in execution order, as many as the budget holds; the previous window is dropped. The quantizer
-/// asks in execution order, so each input's Gram matrix is computed once.
+/// per-channel sums of every input; then each window the quantization plan asks for (`computeGram`)
+/// is one more pass over the set, collecting X^T X of just those inputs; the previous window is
+/// dropped first. Between windows, an input's statistics come without X^T X.
 public final class WindowedStatistics: StatisticsSource {
     let engine: YiVLEngine
     let calibrationSet: CalibrationSet
     let budget: Int
     let diagonal: StatisticsCollector
     var window: StatisticsCollector?
-    var windowOwners: Set<String> = []
     public private(set) var passes = 1
     let progress: (String) -> Void
 
-    public init(engine: YiVLEngine, set: CalibrationSet, budget: Int, progress: @escaping (String) -> Void = { _ in }) throws {
+    public init(engine: YiVLEngine, set: CalibrationSet, budget: Int,
+                progress: @escaping (String) -> Void = { _ in }) throws {
         self.engine = engine
         self.calibrationSet = set
         self.budget = budget
@@ -45,30 +55,27 @@ public final class WindowedStatistics: StatisticsSource {
     public var hasGram: Bool { true }
     public var setDigest: String { calibrationSet.digest }
     public var samples: Int { calibrationSet.samples.count }
+    public var gramWindowBudget: Int? { budget }
 
     public func statistics(for weightName: String) throws -> InputStatistics? {
         let owner = diagonal.aliases[weightName] ?? weightName
         guard var stats = diagonal.statistics[owner] else { return nil }
-        if !windowOwners.contains(owner) { try load(from: owner) }
         stats.gramMatrix = window?.statistics[owner]?.gramMatrix
         return stats
     }
 
-    func load(from owner: String) throws {
-        guard let start = diagonal.order.firstIndex(of: owner) else { return }
-        var owners: Set<String> = []
-        var bytes = 0
-        for name in diagonal.order[start...] {
-            let columns = diagonal.statistics[name]!.columns
-            let need = 4 * columns * columns
-            if !owners.isEmpty && bytes + need > budget { break }
-            owners.insert(name)
-            bytes += need
+    public func computeGram(for owners: [String]) throws {
+        let known = owners.filter { diagonal.statistics[$0] != nil }
+        guard let first = known.first else { return }
+        let bytes = known.reduce(0) { total, owner in
+            let columns = diagonal.statistics[owner]!.columns
+            return total + 4 * columns * columns
         }
         window = nil  // free the previous window before allocating the next
         passes += 1
-        progress("calibration pass \(passes): X^T X for \(owners.count) inputs from \(owner) (\(bytes >> 20) MiB)")
-        window = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: true, gramFor: { owners.contains($0) })
-        windowOwners = owners
+        progress("calibration pass \(passes): X^T X for \(known.count) inputs from \(first) (\(bytes >> 20) MiB)")
+        let wanted = Set(known)
+        window = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: true,
+                                               gramFor: { wanted.contains($0) })
     }
 }

@@ -1,79 +1,134 @@
 import Imaging
 import VLQCore
 
+extension VerificationReport {
+    /// The report as a self-contained page (`vlq verify --html`), each run sample's image read for its
+    /// thumbnail.
+    public var html: String {
+        var thumbnails: [String: String] = [:]
+        for s in run?.comparison.samples ?? [] { thumbnails[s.image] = HTMLReport.thumbnail(path: s.image) }
+        return HTMLReport.render(self, thumbnails: thumbnails)
+    }
+}
+
 /// A self-contained HTML page of a verify report: no scripts, no external files. Charts are inline
 /// SVG (drift after every vision and decoder layer, the distribution of per-position KL divergence,
 /// the layer ranking); the per-sample table shows each image as an embedded PNG thumbnail.
 public enum HTMLReport {
-    public static func render(report: JSONValue, klDivergences: [Double], thumbnails: [String: String]) -> String {
-        var body = ""
-        body += "<h1>vlq verify</h1>\n<p class=meta>candidate <code>\(escape(report["candidate"]?.stringValue ?? ""))</code>"
-        if let run = report["run"] { body += " &middot; reference <code>\(escape(run["reference"]?.stringValue ?? ""))</code> on <code>\(escape(run["set"]?.stringValue ?? ""))</code>" }
-        if let dir = report["reference_dir"]?.stringValue { body += " &middot; reference files <code>\(escape(dir))</code>" }
-        body += "</p>\n"
-        let failures = report["failures"]?.arrayValue?.compactMap(\.stringValue) ?? []
-        body += failures.isEmpty ? "<p class=pass>All bounds hold.</p>\n" : "<p class=fail>Bound broken: \(failures.map(escape).joined(separator: "; "))</p>\n"
-
-        let logits = report["run"] ?? report["logits"]
-        if let l = logits {
-            body += "<h2>Logits</h2>\n<table class=summary><tr>"
-            for (label, key, percent) in [("mean KLD", "mean_kld", false), ("median KLD", "median_kld", false), ("p99 KLD", "p99_kld", false),
-                                          ("max KLD", "max_kld", false), ("same top token", "same_top", true), ("RMS &Delta;p(top)", "rms_top_probability_delta", false),
-                                          ("perplexity ratio", "perplexity_ratio", false), ("answers identical", "answer_agreement", true)] {
-                guard let v = l[key]?.doubleValue else { continue }
-                body += "<td><div class=label>\(label)</div><div class=value>\(percent ? fixed(100 * v, 2) + "%" : number(v))</div></td>"
-            }
-            body += "</tr></table>\n"
+    /// `thumbnails`: base64 PNGs by image path.
+    public static func render(_ report: VerificationReport, thumbnails: [String: String]) -> String {
+        var body = heading(report)
+        body += logitsSummary(report)
+        if !report.klDivergences.isEmpty {
+            body += "<h2>Distribution of KL divergence per position</h2>\n" + histogram(report.klDivergences)
         }
-        if !klDivergences.isEmpty {
-            body += "<h2>Distribution of KL divergence per position</h2>\n" + histogram(klDivergences)
-        }
-        if let run = report["run"] {
-            for (title, key) in [("Hidden-state drift after each vision layer", "vision_layer_relative_l2"),
-                                 ("Hidden-state drift after each decoder layer", "decoder_layer_relative_l2")] {
-                let values = run[key]?.arrayValue?.compactMap(\.doubleValue) ?? []
-                if !values.isEmpty {
-                    body += "<h2>\(title) (relative L2 against the reference)</h2>\n"
-                    body += bars(values.enumerated().map { ("\($0.offset)", $0.element) })
-                }
+        if let run = report.run?.comparison {
+            for (title, values) in [("Hidden-state drift after each vision layer", run.visionLayerDrift),
+                                    ("Hidden-state drift after each decoder layer", run.decoderLayerDrift)]
+            where !values.isEmpty {
+                body += "<h2>\(title) (relative L2 against the reference)</h2>\n"
+                body += bars(values.enumerated().map { ("\($0.offset)", $0.element) })
             }
         }
-        if let ranking = report["layer_ranking"]?.arrayValue, !ranking.isEmpty {
+        if let ranking = report.layerRanking?.entries, !ranking.isEmpty {
             body += "<h2>Each quantized layer's own drift (mean KLD with only that layer quantized)</h2>\n"
-            body += bars(ranking.prefix(20).map { ($0["layer"]?.stringValue ?? "", $0["mean_kld"]?.doubleValue ?? 0) }, horizontal: true)
+            body += bars(ranking.prefix(20).map { ($0.layer, $0.meanKLD) }, horizontal: true)
         }
-        if let samples = report["run"]?["samples"]?.arrayValue {
-            body += "<h2>Samples</h2>\n<table class=samples><tr><th>image</th><th>vision cos</th><th>projector cos</th><th>mean KLD</th><th>same top</th><th>perplexity ratio</th><th>reference answer</th><th>candidate answer</th></tr>\n"
-            for s in samples {
-                let image = s["image"]?.stringValue ?? ""
-                let thumb = thumbnails[image].map { "<img src=\"data:image/png;base64,\($0)\" alt=\"\(escape(image))\">" } ?? ""
-                let same = s["reference_answer"] == s["candidate_answer"]
-                body += "<tr><td>\(thumb)<div class=file>\(escape(String(image.split(separator: "/").last ?? "")))</div></td>"
-                body += "<td>\(fixed(s["vision_cosine"]?.doubleValue ?? 0, 6))</td><td>\(fixed(s["projector_cosine"]?.doubleValue ?? 0, 6))</td>"
-                body += "<td>\(number(s["mean_kld"]?.doubleValue ?? 0))</td><td>\(fixed(100 * (s["same_top"]?.doubleValue ?? 0), 1))%</td>"
-                body += "<td>\(s["perplexity_ratio"]?.doubleValue.map { fixed($0, 4) } ?? "-")</td>"
-                body += "<td>\(escape(s["reference_answer"]?.stringValue ?? ""))</td><td class=\(same ? "same" : "differ")>\(escape(s["candidate_answer"]?.stringValue ?? ""))</td></tr>\n"
-            }
-            body += "</table>\n"
-        } else if let cases = report["cases"]?.arrayValue {
-            body += "<h2>Reference cases</h2>\n<table class=samples><tr><th>case</th><th>vision cos</th><th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th><th>mean KLD</th><th>same top</th></tr>\n"
-            for c in cases {
-                body += "<tr><td>\(escape(c["name"]?.stringValue ?? ""))</td><td>\(fixed(c["vision_cosine"]?.doubleValue ?? 0, 6))</td><td>\(number(c["vision_relative_l2"]?.doubleValue ?? 0))</td>"
-                body += "<td>\(fixed(c["projector_cosine"]?.doubleValue ?? 0, 6))</td><td>\(number(c["projector_relative_l2"]?.doubleValue ?? 0))</td>"
-                body += "<td>\(number(c["mean_kld"]?.doubleValue ?? 0))</td><td>\(fixed(100 * (c["same_top"]?.doubleValue ?? 0), 1))%</td></tr>\n"
-            }
-            body += "</table>\n"
+        if let samples = report.run?.comparison.samples {
+            body += samplesTable(samples, thumbnails: thumbnails)
+        } else if let cases = report.referenceFolder?.comparison.cases {
+            body += casesTable(cases)
         }
-        return """
+        return page(body)
+    }
+
+    static func heading(_ report: VerificationReport) -> String {
+        var body = "<h1>vlq verify</h1>\n<p class=meta>candidate <code>\(escape(report.candidate))</code>"
+        if let run = report.run {
+            body += " &middot; reference <code>\(escape(run.reference))</code> on <code>\(escape(run.set))</code>"
+        }
+        if let folder = report.referenceFolder {
+            body += " &middot; reference files <code>\(escape(folder.path))</code>"
+        }
+        body += "</p>\n"
+        let failures = report.failures.map(\.message)
+        return body + (failures.isEmpty ? "<p class=pass>All bounds hold.</p>\n"
+            : "<p class=fail>Bound broken: \(failures.map(escape).joined(separator: "; "))</p>\n")
+    }
+
+    /// The run's logit figures when there is a run, else the reference folder's.
+    static func logitsSummary(_ report: VerificationReport) -> String {
+        let figures: [(label: String, value: Double?, percent: Bool)]
+        if let run = report.run?.comparison {
+            let l = run.logits
+            figures = [("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
+                       ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
+                       ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false),
+                       ("perplexity ratio", run.meanPerplexityRatio, false),
+                       ("answers identical", run.answerAgreement, true)]
+        } else if let l = report.referenceFolder?.comparison.logits {
+            figures = [("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
+                       ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
+                       ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false)]
+        } else {
+            return ""
+        }
+        var body = "<h2>Logits</h2>\n<table class=summary><tr>"
+        for (label, value, percent) in figures {
+            guard let v = value else { continue }
+            let shown = percent ? fixed(100 * v, 2) + "%" : number(v)
+            body += "<td><div class=label>\(label)</div><div class=value>\(shown)</div></td>"
+        }
+        return body + "</tr></table>\n"
+    }
+
+    static func samplesTable(_ samples: [RunComparison.Sample], thumbnails: [String: String]) -> String {
+        var body = "<h2>Samples</h2>\n<table class=samples><tr><th>image</th><th>vision cos</th><th>projector cos</th>"
+            + "<th>mean KLD</th><th>same top</th><th>perplexity ratio</th><th>reference answer</th>"
+            + "<th>candidate answer</th></tr>\n"
+        for s in samples {
+            let thumb = thumbnails[s.image].map {
+                "<img src=\"data:image/png;base64,\($0)\" alt=\"\(escape(s.image))\">"
+            } ?? ""
+            let same = s.referenceAnswer == s.candidateAnswer
+            let file = String(s.image.split(separator: "/").last ?? "")
+            body += "<tr><td>\(thumb)<div class=file>\(escape(file))</div></td>"
+            body += "<td>\(fixed(s.vision.cosine, 6))</td><td>\(fixed(s.projector.cosine, 6))</td>"
+            body += "<td>\(number(s.logits.meanKLD))</td><td>\(fixed(100 * s.logits.sameTopRate, 1))%</td>"
+            body += "<td>\(s.perplexityRatio.map { fixed($0, 4) } ?? "-")</td>"
+            body += "<td>\(escape(s.referenceAnswer))</td>"
+            body += "<td class=\(same ? "same" : "differ")>\(escape(s.candidateAnswer))</td></tr>\n"
+        }
+        return body + "</table>\n"
+    }
+
+    static func casesTable(_ cases: [ReferenceComparison.CaseResult]) -> String {
+        var body = "<h2>Reference cases</h2>\n<table class=samples><tr><th>case</th><th>vision cos</th>"
+            + "<th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th><th>mean KLD</th>"
+            + "<th>same top</th></tr>\n"
+        for c in cases {
+            body += "<tr><td>\(escape(c.name))</td><td>\(fixed(c.vision.cosine, 6))</td>"
+            body += "<td>\(number(c.vision.relativeL2))</td>"
+            body += "<td>\(fixed(c.projector.cosine, 6))</td><td>\(number(c.projector.relativeL2))</td>"
+            body += "<td>\(number(c.logits.meanKLD))</td><td>\(fixed(100 * c.logits.sameTopRate, 1))%</td></tr>\n"
+        }
+        return body + "</table>\n"
+    }
+
+    static func page(_ body: String) -> String {
+        """
             <!DOCTYPE html>
             <html lang="en"><head><meta charset="utf-8"><title>vlq verify</title>
             <style>
             body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; max-width: 1100px; }
             h1 { font-size: 22px; } h2 { font-size: 16px; margin-top: 28px; }
             code { background: #f1f3f7; padding: 1px 4px; border-radius: 3px; }
-            .meta { color: #5a6476; } .pass { color: #17803d; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
-            table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: middle; }
-            .summary td { border: 1px solid #e3e7ee; } .label { color: #5a6476; font-size: 12px; } .value { font-size: 18px; font-weight: 600; }
+            .meta { color: #5a6476; } .pass { color: #17803d; font-weight: 600; } \
+            .fail { color: #b42318; font-weight: 600; }
+            table { border-collapse: collapse; } \
+            td, th { padding: 4px 10px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: middle; }
+            .summary td { border: 1px solid #e3e7ee; } .label { color: #5a6476; font-size: 12px; } \
+            .value { font-size: 18px; font-weight: 600; }
             .samples img { width: 56px; height: 56px; image-rendering: pixelated; display: block; }
             .file { font-size: 11px; color: #5a6476; } .differ { color: #b42318; } .same { color: #17803d; }
             svg text { font: 11px system-ui, sans-serif; fill: #3b4457; }
@@ -120,10 +175,12 @@ public enum HTMLReport {
             return svg + "</svg>\n"
         }
         let width = max(300, spacing * items.count + 60)
-        var svg = "<svg width=\"\(width)\" height=\"190\" role=\"img\"><text x=\"0\" y=\"12\">max \(number(maximum))</text>"
+        var svg = "<svg width=\"\(width)\" height=\"190\" role=\"img\">"
+            + "<text x=\"0\" y=\"12\">max \(number(maximum))</text>"
         for (i, (label, v)) in items.enumerated() {
             let h = 140 * v / maximum
-            svg += "<rect x=\"\(40 + spacing * i)\" y=\"\(fixed(160 - h, 1))\" width=\"\(spacing - 6)\" height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
+            svg += "<rect x=\"\(40 + spacing * i)\" y=\"\(fixed(160 - h, 1))\" width=\"\(spacing - 6)\" "
+                + "height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
             svg += "<text x=\"\(40 + spacing * i)\" y=\"176\">\(escape(label))</text>"
         }
         return svg + "</svg>\n"
@@ -181,7 +238,9 @@ enum PNGEncoder {
         return png
     }
 
-    static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+    static func be32(_ v: UInt32) -> [UInt8] {
+        [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)]
+    }
 
     static let crcTable: [UInt32] = (0..<256).map { n in
         var c = UInt32(n)

@@ -38,18 +38,23 @@ public struct ReferenceCase: Sendable {
         return try entries.map { entry in
             let file = try SafeTensorsFile(path: entry.file)
             func floats(_ n: String) throws -> ([Float], [Int]) {
-                guard let info = file.info(n), info.dtype == .f32 else { throw VLQError(entry.file, "no f32 tensor \(n)") }
+                guard let info = file.info(n), info.dtype == .f32 else {
+                    throw VLQError(entry.file, "no f32 tensor \(n)")
+                }
                 return (Array(file.data(info).bindMemory(to: Float.self)), info.shape)
             }
             guard let question = entry.question ?? file.metadata["prompt"] else {
                 throw VLQError(entry.file, "no question: neither cases.json nor a \"prompt\" in the metadata")
             }
-            guard let ids = file.info("input_ids"), ids.dtype == .i64 else { throw VLQError(entry.file, "no i64 tensor input_ids") }
+            guard let ids = file.info("input_ids"), ids.dtype == .i64 else {
+                throw VLQError(entry.file, "no i64 tensor input_ids")
+            }
             let logits = try floats("logits")
-            return ReferenceCase(name: entry.file.split(separator: "/").last.map(String.init) ?? entry.file, question: question,
-                                 pixelValues: try floats("pixel_values").0, visionFeatures: try floats("vision_features").0,
-                                 projectorOutput: try floats("projector_output").0,
-                                 inputIds: file.data(ids).bindMemory(to: Int64.self).map { Int(Int64(littleEndian: $0)) },
+            let inputIds = file.data(ids).bindMemory(to: Int64.self).map { Int(Int64(littleEndian: $0)) }
+            return ReferenceCase(name: entry.file.split(separator: "/").last.map(String.init) ?? entry.file,
+                                 question: question, pixelValues: try floats("pixel_values").0,
+                                 visionFeatures: try floats("vision_features").0,
+                                 projectorOutput: try floats("projector_output").0, inputIds: inputIds,
                                  logits: logits.0, logitsShape: logits.1)
         }
     }
@@ -62,10 +67,19 @@ public struct ReferenceComparison: Sendable {
         public var vision: FeatureDrift
         public var projector: FeatureDrift
         public var logits: LogitDrift
+
+        public init(name: String, vision: FeatureDrift, projector: FeatureDrift, logits: LogitDrift) {
+            self.name = name
+            self.vision = vision
+            self.projector = projector
+            self.logits = logits
+        }
     }
 
     public var cases: [CaseResult] = []
     public var logits = LogitDrift()
+
+    public init() {}
 
     public var minimumVisionCosine: Double { cases.map(\.vision.cosine).min() ?? 1 }
     public var minimumProjectorCosine: Double { cases.map(\.projector.cosine).min() ?? 1 }
@@ -76,20 +90,24 @@ public struct ReferenceComparison: Sendable {
         for r in references {
             let prompt = candidate.prompt(question: r.question)
             guard prompt.inputIds == r.inputIds else {
-                throw VLQError(r.name, "the candidate tokenizes the prompt differently from the reference (\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
+                throw VLQError(r.name, "the candidate tokenizes the prompt differently from the reference "
+                               + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
             }
             let positions = prompt.before.count + candidate.imageTokenCount() + prompt.after.count
-            let stages = try candidate.prefill(pixels: r.pixelValues, prompt: prompt, cache: candidate.model.makeCache(capacity: positions))
+            let stages = try candidate.prefill(pixels: r.pixelValues, prompt: prompt,
+                                               cache: candidate.model.makeCache(capacity: positions))
             let logits = try candidate.model.logits(stages.hidden)
             guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
-                throw VLQError(r.name, "reference logits are \(r.logitsShape), the candidate gives [\(logits.count / vocab), \(vocab)]")
+                throw VLQError(r.name, "reference logits are \(r.logitsShape), "
+                               + "the candidate gives [\(logits.count / vocab), \(vocab)]")
             }
             var drift = LogitDrift()
             drift.add(reference: r.logits, candidate: logits, vocab: vocab)
             result.logits.add(reference: r.logits, candidate: logits, vocab: vocab)
-            result.cases.append(CaseResult(name: r.name, vision: FeatureDrift(reference: r.visionFeatures, candidate: stages.visionFeatures),
-                                           projector: FeatureDrift(reference: r.projectorOutput, candidate: stages.projectorOutput),
-                                           logits: drift))
+            result.cases.append(CaseResult(
+                name: r.name, vision: FeatureDrift(reference: r.visionFeatures, candidate: stages.visionFeatures),
+                projector: FeatureDrift(reference: r.projectorOutput, candidate: stages.projectorOutput),
+                logits: drift))
         }
         return result
     }
@@ -107,8 +125,8 @@ public struct ExactMatch: Sendable {
         var result = ExactMatch()
         for (i, sample) in set.samples.enumerated() {
             guard let expected = sample.answer else { continue }
-            let g = try engine.generate(pixels: try engine.pixelValues(imagePath: sample.image), question: sample.question,
-                                        options: .init(maxTokens: maxTokens))
+            let pixels = try engine.pixelValues(imagePath: sample.image)
+            let g = try engine.generate(pixels: pixels, question: sample.question, options: .init(maxTokens: maxTokens))
             result.total += 1
             if g.answer == expected { result.correct += 1 }
             result.answers.append(g.answer)

@@ -9,9 +9,12 @@ import YiVL
 
 /// A model argument that may be a Hugging Face folder: converted to a temporary bundle beside
 /// `scratchBeside` first (removed afterwards), so every later step reads one format.
-func openBundle(_ model: String, scratchBeside: String, logger: Logging.Logger) throws -> (VLQFile, cleanup: () -> Void) {
+func openBundle(_ model: String, scratchBeside: String,
+                logger: Logging.Logger) throws -> (VLQFile, cleanup: () -> Void) {
     var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else { throw VLQError(model, "no such file or folder") }
+    guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else {
+        throw VLQError(model, "no such file or folder")
+    }
     if !isDirectory.boolValue { return (try VLQFile(path: model), {}) }
     let temporary = scratchBeside + ".source-\(getpid()).vlq.tmp"
     logger.info("converting \(model) first (to \(temporary), removed afterwards)")
@@ -23,7 +26,8 @@ import Logging
 
 struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a calibration set of images and questions through the fp32 model; save the statistics of every Linear's inputs.",
+        abstract: "Run a calibration set of images and questions through the fp32 model; "
+            + "save the statistics of every Linear's inputs.",
         discussion: """
             The statistics (sums of |x| and x^2 per input channel, and X^T X for gptq and awq) are stored \
             zstd-compressed with the set's digest. They are sums: `--merge a.vlqstats b.vlqstats` adds runs \
@@ -52,7 +56,9 @@ struct Calibrate: ParsableCommand {
         if merge.isEmpty {
             guard model != nil, set != nil else { throw ValidationError("give a model and --set, or --merge FILES") }
         } else {
-            guard merge.count >= 2, model == nil, set == nil else { throw ValidationError("--merge takes two or more files and no model or set") }
+            guard merge.count >= 2, model == nil, set == nil else {
+                throw ValidationError("--merge takes two or more files and no model or set")
+            }
         }
     }
 
@@ -71,9 +77,13 @@ struct Calibrate: ParsableCommand {
         let started = monotonicSeconds()
         let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: !diagonalOnly,
                                                       gramBudget: defaultGramBudget, progress: progress.update)
-        let file = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: calibrationSet.samples.count, model: model!)
+        let samples = calibrationSet.samples.count
+        let file = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: samples,
+                                  model: model!)
         try file.write(to: output)
-        logger.notice("wrote \(output): \(collector.statistics.count) Linear inputs over \(calibrationSet.samples.count) samples in \(fixed(monotonicSeconds() - started, 1)) s (set \(calibrationSet.digest))")
+        let wrote = "wrote \(output): \(collector.statistics.count) Linear inputs over \(samples) samples in "
+            + "\(fixed(monotonicSeconds() - started, 1)) s (set \(calibrationSet.digest))"
+        logger.notice("\(wrote)")
     }
 }
 
@@ -116,13 +126,17 @@ struct Quantize: ParsableCommand {
     @Flag(name: .customLong("act-order"), help: "GPTQ: quantize columns in order of decreasing activation energy.")
     var activationOrder = false
 
-    @Option(name: .customLong("gram-memory-mb"), help: "Memory for X^T X statistics with --set (default: a quarter of RAM); more layers per calibration pass.")
+    @Option(name: .customLong("gram-memory-mb"),
+            help: ArgumentHelp("Memory for X^T X statistics with --set (default: a quarter of RAM); "
+                               + "more layers per calibration pass."))
     var gramBudgetMB: Int?
 
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
-        guard (preset == nil) != (recipe == nil) else { throw ValidationError("give exactly one of --preset and --recipe") }
+        guard (preset == nil) != (recipe == nil) else {
+            throw ValidationError("give exactly one of --preset and --recipe")
+        }
         if set != nil && stats != nil { throw ValidationError("give --set or --stats, not both") }
     }
 
@@ -136,9 +150,10 @@ struct Quantize: ParsableCommand {
             chosen = try Recipe(json: json, source: recipe!)
         }
         if let method { chosen.method = method }
-        let need = QuantizePipeline.needs(chosen)
+        let need = QuantizationPlan.needs(chosen)
         if need.statistics && set == nil && stats == nil {
-            throw ValidationError("method \(chosen.method?.rawValue ?? "") is calibrated: give --set (e.g. calibration/default.jsonl) or --stats")
+            throw ValidationError("method \(chosen.method?.rawValue ?? "") is calibrated: "
+                                  + "give --set (e.g. calibration/default.jsonl) or --stats")
         }
         let started = monotonicSeconds()
         let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
@@ -148,29 +163,35 @@ struct Quantize: ParsableCommand {
         options.keepNonFiniteInFloat = keepNonFinite
         let pipeline = QuantizePipeline(options: options, logger: logger)
         try pipeline.preflight(source: source)
-        var statistics: StatisticsSource?
-        if let stats {
-            statistics = StoredStatistics(try StatisticsFile.read(stats))
-        } else if need.statistics, let set {
-            let calibrationSet = try CalibrationSet(path: set)
-            // Upcast weights and X^T X windows share the memory: a quarter each.
-            let engine = try YiVLEngine.open(source.path, cacheBudget: WeightStore.defaultCacheBudget / 2)
-            if need.gram {
-                // X^T X of a large model does not fit at once: windows of layers, one pass each.
-                statistics = try WindowedStatistics(engine: engine, set: calibrationSet, budget: gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget) {
-                    logger.info("\($0)")
-                }
-            } else {
-                let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
-                let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: false, progress: progress.update)
-                statistics = StoredStatistics(StatisticsFile(collector: collector, setDigest: calibrationSet.digest,
-                                                             samples: calibrationSet.samples.count, model: model))
-            }
-        }
+        let statistics = try statisticsSource(for: source, needs: need, logger: logger)
         let report = try pipeline.run(source: source, output: output, statistics: statistics,
-                                                                                 calibrationSource: stats ?? set)
-        for (name, reason) in report.fallbacks.sorted(by: { $0.key < $1.key }) { logger.info("fallback \(name): \(reason)") }
-        logger.notice("wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized (\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) in \(fixed(monotonicSeconds() - started, 1)) s")
+                                      calibrationSource: stats ?? set)
+        for (name, reason) in report.fallbacks { logger.info("fallback \(name): \(reason)") }
+        let wrote = "wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized "
+            + "(\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) "
+            + "in \(fixed(monotonicSeconds() - started, 1)) s"
+        logger.notice("\(wrote)")
+    }
+
+    /// The statistics the recipe's methods read: from --stats, or calibrated now with --set.
+    func statisticsSource(for source: VLQFile, needs need: (statistics: Bool, gram: Bool),
+                          logger: Logging.Logger) throws -> StatisticsSource? {
+        if let stats { return StoredStatistics(try StatisticsFile.read(stats)) }
+        guard need.statistics, let set else { return nil }
+        let calibrationSet = try CalibrationSet(path: set)
+        // Upcast weights and X^T X windows share the memory: a quarter each.
+        let engine = try YiVLEngine.open(source.path, cacheBudget: WeightStore.defaultCacheBudget / 2)
+        if need.gram {
+            // X^T X of a large model may not fit at once: the quantization plan divides it into
+            // windows, one calibration pass each.
+            let budget = gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget
+            return try WindowedStatistics(engine: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
+        }
+        let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: false,
+                                                      progress: progress.update)
+        return StoredStatistics(StatisticsFile(collector: collector, setDigest: calibrationSet.digest,
+                                               samples: calibrationSet.samples.count, model: model))
     }
 }
 

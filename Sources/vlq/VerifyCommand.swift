@@ -1,6 +1,7 @@
 import ArgumentParser
 import Calibration
 import Foundation
+import Logging
 import VLQCore
 import Verification
 import YiVL
@@ -20,13 +21,17 @@ struct Verify: ParsableCommand {
     @Option(name: .customLong("reference-dir"), help: "Folder of reference per-stage files.")
     var referenceDir: String?
 
-    @Option(help: "The reference: a .vlqref file from vlq reference, or a model (bundle or Hugging Face folder) run first on --set.")
+    @Option(help: ArgumentHelp("The reference: a .vlqref file from vlq reference, "
+                               + "or a model (bundle or Hugging Face folder) run first on --set."))
     var reference: String?
 
-    @Option(name: .customLong("layer-samples"), help: "Samples whose per-layer hidden states are compared (with --reference).")
+    @Option(name: .customLong("layer-samples"),
+            help: "Samples whose per-layer hidden states are compared (with --reference).")
     var layerSamples: Int = 4
 
-    @Option(name: .customLong("rank-layers"), help: "With --reference MODEL: rank the candidate's quantized layers by their own drift, each quantized alone, on this many samples.")
+    @Option(name: .customLong("rank-layers"),
+            help: ArgumentHelp("With --reference MODEL: rank the candidate's quantized layers by their own drift, "
+                               + "each quantized alone, on this many samples."))
     var rankSamples: Int?
 
     @Option(help: "The model under test (bundle or Hugging Face folder).")
@@ -65,150 +70,77 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("vlq.verify")
-        // Opened on first use: with --reference MODEL, the reference runs and is released first, so
-        // the two models are never in memory together.
-        var opened: YiVLEngine?
-        func candidateEngine() throws -> YiVLEngine {
-            if let opened { return opened }
-            let e = try YiVLEngine.open(candidate)
-            opened = e
-            return e
-        }
-        var report: [String: JSONValue] = ["candidate": .string(candidate)]
-        var positionKLD: [Double] = []
-        var thumbnails: [String: String] = [:]
-        var failures: [String] = []
-        print("candidate: \(candidate)")
+        var candidateEngine = LazyEngine(path: candidate)
+        let bounds = VerificationBounds(maxKLD: maxKLD, minSameTop: minSameTop, minCosine: minCosine)
+        var report = VerificationReport(candidate: candidate, bounds: bounds)
+        print(report.candidateLine)
         if let referenceDir {
             let references = try ReferenceCase.load(folder: referenceDir)
-            let c = try ReferenceComparison.run(candidate: try candidateEngine(), references: references)
-            print("reference: \(referenceDir) (\(references.count) cases, \(c.logits.positions) positions)")
-            print("")
-            print(padRight("case", 24) + padLeft("vision cos", 12) + padLeft("vision relL2", 14) + padLeft("proj cos", 12) + padLeft("proj relL2", 12) + padLeft("mean KLD", 12) + padLeft("same top", 10))
-            for r in c.cases {
-                print(padRight(r.name, 24) + padLeft(fixed(r.vision.cosine, 6), 12) + padLeft(sci(r.vision.relativeL2), 14)
-                      + padLeft(fixed(r.projector.cosine, 6), 12) + padLeft(sci(r.projector.relativeL2), 12)
-                      + padLeft(sci(r.logits.meanKLD), 12) + padLeft(fixed(100 * r.logits.sameTopRate, 2) + "%", 10))
-            }
-            let l = c.logits
-            positionKLD = l.klDivergences
-            print("")
-            print("logits: mean KLD \(sci(l.meanKLD)), median \(sci(l.medianKLD)), p99 \(sci(l.p99KLD)), max \(sci(l.maxKLD)); same top \(fixed(100 * l.sameTopRate, 2))%; RMS dp(top) \(sci(l.rmsTopProbabilityDelta))")
-            report["reference_dir"] = .string(referenceDir)
-            report["logits"] = ["mean_kld": .double(l.meanKLD), "median_kld": .double(l.medianKLD), "p99_kld": .double(l.p99KLD),
-                                "max_kld": .double(l.maxKLD), "same_top": .double(l.sameTopRate),
-                                "rms_top_probability_delta": .double(l.rmsTopProbabilityDelta), "positions": .int(Int64(l.positions))]
-            report["cases"] = .array(c.cases.map { r in
-                ["name": .string(r.name), "vision_cosine": .double(r.vision.cosine), "vision_relative_l2": .double(r.vision.relativeL2),
-                 "projector_cosine": .double(r.projector.cosine), "projector_relative_l2": .double(r.projector.relativeL2),
-                 "mean_kld": .double(r.logits.meanKLD), "same_top": .double(r.logits.sameTopRate)]
-            })
-            if let maxKLD, l.meanKLD > maxKLD { failures.append("mean KLD \(sci(l.meanKLD)) > \(maxKLD)") }
-            if let minSameTop, l.sameTopRate < minSameTop { failures.append("same top \(fixed(l.sameTopRate, 4)) < \(minSameTop)") }
-            if let minCosine, c.minimumProjectorCosine < minCosine { failures.append("projector cosine \(fixed(c.minimumProjectorCosine, 6)) < \(minCosine)") }
+            let comparison = try ReferenceComparison.run(candidate: try candidateEngine.get(), references: references)
+            report.referenceFolder = .init(path: referenceDir, comparison: comparison)
+            report.referenceFolder!.lines.forEach { print($0) }
         }
         if let set, let reference {
-            let evaluation = try CalibrationSet(path: set)
-            let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
-            let stored: ReferenceRun
-            if reference.hasSuffix(".vlqref") {
-                stored = try ReferenceRun.read(reference)
-            } else {
-                // The reference runs first and is released before the candidate is opened.
-                stored = try ReferenceRun.run(engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
-                                              layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
-            }
-            let c = try RunComparison.run(candidate: try candidateEngine(), reference: stored, set: evaluation, maxTokens: maxTokens, progress: progress.update)
-            printRunComparison(c, reference: reference, set: set)
-            positionKLD = c.logits.klDivergences
-            if html != nil { for s in c.samples { thumbnails[s.image] = HTMLReport.thumbnail(path: s.image) } }
-            if let rankSamples {
-                guard !reference.hasSuffix(".vlqref") else { throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref") }
-                let ranking = try LayerContribution.rank(reference: try YiVLEngine.open(reference), candidate: try candidateEngine(), run: stored,
-                                                         set: evaluation, samples: rankSamples, progress: progress.update)
-                print("")
-                print("drift of each quantized layer on its own (\(rankSamples) samples), largest first: keep the top ones in higher precision")
-                for e in ranking.prefix(12) { print("  " + padRight(e.layer, 24) + padLeft(sci(e.meanKLD), 12) + "  (\(e.tensors) tensors)") }
-                report["layer_ranking"] = .array(ranking.map { ["layer": .string($0.layer), "tensors": .int(Int64($0.tensors)), "mean_kld": .double($0.meanKLD)] })
-            }
-            let l = c.logits
-            var section: [String: JSONValue] = [
-                "reference": .string(reference), "set": .string(set), "set_digest": .string(evaluation.digest),
-                "mean_kld": .double(l.meanKLD), "median_kld": .double(l.medianKLD), "p99_kld": .double(l.p99KLD), "max_kld": .double(l.maxKLD),
-                "same_top": .double(l.sameTopRate), "rms_top_probability_delta": .double(l.rmsTopProbabilityDelta),
-                "answer_agreement": .double(c.answerAgreement),
-                "vision_layer_relative_l2": .array(c.visionLayerDrift.map { .double($0) }),
-                "decoder_layer_relative_l2": .array(c.decoderLayerDrift.map { .double($0) }),
-                "samples": .array(c.samples.map { s in
-                    ["image": .string(s.image), "vision_cosine": .double(s.vision.cosine), "vision_relative_l2": .double(s.vision.relativeL2),
-                     "projector_cosine": .double(s.projector.cosine), "projector_relative_l2": .double(s.projector.relativeL2),
-                     "mean_kld": .double(s.logits.meanKLD), "same_top": .double(s.logits.sameTopRate),
-                     "reference_answer": .string(s.referenceAnswer), "candidate_answer": .string(s.candidateAnswer),
-                     "expected_answer": s.expectedAnswer.map { .string($0) } ?? .null,
-                     "perplexity_ratio": s.perplexityRatio.map { .double($0) } ?? .null]
-                }),
-            ]
-            if let p = c.meanPerplexityRatio { section["perplexity_ratio"] = .double(p) }
-            if let e = c.exactMatch { section["exact_match"] = ["reference": .double(e.reference), "candidate": .double(e.candidate)] }
-            report["run"] = .object(section)
-            if let maxKLD, l.meanKLD > maxKLD { failures.append("mean KLD \(sci(l.meanKLD)) > \(maxKLD) on \(set)") }
-            if let minSameTop, l.sameTopRate < minSameTop { failures.append("same top \(fixed(l.sameTopRate, 4)) < \(minSameTop) on \(set)") }
-            if let minCosine, let worst = c.samples.map(\.projector.cosine).min(), worst < minCosine {
-                failures.append("projector cosine \(fixed(worst, 6)) < \(minCosine) on \(set)")
-            }
+            try measureRun(reference: reference, set: set, into: &report, candidate: &candidateEngine, logger: logger)
         } else if let set {
             let evaluation = try CalibrationSet(path: set)
             let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
-            let candidateAnswers = try ExactMatch.run(try candidateEngine(), set: evaluation, maxTokens: maxTokens, progress: progress.update)
-            print("exact match on \(set): \(candidateAnswers.correct)/\(candidateAnswers.total) = \(fixed(100 * candidateAnswers.rate, 1))%")
-            report["exact_match"] = ["correct": .int(Int64(candidateAnswers.correct)), "total": .int(Int64(candidateAnswers.total)),
-                                     "rate": .double(candidateAnswers.rate)]
+            let result = try ExactMatch.run(try candidateEngine.get(), set: evaluation, maxTokens: maxTokens,
+                                            progress: progress.update)
+            report.answers = .init(set: set, result: result)
+            report.answers!.lines.forEach { print($0) }
         }
-        report["failures"] = .array(failures.map { .string($0) })
-        if let json {
-            try Data(JSONValue.object(report).serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json))
-        }
+        if let json { try Data(report.json.serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json)) }
         if let html {
-            let page = HTMLReport.render(report: .object(report), klDivergences: positionKLD, thumbnails: thumbnails)
-            try Data(page.utf8).write(to: URL(fileURLWithPath: html))
+            try Data(report.html.utf8).write(to: URL(fileURLWithPath: html))
             logger.info("wrote \(html)")
         }
-        if !failures.isEmpty {
-            throw CheckFailure(message: "vlq: verify: bound broken: " + failures.joined(separator: "; "))
+        if let failure = report.failureMessage { throw CheckFailure(message: "vlq: verify: " + failure) }
+        print(report.verdict)
+    }
+
+    /// The candidate against the reference model (run first, or read from a .vlqref) on `set`, and with
+    /// --rank-layers each quantized layer's own drift.
+    func measureRun(reference: String, set: String, into report: inout VerificationReport,
+                    candidate: inout LazyEngine, logger: Logging.Logger) throws {
+        let evaluation = try CalibrationSet(path: set)
+        let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
+        let stored: ReferenceRun
+        if reference.hasSuffix(".vlqref") {
+            stored = try ReferenceRun.read(reference)
+        } else {
+            // The reference runs first and is released before the candidate is opened.
+            stored = try ReferenceRun.run(engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
+                                          layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
         }
-        print(failures.isEmpty && (maxKLD != nil || minSameTop != nil || minCosine != nil) ? "all bounds hold" : "")
+        let comparison = try RunComparison.run(candidate: try candidate.get(), reference: stored, set: evaluation,
+                                               maxTokens: maxTokens, progress: progress.update)
+        report.run = .init(reference: reference, set: set, setDigest: evaluation.digest, comparison: comparison)
+        report.run!.lines.forEach { print($0) }
+        guard let rankSamples else { return }
+        guard !reference.hasSuffix(".vlqref") else {
+            throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref")
+        }
+        let entries = try LayerContribution.rank(reference: try YiVLEngine.open(reference),
+                                                 candidate: try candidate.get(), run: stored, set: evaluation,
+                                                 samples: rankSamples, progress: progress.update)
+        report.layerRanking = .init(samples: rankSamples, entries: entries)
+        report.layerRanking!.lines.forEach { print($0) }
     }
 }
 
-func printRunComparison(_ c: RunComparison, reference: String, set: String) {
-    print("reference: \(reference) on \(set) (\(c.samples.count) samples, \(c.logits.positions) text positions)")
-    print("")
-    print(padRight("sample", 28) + padLeft("vision cos", 12) + padLeft("proj cos", 12) + padLeft("mean KLD", 12) + padLeft("same top", 10) + padLeft("ppl ratio", 11) + "  answers")
-    for s in c.samples {
-        let name = String(s.image.split(separator: "/").last ?? "")
-        let answers = s.referenceAnswer == s.candidateAnswer ? "same" : "differ: \"\(s.candidateAnswer)\""
-        print(padRight(name, 28) + padLeft(fixed(s.vision.cosine, 6), 12) + padLeft(fixed(s.projector.cosine, 6), 12)
-              + padLeft(sci(s.logits.meanKLD), 12) + padLeft(fixed(100 * s.logits.sameTopRate, 1) + "%", 10)
-              + padLeft(s.perplexityRatio.map { fixed($0, 4) } ?? "-", 11) + "  " + answers)
-    }
-    let l = c.logits
-    print("")
-    print("logits: mean KLD \(sci(l.meanKLD)), median \(sci(l.medianKLD)), p99 \(sci(l.p99KLD)), max \(sci(l.maxKLD)); same top \(fixed(100 * l.sameTopRate, 2))%; RMS dp(top) \(sci(l.rmsTopProbabilityDelta))")
-    if let p = c.meanPerplexityRatio { print("perplexity ratio on the answers: \(fixed(p, 4))") }
-    print("greedy answers identical to the reference's: \(fixed(100 * c.answerAgreement, 1))%")
-    if let e = c.exactMatch { print("exact match: reference \(fixed(100 * e.reference, 1))%, candidate \(fixed(100 * e.candidate, 1))%") }
-    if !c.visionLayerDrift.isEmpty {
-        print("hidden-state relative L2 after each vision layer: " + c.visionLayerDrift.map { sci($0) }.joined(separator: " "))
-        print("hidden-state relative L2 after each decoder layer: " + c.decoderLayerDrift.map { sci($0) }.joined(separator: " "))
-    }
-}
+/// The candidate, opened on first use: with --reference MODEL the reference runs and is released
+/// first, so the two models are never in memory together.
+struct LazyEngine {
+    let path: String
+    private var opened: YiVLEngine?
 
-/// Scientific notation with three significant digits, for small drift figures.
-func sci(_ v: Double) -> String {
-    guard v != 0, v.isFinite else { return v == 0 ? "0" : String(v) }
-    var exponent = 0
-    var m = abs(v)
-    while m >= 10 { m /= 10; exponent += 1 }
-    while m < 1 { m *= 10; exponent -= 1 }
-    return (v < 0 ? "-" : "") + fixed(m, 2) + "e" + (exponent < 0 ? "-" : "+") + (abs(exponent) < 10 ? "0" : "") + String(abs(exponent))
+    init(path: String) { self.path = path }
+
+    mutating func get() throws -> YiVLEngine {
+        if let opened { return opened }
+        let engine = try YiVLEngine.open(path)
+        opened = engine
+        return engine
+    }
 }

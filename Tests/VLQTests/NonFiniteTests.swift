@@ -1,9 +1,12 @@
+import Calibration
 import Conversion
 import Foundation
+import Quantization
 import SafeTensors
 import VLQCore
 import VLQFormat
 import XCTest
+import YiVL
 
 /// NaN and infinite weights: convert warns with a count per tensor, `vlq check --values` finds
 /// them, and quantize refuses to round them into codes unless told to keep them in float.
@@ -32,9 +35,11 @@ final class NonFiniteTests: XCTestCase {
     }
 
     func testConvertCountsNonFiniteValuesPerTensorAndStillWritesThem() throws {
-        let report = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(), output: scratch.file("p.vlq"))
+        let report = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(),
+                                                                      output: scratch.file("p.vlq"))
         XCTAssertEqual(report.nonFinite, [NonFiniteTests.poisoned: 4])
-        let clean = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: scratch.file("c.vlq"))
+        let clean = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel,
+                                                                     output: scratch.file("c.vlq"))
         XCTAssertEqual(clean.nonFinite, [:])
     }
 
@@ -45,7 +50,8 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertEqual(plain.status, 0, "checksums alone cannot see a NaN that was there at conversion")
         let scanned = try vlq("check", bundle, "--values", "-q")
         XCTAssertEqual(scanned.status, 1)
-        XCTAssertTrue(scanned.stderr.contains("1 tensors hold NaN or infinite values: \(NonFiniteTests.poisoned) (4)"), scanned.stderr)
+        XCTAssertTrue(scanned.stderr.contains("1 tensors hold NaN or infinite values: \(NonFiniteTests.poisoned) (4)"),
+                      scanned.stderr)
 
         let clean = scratch.file("c.vlq")
         _ = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: clean)
@@ -63,12 +69,37 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("--keep-non-finite"), refused.stderr)
         XCTAssertEqual(scratch.listing(), ["model", "p.vlq"], "a refused quantize left files behind")
 
-        let kept = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "--keep-non-finite", "-q")
+        let kept = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "--keep-non-finite",
+                           "-q")
         XCTAssertEqual(kept.status, 0, kept.stderr)
         let output = try VLQFile(path: scratch.file("q.vlq"))
         XCTAssertEqual(output.record(NonFiniteTests.poisoned)?.encoding, .bf16)
         XCTAssertEqual(output.record("model.layers.1.mlp.down_proj.weight")?.encoding, .q8)
         let note = output.metadata["quantization"]?["tensors"]?[NonFiniteTests.poisoned]?["fallback"]?.stringValue
         XCTAssertEqual(note, "4 NaN or infinite values: kept in bf16")
+    }
+
+    /// A kept tensor that AWQ folds scales into (up_proj's rows take down_proj's) is recorded with both
+    /// the fold and the fallback; the statistics come from the clean model, so the search is not NaN.
+    func testAWQFoldedIntoAKeptTensorRecordsBothTheFoldAndTheFallback() throws {
+        let clean = scratch.file("c.vlq"), poisoned = scratch.file("p.vlq"), stats = scratch.file("c.vlqstats")
+        _ = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: clean)
+        _ = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(), output: poisoned)
+        var set = try CalibrationSet(path: Reference.data + "/calibration.jsonl")
+        set.samples = Array(set.samples.prefix(6))
+        let collector = try CalibrationRunner.collect(engine: try YiVLEngine.open(clean), set: set, withGram: true)
+        try StatisticsFile(collector: collector, setDigest: set.digest, samples: 6, model: clean).write(to: stats)
+        let kept = try vlq("quantize", poisoned, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "awq",
+                           "--stats", stats, "--keep-non-finite", "-q")
+        XCTAssertEqual(kept.status, 0, kept.stderr)
+        let output = try VLQFile(path: scratch.file("q.vlq"))
+        let record = try QuantizationRecord(json: try XCTUnwrap(output.metadata["quantization"]), source: output.path)
+        XCTAssertGreaterThan(record.tensors["model.layers.1.mlp.down_proj.weight"]?.awqAlpha ?? 0, 0,
+                             "down_proj's scales were searched and folded")
+        let entry = try XCTUnwrap(record.tensors[NonFiniteTests.poisoned])
+        XCTAssertEqual(entry.encoding, .f32)
+        XCTAssertTrue(entry.awqFolded)
+        XCTAssertEqual(entry.fallback, "4 NaN or infinite values: kept in bf16")
+        XCTAssertEqual(output.record(NonFiniteTests.poisoned)?.encoding, .f32)
     }
 }

@@ -8,9 +8,11 @@ import XCTest
 /// `vlq reference` and `vlq verify` as a gate.
 final class VerifyTests: XCTestCase {
     func writeSet(_ scratch: Scratch, count: Int, name: String = "eval.jsonl") throws -> String {
-        let lines = try String(contentsOfFile: Reference.data + "/eval.jsonl", encoding: .utf8).split(separator: "\n").prefix(count)
+        let manifest = try String(contentsOfFile: Reference.data + "/eval.jsonl", encoding: .utf8)
+        let lines = manifest.split(separator: "\n").prefix(count)
         let rewritten = lines.map { $0.replacingOccurrences(of: "\"eval/", with: "\"" + Reference.data + "/eval/") }
-        try (rewritten.joined(separator: "\n") + "\n").write(toFile: scratch.file(name), atomically: true, encoding: .utf8)
+        try (rewritten.joined(separator: "\n") + "\n").write(toFile: scratch.file(name), atomically: true,
+                                                             encoding: .utf8)
         return scratch.file(name)
     }
 
@@ -27,8 +29,10 @@ final class VerifyTests: XCTestCase {
         XCTAssertLessThan(json["run"]?["mean_kld"]?.doubleValue ?? 1, 1e-9)
         XCTAssertEqual(json["run"]?["answer_agreement"]?.doubleValue, 1)
         XCTAssertEqual(json["run"]?["decoder_layer_relative_l2"]?.arrayValue?.count, 4)
-        XCTAssertEqual(json["run"]?["vision_layer_relative_l2"]?.arrayValue?.count, 3, "features come from hidden state 3")
-        XCTAssertTrue(json["run"]!["decoder_layer_relative_l2"]!.arrayValue!.allSatisfy { ($0.doubleValue ?? 1) < 1e-6 })
+        XCTAssertEqual(json["run"]?["vision_layer_relative_l2"]?.arrayValue?.count, 3,
+                       "features come from hidden state 3")
+        let decoderDrift = try XCTUnwrap(json["run"]?["decoder_layer_relative_l2"]?.arrayValue)
+        XCTAssertTrue(decoderDrift.allSatisfy { ($0.doubleValue ?? 1) < 1e-6 })
     }
 
     func testABrokenBoundExitsOneAndSaysWhichAndAnotherSetIsRefused() throws {
@@ -38,11 +42,13 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(try vlq("quantize", bundle, "-o", int8, "--preset", "int8", "-q").status, 0)
         let set = try writeSet(scratch, count: 3)
         XCTAssertEqual(try vlq("reference", bundle, "--set", set, "-o", scratch.file("ref.vlqref"), "-q").status, 0)
-        let broken = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", set, "--max-kld", "1e-9", "-q")
+        let broken = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", set,
+                             "--max-kld", "1e-9", "-q")
         XCTAssertEqual(broken.status, 1)
         XCTAssertTrue(broken.stderr.contains("bound broken: mean KLD"), broken.stderr)
         let other = try writeSet(scratch, count: 2, name: "other.jsonl")
-        let refused = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", other, "-q")
+        let refused = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", other,
+                              "-q")
         XCTAssertEqual(refused.status, 2)
         XCTAssertTrue(refused.stderr.contains("the reference was computed on another set"), refused.stderr)
         let usage = try vlq("verify", "--candidate", int8)
@@ -70,7 +76,8 @@ extension VerifyTests {
         for preset in ["int8", "int4"] {
         let int4 = scratch.file(preset + ".vlq")
         XCTAssertEqual(try vlq("quantize", bundle, "-o", int4, "--preset", preset, "-q").status, 0)
-        let verified = try vlq("verify", "--reference-dir", Reference.data + "/reference", "--candidate", int4, "--json", scratch.file("v.json"), "-q")
+        let verified = try vlq("verify", "--reference-dir", Reference.data + "/reference", "--candidate", int4,
+                               "--json", scratch.file("v.json"), "-q")
         XCTAssertEqual(verified.status, 0, verified.stderr)
         var outputs: [String] = []
         for (i, c) in Reference.cases.enumerated() {
@@ -104,7 +111,8 @@ extension VerifyTests {
         let theirs = try JSONValue.parse(independent.stdout)
         XCTAssertEqual(mine["positions"]?.intValue, theirs["positions"]?.intValue)
         XCTAssertEqual(mine["same_top"]!.doubleValue!, theirs["same_top"]!.doubleValue!, accuracy: 1e-12)
-        XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirs["mean_kld"]!.doubleValue!, accuracy: 1e-6 * theirs["mean_kld"]!.doubleValue! + 1e-12)
+        let theirKLD = theirs["mean_kld"]!.doubleValue!
+        XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirKLD, accuracy: 1e-6 * theirKLD + 1e-12)
         XCTAssertGreaterThan(theirs["mean_kld"]!.doubleValue!, 1e-6, "\(preset) drifts measurably")
         }
     }
@@ -129,12 +137,69 @@ extension VerifyTests {
         XCTAssertTrue(page.contains("Distribution of KL divergence per position"))
         XCTAssertTrue(page.contains("decoder layer 00"))
         XCTAssertGreaterThanOrEqual(page.components(separatedBy: "<svg").count - 1, 4)
-        let thumbnails = page.components(separatedBy: "data:image/png;base64,").dropFirst().map { String($0.prefix { $0 != "\"" }) }
+        let thumbnails = page.components(separatedBy: "data:image/png;base64,").dropFirst().map {
+            String($0.prefix { $0 != "\"" })
+        }
         XCTAssertEqual(thumbnails.count, 3)
         for t in thumbnails {
             let png = try XCTUnwrap(Base64.decode(t))
             let image = try png.withUnsafeBytes { try ImageDecoder.decode($0, source: "thumbnail") }
             XCTAssertEqual(max(image.width, image.height), 64)
         }
+    }
+}
+
+/// `VerificationReport`: the figures, the bounds given and the failures, rendered as JSON and HTML.
+final class VerificationReportTests: XCTestCase {
+    /// One reference case whose candidate moved every logit row's top token.
+    func comparison() -> ReferenceComparison {
+        let reference: [Float] = [3, 1, 0, 2, 0, 1], candidate: [Float] = [1, 3, 0, 0, 2, 1]
+        var logits = LogitDrift()
+        logits.add(reference: reference, candidate: candidate, vocab: 3)
+        var comparison = ReferenceComparison()
+        comparison.logits = logits
+        comparison.cases = [.init(name: "case-000.safetensors",
+                                  vision: FeatureDrift(reference: [1, 0], candidate: [1, 0]),
+                                  projector: FeatureDrift(reference: [1, 0], candidate: [1, 1]), logits: logits)]
+        return comparison
+    }
+
+    func testEachBrokenBoundIsAFailureWithItsValueAndLimit() throws {
+        var report = VerificationReport(candidate: "q.vlq", bounds: VerificationBounds(maxKLD: 1e-3, minSameTop: 0.5,
+                                                                                      minCosine: 0.9))
+        report.referenceFolder = .init(path: "reference", comparison: comparison())
+        let c = report.referenceFolder!.comparison
+        XCTAssertEqual(report.failures, [
+            BoundFailure(bound: .maxKLD, value: c.logits.meanKLD, limit: 1e-3, set: nil),
+            BoundFailure(bound: .minSameTop, value: 0, limit: 0.5, set: nil),
+            BoundFailure(bound: .minCosine, value: c.minimumProjectorCosine, limit: 0.9, set: nil),
+        ])
+        XCTAssertEqual(report.failures[1].message, "same top 0.0000 < 0.5")
+        XCTAssertEqual(report.failureMessage, "bound broken: " + report.failures.map(\.message).joined(separator: "; "))
+        XCTAssertEqual(report.verdict, "")
+
+        report.bounds = VerificationBounds(maxKLD: 10)
+        XCTAssertNil(report.failureMessage)
+        XCTAssertEqual(report.verdict, "all bounds hold")
+        report.bounds = VerificationBounds()
+        XCTAssertEqual(report.verdict, "", "nothing was checked")
+    }
+
+    func testTheJSONAndTheHTMLComeFromTheSameTypedFigures() throws {
+        var report = VerificationReport(candidate: "q.vlq", bounds: VerificationBounds(minSameTop: 0.5))
+        report.referenceFolder = .init(path: "reference", comparison: comparison())
+        let json = report.json
+        XCTAssertEqual(json["reference_dir"]?.stringValue, "reference")
+        XCTAssertEqual(json["logits"]?["mean_kld"]?.doubleValue, report.referenceFolder!.comparison.logits.meanKLD)
+        XCTAssertEqual(json["logits"]?["positions"]?.intValue, 2)
+        XCTAssertEqual(json["cases"]?.arrayValue?.first?["name"]?.stringValue, "case-000.safetensors")
+        XCTAssertEqual(json["failures"], ["same top 0.0000 < 0.5"])
+        XCTAssertNil(json["run"])
+        let page = HTMLReport.render(report, thumbnails: [:])
+        XCTAssertTrue(page.contains("<p class=fail>Bound broken: same top 0.0000 &lt; 0.5</p>"), page)
+        XCTAssertTrue(page.contains("<h2>Reference cases</h2>"))
+        XCTAssertTrue(page.contains("<div class=label>same top token</div><div class=value>0.00%</div>"))
+        XCTAssertFalse(page.contains("answers identical"), "only a run has answers")
+        XCTAssertEqual(report.html, page, "no run samples, no thumbnails to read")
     }
 }
