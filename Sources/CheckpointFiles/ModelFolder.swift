@@ -1,9 +1,10 @@
+import VLQCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import VLQCore
 
 /// A model folder as a user names it, and the rule for which files vlq may read from it.
 ///
@@ -62,7 +63,8 @@ public final class ModelFolder: @unchecked Sendable {
             repositoryCache = blobs
             return
         }
-        let which = repositoryCache.map { "outside the model folder and its Hugging Face cache \($0)" }
+        let which =
+            repositoryCache.map { "outside the model folder and its Hugging Face cache \($0)" }
             ?? "outside the model folder"
         throw VLQError(subject ?? file, "\(ModelFolder.relative(file, to: path)) resolves to \(real), \(which)")
     }
@@ -89,8 +91,11 @@ public final class ModelFolder: @unchecked Sendable {
         }
         let names = try FileSystem.list(snapshots).filter { FileSystem.isDirectory(snapshots + "/" + $0) }.sorted()
         guard names.count == 1 else {
-            throw VLQError(folder, names.isEmpty ? "Hugging Face cache folder without snapshots"
-                : "no refs/main and \(names.count) snapshots (\(names.joined(separator: ", "))); name one")
+            throw VLQError(
+                folder,
+                names.isEmpty
+                    ? "Hugging Face cache folder without snapshots"
+                    : "no refs/main and \(names.count) snapshots (\(names.joined(separator: ", "))); name one")
         }
         return snapshots + "/" + names[0]
     }
@@ -98,9 +103,11 @@ public final class ModelFolder: @unchecked Sendable {
     /// `.../models--org--name` when `real` lies in its `snapshots/<rev>/`.
     static func repositoryCache(containing real: String) -> String? {
         let parts = real.split(separator: "/", omittingEmptySubsequences: false)
-        guard let i = parts.indices.last(where: { i in
-            parts[i].hasPrefix("models--") && i + 2 < parts.count && parts[i + 1] == "snapshots"
-        }) else { return nil }
+        guard
+            let i = parts.indices.last(where: { i in
+                parts[i].hasPrefix("models--") && i + 2 < parts.count && parts[i + 1] == "snapshots"
+            })
+        else { return nil }
         return parts[...i].joined(separator: "/")
     }
 
@@ -125,7 +132,8 @@ public final class ModelFolder: @unchecked Sendable {
     /// `Yi-VL-6B`), else the folder's own name.
     public var modelName: String {
         if let cache = repositoryCache ?? ModelFolder.repositoryCache(containing: realPath),
-           let last = cache.split(separator: "/").last {
+            let last = cache.split(separator: "/").last
+        {
             // models--org--name: repository names cannot hold "--", so the name is the last part.
             let parts = last.split(separator: "-", omittingEmptySubsequences: false)
             if let i = parts.lastIndex(where: \.isEmpty), i + 1 < parts.count {

@@ -117,7 +117,8 @@ public final class ShardSet: @unchecked Sendable {
             }
             for (i, file) in files.enumerated() {
                 for t in file.tensors where locations[t.name] == nil || locations[t.name]!.0 != i {
-                    throw VLQError(indexPath, "tensor \(t.name) in \(shardNames[i]) is not mapped to that shard by weight_map")
+                    throw VLQError(
+                        indexPath, "tensor \(t.name) in \(shardNames[i]) is not mapped to that shard by weight_map")
                 }
             }
         } else {
@@ -144,7 +145,9 @@ public final class ShardSet: @unchecked Sendable {
     }
 
     /// Which index or files of a folder hold its weights (see the type's comment).
-    static func choose(_ entries: [String], folder: String, indexName: String?) throws -> (index: String?, files: [String]) {
+    static func choose(
+        _ entries: [String], folder: String, indexName: String?
+    ) throws -> (index: String?, files: [String]) {
         if let indexName {
             guard entries.contains(indexName) else { throw VLQError(folder, "no index named \(indexName)") }
             return (indexName, [])
@@ -157,7 +160,9 @@ public final class ShardSet: @unchecked Sendable {
             return indexes.first
         }
         let safetensors = entries.filter { $0.hasSuffix(".safetensors") }
-        if let index = try single(entries.filter { $0.hasSuffix(".safetensors.index.json") }, "model.safetensors.index.json") {
+        if let index = try single(
+            entries.filter { $0.hasSuffix(".safetensors.index.json") }, "model.safetensors.index.json")
+        {
             return (index, [])
         }
         if safetensors.contains("model.safetensors") { return (nil, ["model.safetensors"]) }

@@ -4,20 +4,25 @@
 public enum NonFiniteValues {
     /// Non-finite values among `bytes` stored as `encoding`. For a quantized tensor, its f16 scales and
     /// biases (the codes themselves are integers). A trailing partial element is ignored.
-    public static func count(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncoding, shape: [Int] = [],
-                             groupSize: Int = 0) -> Int {
+    public static func count(
+        _ bytes: UnsafeRawBufferPointer, encoding: TensorEncoding, shape: [Int] = [],
+        groupSize: Int = 0
+    ) -> Int {
         switch encoding {
         case .f32: return count32(bytes)
         case .f16: return count16(bytes, exponent: 0x7C00)
         case .bf16: return count16(bytes, exponent: 0x7F80)
         case .q8, .q4, .q4s:
             guard let layout = QuantizedLayout(encoding: encoding, shape: shape, groupSize: groupSize),
-                  layout.byteCount <= bytes.count else { return 0 }
+                layout.byteCount <= bytes.count
+            else { return 0 }
             let planeBytes = layout.rows * layout.groupsPerRow * 2
-            var total = count16(UnsafeRawBufferPointer(rebasing: bytes[layout.scalesOffset..<(layout.scalesOffset + planeBytes)]),
-                                exponent: 0x7C00)
+            var total = count16(
+                UnsafeRawBufferPointer(rebasing: bytes[layout.scalesOffset..<(layout.scalesOffset + planeBytes)]),
+                exponent: 0x7C00)
             if let biases = layout.biasesOffset {
-                total += count16(UnsafeRawBufferPointer(rebasing: bytes[biases..<(biases + planeBytes)]), exponent: 0x7C00)
+                total += count16(
+                    UnsafeRawBufferPointer(rebasing: bytes[biases..<(biases + planeBytes)]), exponent: 0x7C00)
             }
             return total
         }

@@ -63,8 +63,10 @@ public struct BundleMetadata: Sendable, Equatable {
         public var addBOSToken, addEOSToken: Bool
         public var bos, eos, pad, unk: SpecialToken
 
-        public init(type: String, model: [UInt8], modelXXH3: String, addBOSToken: Bool, addEOSToken: Bool,
-                    bos: SpecialToken, eos: SpecialToken, pad: SpecialToken, unk: SpecialToken) {
+        public init(
+            type: String, model: [UInt8], modelXXH3: String, addBOSToken: Bool, addEOSToken: Bool,
+            bos: SpecialToken, eos: SpecialToken, pad: SpecialToken, unk: SpecialToken
+        ) {
             (self.type, self.model, self.modelXXH3) = (type, model, modelXXH3)
             (self.addBOSToken, self.addEOSToken) = (addBOSToken, addEOSToken)
             (self.bos, self.eos, self.pad, self.unk) = (bos, eos, pad, unk)
@@ -102,9 +104,13 @@ public struct BundleMetadata: Sendable, Equatable {
         /// Sorted by path.
         public var sourceFiles: [SourceFile]
 
-        public init(vlqVersion: String, converterDType: String, converterAlignment: Int, visionTower: String,
-                    inShardVisionCopy: Bool, ignoredTensors: [String], sourceFiles: [SourceFile]) {
-            (self.vlqVersion, self.converterDType, self.converterAlignment) = (vlqVersion, converterDType, converterAlignment)
+        public init(
+            vlqVersion: String, converterDType: String, converterAlignment: Int, visionTower: String,
+            inShardVisionCopy: Bool, ignoredTensors: [String], sourceFiles: [SourceFile]
+        ) {
+            (self.vlqVersion, self.converterDType, self.converterAlignment) = (
+                vlqVersion, converterDType, converterAlignment
+            )
             (self.visionTower, self.inShardVisionCopy) = (visionTower, inShardVisionCopy)
             (self.ignoredTensors, self.sourceFiles) = (ignoredTensors, sourceFiles)
         }
@@ -126,9 +132,11 @@ public struct BundleMetadata: Sendable, Equatable {
 
     public var isQuantized: Bool { !quantization.isEmpty }
 
-    public init(formatVersion: String, model: Model, architecture: Architecture, configs: [String: JSONValue],
-                preprocessing: ImagePreprocessing, chat: Chat, tokenizer: Tokenizer, generation: Generation,
-                provenance: Provenance, quantization: [String: JSONValue] = [:]) {
+    public init(
+        formatVersion: String, model: Model, architecture: Architecture, configs: [String: JSONValue],
+        preprocessing: ImagePreprocessing, chat: Chat, tokenizer: Tokenizer, generation: Generation,
+        provenance: Provenance, quantization: [String: JSONValue] = [:]
+    ) {
         self.formatVersion = formatVersion
         self.model = model
         self.architecture = architecture
@@ -159,12 +167,18 @@ struct MetadataFields {
 
     func fail(_ key: String) -> VLQError { VLQError(source, "metadata \(section).\(key) is missing or malformed") }
     func int(_ key: String) throws -> Int { guard let v = json?[key]?.intValue else { throw fail(key) }; return v }
-    func double(_ key: String) throws -> Double { guard let v = json?[key]?.doubleValue else { throw fail(key) }; return v }
-    func string(_ key: String) throws -> String { guard let v = json?[key]?.stringValue else { throw fail(key) }; return v }
+    func double(_ key: String) throws -> Double {
+        guard let v = json?[key]?.doubleValue else { throw fail(key) }; return v
+    }
+    func string(_ key: String) throws -> String {
+        guard let v = json?[key]?.stringValue else { throw fail(key) }; return v
+    }
     func bool(_ key: String) throws -> Bool { guard let v = json?[key]?.boolValue else { throw fail(key) }; return v }
     func strings(_ key: String) throws -> [String] {
         guard let a = json?[key]?.arrayValue else { throw fail(key) }
-        return try a.map { v in guard let s = v.stringValue else { throw fail(key) }; return s }
+        return try a.map { v in
+            guard let s = v.stringValue else { throw fail(key) }; return s
+        }
     }
     func section(_ key: String) throws -> MetadataFields { try MetadataFields(json?[key], section + "." + key, source) }
 }
@@ -177,14 +191,17 @@ extension BundleMetadata {
         let m = try MetadataFields(top["model"], "model", source)
         model = Model(architecture: try m.string("architecture"), name: try m.string("name"))
         architecture = try Architecture(try MetadataFields(top["architecture"], "architecture", source))
-        guard let configs = top["configs"]?.objectValue else { throw VLQError(source, "metadata lacks the configs section") }
+        guard let configs = top["configs"]?.objectValue else {
+            throw VLQError(source, "metadata lacks the configs section")
+        }
         self.configs = configs
         guard let pre = top["preprocessing"] else { throw VLQError(source, "metadata lacks preprocessing") }
         preprocessing = try ImagePreprocessing(metadata: pre, source: source)
         let c = try MetadataFields(top["chat"], "chat", source)
-        chat = Chat(template: try c.string("template"), system: try c.string("system"),
-                    imagePlaceholder: try c.string("image_placeholder"), imageTokenIndex: try c.int("image_token_index"),
-                    imageTokens: try c.int("image_tokens"), stop: try c.strings("stop"))
+        chat = Chat(
+            template: try c.string("template"), system: try c.string("system"),
+            imagePlaceholder: try c.string("image_placeholder"), imageTokenIndex: try c.int("image_token_index"),
+            imageTokens: try c.int("image_tokens"), stop: try c.strings("stop"))
         tokenizer = try Tokenizer(try MetadataFields(top["tokenizer"], "tokenizer", source))
         let g = try MetadataFields(top["generation"], "generation", source)
         var settings = top["generation"]?.objectValue ?? [:]
@@ -202,20 +219,23 @@ extension BundleMetadata {
 extension BundleMetadata.Architecture {
     init(_ a: MetadataFields) throws {
         let v = try a.section("vision"), p = try a.section("projector"), l = try a.section("language")
-        vision = Vision(hiddenSize: try v.int("hidden_size"), intermediateSize: try v.int("intermediate_size"),
-                        layers: try v.int("layers"), heads: try v.int("heads"), imageSize: try v.int("image_size"),
-                        patchSize: try v.int("patch_size"), channels: try v.int("channels"),
-                        layerNormEps: try v.double("layer_norm_eps"), hiddenAct: try v.string("hidden_act"),
-                        selectLayer: try v.int("select_layer"), selectFeature: try v.string("select_feature"),
-                        selectedHiddenState: try v.int("selected_hidden_state"))
-        projector = Projector(type: try p.string("type"), inputSize: try p.int("input_size"),
-                              hiddenSize: try p.int("hidden_size"), layerNormEps: try p.double("layer_norm_eps"))
-        language = Language(hiddenSize: try l.int("hidden_size"), intermediateSize: try l.int("intermediate_size"),
-                            layers: try l.int("layers"), heads: try l.int("heads"), kvHeads: try l.int("kv_heads"),
-                            headDim: try l.int("head_dim"), vocabSize: try l.int("vocab_size"),
-                            rmsNormEps: try l.double("rms_norm_eps"), ropeTheta: try l.double("rope_theta"),
-                            maxPositionEmbeddings: try l.int("max_position_embeddings"),
-                            hiddenAct: try l.string("hidden_act"), tieWordEmbeddings: try l.bool("tie_word_embeddings"))
+        vision = Vision(
+            hiddenSize: try v.int("hidden_size"), intermediateSize: try v.int("intermediate_size"),
+            layers: try v.int("layers"), heads: try v.int("heads"), imageSize: try v.int("image_size"),
+            patchSize: try v.int("patch_size"), channels: try v.int("channels"),
+            layerNormEps: try v.double("layer_norm_eps"), hiddenAct: try v.string("hidden_act"),
+            selectLayer: try v.int("select_layer"), selectFeature: try v.string("select_feature"),
+            selectedHiddenState: try v.int("selected_hidden_state"))
+        projector = Projector(
+            type: try p.string("type"), inputSize: try p.int("input_size"),
+            hiddenSize: try p.int("hidden_size"), layerNormEps: try p.double("layer_norm_eps"))
+        language = Language(
+            hiddenSize: try l.int("hidden_size"), intermediateSize: try l.int("intermediate_size"),
+            layers: try l.int("layers"), heads: try l.int("heads"), kvHeads: try l.int("kv_heads"),
+            headDim: try l.int("head_dim"), vocabSize: try l.int("vocab_size"),
+            rmsNormEps: try l.double("rms_norm_eps"), ropeTheta: try l.double("rope_theta"),
+            maxPositionEmbeddings: try l.int("max_position_embeddings"),
+            hiddenAct: try l.string("hidden_act"), tieWordEmbeddings: try l.bool("tie_word_embeddings"))
     }
 }
 
@@ -231,7 +251,8 @@ extension BundleMetadata.Tokenizer {
         addEOSToken = try t.bool("add_eos_token")
         let special = try t.section("special_tokens")
         func token(_ key: String) -> BundleMetadata.SpecialToken {
-            BundleMetadata.SpecialToken(text: special.json?[key]?["text"]?.stringValue, id: special.json?[key]?["id"]?.intValue)
+            BundleMetadata.SpecialToken(
+                text: special.json?[key]?["text"]?.stringValue, id: special.json?[key]?["id"]?.intValue)
         }
         bos = token("bos")
         eos = token("eos")
@@ -251,7 +272,8 @@ extension BundleMetadata.Provenance {
         ignoredTensors = try p.strings("ignored_tensors")
         guard let files = p.json?["source_files"]?.arrayValue else { throw p.fail("source_files") }
         sourceFiles = try files.map { f in
-            guard let path = f["path"]?.stringValue, let bytes = f["bytes"]?.intValue, let xxh3 = f["xxh3"]?.stringValue else {
+            guard let path = f["path"]?.stringValue, let bytes = f["bytes"]?.intValue, let xxh3 = f["xxh3"]?.stringValue
+            else {
                 throw p.fail("source_files")
             }
             return BundleMetadata.SourceFile(path: path, bytes: bytes, xxh3: xxh3)
@@ -294,7 +316,8 @@ extension BundleMetadata.Architecture {
             "vision": [
                 "hidden_size": int(v.hiddenSize), "intermediate_size": int(v.intermediateSize), "layers": int(v.layers),
                 "heads": int(v.heads), "image_size": int(v.imageSize), "patch_size": int(v.patchSize),
-                "channels": int(v.channels), "layer_norm_eps": .double(v.layerNormEps), "hidden_act": .string(v.hiddenAct),
+                "channels": int(v.channels), "layer_norm_eps": .double(v.layerNormEps),
+                "hidden_act": .string(v.hiddenAct),
                 "select_layer": int(v.selectLayer), "select_feature": .string(v.selectFeature),
                 "selected_hidden_state": int(v.selectedHiddenState),
             ],
@@ -305,7 +328,8 @@ extension BundleMetadata.Architecture {
             "language": [
                 "hidden_size": int(l.hiddenSize), "intermediate_size": int(l.intermediateSize), "layers": int(l.layers),
                 "heads": int(l.heads), "kv_heads": int(l.kvHeads), "head_dim": int(l.headDim),
-                "vocab_size": int(l.vocabSize), "rms_norm_eps": .double(l.rmsNormEps), "rope_theta": .double(l.ropeTheta),
+                "vocab_size": int(l.vocabSize), "rms_norm_eps": .double(l.rmsNormEps),
+                "rope_theta": .double(l.ropeTheta),
                 "max_position_embeddings": int(l.maxPositionEmbeddings), "hidden_act": .string(l.hiddenAct),
                 "tie_word_embeddings": .bool(l.tieWordEmbeddings),
             ],
@@ -334,9 +358,10 @@ extension BundleMetadata.Provenance {
             "vision_tower": .string(visionTower),
             "in_shard_vision_copy": .bool(inShardVisionCopy),
             "ignored_tensors": .array(ignoredTensors.map { .string($0) }),
-            "source_files": .array(sourceFiles.map {
-                ["path": .string($0.path), "bytes": .int(Int64($0.bytes)), "xxh3": .string($0.xxh3)]
-            }),
+            "source_files": .array(
+                sourceFiles.map {
+                    ["path": .string($0.path), "bytes": .int(Int64($0.bytes)), "xxh3": .string($0.xxh3)]
+                }),
         ]
     }
 }

@@ -40,31 +40,33 @@ public struct SmoothingMapping: Hashable, Sendable {
 /// One CLIP encoder layer (pre-LN).
 public struct VisionLayer: Sendable {
     public let index: Int
-    public let layerNorm1: LayerNorm      // layer_norm1
-    public let query: Linear              // self_attn.q_proj
-    public let key: Linear                // self_attn.k_proj
-    public let value: Linear              // self_attn.v_proj
-    public let output: Linear             // self_attn.out_proj
-    public let layerNorm2: LayerNorm      // layer_norm2
-    public let fc1: Linear                // mlp.fc1
-    public let fc2: Linear                // mlp.fc2
+    public let layerNorm1: LayerNorm  // layer_norm1
+    public let query: Linear  // self_attn.q_proj
+    public let key: Linear  // self_attn.k_proj
+    public let value: Linear  // self_attn.v_proj
+    public let output: Linear  // self_attn.out_proj
+    public let layerNorm2: LayerNorm  // layer_norm2
+    public let fc1: Linear  // mlp.fc1
+    public let fc2: Linear  // mlp.fc2
 
     public var label: String { "vision layer " + ModelDefinition.twoDigits(index) }
     public var linears: [Linear] { [key, value, query, output, fc1, fc2] }
     public var smoothingMappings: [SmoothingMapping] {
-        [SmoothingMapping(smooth: .norm([layerNorm1.weight, layerNorm1.bias]), balance: [query, key, value]),
-         SmoothingMapping(smooth: .linearRows(value), balance: [output]),
-         SmoothingMapping(smooth: .norm([layerNorm2.weight, layerNorm2.bias]), balance: [fc1])]
+        [
+            SmoothingMapping(smooth: .norm([layerNorm1.weight, layerNorm1.bias]), balance: [query, key, value]),
+            SmoothingMapping(smooth: .linearRows(value), balance: [output]),
+            SmoothingMapping(smooth: .norm([layerNorm2.weight, layerNorm2.bias]), balance: [fc1]),
+        ]
     }
 }
 
 public struct VisionTower: Sendable {
-    public let classEmbedding: TensorHandle     // embeddings.class_embedding
-    public let patchEmbedding: TensorHandle     // embeddings.patch_embedding.weight (a conv, no bias)
+    public let classEmbedding: TensorHandle  // embeddings.class_embedding
+    public let patchEmbedding: TensorHandle  // embeddings.patch_embedding.weight (a conv, no bias)
     public let positionEmbedding: TensorHandle  // embeddings.position_embedding.weight
-    public let preLayerNorm: LayerNorm          // pre_layrnorm (sic)
-    public let layers: [VisionLayer]            // encoder.layers.N
-    public let postLayerNorm: LayerNorm         // post_layernorm: unused by LLaVA models, kept in bundles
+    public let preLayerNorm: LayerNorm  // pre_layrnorm (sic)
+    public let layers: [VisionLayer]  // encoder.layers.N
+    public let postLayerNorm: LayerNorm  // post_layernorm: unused by LLaVA models, kept in bundles
 }
 
 /// `mlp2x_gelu_Norm`: Linear, LayerNorm, GELU, Linear, LayerNorm (model.mm_projector.{0,1,3,4}).
@@ -80,15 +82,15 @@ public struct Projector: Sendable {
 /// One Llama decoder layer.
 public struct DecoderLayer: Sendable {
     public let index: Int
-    public let inputNorm: RMSNorm            // input_layernorm
-    public let query: Linear                 // self_attn.q_proj
-    public let key: Linear                   // self_attn.k_proj
-    public let value: Linear                 // self_attn.v_proj
-    public let output: Linear                // self_attn.o_proj
-    public let postAttentionNorm: RMSNorm    // post_attention_layernorm
-    public let gate: Linear                  // mlp.gate_proj
-    public let up: Linear                    // mlp.up_proj
-    public let down: Linear                  // mlp.down_proj
+    public let inputNorm: RMSNorm  // input_layernorm
+    public let query: Linear  // self_attn.q_proj
+    public let key: Linear  // self_attn.k_proj
+    public let value: Linear  // self_attn.v_proj
+    public let output: Linear  // self_attn.o_proj
+    public let postAttentionNorm: RMSNorm  // post_attention_layernorm
+    public let gate: Linear  // mlp.gate_proj
+    public let up: Linear  // mlp.up_proj
+    public let down: Linear  // mlp.down_proj
 
     public var label: String { "decoder layer " + ModelDefinition.twoDigits(index) }
     public var linears: [Linear] { [query, key, value, output, gate, up, down] }
@@ -104,10 +106,10 @@ public struct DecoderLayer: Sendable {
 }
 
 public struct LanguageModel: Sendable {
-    public let embedTokens: TensorHandle     // model.embed_tokens.weight
-    public let layers: [DecoderLayer]        // model.layers.N
-    public let norm: RMSNorm                 // model.norm
-    public let head: Linear                  // lm_head, or the embeddings when tied
+    public let embedTokens: TensorHandle  // model.embed_tokens.weight
+    public let layers: [DecoderLayer]  // model.layers.N
+    public let norm: RMSNorm  // model.norm
+    public let head: Linear  // lm_head, or the embeddings when tied
 }
 
 /// The names a checkpoint flavour gives the three parts' tensors. Yi-VL's (the original LLaVA code's)
@@ -121,7 +123,9 @@ public struct CheckpointNaming: Sendable {
 
     public static let yiVL = CheckpointNaming(
         vision: "vision_model.",
-        projectorLayers: ("model.mm_projector.0", "model.mm_projector.1", "model.mm_projector.3", "model.mm_projector.4"),
+        projectorLayers: (
+            "model.mm_projector.0", "model.mm_projector.1", "model.mm_projector.3", "model.mm_projector.4"
+        ),
         language: "model.", head: "lm_head")
 }
 
@@ -147,7 +151,8 @@ public struct ModelDefinition: Sendable {
         b.part = .vision
         let vp = naming.vision
         let classEmbedding = b.tensor(vp + "embeddings.class_embedding", [d])
-        let patchEmbedding = b.tensor(vp + "embeddings.patch_embedding.weight", [d, v.channels, v.patchSize, v.patchSize])
+        let patchEmbedding = b.tensor(
+            vp + "embeddings.patch_embedding.weight", [d, v.channels, v.patchSize, v.patchSize])
         let positionEmbedding = b.tensor(vp + "embeddings.position_embedding.weight", [v.patchCount + 1, d])
         let preLayerNorm = b.layerNorm(vp + "pre_layrnorm", d)
         var visionLayers: [VisionLayer] = []
@@ -162,13 +167,16 @@ public struct ModelDefinition: Sendable {
             let fc1 = b.linear(p + "mlp.fc1", v.intermediateSize, d, bias: true)
             let fc2 = b.linear(p + "mlp.fc2", d, v.intermediateSize, bias: true)
             let layerNorm2 = b.layerNorm(p + "layer_norm2", d)
-            visionLayers.append(VisionLayer(index: i, layerNorm1: layerNorm1, query: query, key: key, value: value,
-                                            output: output, layerNorm2: layerNorm2, fc1: fc1, fc2: fc2))
+            visionLayers.append(
+                VisionLayer(
+                    index: i, layerNorm1: layerNorm1, query: query, key: key, value: value,
+                    output: output, layerNorm2: layerNorm2, fc1: fc1, fc2: fc2))
         }
         let postLayerNorm = b.layerNorm(vp + "post_layernorm", d)
-        vision = VisionTower(classEmbedding: classEmbedding, patchEmbedding: patchEmbedding,
-                             positionEmbedding: positionEmbedding, preLayerNorm: preLayerNorm, layers: visionLayers,
-                             postLayerNorm: postLayerNorm)
+        vision = VisionTower(
+            classEmbedding: classEmbedding, patchEmbedding: patchEmbedding,
+            positionEmbedding: positionEmbedding, preLayerNorm: preLayerNorm, layers: visionLayers,
+            postLayerNorm: postLayerNorm)
 
         let l = config.language
         let h = l.hiddenSize
@@ -196,12 +204,15 @@ public struct ModelDefinition: Sendable {
             let gate = b.linear(p + "mlp.gate_proj", l.intermediateSize, h, bias: false)
             let up = b.linear(p + "mlp.up_proj", l.intermediateSize, h, bias: false)
             let down = b.linear(p + "mlp.down_proj", h, l.intermediateSize, bias: false)
-            decoderLayers.append(DecoderLayer(index: i, inputNorm: inputNorm, query: query, key: key, value: value,
-                                              output: output, postAttentionNorm: postAttentionNorm, gate: gate, up: up,
-                                              down: down))
+            decoderLayers.append(
+                DecoderLayer(
+                    index: i, inputNorm: inputNorm, query: query, key: key, value: value,
+                    output: output, postAttentionNorm: postAttentionNorm, gate: gate, up: up,
+                    down: down))
         }
         let norm = RMSNorm(weight: b.tensor(lp + "norm.weight", [h]))
-        let head = l.tiedEmbeddings
+        let head =
+            l.tiedEmbeddings
             ? Linear(weight: embedTokens, bias: nil, outputs: l.vocabSize, inputs: h)
             : b.linear(naming.head, l.vocabSize, h, bias: false)
         language = LanguageModel(embedTokens: embedTokens, layers: decoderLayers, norm: norm, head: head)
@@ -249,18 +260,25 @@ public struct ModelDefinition: Sendable {
     /// "projector", "token embeddings", "lm_head" (with the final norm), "vision embeddings".
     public func label(of handle: TensorHandle) -> String { labels[handle.index] }
 
-    private static func labels(_ count: Int, _ vision: VisionTower, _ projector: Projector, _ language: LanguageModel,
-                               tied: Bool) -> [String] {
+    private static func labels(
+        _ count: Int, _ vision: VisionTower, _ projector: Projector, _ language: LanguageModel,
+        tied: Bool
+    ) -> [String] {
         var out = [String](repeating: "", count: count)
         func mark(_ handles: [TensorHandle], _ label: String) { for h in handles { out[h.index] = label } }
         for layer in vision.layers {
             mark(layer.linears.flatMap(\.handles) + layer.layerNorm1.handles + layer.layerNorm2.handles, layer.label)
         }
-        mark([vision.classEmbedding, vision.patchEmbedding, vision.positionEmbedding] + vision.preLayerNorm.handles
-             + vision.postLayerNorm.handles, "vision embeddings")
-        mark(projector.linears.flatMap(\.handles) + projector.firstNorm.handles + projector.secondNorm.handles, "projector")
+        mark(
+            [vision.classEmbedding, vision.patchEmbedding, vision.positionEmbedding] + vision.preLayerNorm.handles
+                + vision.postLayerNorm.handles, "vision embeddings")
+        mark(
+            projector.linears.flatMap(\.handles) + projector.firstNorm.handles + projector.secondNorm.handles,
+            "projector")
         for layer in language.layers {
-            mark(layer.linears.flatMap(\.handles) + [layer.inputNorm.weight, layer.postAttentionNorm.weight], layer.label)
+            mark(
+                layer.linears.flatMap(\.handles) + [layer.inputNorm.weight, layer.postAttentionNorm.weight], layer.label
+            )
         }
         mark([language.embedTokens], "token embeddings")
         mark([language.norm.weight] + (tied ? [] : language.head.handles), "lm_head")
@@ -278,7 +296,9 @@ public struct ModelDefinition: Sendable {
 
         mutating func linear(_ prefix: String, _ outputs: Int, _ inputs: Int, bias: Bool) -> Linear {
             let weight = tensor(prefix + ".weight", [outputs, inputs])
-            return Linear(weight: weight, bias: bias ? tensor(prefix + ".bias", [outputs]) : nil, outputs: outputs, inputs: inputs)
+            return Linear(
+                weight: weight, bias: bias ? tensor(prefix + ".bias", [outputs]) : nil, outputs: outputs, inputs: inputs
+            )
         }
 
         mutating func layerNorm(_ prefix: String, _ width: Int) -> LayerNorm {

@@ -5,32 +5,39 @@ import VLQCore
 extension BundleMetadata.Architecture {
     public init(_ c: YiVLConfig) {
         let v = c.vision, l = c.language, m = c.multimodal
-        vision = Vision(hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
-                        imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels, layerNormEps: v.layerNormEps,
-                        hiddenAct: v.hiddenAct, selectLayer: m.selectLayer, selectFeature: m.selectFeature,
-                        selectedHiddenState: c.selectedHiddenState)
+        vision = Vision(
+            hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
+            imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels, layerNormEps: v.layerNormEps,
+            hiddenAct: v.hiddenAct, selectLayer: m.selectLayer, selectFeature: m.selectFeature,
+            selectedHiddenState: c.selectedHiddenState)
         // The projector's LayerNorms are torch's default nn.LayerNorm: eps 1e-5 (no config key holds it).
-        projector = Projector(type: m.projectorType, inputSize: m.hiddenSize, hiddenSize: l.hiddenSize, layerNormEps: 1e-5)
-        language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
-                            kvHeads: l.kvHeads, headDim: l.headDim, vocabSize: l.vocabSize, rmsNormEps: l.rmsNormEps,
-                            ropeTheta: l.ropeTheta, maxPositionEmbeddings: l.maxPositionEmbeddings,
-                            hiddenAct: l.hiddenAct, tieWordEmbeddings: l.tieWordEmbeddings)
+        projector = Projector(
+            type: m.projectorType, inputSize: m.hiddenSize, hiddenSize: l.hiddenSize, layerNormEps: 1e-5)
+        language = Language(
+            hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
+            kvHeads: l.kvHeads, headDim: l.headDim, vocabSize: l.vocabSize, rmsNormEps: l.rmsNormEps,
+            ropeTheta: l.ropeTheta, maxPositionEmbeddings: l.maxPositionEmbeddings,
+            hiddenAct: l.hiddenAct, tieWordEmbeddings: l.tieWordEmbeddings)
     }
 }
 
 extension BundleMetadata.Chat {
     public init(_ c: YiVLConfig) {
-        self.init(template: YiVLChat.template, system: YiVLChat.systemPrompt, imagePlaceholder: YiVLChat.imagePlaceholder,
-                  imageTokenIndex: YiVLChat.imageTokenIndex,
-                  imageTokens: c.vision.patchCount + (c.multimodal.selectFeature == "cls_patch" ? 1 : 0),
-                  stop: YiVLChat.stopStrings)
+        self.init(
+            template: YiVLChat.template, system: YiVLChat.systemPrompt, imagePlaceholder: YiVLChat.imagePlaceholder,
+            imageTokenIndex: YiVLChat.imageTokenIndex,
+            imageTokens: c.vision.patchCount + (c.multimodal.selectFeature == "cls_patch" ? 1 : 0),
+            stop: YiVLChat.stopStrings)
     }
 }
 
 extension BundleMetadata.SpecialToken {
     /// A special token as text (tokenizer_config.json, then special_tokens_map.json) and id
     /// (config.json's `<key>_id`).
-    public init(_ key: String, config: YiVLConfig, tokenizerConfig: JSONValue?, specialTokensMap: JSONValue?, withID: Bool = true) {
+    public init(
+        _ key: String, config: YiVLConfig, tokenizerConfig: JSONValue?, specialTokensMap: JSONValue?,
+        withID: Bool = true
+    ) {
         text = nil
         for source in [tokenizerConfig, specialTokensMap] {
             guard let v = source?[key + "_token"] else { continue }

@@ -28,13 +28,15 @@ final class CheckpointLayoutTests: XCTestCase {
         try revision.write(toFile: cache + "/refs/main", atomically: true, encoding: .utf8)
         let files = fm.enumerator(atPath: Repo.tinyModel)!.compactMap { $0 as? String }.filter { item in
             var isDirectory: ObjCBool = false
-            return fm.fileExists(atPath: Repo.tinyModel + "/" + item, isDirectory: &isDirectory) && !isDirectory.boolValue
+            return fm.fileExists(atPath: Repo.tinyModel + "/" + item, isDirectory: &isDirectory)
+                && !isDirectory.boolValue
         }
         for (n, relative) in files.sorted().enumerated() {
             let blob = String(format: "%064x", n + 1)
             try fm.copyItem(atPath: Repo.tinyModel + "/" + relative, toPath: cache + "/blobs/" + blob)
             let link = snapshot + "/" + relative
-            try fm.createDirectory(atPath: (link as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try fm.createDirectory(
+                atPath: (link as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             let depth = relative.split(separator: "/").count + 1
             let target = String(repeating: "../", count: depth) + "blobs/" + blob
             try fm.createSymbolicLink(atPath: link, withDestinationPath: target)
@@ -81,9 +83,12 @@ final class CheckpointLayoutTests: XCTestCase {
         let shard = snapshot + "/model-00002-of-00002.safetensors"
         try FileManager.default.removeItem(atPath: shard)
         try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: outside)
-        assertVLQError(try YiVLCheckpoint(folder: snapshot),
-                       contains: ["model.safetensors.index.json", "model-00002-of-00002.safetensors resolves to",
-                                  "outside the model folder and its Hugging Face cache"])
+        assertVLQError(
+            try YiVLCheckpoint(folder: snapshot),
+            contains: [
+                "model.safetensors.index.json", "model-00002-of-00002.safetensors resolves to",
+                "outside the model folder and its Hugging Face cache",
+            ])
     }
 
     func testAFolderOfLinksIntoTwoDifferentRepositoryCachesIsRefused() throws {
@@ -100,7 +105,8 @@ final class CheckpointLayoutTests: XCTestCase {
         try FileManager.default.createSymbolicLink(
             atPath: model + "/config.json",
             withDestinationPath: cache + "/snapshots/0123456789abcdef0123456789abcdef01234567/" + configBlob)
-        try FileManager.default.createSymbolicLink(atPath: model + "/tokenizer.model", withDestinationPath: other + "/tok")
+        try FileManager.default.createSymbolicLink(
+            atPath: model + "/tokenizer.model", withDestinationPath: other + "/tok")
         assertVLQError(try YiVLCheckpoint(folder: model), contains: ["tokenizer.model resolves to", "outside"])
     }
 
@@ -109,7 +115,9 @@ final class CheckpointLayoutTests: XCTestCase {
         let shard = model + "/model-00002-of-00002.safetensors"
         try FileManager.default.removeItem(atPath: shard)
         XCTAssertEqual(mkfifo(shard, 0o644), 0)
-        assertVLQError(try YiVLCheckpoint(folder: model), contains: ["model-00002-of-00002.safetensors", "not a regular file (a FIFO)"])
+        assertVLQError(
+            try YiVLCheckpoint(folder: model),
+            contains: ["model-00002-of-00002.safetensors", "not a regular file (a FIFO)"])
     }
 
     func testTheTransformersWeightsOfAFolderAreReadAndOtherWeightFilesNamed() throws {

@@ -35,11 +35,13 @@ final class NonFiniteTests: XCTestCase {
     }
 
     func testConvertCountsNonFiniteValuesPerTensorAndStillWritesThem() throws {
-        let report = try Converter(options: ConvertOptions()).convert(folder: try poisonedModel(),
-                                                                      output: scratch.file("p.vlq"))
+        let report = try Converter(options: ConvertOptions()).convert(
+            folder: try poisonedModel(),
+            output: scratch.file("p.vlq"))
         XCTAssertEqual(report.nonFinite, [NonFiniteTests.poisoned: 4])
-        let clean = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel,
-                                                                     output: scratch.file("c.vlq"))
+        let clean = try Converter(options: ConvertOptions()).convert(
+            folder: Repo.tinyModel,
+            output: scratch.file("c.vlq"))
         XCTAssertEqual(clean.nonFinite, [:])
     }
 
@@ -50,8 +52,9 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertEqual(plain.status, 0, "checksums alone cannot see a NaN that was there at conversion")
         let scanned = try vlq("check", bundle, "--values", "-q")
         XCTAssertEqual(scanned.status, 1)
-        XCTAssertTrue(scanned.stderr.contains("1 tensors hold NaN or infinite values: \(NonFiniteTests.poisoned) (4)"),
-                      scanned.stderr)
+        XCTAssertTrue(
+            scanned.stderr.contains("1 tensors hold NaN or infinite values: \(NonFiniteTests.poisoned) (4)"),
+            scanned.stderr)
 
         let clean = scratch.file("c.vlq")
         _ = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: clean)
@@ -69,8 +72,9 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("--keep-non-finite"), refused.stderr)
         XCTAssertEqual(scratch.listing(), ["model", "p.vlq"], "a refused quantize left files behind")
 
-        let kept = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "--keep-non-finite",
-                           "-q")
+        let kept = try vlq(
+            "quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int8", "--keep-non-finite",
+            "-q")
         XCTAssertEqual(kept.status, 0, kept.stderr)
         let output = try VLQFile(path: scratch.file("q.vlq"))
         XCTAssertEqual(output.record(NonFiniteTests.poisoned)?.encoding, .bf16)
@@ -89,13 +93,15 @@ final class NonFiniteTests: XCTestCase {
         set.samples = Array(set.samples.prefix(6))
         let collector = try CalibrationRunner.collect(engine: try YiVLEngine.open(clean), set: set, withGram: true)
         try StatisticsFile(collector: collector, setDigest: set.digest, samples: 6, model: clean).write(to: stats)
-        let kept = try vlq("quantize", poisoned, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "awq",
-                           "--stats", stats, "--keep-non-finite", "-q")
+        let kept = try vlq(
+            "quantize", poisoned, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "awq",
+            "--stats", stats, "--keep-non-finite", "-q")
         XCTAssertEqual(kept.status, 0, kept.stderr)
         let output = try VLQFile(path: scratch.file("q.vlq"))
         let record = try QuantizationRecord(json: try XCTUnwrap(output.metadata["quantization"]), source: output.path)
-        XCTAssertGreaterThan(record.tensors["model.layers.1.mlp.down_proj.weight"]?.awqAlpha ?? 0, 0,
-                             "down_proj's scales were searched and folded")
+        XCTAssertGreaterThan(
+            record.tensors["model.layers.1.mlp.down_proj.weight"]?.awqAlpha ?? 0, 0,
+            "down_proj's scales were searched and folded")
         let entry = try XCTUnwrap(record.tensors[NonFiniteTests.poisoned])
         XCTAssertEqual(entry.encoding, .f32)
         XCTAssertTrue(entry.awqFolded)

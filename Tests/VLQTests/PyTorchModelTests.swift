@@ -19,9 +19,10 @@ final class PyTorchModelTests: XCTestCase {
 
     func tensors(_ bundle: String) throws -> [String: [String]] {
         let file = try VLQFile(path: bundle)
-        return Dictionary(uniqueKeysWithValues: file.tensors.map {
-            ($0.name, [$0.encoding.name, "\($0.shape)", hex64($0.checksum)])
-        })
+        return Dictionary(
+            uniqueKeysWithValues: file.tensors.map {
+                ($0.name, [$0.encoding.name, "\($0.shape)", hex64($0.checksum)])
+            })
     }
 
     func testConvertingTheBinFolderGivesTheSafetensorsFolderTensorsBitForBit() throws {
@@ -39,10 +40,12 @@ final class PyTorchModelTests: XCTestCase {
 
     func testConvertSaysWhichTowerFileItReadAndWhichItLeftAlone() throws {
         let lines = Converter.describeSources(try YiVLCheckpoint(folder: Self.binModel))
-        XCTAssertEqual(lines, [
-            "language model and projector: 2 pytorch shards (pytorch_model.bin.index.json)",
-            "vision tower (vit/clip-vit-tiny-yivl-84): pytorch_model.bin; not read: open_clip_pytorch_model.bin",
-        ])
+        XCTAssertEqual(
+            lines,
+            [
+                "language model and projector: 2 pytorch shards (pytorch_model.bin.index.json)",
+                "vision tower (vit/clip-vit-tiny-yivl-84): pytorch_model.bin; not read: open_clip_pytorch_model.bin",
+            ])
     }
 
     func testRunAnswersFromTheBinFolderAsFromTheSafetensorsFolder() throws {
@@ -59,8 +62,9 @@ final class PyTorchModelTests: XCTestCase {
         try FileManager.default.copyItem(atPath: Self.binModel, toPath: model)
         let tower = model + "/vit/clip-vit-tiny-yivl-84/"
         try FileManager.default.removeItem(atPath: tower + "pytorch_model.bin")
-        try FileManager.default.copyItem(atPath: Repo.tinyModel + "/vit/clip-vit-tiny-yivl-84/model.safetensors",
-                                         toPath: tower + "model.safetensors")
+        try FileManager.default.copyItem(
+            atPath: Repo.tinyModel + "/vit/clip-vit-tiny-yivl-84/model.safetensors",
+            toPath: tower + "model.safetensors")
         let mixed = scratch.file("mixed.vlq"), plain = scratch.file("plain.vlq")
         _ = try Converter(options: ConvertOptions()).convert(folder: model, output: mixed)
         _ = try Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: plain)
