@@ -34,10 +34,12 @@ let package = Package(
         // Reading Hugging Face safetensors files over mmap, validated.
         .target(name: "SafeTensors", dependencies: ["VLQCore", "TensorSource"]),
         // Reading PyTorch torch.save checkpoints (zip + pickle) over mmap, with a restricted unpickler.
-        .target(name: "PyTorchCheckpoint", dependencies: ["VLQCore", "TensorSource"], swiftSettings: optimizedEvenInDebug),
+        .target(
+            name: "PyTorchCheckpoint", dependencies: ["VLQCore", "TensorSource"], swiftSettings: optimizedEvenInDebug),
         // A model folder's weight files: which files to read (safetensors or PyTorch, sharded or not),
         // shard indexes, and the Hugging Face cache layout.
-        .target(name: "CheckpointFiles", dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint"]),
+        .target(
+            name: "CheckpointFiles", dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint"]),
         // The .vlq bundle format (formats/VLQ-BUNDLE.md): writer, reader, checker.
         .target(name: "VLQFormat", dependencies: ["VLQCore"], swiftSettings: optimizedEvenInDebug),
         // SentencePiece BPE tokenizer read from tokenizer.model.
@@ -45,41 +47,68 @@ let package = Package(
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
         .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"], swiftSettings: optimizedEvenInDebug),
         // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine (OpenBLAS).
-        .target(name: "YiVL", dependencies: ["VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
-                swiftSettings: optimizedEvenInDebug),
+        .target(
+            name: "YiVL",
+            dependencies: ["VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
+            swiftSettings: optimizedEvenInDebug),
 
         // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
-        .target(name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "YiVL", "CBLAS"], swiftSettings: optimizedEvenInDebug),
+        .target(
+            name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "YiVL", "CBLAS"],
+            swiftSettings: optimizedEvenInDebug),
         // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes and the quantize pipeline.
-        .target(name: "Quantization", dependencies: ["VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS",
-                                                      .product(name: "Logging", package: "swift-log")],
-                swiftSettings: optimizedEvenInDebug),
+        .target(
+            name: "Quantization",
+            dependencies: [
+                "VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: optimizedEvenInDebug),
         // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift.
-        .target(name: "Verification", dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"], swiftSettings: optimizedEvenInDebug),
+        .target(
+            name: "Verification",
+            dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"],
+            swiftSettings: optimizedEvenInDebug),
         // Hugging Face folder -> .vlq bundle, streaming.
-        .target(name: "Conversion", dependencies: [
-            "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        // What each fuzz target does with one input (tools/fuzz.sh); the regression tests replay saved inputs through it.
-        .target(name: "FuzzTargets", dependencies: ["VLQCore", "SafeTensors", "PyTorchCheckpoint", "VLQFormat", "Tokenizer", "Imaging", "YiVL", "Calibration"]),
+        .target(
+            name: "Conversion",
+            dependencies: [
+                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // What each fuzz target does with one input (tools/fuzz.sh); the regression tests replay saved
+        // inputs through it.
+        .target(
+            name: "FuzzTargets",
+            dependencies: [
+                "VLQCore", "SafeTensors", "PyTorchCheckpoint", "VLQFormat", "Tokenizer", "Imaging", "YiVL",
+                "Calibration",
+            ]),
         // The library's public API over the engine: models, streamed answers, chat sessions. Swift 6
         // language mode: its concurrency (Sendable types, one executor per model) is checked strictly.
-        .target(name: "VLQ", dependencies: ["VLQCore", "Imaging", "Tokenizer", "YiVL"], exclude: ["README.md"],
-                swiftSettings: [.swiftLanguageMode(.v6)]),
+        .target(
+            name: "VLQ", dependencies: ["VLQCore", "Imaging", "Tokenizer", "YiVL"], exclude: ["README.md"],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
         // An app's view of the library: two questions about an image, answers streamed.
-        .executableTarget(name: "chat-example", dependencies: ["VLQ"], path: "Examples/ChatAboutAnImage",
-                          swiftSettings: [.swiftLanguageMode(.v6)]),
-        .executableTarget(name: "vlq", dependencies: [
-            "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .executableTarget(
+            name: "chat-example", dependencies: ["VLQ"], path: "Examples/ChatAboutAnImage",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "vlq",
+            dependencies: [
+                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer",
+                "CBLAS", "Calibration", "Quantization", "Verification",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "VLQTests",
-            dependencies: ["VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
-                           "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets", "vlq",
-                           "VLQ", "chat-example"],
+            dependencies: [
+                "VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
+                "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets",
+                "vlq",
+                "VLQ", "chat-example",
+            ],
             exclude: []
         ),
     ],
