@@ -6,12 +6,13 @@
 // second is answered with the first question and answer still in the model's cache, and its prefill
 // runs only its own new tokens (the stats line after each answer shows it).
 
+import VLQ
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import VLQ
 
 /// Writes to standard error through the file descriptor: C's `stderr` is a global variable, which
 /// Swift 6 refuses to touch from concurrent code.
@@ -25,7 +26,8 @@ guard arguments.count >= 3 else {
     printError("usage: chat-example MODEL IMAGE [QUESTION ...]")
     exit(2)
 }
-let questions = arguments.count > 3
+let questions =
+    arguments.count > 3
     ? Array(arguments.dropFirst(3)) : ["Describe the image.", "What colour is the background?"]
 
 do {
@@ -41,8 +43,10 @@ do {
         }
         let stats = try await reply.turn.stats
         print("")
-        print("[prefill \(stats.promptTokens) new tokens (\(stats.reusedTokens) reused), "
-            + "\(stats.generatedTokens) tokens generated, context \(stats.contextTokens) of \(model.contextLength)]")
+        print(
+            "[prefill \(stats.promptTokens) new tokens (\(stats.reusedTokens) reused), "
+                + "\(stats.generatedTokens) tokens generated, context \(stats.contextTokens) of \(model.contextLength)]"
+        )
     }
 } catch {
     printError("chat-example: \(error)")

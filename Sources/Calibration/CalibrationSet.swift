@@ -1,9 +1,10 @@
+import VLQCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import VLQCore
 
 /// Images with questions (and, for evaluation, answers) to run through the model.
 ///
@@ -43,12 +44,16 @@ public struct CalibrationSet: Sendable {
                 let trimmed = line.drop(while: { $0.isWhitespace })
                 if trimmed.allSatisfy({ $0.isWhitespace }) { continue }
                 let row: JSONValue
-                do { row = try JSONValue.parse(String(trimmed)) } catch { throw VLQError(path, "line \(number + 1): \(error)") }
+                do { row = try JSONValue.parse(String(trimmed)) } catch {
+                    throw VLQError(path, "line \(number + 1): \(error)")
+                }
                 guard let image = row["image"]?.stringValue, let question = row["question"]?.stringValue else {
                     throw VLQError(path, "line \(number + 1): needs \"image\" and \"question\" strings")
                 }
-                samples.append(Sample(image: image.hasPrefix("/") ? image : base + "/" + image, question: question,
-                                      answer: row["answer"]?.stringValue))
+                samples.append(
+                    Sample(
+                        image: image.hasPrefix("/") ? image : base + "/" + image, question: question,
+                        answer: row["answer"]?.stringValue))
             }
         }
         guard !samples.isEmpty else { throw VLQError(path, "no samples") }

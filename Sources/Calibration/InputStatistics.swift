@@ -72,7 +72,6 @@ public struct InputStatistics: Sendable {
     public var meanAbs: [Float] { sumAbs.map { Float($0 / max(rows, 1)) } }
 }
 
-
 /// X^T X over calibration inputs. Accumulated in float by `ssyrk` straight into its upper triangle
 /// (as GPTQ does on GPUs: the cost is one rank-k update per batch, no copies); the symmetric double
 /// matrix the methods use is built each time it is asked for and not kept, since for a 11008-wide
@@ -94,7 +93,9 @@ public final class GramMatrix: @unchecked Sendable {
 
     func add(_ x: UnsafePointer<Float>, rows n: Int) {
         upper.withUnsafeMutableBufferPointer { g in
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 1, g.baseAddress, Int32(columns))
+            cblas_ssyrk(
+                CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 1, g.baseAddress,
+                Int32(columns))
         }
     }
 

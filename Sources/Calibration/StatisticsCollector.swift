@@ -1,5 +1,6 @@
 import VLQCore
 import YiVL
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,7 +36,9 @@ public final class StatisticsCollector: LinearInputObserver {
         self.withGram = withGram
         self.gramFor = gramFor
         var owners: [TensorHandle: TensorHandle] = [:]
-        for group in definition.sharedInputGroups { for member in group.dropFirst() { owners[member.weight] = group[0].weight } }
+        for group in definition.sharedInputGroups {
+            for member in group.dropFirst() { owners[member.weight] = group[0].weight }
+        }
         self.owners = owners
     }
 
@@ -50,7 +53,8 @@ public final class StatisticsCollector: LinearInputObserver {
         }
         if statistics[weightName] == nil {
             order.append(weightName)
-            statistics[weightName] = InputStatistics(columns: columns, withGram: withGram && (gramFor?(weightName) ?? true))
+            statistics[weightName] = InputStatistics(
+                columns: columns, withGram: withGram && (gramFor?(weightName) ?? true))
         }
         statistics[weightName]!.add(input, rows: rows)
     }
@@ -68,8 +72,10 @@ public enum CalibrationRunner {
     /// `gramBudget`: the X^T X accumulators may not need more bytes than this (checked after the first
     /// sample, when every input has been seen); a model too large for one pass is calibrated in windows
     /// by `WindowedStatistics` instead.
-    public static func collect(engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
-                               gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }) throws -> StatisticsCollector {
+    public static func collect(
+        engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
+        gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> StatisticsCollector {
         let collector = StatisticsCollector(definition: engine.model.definition, withGram: withGram, gramFor: gramFor)
         engine.model.observer = collector
         defer { engine.model.observer = nil }
@@ -78,11 +84,15 @@ public enum CalibrationRunner {
             var prompt = engine.prompt(question: sample.question)
             if let answer = sample.answer { prompt.after += engine.tokenizer.encode(answer) }
             let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-            let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
+            let stages = try engine.prefill(
+                pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
             // The language-model head sees the final hidden states too.
             _ = try engine.model.logits(stages.hidden)
             if i == 0, withGram, gramFor == nil, let budget = gramBudget, collector.gramBytesIfAll > budget {
-                throw VLQError(nil, "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which calibrates in windows of layers")
+                throw VLQError(
+                    nil,
+                    "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which calibrates in windows of layers"
+                )
             }
             progress(i + 1, set.samples.count)
         }

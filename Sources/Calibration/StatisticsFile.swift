@@ -37,11 +37,15 @@ public struct StatisticsFile {
             file.add(.init(name: name + ".rows", dtype: .f64, shape: [1], bytes: doubles([s.rows])))
             file.add(.init(name: name + ".sum_abs", dtype: .f64, shape: [s.columns], bytes: doubles(s.sumAbs)))
             file.add(.init(name: name + ".sum_squares", dtype: .f64, shape: [s.columns], bytes: doubles(s.sumSquares)))
-            if let g = s.gram { file.add(.init(name: name + ".gram", dtype: .f64, shape: [s.columns, s.columns], bytes: doubles(g))) }
+            if let g = s.gram {
+                file.add(.init(name: name + ".gram", dtype: .f64, shape: [s.columns, s.columns], bytes: doubles(g)))
+            }
         }
         let aliasJSON = JSONValue.object(aliases.mapValues { .string($0) }).serialized()
-        file.metadata = ["format": "vlqstats 1", "aliases": aliasJSON, "set_digests": setDigests.joined(separator: ","),
-                         "samples": String(samples), "model": model, "vlq_version": VLQVersion.string]
+        file.metadata = [
+            "format": "vlqstats 1", "aliases": aliasJSON, "set_digests": setDigests.joined(separator: ","),
+            "samples": String(samples), "model": model, "vlq_version": VLQVersion.string,
+        ]
         try CompressedSafeTensors.write(file, to: path)
     }
 
@@ -51,8 +55,9 @@ public struct StatisticsFile {
 
     /// A `.vlqstats` file already in memory; `source` names it in errors.
     public static func read(bytes: UnsafeRawBufferPointer, source: String) throws -> StatisticsFile {
-        try read(file: CompressedSafeTensors.read(bytes: bytes, source: source, format: "vlqstats 1", kind: ".vlqstats"),
-                 path: source)
+        try read(
+            file: CompressedSafeTensors.read(bytes: bytes, source: source, format: "vlqstats 1", kind: ".vlqstats"),
+            path: source)
     }
 
     static func read(file: SafeTensorsFile, path: String) throws -> StatisticsFile {
@@ -94,12 +99,16 @@ public struct StatisticsFile {
         if let text = file.metadata["aliases"], let object = try? JSONValue.parse(text).objectValue {
             for (k, v) in object { if let s = v.stringValue { aliases[k] = s } }
         }
-        return StatisticsFile(statistics: statistics, aliases: aliases,
-                              setDigests: (file.metadata["set_digests"] ?? "").split(separator: ",").map(String.init),
-                              samples: Int(file.metadata["samples"] ?? "0") ?? 0, model: file.metadata["model"] ?? "")
+        return StatisticsFile(
+            statistics: statistics, aliases: aliases,
+            setDigests: (file.metadata["set_digests"] ?? "").split(separator: ",").map(String.init),
+            samples: Int(file.metadata["samples"] ?? "0") ?? 0, model: file.metadata["model"] ?? "")
     }
 
-    init(statistics: [String: InputStatistics], aliases: [String: String], setDigests: [String], samples: Int, model: String) {
+    init(
+        statistics: [String: InputStatistics], aliases: [String: String], setDigests: [String], samples: Int,
+        model: String
+    ) {
         self.statistics = statistics
         self.aliases = aliases
         self.setDigests = setDigests
@@ -113,7 +122,9 @@ public struct StatisticsFile {
             throw VLQError(subject, "the statistics cover different layers; they are not of the same model")
         }
         for (name, s) in other.statistics {
-            guard statistics[name]!.columns == s.columns else { throw VLQError(subject, "\(name) has \(s.columns) columns here, \(statistics[name]!.columns) there") }
+            guard statistics[name]!.columns == s.columns else {
+                throw VLQError(subject, "\(name) has \(s.columns) columns here, \(statistics[name]!.columns) there")
+            }
             statistics[name]!.merge(s)
         }
         setDigests += other.setDigests

@@ -43,8 +43,10 @@ public final class WindowedStatistics: StatisticsSource {
     public private(set) var passes = 1
     let progress: (String) -> Void
 
-    public init(engine: YiVLEngine, set: CalibrationSet, budget: Int,
-                progress: @escaping (String) -> Void = { _ in }) throws {
+    public init(
+        engine: YiVLEngine, set: CalibrationSet, budget: Int,
+        progress: @escaping (String) -> Void = { _ in }
+    ) throws {
         self.engine = engine
         self.calibrationSet = set
         self.budget = budget
@@ -75,7 +77,8 @@ public final class WindowedStatistics: StatisticsSource {
         passes += 1
         progress("calibration pass \(passes): X^T X for \(known.count) inputs from \(first) (\(bytes >> 20) MiB)")
         let wanted = Set(known)
-        window = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: true,
-                                               gramFor: { wanted.contains($0) })
+        window = try CalibrationRunner.collect(
+            engine: engine, set: calibrationSet, withGram: true,
+            gramFor: { wanted.contains($0) })
     }
 }

@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import CheckpointFiles
 import Logging
 import SafeTensors
 import VLQCore
 import VLQFormat
 import YiVL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// What a converted bundle stores its float tensors as.
 public enum OutputDType: String, CaseIterable, Sendable {
@@ -87,18 +88,23 @@ public final class Converter {
     }
 
     /// `progress(done, total)` reports source bytes read.
-    public func convert(folder: String, output: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> ConvertReport {
+    public func convert(
+        folder: String, output: String, progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ConvertReport {
         let checkpoint = try YiVLCheckpoint(folder: folder, visionTower: options.visionTower)
         for line in Converter.describeSources(checkpoint) { logger.notice("\(line)") }
         if !checkpoint.inShardVisionCopy.isEmpty {
-            logger.notice("the root shards also carry a vision tower copy (\(checkpoint.inShardVisionCopy.count) tensors); using \(checkpoint.visionFolder) as Yi's loader does")
+            logger.notice(
+                "the root shards also carry a vision tower copy (\(checkpoint.inShardVisionCopy.count) tensors); using \(checkpoint.visionFolder) as Yi's loader does"
+            )
         }
 
         let plan = checkpoint.tensors.map { t -> TensorRecord in
             let source = Converter.encoding(of: t.info.dtype)!
-            return TensorRecord(name: t.expected.name, encoding: options.dtype.encoding ?? source,
-                                component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
-                                shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
+            return TensorRecord(
+                name: t.expected.name, encoding: options.dtype.encoding ?? source,
+                component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
+                shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
         }
         try Converter.refuseToOverwriteSources(output, checkpoint: checkpoint)
         let writer = try VLQWriter(path: output, plan: plan, alignment: options.alignment)
@@ -118,10 +124,13 @@ public final class Converter {
         if let cache = checkpoint.model.resolvedFrom {
             lines.append("\(cache) is a Hugging Face repository cache; reading its snapshot \(checkpoint.folder)")
         }
-        let tower = checkpoint.visionFolder.hasPrefix(checkpoint.folder + "/")
+        let tower =
+            checkpoint.visionFolder.hasPrefix(checkpoint.folder + "/")
             ? String(checkpoint.visionFolder.dropFirst(checkpoint.folder.count + 1)) : checkpoint.visionFolder
-        for (part, shards) in [("language model and projector", checkpoint.rootShards),
-                               ("vision tower (\(tower))", checkpoint.visionShards)] {
+        for (part, shards) in [
+            ("language model and projector", checkpoint.rootShards),
+            ("vision tower (\(tower))", checkpoint.visionShards),
+        ] {
             var line = "\(part): \(shards.description)"
             if !shards.ignoredFiles.isEmpty { line += "; not read: \(shards.ignoredFiles.joined(separator: ", "))" }
             lines.append(line)
@@ -132,14 +141,18 @@ public final class Converter {
     /// The rename at the end would replace a source file given as the output; the source is read-only to vlq.
     static func refuseToOverwriteSources(_ output: String, checkpoint: YiVLCheckpoint) throws {
         guard let target = FileSystem.realPath(output) else { return }
-        let sources = (checkpoint.rootShards.files + checkpoint.visionShards.files).map(\.path)
-            + [checkpoint.folder + "/config.json", checkpoint.tokenizerModelPath] + Array(checkpoint.auxiliaryFiles.values)
+        let sources =
+            (checkpoint.rootShards.files + checkpoint.visionShards.files).map(\.path)
+            + [checkpoint.folder + "/config.json", checkpoint.tokenizerModelPath]
+            + Array(checkpoint.auxiliaryFiles.values)
         for source in sources where FileSystem.realPath(source) == target {
             throw VLQError(output, "is a file of the source checkpoint; choose another output path")
         }
     }
 
-    private func write(_ checkpoint: YiVLCheckpoint, to writer: VLQWriter, progress: (Int, Int) -> Void) throws -> ConvertReport {
+    private func write(
+        _ checkpoint: YiVLCheckpoint, to writer: VLQWriter, progress: (Int, Int) -> Void
+    ) throws -> ConvertReport {
         let sourceFiles = checkpoint.rootShards.files + checkpoint.visionShards.files
         let total = sourceFiles.reduce(0) { $0 + $1.mapped.size }
         var done = 0
@@ -147,11 +160,13 @@ public final class Converter {
         var nonFinite: [String: Int] = [:]
         var fileDigests: [String: (size: Int, digest: UInt64)] = [:]
         var comparison = InShardVisionComparison(tensors: 0, differing: [], unmatched: [], maxAbsDifference: 0)
-        let copyByRootName = Dictionary(uniqueKeysWithValues: checkpoint.inShardVisionCopy.map {
-            (YiVLCheckpoint.inShardVisionPrefix + $0.key, $0.key)
-        })
+        let copyByRootName = Dictionary(
+            uniqueKeysWithValues: checkpoint.inShardVisionCopy.map {
+                (YiVLCheckpoint.inShardVisionPrefix + $0.key, $0.key)
+            })
         // Where each planned tensor comes from: a name can only be taken from one file.
-        let sourceOf = Dictionary(uniqueKeysWithValues: checkpoint.tensors.map { ($0.expected.name, ObjectIdentifier($0.file)) })
+        let sourceOf = Dictionary(
+            uniqueKeysWithValues: checkpoint.tensors.map { ($0.expected.name, ObjectIdentifier($0.file)) })
         progress(0, total)
 
         for file in sourceFiles {
@@ -186,19 +201,24 @@ public final class Converter {
                 if let index = writer.index(of: info.name), sourceOf[info.name] == ObjectIdentifier(file) {
                     let counts: (saturated: Int, nonFinite: Int)
                     if info.isContiguous {
-                        counts = try copy(data, dtype: info.dtype, into: writer, index: index, name: info.name,
-                                          done: finished)
+                        counts = try copy(
+                            data, dtype: info.dtype, into: writer, index: index, name: info.name,
+                            done: finished)
                     } else {
                         // A strided view: gathered into a contiguous copy (O(tensor)), its span hashed after.
                         counts = try file.withContiguousData(info) { contiguous in
-                            try copy(contiguous, dtype: info.dtype, into: writer, index: index, name: info.name) { _, _ in }
+                            try copy(contiguous, dtype: info.dtype, into: writer, index: index, name: info.name) {
+                                _, _ in
+                            }
                         }
                         finished(0, info.spanBytes)
                     }
                     saturated += counts.saturated
                     if counts.nonFinite > 0 {
                         nonFinite[info.name] = counts.nonFinite
-                        logger.warning("tensor \(info.name): \(counts.nonFinite) of \(info.elementCount) values are NaN or infinite")
+                        logger.warning(
+                            "tensor \(info.name): \(counts.nonFinite) of \(info.elementCount) values are NaN or infinite"
+                        )
                     }
                 } else {
                     if let visionName = copyByRootName[info.name] {
@@ -232,7 +252,9 @@ public final class Converter {
             comparison.unmatched.sort()
             comparison.differing.sort()
             if !comparison.differing.isEmpty || !comparison.unmatched.isEmpty {
-                logger.warning("the vision tower copy in the root shards differs from \(checkpoint.visionFolder) beyond bf16 rounding: \(comparison.differing.count) tensors differ (max abs difference \(comparison.maxAbsDifference)), \(comparison.unmatched.count) missing or reshaped; the vision folder is used")
+                logger.warning(
+                    "the vision tower copy in the root shards differs from \(checkpoint.visionFolder) beyond bf16 rounding: \(comparison.differing.count) tensors differ (max abs difference \(comparison.maxAbsDifference)), \(comparison.unmatched.count) missing or reshaped; the vision folder is used"
+                )
             }
         }
 
@@ -240,15 +262,18 @@ public final class Converter {
         try writer.finish(metadata: metadata, compression: options.compressMetadata ? .zstd : .none)
         let tensorBytes = writer.records.reduce(0) { $0 + $1.byteCount }
         let outputBytes = (try? MappedFile(path: writer.path).size) ?? 0
-        return ConvertReport(tensorCount: writer.records.count, tensorBytes: tensorBytes, outputBytes: outputBytes,
-                             sourceBytes: total, inShardVision: checkpoint.inShardVisionCopy.isEmpty ? nil : comparison,
-                             ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated, nonFinite: nonFinite)
+        return ConvertReport(
+            tensorCount: writer.records.count, tensorBytes: tensorBytes, outputBytes: outputBytes,
+            sourceBytes: total, inShardVision: checkpoint.inShardVisionCopy.isEmpty ? nil : comparison,
+            ignoredTensors: checkpoint.ignoredTensors, saturatedValues: saturated, nonFinite: nonFinite)
     }
 
     /// `done(offset, count)` is told which source bytes are finished with, chunk by chunk, so that a
     /// 500 MB embedding does not stay resident while it is copied.
-    private func copy(_ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String,
-                      done: (Int, Int) -> Void) throws -> (saturated: Int, nonFinite: Int) {
+    private func copy(
+        _ data: UnsafeRawBufferPointer, dtype: DType, into writer: VLQWriter, index: Int, name: String,
+        done: (Int, Int) -> Void
+    ) throws -> (saturated: Int, nonFinite: Int) {
         let from = Converter.encoding(of: dtype)!
         let to = writer.records[index].encoding
         var saturated = 0, nonFinite = 0
@@ -267,7 +292,8 @@ public final class Converter {
             }
             let count = data.count / (from.bitsPerElement / 8)
             let chunkElements = Converter.chunkBytes / 4
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkElements * to.bitsPerElement / 8, alignment: 64)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(
+                byteCount: chunkElements * to.bitsPerElement / 8, alignment: 64)
             defer { buffer.deallocate() }
             var start = 0
             while start < count {
@@ -287,33 +313,41 @@ public final class Converter {
 
     /// Compares one tensor of the in-shard vision copy with the vision folder's: equal up to the
     /// rounding of each value to bf16 (one bf16 ulp, which also allows truncation instead of rounding).
-    private func compare(copy: UnsafeRawBufferPointer, info: TensorInfo, with visionName: String,
-                         in checkpoint: YiVLCheckpoint, into result: inout InShardVisionComparison) {
+    private func compare(
+        copy: UnsafeRawBufferPointer, info: TensorInfo, with visionName: String,
+        in checkpoint: YiVLCheckpoint, into result: inout InShardVisionComparison
+    ) {
         guard let (visionFile, visionInfo) = checkpoint.visionShards[visionName],
-              visionInfo.shape == info.shape,
-              let copyEncoding = Converter.encoding(of: info.dtype), let visionEncoding = Converter.encoding(of: visionInfo.dtype)
+            visionInfo.shape == info.shape,
+            let copyEncoding = Converter.encoding(of: info.dtype),
+            let visionEncoding = Converter.encoding(of: visionInfo.dtype)
         else {
-            if checkpoint.config.expectedTensors.contains(where: { $0.name == visionName }) { result.unmatched.append(visionName) }
+            if checkpoint.config.expectedTensors.contains(where: { $0.name == visionName }) {
+                result.unmatched.append(visionName)
+            }
             return
         }
         result.tensors += 1
         var beyondRounding = false
         visionFile.withContiguousData(visionInfo) { reference in
-        for i in 0..<info.elementCount {
-            let a = ElementConversion.value(reference, visionEncoding, i)
-            let b = ElementConversion.value(copy, copyEncoding, i)
-            let difference = abs(a - b)
-            if difference > result.maxAbsDifference { result.maxAbsDifference = difference }
-            // One ulp of bf16 at |a|: 8 significant bits.
-            let ulp = a == 0 ? Float.leastNormalMagnitude : Float(sign: .plus, exponent: a.exponent - 7, significand: 1)
-            if !(difference <= ulp) { beyondRounding = true }
-        }
+            for i in 0..<info.elementCount {
+                let a = ElementConversion.value(reference, visionEncoding, i)
+                let b = ElementConversion.value(copy, copyEncoding, i)
+                let difference = abs(a - b)
+                if difference > result.maxAbsDifference { result.maxAbsDifference = difference }
+                // One ulp of bf16 at |a|: 8 significant bits.
+                let ulp =
+                    a == 0 ? Float.leastNormalMagnitude : Float(sign: .plus, exponent: a.exponent - 7, significand: 1)
+                if !(difference <= ulp) { beyondRounding = true }
+            }
         }
         visionFile.mapped.release(offset: visionInfo.fileOffset, count: visionInfo.spanBytes)
         if beyondRounding { result.differing.append(visionName) }
     }
 
-    private func buildMetadata(_ checkpoint: YiVLCheckpoint, fileDigests: [String: (size: Int, digest: UInt64)]) throws -> JSONValue {
+    private func buildMetadata(
+        _ checkpoint: YiVLCheckpoint, fileDigests: [String: (size: Int, digest: UInt64)]
+    ) throws -> JSONValue {
         let config = checkpoint.config
         let tokenizerFile = try MappedFile(path: checkpoint.tokenizerModelPath)
         let tokenizerBytes = Array(tokenizerFile.bytes)
@@ -328,23 +362,31 @@ public final class Converter {
             let f = try record(path)
             do { smallFiles[name] = try JSONValue.parse(f.bytes) } catch { throw VLQError(path, "\(error)") }
         }
-        for path in [checkpoint.folder + "/config.json", checkpoint.visionFolder + "/config.json",
-                     checkpoint.visionFolder + "/preprocessor_config.json", checkpoint.tokenizerModelPath]
-            + [checkpoint.rootShards.indexPath, checkpoint.visionShards.indexPath].compactMap({ $0 }) {
+        for path in [
+            checkpoint.folder + "/config.json", checkpoint.visionFolder + "/config.json",
+            checkpoint.visionFolder + "/preprocessor_config.json", checkpoint.tokenizerModelPath,
+        ]
+            + [checkpoint.rootShards.indexPath, checkpoint.visionShards.indexPath].compactMap({ $0 })
+        {
             _ = try record(path)
         }
 
         let folderPrefix = checkpoint.folder.hasSuffix("/") ? checkpoint.folder : checkpoint.folder + "/"
-        func relative(_ path: String) -> String { path.hasPrefix(folderPrefix) ? String(path.dropFirst(folderPrefix.count)) : path }
+        func relative(_ path: String) -> String {
+            path.hasPrefix(folderPrefix) ? String(path.dropFirst(folderPrefix.count)) : path
+        }
         let sources = digests.keys.map { path in
-            BundleMetadata.SourceFile(path: relative(path), bytes: digests[path]!.size, xxh3: hex64(digests[path]!.digest))
+            BundleMetadata.SourceFile(
+                path: relative(path), bytes: digests[path]!.size, xxh3: hex64(digests[path]!.digest))
         }.sorted { $0.path < $1.path }
 
         let generation = smallFiles["generation_config.json"]?.objectValue ?? [:]
-        let tokenizerConfig = smallFiles["tokenizer_config.json"], specialTokensMap = smallFiles["special_tokens_map.json"]
+        let tokenizerConfig = smallFiles["tokenizer_config.json"],
+            specialTokensMap = smallFiles["special_tokens_map.json"]
         func special(_ key: String, withID: Bool = true) -> BundleMetadata.SpecialToken {
-            BundleMetadata.SpecialToken(key, config: config, tokenizerConfig: tokenizerConfig, specialTokensMap: specialTokensMap,
-                                        withID: withID)
+            BundleMetadata.SpecialToken(
+                key, config: config, tokenizerConfig: tokenizerConfig, specialTokensMap: specialTokensMap,
+                withID: withID)
         }
         let tokenizer = BundleMetadata.Tokenizer(
             type: "sentencepiece", model: tokenizerBytes, modelXXH3: hex64(XXH3Hasher.hash(tokenizerBytes)),
@@ -352,22 +394,26 @@ public final class Converter {
             addEOSToken: tokenizerConfig?["add_eos_token"]?.boolValue ?? false,
             bos: special("bos"), eos: special("eos"), pad: special("pad"), unk: special("unk", withID: false))
         let provenance = BundleMetadata.Provenance(
-            vlqVersion: VLQVersion.string, converterDType: options.dtype.rawValue, converterAlignment: options.alignment,
+            vlqVersion: VLQVersion.string, converterDType: options.dtype.rawValue,
+            converterAlignment: options.alignment,
             visionTower: relative(checkpoint.visionFolder), inShardVisionCopy: !checkpoint.inShardVisionCopy.isEmpty,
             ignoredTensors: checkpoint.ignoredTensors, sourceFiles: sources)
         let metadata = BundleMetadata(
             formatVersion: "\(VLQLayout.majorVersion).\(VLQLayout.minorVersion)",
             model: BundleMetadata.Model(architecture: "yi-vl", name: checkpoint.model.modelName),
             architecture: BundleMetadata.Architecture(config),
-            configs: ["language": config.rootJSON, "vision": config.visionJSON, "preprocessor": config.preprocessorJSON,
-                      "generation": smallFiles["generation_config.json"] ?? .null, "tokenizer": tokenizerConfig ?? .null,
-                      "special_tokens_map": specialTokensMap ?? .null],
+            configs: [
+                "language": config.rootJSON, "vision": config.visionJSON, "preprocessor": config.preprocessorJSON,
+                "generation": smallFiles["generation_config.json"] ?? .null, "tokenizer": tokenizerConfig ?? .null,
+                "special_tokens_map": specialTokensMap ?? .null,
+            ],
             preprocessing: EngineConfig(config).preprocessing,
             chat: BundleMetadata.Chat(config),
             tokenizer: tokenizer,
-            generation: BundleMetadata.Generation(settings: generation.filter { $0.key != "stop" && $0.key != "do_sample" },
-                                                  stop: YiVLChat.stopStrings,
-                                                  doSample: generation["do_sample"]?.boolValue ?? false),
+            generation: BundleMetadata.Generation(
+                settings: generation.filter { $0.key != "stop" && $0.key != "do_sample" },
+                stop: YiVLChat.stopStrings,
+                doSample: generation["do_sample"]?.boolValue ?? false),
             provenance: provenance)
         return metadata.json
     }

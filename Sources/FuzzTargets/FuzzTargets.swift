@@ -43,7 +43,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         for t in file.tensors {
             let count = t.spanBytes
             guard let span = file.mapped.slice(offset: t.fileOffset, count: count) else {
-                preconditionFailure("\(t.name): [\(t.fileOffset), +\(count)) lies outside the \(file.mapped.size)-byte file")
+                preconditionFailure(
+                    "\(t.name): [\(t.fileOffset), +\(count)) lies outside the \(file.mapped.size)-byte file")
             }
             if let first = span.first, let last = span.last { sum &+= Int(first) &+ Int(last) }
         }
@@ -88,13 +89,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// The bundle with `file_size`, `table_xxh3` and `metadata_xxh3` (where their sections lie inside
     /// it) and `header_xxh3` recomputed; nil when that changes nothing or it has no header.
     static func fixingBundleChecksums(_ original: [UInt8]) -> [UInt8]? {
-        guard original.count >= 128, original.starts(with: [0x89, 0x56, 0x4C, 0x51, 0x0D, 0x0A, 0x1A, 0x0A]) else { return nil }
+        guard original.count >= 128, original.starts(with: [0x89, 0x56, 0x4C, 0x51, 0x0D, 0x0A, 0x1A, 0x0A]) else {
+            return nil
+        }
         var b = original
         func u64(_ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
-        func set(_ at: Int, _ v: UInt64) { for i in 0..<8 { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) } }
+        func set(_ at: Int, _ v: UInt64) {
+            for i in 0..<8 { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+        }
         func hash(_ offset: UInt64, _ size: UInt64) -> UInt64? {
             guard offset <= UInt64(b.count), size <= UInt64(b.count) - offset else { return nil }
-            return b.withUnsafeBytes { XXH3Hasher.hash(UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<Int(offset + size)])) }
+            return b.withUnsafeBytes {
+                XXH3Hasher.hash(UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<Int(offset + size)]))
+            }
         }
         set(16, UInt64(b.count))
         if let h = hash(u64(48), u64(56)) { set(104, h) }
@@ -140,7 +147,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             let length = Int(b[at]) << 24 | Int(b[at + 1]) << 16 | Int(b[at + 2]) << 8 | Int(b[at + 3])
             guard length <= b.count - at - 12 else { break }
             var crc: UInt32 = 0xFFFF_FFFF
-            for byte in b[(at + 4)..<(at + 8 + length)] { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+            for byte in b[(at + 4)..<(at + 8 + length)] {
+                crc = crcTable[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8)
+            }
             crc ^= 0xFFFF_FFFF
             for i in 0..<4 { b[at + 8 + length + i] = UInt8(truncatingIfNeeded: crc >> (24 - 8 * UInt32(i))) }
             at += 12 + length
@@ -154,7 +163,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         do { value = try JSONValue.parse(bytes) } catch let e as JSONSyntaxError { throw VLQError(source, e.reason) }
         for pretty in [false, true] {
             let text = value.serialized(pretty: pretty)
-            guard let again = try? JSONValue.parse(text) else { preconditionFailure("serialised JSON does not parse: \(text)") }
+            guard let again = try? JSONValue.parse(text) else {
+                preconditionFailure("serialised JSON does not parse: \(text)")
+            }
             precondition(again == value, "JSON does not round-trip: \(text)")
         }
     }

@@ -35,14 +35,17 @@ public struct ImagePreprocessing: Equatable, Sendable {
         convertRGB = m["convert_rgb"]?.boolValue ?? true
         aspectRatio = try need(m["aspect_ratio"]?.stringValue, "aspect_ratio")
         padToSquare = aspectRatio == "pad"
-        padColor = try need(m["pad_color"]?.arrayValue?.compactMap { $0.intValue.map { UInt8(clamping: $0) } }, "pad_color")
+        padColor = try need(
+            m["pad_color"]?.arrayValue?.compactMap { $0.intValue.map { UInt8(clamping: $0) } }, "pad_color")
         resize = try need(m["resize"]?.boolValue, "resize")
         shortestEdge = try need(m["shortest_edge"]?.intValue, "shortest_edge")
         let filterName = try need(m["resample"]?.stringValue, "resample")
         filter = try need(ImagePreprocessing.filterNames.first { $0.value == filterName }?.key, "resample")
         centerCrop = try need(m["center_crop"]?.boolValue, "center_crop")
         let crop = try need(m["crop_size"]?.arrayValue?.compactMap(\.intValue), "crop_size")
-        guard crop.count == 2, padColor.count == 3 else { throw VLQError(source, "metadata preprocessing is malformed") }
+        guard crop.count == 2, padColor.count == 3 else {
+            throw VLQError(source, "metadata preprocessing is malformed")
+        }
         cropHeight = crop[0]
         cropWidth = crop[1]
         rescale = try need(m["rescale"]?.boolValue, "rescale")
@@ -56,15 +59,18 @@ public struct ImagePreprocessing: Equatable, Sendable {
         if let problem = settingsProblem { throw VLQError(source, "metadata preprocessing: \(problem)") }
     }
 
-    static let filterNames: [Resampler.Filter: String] = [.bicubic: "bicubic", .bilinear: "bilinear",
-                                                         .box: "box", .hamming: "hamming", .lanczos: "lanczos"]
+    static let filterNames: [Resampler.Filter: String] = [
+        .bicubic: "bicubic", .bilinear: "bilinear",
+        .box: "box", .hamming: "hamming", .lanczos: "lanczos",
+    ]
 
     /// The `preprocessing` section of a bundle's metadata (formats/VLQ-BUNDLE.md, section 6).
     public var json: JSONValue {
         [
             "convert_rgb": .bool(convertRGB), "aspect_ratio": .string(aspectRatio),
             "pad_color": .array(padColor.map { .int(Int64($0)) }), "resize": .bool(resize),
-            "shortest_edge": .int(Int64(shortestEdge)), "resample": .string(ImagePreprocessing.filterNames[filter] ?? "bicubic"),
+            "shortest_edge": .int(Int64(shortestEdge)),
+            "resample": .string(ImagePreprocessing.filterNames[filter] ?? "bicubic"),
             "center_crop": .bool(centerCrop), "crop_size": [.int(Int64(cropHeight)), .int(Int64(cropWidth))],
             "rescale": .bool(rescale), "rescale_factor": .double(rescaleFactor), "normalize": .bool(normalize),
             "mean": .array(mean.map { .double($0) }), "std": .array(std.map { .double($0) }),
@@ -111,15 +117,17 @@ public struct ImagePreprocessing: Equatable, Sendable {
             let newLong = Double(shortestEdge) * long / short
             let limit = centerCrop ? Int(ImageDecoder.maxPixels) : Self.maxPixels
             guard newLong * Double(shortestEdge) <= Double(limit) else {
-                throw fail("resizing the \(width)x\(height) image to a shortest edge of \(shortestEdge) gives more "
-                           + "than the limit of \(limit) pixels")
+                throw fail(
+                    "resizing the \(width)x\(height) image to a shortest edge of \(shortestEdge) gives more "
+                        + "than the limit of \(limit) pixels")
             }
             size = resizedSize(width: size.width, height: size.height)
         } else if padded && !centerCrop {
             // The padded square is the result: it must be made, so it must fit.
             guard let area = Checked.multiply(size.width, size.height), area <= Self.maxPixels else {
-                throw fail("the \(width)x\(height) image padded to a \(size.width)x\(size.height) square is larger "
-                           + "than the limit of \(Self.maxPixels) pixels")
+                throw fail(
+                    "the \(width)x\(height) image padded to a \(size.width)x\(size.height) square is larger "
+                        + "than the limit of \(Self.maxPixels) pixels")
             }
         }
         if centerCrop { size = (cropWidth, cropHeight) }
@@ -136,7 +144,8 @@ public struct ImagePreprocessing: Equatable, Sendable {
         for y in 0..<image.height {
             let src = y * image.width * 3
             let dst = ((y + dy) * side + dx) * 3
-            canvas.pixels.replaceSubrange(dst..<(dst + image.width * 3), with: image.pixels[src..<(src + image.width * 3)])
+            canvas.pixels.replaceSubrange(
+                dst..<(dst + image.width * 3), with: image.pixels[src..<(src + image.width * 3)])
         }
         return canvas
     }
@@ -181,8 +190,9 @@ public struct ImagePreprocessing: Equatable, Sendable {
             let side = max(image.width, image.height)
             if resize {
                 let size = resizedSize(width: side, height: side)
-                img = Resampler.resize(image, centredOnSquare: side, fill: padColor, width: size.width,
-                                       height: size.height, filter: filter)
+                img = Resampler.resize(
+                    image, centredOnSquare: side, fill: padColor, width: size.width,
+                    height: size.height, filter: filter)
             } else if centerCrop {
                 // Cropped straight from the square's pixels: the fill outside the image.
                 let dx = (side - image.width) / 2, dy = (side - image.height) / 2

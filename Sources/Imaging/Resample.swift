@@ -83,7 +83,8 @@ public enum Resampler {
                 var w = x < xmax ? k[x] : 0
                 if x < xmax, total != 0 { w /= total }
                 let fixed = w * Double(1 << precisionBits)
-                weights[xx * size + x] = Int32(w < 0 ? (fixed - 0.5).rounded(.towardZero) : (fixed + 0.5).rounded(.towardZero))
+                weights[xx * size + x] = Int32(
+                    w < 0 ? (fixed - 0.5).rounded(.towardZero) : (fixed + 0.5).rounded(.towardZero))
             }
             bounds.append((xmin, xmax))
         }
@@ -170,8 +171,10 @@ extension Resampler {
     /// to a wrapping Int32 sum, so the taps on the fill are folded into one product with the sum of
     /// their weights: arithmetic modulo 2^32 makes that exactly the sum `resize` computes. The rows
     /// of the horizontal pass live in a ring buffer as long as the vertical taps need them.
-    public static func resize(_ image: RGBImage, centredOnSquare side: Int, fill: [UInt8], width: Int, height: Int,
-                              filter: Filter) -> RGBImage {
+    public static func resize(
+        _ image: RGBImage, centredOnSquare side: Int, fill: [UInt8], width: Int, height: Int,
+        filter: Filter
+    ) -> RGBImage {
         precondition(side >= image.width && side >= image.height && fill.count == 3 && width > 0 && height > 0)
         let w = image.width, h = image.height
         let dx = (side - w) / 2, dy = (side - h) / 2
@@ -265,46 +268,46 @@ extension Resampler {
         var ring = [UInt8](repeating: 0, count: capacity * max(stored, 1) * 3)
         var next = 0  // the first image row not yet in the ring
         out.withUnsafeMutableBufferPointer { dst in
-        ring.withUnsafeMutableBufferPointer { ringBuffer in
-        padRow.withUnsafeBufferPointer { pad in
-        k.weights.withUnsafeBufferPointer { weights in
-            let rows = ringBuffer.baseAddress!
-            for yy in 0..<height {
-                let (ymin, count) = k.bounds[yy]
-                let (lo, hi) = windows[yy]
-                var total: Int32 = 0, image: Int32 = 0
-                for t in 0..<count { total &+= weights[yy * k.size + t] }
-                for r in lo..<hi { image &+= weights[yy * k.size + r + dy - ymin] }
-                let fw = total &- image
-                next = max(next, lo)
-                while next < hi {
-                    horizontal(next, rows + (next % capacity) * stored * 3)
-                    next += 1
-                }
-                for xx in 0..<width {
-                    let p0 = Int32(pad[3 * xx]), p1 = Int32(pad[3 * xx + 1]), p2 = Int32(pad[3 * xx + 2])
-                    let o = (yy * width + xx) * 3
-                    guard xx >= c0 && xx < c1 && lo < hi else {
-                        // Every tap reads a value equal to the fill row's.
-                        dst[o] = clip8(half &+ p0 &* total)
-                        dst[o + 1] = clip8(half &+ p1 &* total)
-                        dst[o + 2] = clip8(half &+ p2 &* total)
-                        continue
+            ring.withUnsafeMutableBufferPointer { ringBuffer in
+                padRow.withUnsafeBufferPointer { pad in
+                    k.weights.withUnsafeBufferPointer { weights in
+                        let rows = ringBuffer.baseAddress!
+                        for yy in 0..<height {
+                            let (ymin, count) = k.bounds[yy]
+                            let (lo, hi) = windows[yy]
+                            var total: Int32 = 0, image: Int32 = 0
+                            for t in 0..<count { total &+= weights[yy * k.size + t] }
+                            for r in lo..<hi { image &+= weights[yy * k.size + r + dy - ymin] }
+                            let fw = total &- image
+                            next = max(next, lo)
+                            while next < hi {
+                                horizontal(next, rows + (next % capacity) * stored * 3)
+                                next += 1
+                            }
+                            for xx in 0..<width {
+                                let p0 = Int32(pad[3 * xx]), p1 = Int32(pad[3 * xx + 1]), p2 = Int32(pad[3 * xx + 2])
+                                let o = (yy * width + xx) * 3
+                                guard xx >= c0 && xx < c1 && lo < hi else {
+                                    // Every tap reads a value equal to the fill row's.
+                                    dst[o] = clip8(half &+ p0 &* total)
+                                    dst[o + 1] = clip8(half &+ p1 &* total)
+                                    dst[o + 2] = clip8(half &+ p2 &* total)
+                                    continue
+                                }
+                                var s0 = half &+ p0 &* fw, s1 = half &+ p1 &* fw, s2 = half &+ p2 &* fw
+                                for r in lo..<hi {
+                                    let wt = weights[yy * k.size + r + dy - ymin]
+                                    let p = ((r % capacity) * stored + xx - c0) * 3
+                                    s0 &+= Int32(rows[p]) &* wt
+                                    s1 &+= Int32(rows[p + 1]) &* wt
+                                    s2 &+= Int32(rows[p + 2]) &* wt
+                                }
+                                dst[o] = clip8(s0); dst[o + 1] = clip8(s1); dst[o + 2] = clip8(s2)
+                            }
+                        }
                     }
-                    var s0 = half &+ p0 &* fw, s1 = half &+ p1 &* fw, s2 = half &+ p2 &* fw
-                    for r in lo..<hi {
-                        let wt = weights[yy * k.size + r + dy - ymin]
-                        let p = ((r % capacity) * stored + xx - c0) * 3
-                        s0 &+= Int32(rows[p]) &* wt
-                        s1 &+= Int32(rows[p + 1]) &* wt
-                        s2 &+= Int32(rows[p + 2]) &* wt
-                    }
-                    dst[o] = clip8(s0); dst[o + 1] = clip8(s1); dst[o + 2] = clip8(s2)
                 }
             }
-        }
-        }
-        }
         }
         return RGBImage(width: width, height: height, pixels: out)
     }

@@ -128,8 +128,10 @@ struct RestrictedUnpickler {
     private var memo: [Int: Int] = [:]
     private var storages: [String: StorageReference] = [:]
 
-    init(pickle: UnsafeRawBufferPointer, path: String, entryName: String, fileSize: Int,
-         resolveStorage: @escaping StorageResolver) {
+    init(
+        pickle: UnsafeRawBufferPointer, path: String, entryName: String, fileSize: Int,
+        resolveStorage: @escaping StorageResolver
+    ) {
         self.pickle = pickle
         self.fileSize = fileSize
         self.path = path
@@ -262,23 +264,23 @@ struct RestrictedUnpickler {
             let opcode = pickle[position]
             position += 1
             switch opcode {
-            case 0x80: // PROTO
+            case 0x80:  // PROTO
                 let version = try integer(UInt8.self, for: "PROTO")
                 guard (2...5).contains(version) else { throw failHere("pickle protocol \(version) (2 to 5 are read)") }
-            case 0x95: // FRAME: a length hint for buffered reading, checked and otherwise ignored
+            case 0x95:  // FRAME: a length hint for buffered reading, checked and otherwise ignored
                 _ = try length(UInt64.self, for: "FRAME")
-            case 0x2e: // STOP
+            case 0x2e:  // STOP
                 guard marks.isEmpty else { throw failHere("STOP with an unclosed MARK") }
                 return try pop(for: "STOP")
-            case 0x4e: try push(.none) // NONE
-            case 0x88: try push(.bool(true)) // NEWTRUE
-            case 0x89: try push(.bool(false)) // NEWFALSE
+            case 0x4e: try push(.none)  // NONE
+            case 0x88: try push(.bool(true))  // NEWTRUE
+            case 0x89: try push(.bool(false))  // NEWFALSE
             case 0x4a: try push(.int(Int(try integer(Int32.self, for: "BININT"))))
             case 0x4b: try push(.int(Int(try integer(UInt8.self, for: "BININT1"))))
             case 0x4d: try push(.int(Int(try integer(UInt16.self, for: "BININT2"))))
             case 0x8a: try push(.int(try long(byteCount: Int(try integer(UInt8.self, for: "LONG1")), for: "LONG1")))
             case 0x8b: try push(.int(try long(byteCount: try length(UInt32.self, for: "LONG4"), for: "LONG4")))
-            case 0x47: // BINFLOAT: big-endian IEEE 754 double
+            case 0x47:  // BINFLOAT: big-endian IEEE 754 double
                 let bits = UInt64(bigEndian: try take(8, for: "BINFLOAT").loadUnaligned(as: UInt64.self))
                 try push(.float(Double(bitPattern: bits)))
             case 0x58: try push(.text(try text(try length(UInt32.self, for: "BINUNICODE"), for: "BINUNICODE")))
@@ -291,32 +293,32 @@ struct RestrictedUnpickler {
             case 0x43: try push(.bytes(count: try skip(try length(UInt8.self, for: "SHORT_BINBYTES"))))
             case 0x42: try push(.bytes(count: try skip(try length(UInt32.self, for: "BINBYTES"))))
             case 0x8e: try push(.bytes(count: try skip(try length(UInt64.self, for: "BINBYTES8"))))
-            case 0x29: try tuple([]) // EMPTY_TUPLE
+            case 0x29: try tuple([])  // EMPTY_TUPLE
             case 0x74: try tuple(try popToMark(for: "TUPLE"))
-            case 0x85: // TUPLE1
+            case 0x85:  // TUPLE1
                 let a = try pop(for: "TUPLE1")
                 try tuple([a])
-            case 0x86: // TUPLE2
+            case 0x86:  // TUPLE2
                 let b = try pop(for: "TUPLE2"), a = try pop(for: "TUPLE2")
                 try tuple([a, b])
-            case 0x87: // TUPLE3
+            case 0x87:  // TUPLE3
                 let c = try pop(for: "TUPLE3"), b = try pop(for: "TUPLE3"), a = try pop(for: "TUPLE3")
                 try tuple([a, b, c])
-            case 0x5d: // EMPTY_LIST
+            case 0x5d:  // EMPTY_LIST
                 lists.append([])
                 try push(.list(lists.count - 1))
-            case 0x61: // APPEND
+            case 0x61:  // APPEND
                 let item = try pop(for: "APPEND")
                 try append([item], for: "APPEND")
             case 0x65: try append(Array(try popToMark(for: "APPENDS")), for: "APPENDS")
-            case 0x7d: // EMPTY_DICT
+            case 0x7d:  // EMPTY_DICT
                 dicts.append([])
                 try push(.dict(dicts.count - 1))
-            case 0x73: // SETITEM
+            case 0x73:  // SETITEM
                 let value = try pop(for: "SETITEM"), key = try pop(for: "SETITEM")
                 try setItems([key, value], for: "SETITEM")
             case 0x75: try setItems(Array(try popToMark(for: "SETITEMS")), for: "SETITEMS")
-            case 0x28: // MARK
+            case 0x28:  // MARK
                 guard marks.count < RestrictedUnpickler.stackLimit else {
                     throw failHere("more than \(RestrictedUnpickler.stackLimit) open MARKs")
                 }
@@ -329,28 +331,28 @@ struct RestrictedUnpickler {
             case 0x94: try memoize(memo.count, for: "MEMOIZE")
             case 0x68: try recall(Int(try integer(UInt8.self, for: "BINGET")), for: "BINGET")
             case 0x6a: try recall(Int(try integer(UInt32.self, for: "LONG_BINGET")), for: "LONG_BINGET")
-            case 0x63: // GLOBAL
+            case 0x63:  // GLOBAL
                 let module = try line(for: "GLOBAL"), name = try line(for: "GLOBAL")
                 try push(.global(try allowedGlobal(module: module, name: name)))
-            case 0x93: // STACK_GLOBAL
+            case 0x93:  // STACK_GLOBAL
                 let name = try pop(for: "STACK_GLOBAL"), module = try pop(for: "STACK_GLOBAL")
                 guard case .text(let moduleText) = values[module], case .text(let nameText) = values[name] else {
                     throw failHere("STACK_GLOBAL operands are not strings")
                 }
                 try push(.global(try allowedGlobal(module: moduleText, name: nameText)))
-            case 0x52: // REDUCE
+            case 0x52:  // REDUCE
                 let arguments = try pop(for: "REDUCE"), callable = try pop(for: "REDUCE")
                 try push(try call(callable, arguments, for: "REDUCE"))
-            case 0x81: // NEWOBJ: cls.__new__(cls, *args); only an empty OrderedDict is built this way
+            case 0x81:  // NEWOBJ: cls.__new__(cls, *args); only an empty OrderedDict is built this way
                 let arguments = try pop(for: "NEWOBJ"), cls = try pop(for: "NEWOBJ")
                 guard case .global(.orderedDict) = values[cls] else {
                     throw failHere("NEWOBJ of \(values[cls].kindName), not collections.OrderedDict")
                 }
                 try push(try call(cls, arguments, for: "NEWOBJ"))
-            case 0x62: // BUILD
+            case 0x62:  // BUILD
                 let state = try pop(for: "BUILD"), target = try top(for: "BUILD")
                 try build(target, state: state)
-            case 0x51: // BINPERSID
+            case 0x51:  // BINPERSID
                 let id = try pop(for: "BINPERSID")
                 try push(.storage(try persistentStorage(id)))
             default:
@@ -375,8 +377,10 @@ struct RestrictedUnpickler {
     private func allowedGlobal(module: String, name: String) throws -> AllowedGlobal {
         guard let global = AllowedGlobal(module: module, name: name) else {
             let shown = "\(module.prefix(200)).\(name.prefix(200))"
-            throw VLQError(path, "\(entryName) names the global \(shown), which a checkpoint of tensors never needs; "
-                + "refused without running anything")
+            throw VLQError(
+                path,
+                "\(entryName) names the global \(shown), which a checkpoint of tensors never needs; "
+                    + "refused without running anything")
         }
         return global
     }
@@ -468,18 +472,19 @@ struct RestrictedUnpickler {
     /// BINPERSID: ('storage', storage class, key, location, element count) names `<archive>/data/<key>`.
     private mutating func persistentStorage(_ id: Int) throws -> StorageReference {
         guard case .tuple(let items) = values[id], items.count == 5,
-              case .text("storage") = values[items[0]],
-              case .global(.storage(let dtype)) = values[items[1]],
-              case .text(let key) = values[items[2]],
-              case .text = values[items[3]],
-              case .int(let elementCount) = values[items[4]]
+            case .text("storage") = values[items[0]],
+            case .global(.storage(let dtype)) = values[items[1]],
+            case .text(let key) = values[items[2]],
+            case .text = values[items[3]],
+            case .int(let elementCount) = values[items[4]]
         else {
             throw failHere("persistent id is not ('storage', storage class, key, location, element count)")
         }
         if let known = storages[key] {
             guard known.dtype == dtype, known.elementCount == elementCount else {
-                throw failHere("storage \(key) is named as \(known.elementCount) \(known.dtype.rawValue) and as "
-                    + "\(elementCount) \(dtype.rawValue)")
+                throw failHere(
+                    "storage \(key) is named as \(known.elementCount) \(known.dtype.rawValue) and as "
+                        + "\(elementCount) \(dtype.rawValue)")
             }
             return known
         }
@@ -488,8 +493,9 @@ struct RestrictedUnpickler {
         }
         let entry = try resolveStorage(key)
         guard bytes <= entry.size else {
-            throw failHere("storage \(key) declares \(elementCount) \(dtype.rawValue) elements (\(bytes) bytes) "
-                + "but its data entry holds \(entry.size) bytes")
+            throw failHere(
+                "storage \(key) declares \(elementCount) \(dtype.rawValue) elements (\(bytes) bytes) "
+                    + "but its data entry holds \(entry.size) bytes")
         }
         let storage = StorageReference(key: key, dtype: dtype, elementCount: elementCount, dataOffset: entry.offset)
         storages[key] = storage
@@ -513,10 +519,11 @@ struct RestrictedUnpickler {
     /// row-major ones of its shape, ignoring dimensions of size 1, whose stride never moves the address.
     private func rebuildTensor(_ arguments: [Int]) throws -> TensorLocation {
         guard arguments.count == 6 || arguments.count == 7, case .storage(let storage) = values[arguments[0]],
-              case .int(let storageOffset) = values[arguments[1]], case .bool = values[arguments[4]]
+            case .int(let storageOffset) = values[arguments[1]], case .bool = values[arguments[4]]
         else {
-            throw failHere("_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, requires_grad, "
-                + "hooks[, metadata])")
+            throw failHere(
+                "_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, requires_grad, "
+                    + "hooks[, metadata])")
         }
         let shape = try dimensions(arguments[2], what: "size")
         var strides = try dimensions(arguments[3], what: "stride")
@@ -525,7 +532,7 @@ struct RestrictedUnpickler {
         }
         // Also with the empty dimensions taken as 1, so that no product over the shape can overflow.
         guard let elementCount = Checked.product(shape), Checked.product(shape.map { max($0, 1) }) != nil,
-              let byteCount = Checked.multiply(elementCount, storage.dtype.byteSize)
+            let byteCount = Checked.multiply(elementCount, storage.dtype.byteSize)
         else {
             throw failHere("tensor size \(shape) overflows")
         }
@@ -534,26 +541,33 @@ struct RestrictedUnpickler {
         if elementCount > 0 {
             for axis in shape.indices {
                 guard let reach = Checked.multiply(shape[axis] - 1, strides[axis]),
-                      let sum = Checked.add(lastElement, reach) else {
+                    let sum = Checked.add(lastElement, reach)
+                else {
                     throw failHere("tensor size \(shape) with stride \(strides) overflows")
                 }
                 lastElement = sum
             }
         }
-        guard storageOffset >= 0, lastElement < storage.elementCount || (elementCount == 0 && lastElement
-            <= storage.elementCount)
+        guard storageOffset >= 0,
+            lastElement < storage.elementCount
+                || (elementCount == 0
+                    && lastElement
+                        <= storage.elementCount)
         else {
-            throw failHere("tensor at offset \(storageOffset) of size \(shape) and stride \(strides) reaches past "
-                + "its storage \(storage.key) of \(storage.elementCount) elements")
+            throw failHere(
+                "tensor at offset \(storageOffset) of size \(shape) and stride \(strides) reaches past "
+                    + "its storage \(storage.key) of \(storage.elementCount) elements")
         }
         for axis in shape.indices where shape[axis] == 1 { strides[axis] = contiguous[axis] }
         let isContiguous = elementCount == 0 || strides == contiguous
         guard isContiguous || byteCount <= fileSize else {
-            throw failHere("tensor view of size \(shape) and stride \(strides) would gather \(byteCount) bytes, "
-                + "more than the whole file holds")
+            throw failHere(
+                "tensor view of size \(shape) and stride \(strides) would gather \(byteCount) bytes, "
+                    + "more than the whole file holds")
         }
-        return TensorLocation(dtype: storage.dtype, shape: shape,
-                              fileOffset: storage.dataOffset + storageOffset * storage.dtype.byteSize,
-                              byteCount: byteCount, strides: isContiguous ? nil : strides)
+        return TensorLocation(
+            dtype: storage.dtype, shape: shape,
+            fileOffset: storage.dataOffset + storageOffset * storage.dtype.byteSize,
+            byteCount: byteCount, strides: isContiguous ? nil : strides)
     }
 }

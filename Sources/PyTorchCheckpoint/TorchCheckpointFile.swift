@@ -33,8 +33,10 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         try TorchCheckpointFile.refuseLegacyFormat(bytes, path: path)
         let archive = try TorchArchive(ZipDirectory(bytes, path: path), mapped: mapped)
         let pickleName = archive.prefix + "data.pkl"
-        var unpickler = RestrictedUnpickler(pickle: archive.pickle, path: path, entryName: pickleName,
-                                            fileSize: mapped.size) { key in
+        var unpickler = RestrictedUnpickler(
+            pickle: archive.pickle, path: path, entryName: pickleName,
+            fileSize: mapped.size
+        ) { key in
             let name = archive.prefix + "data/" + key
             guard let entry = archive.directory.entry(name) else {
                 throw VLQError(path, "\(pickleName) names storage \(key) but the archive has no entry \(name)")
@@ -66,14 +68,18 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         let isPickle = bytes.count >= 2 && bytes[0] == 0x80 && bytes[1] <= 5
         let isTar = bytes.count >= 262 && Array(bytes[257..<262]) == Array("ustar".utf8)
         guard isPickle || isTar else { return }
-        throw VLQError(path, "legacy PyTorch format (torch < 1.6, or saved with _use_new_zipfile_serialization="
-            + "False): not read; re-save it with a newer torch (torch.save(torch.load(f, weights_only=True), f)) "
-            + "or convert it to safetensors")
+        throw VLQError(
+            path,
+            "legacy PyTorch format (torch < 1.6, or saved with _use_new_zipfile_serialization="
+                + "False): not read; re-save it with a newer torch (torch.save(torch.load(f, weights_only=True), f)) "
+                + "or convert it to safetensors")
     }
 
     /// The tensors of the top-level dict, named by their keys.
-    private static func stateDict(_ unpickler: RestrictedUnpickler, root: Int, path: String,
-                                  pickleName: String) throws -> [TensorInfo] {
+    private static func stateDict(
+        _ unpickler: RestrictedUnpickler, root: Int, path: String,
+        pickleName: String
+    ) throws -> [TensorInfo] {
         let values = unpickler.values
         guard case .dict(let dict) = values[root] else {
             throw VLQError(path, "\(pickleName) holds \(values[root].kindName), not a state dict (a dict of tensors)")
@@ -84,15 +90,20 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
             }
             switch values[item.value] {
             case .tensor(let t):
-                return TensorInfo(name: name, dtype: t.dtype, shape: t.shape, fileOffset: t.fileOffset,
-                                  byteCount: t.byteCount, strides: t.strides)
+                return TensorInfo(
+                    name: name, dtype: t.dtype, shape: t.shape, fileOffset: t.fileOffset,
+                    byteCount: t.byteCount, strides: t.strides)
             case .dict:
-                throw VLQError(path, "\(pickleName): \"\(name)\" holds a dict, not a tensor; nested checkpoints "
-                    + "({\"state_dict\": ...}, {\"model\": ...}, training state) are not read: save the model's "
-                    + "state_dict() itself")
+                throw VLQError(
+                    path,
+                    "\(pickleName): \"\(name)\" holds a dict, not a tensor; nested checkpoints "
+                        + "({\"state_dict\": ...}, {\"model\": ...}, training state) are not read: save the model's "
+                        + "state_dict() itself")
             default:
-                throw VLQError(path, "\(pickleName): \"\(name)\" holds \(values[item.value].kindName), not a "
-                    + "tensor; only a state dict of tensors is read")
+                throw VLQError(
+                    path,
+                    "\(pickleName): \"\(name)\" holds \(values[item.value].kindName), not a "
+                        + "tensor; only a state dict of tensors is read")
             }
         }
     }
@@ -114,8 +125,10 @@ struct TorchArchive {
         let path = mapped.path
         guard let first = directory.entries.first else { throw VLQError(path, "empty zip archive") }
         guard let slash = first.name.firstIndex(of: "/"), slash != first.name.startIndex else {
-            throw VLQError(path, "zip entry \"\(first.name)\" is not inside a folder, as torch.save writes "
-                + "every entry: not a PyTorch checkpoint")
+            throw VLQError(
+                path,
+                "zip entry \"\(first.name)\" is not inside a folder, as torch.save writes "
+                    + "every entry: not a PyTorch checkpoint")
         }
         prefix = String(first.name[...slash])
         for entry in directory.entries where !entry.name.hasPrefix(prefix) {
@@ -134,7 +147,9 @@ struct TorchArchive {
         try TorchArchive.storedBytes(name, directory: directory, mapped: mapped)
     }
 
-    private static func storedBytes(_ name: String, directory: ZipDirectory, mapped: MappedFile) throws
+    private static func storedBytes(
+        _ name: String, directory: ZipDirectory, mapped: MappedFile
+    ) throws
         -> UnsafeRawBufferPointer
     {
         let path = mapped.path
@@ -142,11 +157,15 @@ struct TorchArchive {
         switch entry.method {
         case ZipEntry.stored: break
         case ZipEntry.deflated:
-            throw VLQError(path, "zip entry \(name) is compressed (deflate); torch.save stores entries "
-                + "uncompressed and they are read in place: re-save it with torch.save, or zip it with -0")
+            throw VLQError(
+                path,
+                "zip entry \(name) is compressed (deflate); torch.save stores entries "
+                    + "uncompressed and they are read in place: re-save it with torch.save, or zip it with -0")
         default:
-            throw VLQError(path, "zip entry \(name) uses compression method \(entry.method); only stored "
-                + "entries are read")
+            throw VLQError(
+                path,
+                "zip entry \(name) uses compression method \(entry.method); only stored "
+                    + "entries are read")
         }
         // The directory checked the range; a failure here would be a bug, reported rather than trapped.
         guard let bytes = mapped.slice(offset: entry.dataOffset, count: entry.compressedSize) else {
@@ -171,8 +190,10 @@ struct TorchArchive {
         switch try record("byteorder") {
         case nil, "little": return
         case "big":
-            throw VLQError(mapped.path, "saved on a big-endian machine (\(prefix)byteorder: big); its storages "
-                + "are not read: load and re-save it on a little-endian machine, or convert it to safetensors")
+            throw VLQError(
+                mapped.path,
+                "saved on a big-endian machine (\(prefix)byteorder: big); its storages "
+                    + "are not read: load and re-save it on a little-endian machine, or convert it to safetensors")
         case let other?:
             throw VLQError(mapped.path, "\(prefix)byteorder is \"\(other.prefix(64))\", not little or big")
         }
@@ -186,8 +207,10 @@ struct TorchArchive {
             throw VLQError(path, "zip archive has no \(prefix)version record: not a torch.save checkpoint")
         }
         guard let version = Int(text), (1...TorchCheckpointFile.newestArchiveVersion).contains(version) else {
-            throw VLQError(path, "archive version \"\(text)\" is not one torch.save writes (1 to "
-                + "\(TorchCheckpointFile.newestArchiveVersion))")
+            throw VLQError(
+                path,
+                "archive version \"\(text)\" is not one torch.save writes (1 to "
+                    + "\(TorchCheckpointFile.newestArchiveVersion))")
         }
         if let format = try record(".format_version") {
             guard let value = Int(format), value >= 1 else {

@@ -47,8 +47,10 @@ struct ZipDirectory {
         let (entryCount, directoryOffset, directorySize, directoryLimit) = try ZipDirectory.readEndRecords(
             &reader, endRecord: end)
         guard let directoryEnd = Checked.add(directoryOffset, directorySize), directoryEnd <= directoryLimit else {
-            throw VLQError(path, "zip central directory (offset \(directoryOffset), \(directorySize) bytes) "
-                + "runs past the end-of-central-directory record")
+            throw VLQError(
+                path,
+                "zip central directory (offset \(directoryOffset), \(directorySize) bytes) "
+                    + "runs past the end-of-central-directory record")
         }
         // Each entry takes at least a fixed-size header: a count beyond that is corrupt, and nothing is
         // reserved by the declared count anyway.
@@ -59,16 +61,19 @@ struct ZipDirectory {
         var indexByName: [String: Int] = [:]
         var position = directoryOffset
         for _ in 0..<entryCount {
-            let entry = try ZipDirectory.readEntry(&reader, at: &position, directoryOffset: directoryOffset,
-                                                   directoryEnd: directoryEnd)
+            let entry = try ZipDirectory.readEntry(
+                &reader, at: &position, directoryOffset: directoryOffset,
+                directoryEnd: directoryEnd)
             guard indexByName.updateValue(entries.count, forKey: entry.name) == nil else {
                 throw VLQError(path, "zip entry \"\(entry.name)\" occurs twice")
             }
             entries.append(entry)
         }
         guard position == directoryEnd else {
-            throw VLQError(path, "zip central directory holds \(directoryEnd - position) bytes after its "
-                + "\(entryCount) entries")
+            throw VLQError(
+                path,
+                "zip central directory holds \(directoryEnd - position) bytes after its "
+                    + "\(entryCount) entries")
         }
         try ZipDirectory.checkNoOverlap(entries, path: path)
         self.entries = entries
@@ -95,7 +100,9 @@ struct ZipDirectory {
 
     /// Entry count, central directory offset and size, and where the central directory must end by:
     /// from the Zip64 end record when a locator precedes the classic record.
-    private static func readEndRecords(_ reader: inout FieldReader, endRecord: Int) throws
+    private static func readEndRecords(
+        _ reader: inout FieldReader, endRecord: Int
+    ) throws
         -> (count: Int, offset: Int, size: Int, limit: Int)
     {
         let path = reader.path
@@ -113,7 +120,7 @@ struct ZipDirectory {
             throw VLQError(path, "multi-disk zip archives are not supported (Zip64 locator)")
         }
         guard let record = Checked.int(reader.u64(locator + 8)),
-              let recordEnd = Checked.add(record, zip64EndRecordMinimumSize), recordEnd <= locator
+            let recordEnd = Checked.add(record, zip64EndRecordMinimumSize), recordEnd <= locator
         else {
             throw VLQError(path, "Zip64 end record offset \(reader.u64(locator + 8)) is outside the archive")
         }
@@ -122,24 +129,24 @@ struct ZipDirectory {
         }
         // The record's own size field counts the bytes after its first 12; extensible data may follow.
         guard let declared = Checked.int(reader.u64(record + 4)), declared >= zip64EndRecordMinimumSize - 12,
-              let declaredEnd = Checked.add(record + 12, declared), declaredEnd <= locator
+            let declaredEnd = Checked.add(record + 12, declared), declaredEnd <= locator
         else {
             throw VLQError(path, "Zip64 end record size \(reader.u64(record + 4)) is invalid")
         }
         guard reader.u32(record + 16) == 0, reader.u32(record + 20) == 0,
-              reader.u64(record + 24) == reader.u64(record + 32)
+            reader.u64(record + 24) == reader.u64(record + 32)
         else {
             throw VLQError(path, "multi-disk zip archives are not supported (Zip64 end record)")
         }
         guard let count = Checked.int(reader.u64(record + 32)), let size = Checked.int(reader.u64(record + 40)),
-              let offset = Checked.int(reader.u64(record + 48))
+            let offset = Checked.int(reader.u64(record + 48))
         else {
             throw VLQError(path, "Zip64 end record holds a count, size or offset beyond 2^63")
         }
         // The classic record keeps a real value wherever it fits and 0xFFFF... where it does not.
         guard agrees(UInt64(count16), count, sentinel: 0xffff), agrees(UInt64(countOnDisk), count, sentinel: 0xffff),
-              agrees(UInt64(size32), size, sentinel: 0xffff_ffff),
-              agrees(UInt64(offset32), offset, sentinel: 0xffff_ffff)
+            agrees(UInt64(size32), size, sentinel: 0xffff_ffff),
+            agrees(UInt64(offset32), offset, sentinel: 0xffff_ffff)
         else {
             throw VLQError(path, "zip end record disagrees with the Zip64 end record")
         }
@@ -151,8 +158,10 @@ struct ZipDirectory {
     }
 
     /// One central directory header at `position` (advanced past it), and its local header.
-    private static func readEntry(_ reader: inout FieldReader, at position: inout Int, directoryOffset: Int,
-                                  directoryEnd: Int) throws -> ZipEntry {
+    private static func readEntry(
+        _ reader: inout FieldReader, at position: inout Int, directoryOffset: Int,
+        directoryEnd: Int
+    ) throws -> ZipEntry {
         let path = reader.path
         let header = position
         guard directoryEnd - header >= centralHeaderSize, reader.u32(header) == centralHeaderSignature else {
@@ -173,39 +182,49 @@ struct ZipDirectory {
         guard let name = String(validating: nameBytes, as: UTF8.self) else {
             throw VLQError(path, "zip entry name at offset \(nameStart) is not valid UTF-8")
         }
-        var sizes = Zip64Fields(uncompressed: UInt64(uncompressed32), compressed: UInt64(compressed32),
-                                localOffset: UInt64(localOffset32), disk: UInt32(disk16))
-        try sizes.readExtra(reader, from: extraStart, to: extraStart + extraLength,
-                            needs: (uncompressed32 == 0xffff_ffff, compressed32 == 0xffff_ffff,
-                                    localOffset32 == 0xffff_ffff, disk16 == 0xffff),
-                            entry: name)
+        var sizes = Zip64Fields(
+            uncompressed: UInt64(uncompressed32), compressed: UInt64(compressed32),
+            localOffset: UInt64(localOffset32), disk: UInt32(disk16))
+        try sizes.readExtra(
+            reader, from: extraStart, to: extraStart + extraLength,
+            needs: (
+                uncompressed32 == 0xffff_ffff, compressed32 == 0xffff_ffff,
+                localOffset32 == 0xffff_ffff, disk16 == 0xffff
+            ),
+            entry: name)
         guard sizes.disk == 0 else { throw VLQError(path, "zip entry \"\(name)\" is on another disk") }
         guard let compressed = Checked.int(sizes.compressed), let uncompressed = Checked.int(sizes.uncompressed),
-              let localOffset = Checked.int(sizes.localOffset)
+            let localOffset = Checked.int(sizes.localOffset)
         else {
             throw VLQError(path, "zip entry \"\(name)\" declares a size or offset beyond 2^63")
         }
         // Bit 0: traditional encryption; bit 6: strong encryption.
         guard flags & 0x41 == 0 else { throw VLQError(path, "zip entry \"\(name)\" is encrypted") }
         guard method != ZipEntry.stored || compressed == uncompressed else {
-            throw VLQError(path, "zip entry \"\(name)\" is stored but declares \(compressed) bytes stored "
-                + "for \(uncompressed)")
+            throw VLQError(
+                path,
+                "zip entry \"\(name)\" is stored but declares \(compressed) bytes stored "
+                    + "for \(uncompressed)")
         }
-        let dataOffset = try checkLocalHeader(reader, at: localOffset, name: name, nameBytes: nameBytes,
-                                              method: method, flags: flags, compressed: compressed,
-                                              uncompressed: uncompressed, directoryOffset: directoryOffset)
+        let dataOffset = try checkLocalHeader(
+            reader, at: localOffset, name: name, nameBytes: nameBytes,
+            method: method, flags: flags, compressed: compressed,
+            uncompressed: uncompressed, directoryOffset: directoryOffset)
         position = next
-        return ZipEntry(name: name, method: method, headerOffset: localOffset, dataOffset: dataOffset,
-                        compressedSize: compressed, uncompressedSize: uncompressed)
+        return ZipEntry(
+            name: name, method: method, headerOffset: localOffset, dataOffset: dataOffset,
+            compressedSize: compressed, uncompressedSize: uncompressed)
     }
 
     /// The local header must name the same entry with the same method; its sizes may be zero when a
     /// data descriptor follows (torch's writer does that) or 0xFFFFFFFF when they are in a Zip64 field.
     /// The central directory is authoritative for sizes: torch's writer (miniz) puts the header offset
     /// in some local Zip64 fields, so those are skipped, not compared. Returns the data offset.
-    private static func checkLocalHeader(_ reader: FieldReader, at offset: Int, name: String,
-                                         nameBytes: Slice<UnsafeRawBufferPointer>, method: UInt16, flags: UInt16,
-                                         compressed: Int, uncompressed: Int, directoryOffset: Int) throws -> Int {
+    private static func checkLocalHeader(
+        _ reader: FieldReader, at offset: Int, name: String,
+        nameBytes: Slice<UnsafeRawBufferPointer>, method: UInt16, flags: UInt16,
+        compressed: Int, uncompressed: Int, directoryOffset: Int
+    ) throws -> Int {
         let path = reader.path
         guard offset <= directoryOffset - localHeaderSize, reader.u32(offset) == localHeaderSignature else {
             throw VLQError(path, "zip entry \"\(name)\": no local header at offset \(offset)")
@@ -216,27 +235,33 @@ struct ZipDirectory {
         let nameStart = offset + localHeaderSize
         let dataOffset = nameStart + nameLength + extraLength
         guard dataOffset <= directoryOffset, let dataEnd = Checked.add(dataOffset, compressed),
-              dataEnd <= directoryOffset
+            dataEnd <= directoryOffset
         else {
-            throw VLQError(path, "zip entry \"\(name)\" (\(compressed) bytes at offset \(dataOffset)) runs "
-                + "into the central directory or past the end of the file")
+            throw VLQError(
+                path,
+                "zip entry \"\(name)\" (\(compressed) bytes at offset \(dataOffset)) runs "
+                    + "into the central directory or past the end of the file")
         }
         guard nameLength == nameBytes.count,
-              reader.bytes[nameStart..<(nameStart + nameLength)].elementsEqual(nameBytes)
+            reader.bytes[nameStart..<(nameStart + nameLength)].elementsEqual(nameBytes)
         else {
             throw VLQError(path, "zip entry \"\(name)\": its local header names another entry")
         }
         guard localMethod == method, localFlags & 0x41 == flags & 0x41 else {
-            throw VLQError(path, "zip entry \"\(name)\": local header disagrees with the central directory "
-                + "on compression or encryption")
+            throw VLQError(
+                path,
+                "zip entry \"\(name)\": local header disagrees with the central directory "
+                    + "on compression or encryption")
         }
         let hasDescriptor = localFlags & 0x08 != 0
         func agrees(_ local: UInt32, _ actual: Int) -> Bool {
             local == 0xffff_ffff || (hasDescriptor && local == 0) || Int(local) == actual
         }
         guard agrees(localCompressed, compressed), agrees(localUncompressed, uncompressed) else {
-            throw VLQError(path, "zip entry \"\(name)\": local header sizes (\(localCompressed), "
-                + "\(localUncompressed)) disagree with the central directory (\(compressed), \(uncompressed))")
+            throw VLQError(
+                path,
+                "zip entry \"\(name)\": local header sizes (\(localCompressed), "
+                    + "\(localUncompressed)) disagree with the central directory (\(compressed), \(uncompressed))")
         }
         return dataOffset
     }
@@ -260,9 +285,11 @@ private struct Zip64Fields {
 
     /// Walks the extra fields in `start..<end` (each: id, size, data) and takes, from the Zip64 field,
     /// the 8-byte values (4 for the disk) whose 32-bit fields were saturated, in the specified order.
-    mutating func readExtra(_ reader: FieldReader, from start: Int, to end: Int,
-                            needs: (uncompressed: Bool, compressed: Bool, offset: Bool, disk: Bool),
-                            entry: String) throws {
+    mutating func readExtra(
+        _ reader: FieldReader, from start: Int, to end: Int,
+        needs: (uncompressed: Bool, compressed: Bool, offset: Bool, disk: Bool),
+        entry: String
+    ) throws {
         let path = reader.path
         var position = start
         var sawZip64 = false

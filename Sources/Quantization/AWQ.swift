@@ -1,5 +1,6 @@
 import Calibration
 import VLQFormat
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -27,11 +28,14 @@ public struct AWQ: Sendable {
         public var errorWithoutScaling: Double
     }
 
-    public func searchScales(weights: [[Float]], rows: [Int], columns: Int, statistics: InputStatistics,
-                             encoding: TensorEncoding, groupSize: Int) -> Result {
+    public func searchScales(
+        weights: [[Float]], rows: [Int], columns: Int, statistics: InputStatistics,
+        encoding: TensorEncoding, groupSize: Int
+    ) -> Result {
         let gram = statistics.gram!
         let meanAbs = statistics.meanAbs
-        var best = Result(scales: Array(repeating: 1, count: columns), alpha: 0, error: .infinity, errorWithoutScaling: 0)
+        var best = Result(
+            scales: Array(repeating: 1, count: columns), alpha: 0, error: .infinity, errorWithoutScaling: 0)
         for step in 0..<gridSize {
             let alpha = Float(step) / Float(gridSize)
             var s = meanAbs.map { pow(max($0, 1e-4), alpha) }
@@ -51,9 +55,13 @@ public struct AWQ: Sendable {
                         scaled[i * columns + j] = w[row * columns + j] * s[j]
                     }
                 }
-                var q = MatrixQuantizer.roundToNearest(scaled, rows: sampled.count, columns: columns, encoding: encoding, groupSize: groupSize).dequantized
+                var q = MatrixQuantizer.roundToNearest(
+                    scaled, rows: sampled.count, columns: columns, encoding: encoding, groupSize: groupSize
+                ).dequantized
                 for i in 0..<sampled.count { for j in 0..<columns { q[i * columns + j] /= s[j] } }
-                error += MatrixQuantizer.outputError(original, q, rows: sampled.count, columns: columns, gram: gram) * Double(stride)
+                error +=
+                    MatrixQuantizer.outputError(original, q, rows: sampled.count, columns: columns, gram: gram)
+                    * Double(stride)
             }
             if step == 0 { best.errorWithoutScaling = error }
             if error < best.error {

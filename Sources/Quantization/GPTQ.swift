@@ -1,6 +1,6 @@
 import CBLAS
-import VLQCore
 import Calibration
+import VLQCore
 import VLQFormat
 
 /// GPTQ (Frantar et al., 2022): columns are quantized one at a time and each column's rounding
@@ -14,17 +14,23 @@ public struct GPTQ: Sendable {
 
     public init(activationOrder: Bool = false) { self.activationOrder = activationOrder }
 
-    public func quantize(_ weights: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
-                         gram: [Double]) throws -> QuantizedMatrix {
+    public func quantize(
+        _ weights: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        gram: [Double]
+    ) throws -> QuantizedMatrix {
         guard let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize),
-              weights.count == layout.rows * columns, Checked.multiply(columns, columns) == gram.count else {
-            throw VLQError(nil, "GPTQ: a [\(rows), \(columns)] weight of \(weights.count) values with a Hessian of "
-                           + "\(gram.count) values cannot be \(encoding.name) in groups of \(groupSize)")
+            weights.count == layout.rows * columns, Checked.multiply(columns, columns) == gram.count
+        else {
+            throw VLQError(
+                nil,
+                "GPTQ: a [\(rows), \(columns)] weight of \(weights.count) values with a Hessian of "
+                    + "\(gram.count) values cannot be \(encoding.name) in groups of \(groupSize)")
         }
         var w = weights
         let (order, hinvUpper, permuted) = try inverseHessian(gram, weights: &w, rows: rows, columns: columns)
-        var pass = GPTQPass(layout: layout, blockSize: blockSize, order: order, hinvUpper: hinvUpper, weights: permuted,
-                            staticGroups: activationOrder)
+        var pass = GPTQPass(
+            layout: layout, blockSize: blockSize, order: order, hinvUpper: hinvUpper, weights: permuted,
+            staticGroups: activationOrder)
         // Group parameters: static (from the original weights) under activation order, else fitted
         // when the first column of a group is reached, from the already-updated weights.
         if activationOrder { pass.fitEveryGroup(w) }
@@ -40,8 +46,10 @@ public struct GPTQ: Sendable {
 
     /// The processing order of the columns, the upper Cholesky factor of the dampened inverse Hessian in
     /// that order, and the weights permuted into it. Columns no input ever reached are zeroed in `w`.
-    func inverseHessian(_ gram: [Double], weights w: inout [Float], rows: Int,
-                        columns: Int) throws -> (order: [Int], hinvUpper: [Double], permuted: [Float]) {
+    func inverseHessian(
+        _ gram: [Double], weights w: inout [Float], rows: Int,
+        columns: Int
+    ) throws -> (order: [Int], hinvUpper: [Double], permuted: [Float]) {
         var h = gram
         // Columns no input ever reached carry no information: zero them, keep H invertible.
         for j in 0..<columns where h[j * columns + j] == 0 {
@@ -113,8 +121,10 @@ struct GPTQPass {
     var groups: Int { layout.groupsPerRow }
     var groupSize: Int { layout.groupSize }
 
-    init(layout: QuantizedLayout, blockSize: Int, order: [Int], hinvUpper: [Double], weights: [Float],
-         staticGroups: Bool) {
+    init(
+        layout: QuantizedLayout, blockSize: Int, order: [Int], hinvUpper: [Double], weights: [Float],
+        staticGroups: Bool
+    ) {
         self.layout = layout
         self.blockSize = blockSize
         self.order = order
@@ -179,9 +189,10 @@ struct GPTQPass {
         }
         let errors = errors, blockSize = blockSize
         wp.withUnsafeMutableBufferPointer { p in
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(tail), Int32(width), -1,
-                        errors, Int32(blockSize), hblock, Int32(tail), 1, p.baseAddress! + block.upperBound,
-                        Int32(columns))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(tail), Int32(width), -1,
+                errors, Int32(blockSize), hblock, Int32(tail), 1, p.baseAddress! + block.upperBound,
+                Int32(columns))
         }
     }
 
@@ -191,8 +202,11 @@ struct GPTQPass {
             scales[i] = fits[i]?.scale ?? 0
             biases[i] = fits[i]?.bias ?? 0
         }
-        return QuantizedMatrix(layout: layout, bytes: layout.pack(codes: codes, scales: scales,
-                                                                  biases: encoding == .q4 ? biases : nil),
-                               dequantized: dequantized)
+        return QuantizedMatrix(
+            layout: layout,
+            bytes: layout.pack(
+                codes: codes, scales: scales,
+                biases: encoding == .q4 ? biases : nil),
+            dequantized: dequantized)
     }
 }

@@ -17,15 +17,20 @@ public enum LinearQuantizer {
         rows * columns * groupSize <= 1 << 30
     }
 
-    public static func quantize(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
-                                method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
-                                activationOrder: Bool = false) throws -> Output {
+    public static func quantize(
+        _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
+        activationOrder: Bool = false
+    ) throws -> Output {
         // The methods index the weight, the statistics and the scales by these sizes: mismatches must be
         // errors here, not out-of-range reads below.
         guard columns > 0, Checked.multiply(rows, columns) == w.count,
-              QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil else {
-            throw VLQError(nil, "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
-                           + "in groups of \(groupSize)")
+            QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil
+        else {
+            throw VLQError(
+                nil,
+                "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
+                    + "in groups of \(groupSize)")
         }
         if let statistics, let problem = statistics.inconsistency(columns: columns) {
             throw VLQError(nil, "statistics for a weight of \(columns) columns: \(problem)")
@@ -35,38 +40,58 @@ public enum LinearQuantizer {
         }
         switch method {
         case .rtn:
-            return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize))
+            return Output(
+                matrix: MatrixQuantizer.roundToNearest(
+                    w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize))
         case .imatrix:
             guard let statistics else { throw VLQError(nil, "imatrix needs calibration statistics") }
-            return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
-                                                                 columnImportance: statistics.meanSquares))
+            return Output(
+                matrix: MatrixQuantizer.roundToNearest(
+                    w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+                    columnImportance: statistics.meanSquares))
         case .gptq:
-            guard let gram = statistics?.gram else { throw VLQError(nil, "gptq needs calibration statistics with Gram matrices") }
-            return Output(matrix: try GPTQ(activationOrder: activationOrder).quantize(w, rows: rows, columns: columns, encoding: encoding,
-                                                                                       groupSize: groupSize, gram: gram))
+            guard let gram = statistics?.gram else {
+                throw VLQError(nil, "gptq needs calibration statistics with Gram matrices")
+            }
+            return Output(
+                matrix: try GPTQ(activationOrder: activationOrder).quantize(
+                    w, rows: rows, columns: columns, encoding: encoding,
+                    groupSize: groupSize, gram: gram))
         case .awq:
             guard let statistics else { throw VLQError(nil, "awq needs calibration statistics") }
             guard let s = awqScales else {
                 // Not foldable into a preceding op: only the output-aware clipping search.
-                if let g = statistics.gram, outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize) {
-                    return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: g))
+                if let g = statistics.gram,
+                    outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
+                {
+                    return Output(
+                        matrix: MatrixQuantizer.roundToNearest(
+                            w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: g))
                 }
-                return Output(matrix: MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding,
-                                                                     groupSize: groupSize, columnImportance: statistics.meanSquares))
+                return Output(
+                    matrix: MatrixQuantizer.roundToNearest(
+                        w, rows: rows, columns: columns, encoding: encoding,
+                        groupSize: groupSize, columnImportance: statistics.meanSquares))
             }
             var scaled = w
             for r in 0..<rows { for j in 0..<columns { scaled[r * columns + j] *= s[j] } }
             // The scaled layer sees inputs x / s: its Gram matrix is diag(1/s) G diag(1/s). Each group's
             // clipping range is then searched against the output error (AWQ's auto-clip).
             var m: QuantizedMatrix
-            if let g = statistics.gram, LinearQuantizer.outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize) {
+            if let g = statistics.gram,
+                LinearQuantizer.outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
+            {
                 var scaledGram = g
-                for i in 0..<columns { for j in 0..<columns { scaledGram[i * columns + j] /= Double(s[i]) * Double(s[j]) } }
-                m = MatrixQuantizer.roundToNearest(scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: scaledGram)
+                for i in 0..<columns {
+                    for j in 0..<columns { scaledGram[i * columns + j] /= Double(s[i]) * Double(s[j]) }
+                }
+                m = MatrixQuantizer.roundToNearest(
+                    scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: scaledGram)
             } else {
                 let importance = zip(statistics.meanSquares, s).map { $0 / ($1 * $1) }
-                m = MatrixQuantizer.roundToNearest(scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
-                                                   columnImportance: importance)
+                m = MatrixQuantizer.roundToNearest(
+                    scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+                    columnImportance: importance)
             }
             // Report values in the unscaled frame, as the folded model computes them.
             for r in 0..<rows { for j in 0..<columns { m.dequantized[r * columns + j] /= s[j] } }

@@ -47,8 +47,10 @@ struct AWQScales {
         // other must stop here, not index out of range.
         func require(_ s: [Float], _ count: Int, _ what: String) throws {
             guard s.count == count else {
-                throw VLQError(subject, "tensor \(tensor.name) has \(count) \(what), "
-                               + "but the AWQ scales folded into it have \(s.count)")
+                throw VLQError(
+                    subject,
+                    "tensor \(tensor.name) has \(count) \(what), "
+                        + "but the AWQ scales folded into it have \(s.count)")
             }
         }
         let h = tensor.handle.index
@@ -89,8 +91,10 @@ struct PlanExecution {
     private var entries: [QuantizationRecord.Tensor?]
     private(set) var quantizedCount = 0
 
-    init(plan: QuantizationPlan, definition: ModelDefinition, source: VLQFile, weights: WeightStore,
-         statistics: StatisticsSource?, calibrationSource: String?, activationOrder: Bool, logger: Logger) {
+    init(
+        plan: QuantizationPlan, definition: ModelDefinition, source: VLQFile, weights: WeightStore,
+        statistics: StatisticsSource?, calibrationSource: String?, activationOrder: Bool, logger: Logger
+    ) {
         self.plan = plan
         self.definition = definition
         self.source = source
@@ -119,9 +123,10 @@ struct PlanExecution {
         guard let stats = try inputStatistics(for: first, columns: group.columns), stats.gramMatrix != nil else {
             return
         }
-        let result = AWQ().searchScales(weights: group.balance.map(weights.floats),
-                                        rows: group.balance.map { weights.shape($0)[0] }, columns: group.columns,
-                                        statistics: stats, encoding: group.encoding, groupSize: group.groupSize)
+        let result = AWQ().searchScales(
+            weights: group.balance.map(weights.floats),
+            rows: group.balance.map { weights.shape($0)[0] }, columns: group.columns,
+            statistics: stats, encoding: group.encoding, groupSize: group.groupSize)
         scales.keep(result, for: group)
     }
 
@@ -130,9 +135,10 @@ struct PlanExecution {
     private func inputStatistics(for name: String, columns: Int) throws -> InputStatistics? {
         guard let stats = try statistics?.statistics(for: name) else { return nil }
         if let problem = stats.inconsistency(columns: columns) {
-            throw VLQError(calibrationSource ?? "calibration statistics",
-                           "tensor \(name) has \(columns) input columns; its input's \(problem): "
-                           + "the statistics are not of this model")
+            throw VLQError(
+                calibrationSource ?? "calibration statistics",
+                "tensor \(name) has \(columns) input columns; its input's \(problem): "
+                    + "the statistics are not of this model")
         }
         return stats
     }
@@ -156,8 +162,10 @@ struct PlanExecution {
         }
     }
 
-    private mutating func quantize(_ values: [Float], rows: Int, columns: Int, at position: Int,
-                                   to writer: VLQWriter) throws {
+    private mutating func quantize(
+        _ values: [Float], rows: Int, columns: Int, at position: Int,
+        to writer: VLQWriter
+    ) throws {
         let tensor = plan.tensors[position], method = tensor.method ?? .rtn
         let stats = method == .rtn ? nil : try inputStatistics(for: tensor.name, columns: columns)
         // Calibration never reached it (the vision layers after the selected one): its output is never
@@ -165,10 +173,11 @@ struct PlanExecution {
         let calibrated = method == .rtn || stats != nil
         let effective = calibrated ? method : .rtn
         let columnScales = scales.columns[tensor.handle.index]
-        let out = try LinearQuantizer.quantize(values, rows: rows, columns: columns, encoding: tensor.output.encoding,
-                                               groupSize: tensor.output.groupSize, method: effective, statistics: stats,
-                                               awqScales: effective == .awq ? columnScales : nil,
-                                               activationOrder: activationOrder)
+        let out = try LinearQuantizer.quantize(
+            values, rows: rows, columns: columns, encoding: tensor.output.encoding,
+            groupSize: tensor.output.groupSize, method: effective, statistics: stats,
+            awqScales: effective == .awq ? columnScales : nil,
+            activationOrder: activationOrder)
         try writer.writeTensor(position) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
         quantizedCount += 1
         entries[position] = recordEntry(tensor, fallback: calibrated ? tensor.fallback : PlanExecution.noStatisticsNote)
@@ -209,10 +218,12 @@ struct PlanExecution {
             if let entry = entries[position] { tensors[tensor.name] = entry }
         }
         let calibration = statistics.map {
-            QuantizationRecord.Calibration(setDigest: $0.setDigest, samples: $0.samples, source: calibrationSource,
-                                           gram: $0.hasGram)
+            QuantizationRecord.Calibration(
+                setDigest: $0.setDigest, samples: $0.samples, source: calibrationSource,
+                gram: $0.hasGram)
         }
-        return QuantizationRecord(recipe: recipe, activationOrder: activationOrder, tensors: tensors,
-                                  calibration: calibration, sourceTableChecksum: sourceTableChecksum)
+        return QuantizationRecord(
+            recipe: recipe, activationOrder: activationOrder, tensors: tensors,
+            calibration: calibration, sourceTableChecksum: sourceTableChecksum)
     }
 }

@@ -90,8 +90,10 @@ public struct QuantizationPlan: Sendable {
 
     /// `keptNonFinite`: tensors holding that many NaN or infinite values, kept in their stored float
     /// encoding instead of being quantized. `gramWindowBudget`: bytes X^T X may take at once (nil: all).
-    public init(definition: ModelDefinition, table: [TensorRecord], recipe: Recipe,
-                keptNonFinite: [TensorHandle: Int] = [:], gramWindowBudget: Int? = nil) throws {
+    public init(
+        definition: ModelDefinition, table: [TensorRecord], recipe: Recipe,
+        keptNonFinite: [TensorHandle: Int] = [:], gramWindowBudget: Int? = nil
+    ) throws {
         self.recipe = recipe
         let owners = StatisticsOwners(definition)
         var tensors = try table.map { record -> TensorPlan in
@@ -99,11 +101,14 @@ public struct QuantizationPlan: Sendable {
                 throw VLQError(nil, "tensor \(record.name) is not part of the model")
             }
             guard record.shape == definition.shape(handle) else {
-                throw VLQError(nil, "tensor \(record.name) is \(record.shape), "
-                               + "the model has \(definition.shape(handle))")
+                throw VLQError(
+                    nil,
+                    "tensor \(record.name) is \(record.shape), "
+                        + "the model has \(definition.shape(handle))")
             }
-            return QuantizationPlan.decide(record, handle: handle, recipe: recipe, owner: owners.owner(of: handle),
-                                           nonFinite: keptNonFinite[handle])
+            return QuantizationPlan.decide(
+                record, handle: handle, recipe: recipe, owner: owners.owner(of: handle),
+                nonFinite: keptNonFinite[handle])
         }
         var positions = [Int?](repeating: nil, count: definition.tensors.count)
         for (i, t) in tensors.enumerated() { positions[t.handle.index] = i }
@@ -118,9 +123,10 @@ public struct QuantizationPlan: Sendable {
         self.positions = positions
         awqLayers = QuantizationPlan.awqSearches(definition, tensors, positions)
         let searches = awqLayers
-        windows = gramWindowBudget.map {
-            QuantizationPlan.calibrationWindows(tensors, searches, owners, budget: $0)
-        } ?? []
+        windows =
+            gramWindowBudget.map {
+                QuantizationPlan.calibrationWindows(tensors, searches, owners, budget: $0)
+            } ?? []
     }
 
     public func position(of handle: TensorHandle) -> Int? { positions[handle.index] }
@@ -131,10 +137,11 @@ public struct QuantizationPlan: Sendable {
     /// Whether a recipe needs calibration statistics, and whether X^T X among them: known from the
     /// recipe alone, before a model or calibration set is opened.
     public static func needs(_ recipe: Recipe) -> (statistics: Bool, gram: Bool) {
-        let methods = Set(recipe.rules.compactMap { rule -> QuantizationMethod? in
-            if case .quantized = rule.target { return rule.method ?? recipe.method ?? .rtn }
-            return nil
-        })
+        let methods = Set(
+            recipe.rules.compactMap { rule -> QuantizationMethod? in
+                if case .quantized = rule.target { return rule.method ?? recipe.method ?? .rtn }
+                return nil
+            })
         return (methods.contains { $0 != .rtn }, methods.contains(.gptq) || methods.contains(.awq))
     }
 
@@ -144,8 +151,10 @@ public struct QuantizationPlan: Sendable {
         recipe.rules.contains { ($0.method ?? recipe.method) == .awq }
     }
 
-    static func decide(_ record: TensorRecord, handle: TensorHandle, recipe: Recipe, owner: TensorHandle,
-                       nonFinite: Int?) -> TensorPlan {
+    static func decide(
+        _ record: TensorRecord, handle: TensorHandle, recipe: Recipe, owner: TensorHandle,
+        nonFinite: Int?
+    ) -> TensorPlan {
         var decision = recipe.decide(name: record.name, component: record.component, shape: record.shape)
         if let count = nonFinite {
             // Rounding NaN or an infinity poisons its whole group's scale: kept as stored instead.
@@ -153,13 +162,15 @@ public struct QuantizationPlan: Sendable {
             decision = Recipe.Decision(encoding: nil, groupSize: 0, method: nil, fallback: note)
         }
         let encoding = decision.encoding ?? record.encoding
-        let output = TensorRecord(name: record.name, encoding: encoding, component: record.component,
-                                  shape: record.shape, groupSize: encoding.isQuantized ? decision.groupSize : 0,
-                                  sourceDType: record.sourceDType)
+        let output = TensorRecord(
+            name: record.name, encoding: encoding, component: record.component,
+            shape: record.shape, groupSize: encoding.isQuantized ? decision.groupSize : 0,
+            sourceDType: record.sourceDType)
         let method = output.encoding.isQuantized ? decision.method ?? .rtn : nil
-        return TensorPlan(handle: handle, output: output, storedEncoding: record.encoding, method: method,
-                          fallback: decision.fallback, statistics: method.map(StatisticsNeed.init) ?? .none,
-                          statisticsOwner: owner)
+        return TensorPlan(
+            handle: handle, output: output, storedEncoding: record.encoding, method: method,
+            fallback: decision.fallback, statistics: method.map(StatisticsNeed.init) ?? .none,
+            statisticsOwner: owner)
     }
 
     /// Every tensor an AWQ scale may be divided out of: the norms before groups of Linears, and the
@@ -174,19 +185,24 @@ public struct QuantizationPlan: Sendable {
     }
 
     /// The mappings whose Linears are all AWQ-quantized, per layer, placed at the layer's first tensor.
-    static func awqSearches(_ definition: ModelDefinition, _ tensors: [TensorPlan],
-                            _ positions: [Int?]) -> [AWQLayerPlan] {
+    static func awqSearches(
+        _ definition: ModelDefinition, _ tensors: [TensorPlan],
+        _ positions: [Int?]
+    ) -> [AWQLayerPlan] {
         definition.smoothingMappings.compactMap { layer, mappings -> AWQLayerPlan? in
             let groups = mappings.compactMap { mapping -> AWQGroupPlan? in
                 let members = mapping.balance.compactMap { positions[$0.weight.index].map { tensors[$0] } }
                 guard members.count == mapping.balance.count,
-                      members.allSatisfy({ $0.method == .awq && $0.isQuantized }) else { return nil }
-                return AWQGroupPlan(balance: members.map(\.handle), smooth: mapping.smooth,
-                                    encoding: members[0].output.encoding, groupSize: members[0].output.groupSize,
-                                    columns: mapping.balance[0].inputs)
+                    members.allSatisfy({ $0.method == .awq && $0.isQuantized })
+                else { return nil }
+                return AWQGroupPlan(
+                    balance: members.map(\.handle), smooth: mapping.smooth,
+                    encoding: members[0].output.encoding, groupSize: members[0].output.groupSize,
+                    columns: mapping.balance[0].inputs)
             }
             guard !groups.isEmpty,
-                  let first = tensors.firstIndex(where: { definition.label(of: $0.handle) == layer }) else {
+                let first = tensors.firstIndex(where: { definition.label(of: $0.handle) == layer })
+            else {
                 return nil
             }
             return AWQLayerPlan(label: layer, groups: groups, position: first)
@@ -219,8 +235,10 @@ extension QuantizationPlan {
     /// A step is one tensor: the inputs of its AWQ searches (at a layer's first tensor) and its own
     /// input when its method reads X^T X. A step's inputs are always in one window, even when they
     /// alone exceed the budget; an input needed again after its window closed is computed again.
-    static func calibrationWindows(_ tensors: [TensorPlan], _ awqLayers: [AWQLayerPlan], _ owners: StatisticsOwners,
-                        budget: Int) -> [CalibrationWindow] {
+    static func calibrationWindows(
+        _ tensors: [TensorPlan], _ awqLayers: [AWQLayerPlan], _ owners: StatisticsOwners,
+        budget: Int
+    ) -> [CalibrationWindow] {
         let searchesAt = Dictionary(uniqueKeysWithValues: awqLayers.map { ($0.position, $0) })
         var windows: [CalibrationWindow] = []
         var open: (owners: [TensorHandle], bytes: Int, first: Int, last: Int)?
@@ -238,14 +256,18 @@ extension QuantizationPlan {
                 continue
             }
             if let current = open {
-                windows.append(CalibrationWindow(owners: current.owners, bytes: current.bytes,
-                                                 positions: current.first..<(current.last + 1)))
+                windows.append(
+                    CalibrationWindow(
+                        owners: current.owners, bytes: current.bytes,
+                        positions: current.first..<(current.last + 1)))
             }
             open = (needed, needed.reduce(0) { $0 + owners.gramBytes($1)! }, position, position)
         }
         if let current = open {
-            windows.append(CalibrationWindow(owners: current.owners, bytes: current.bytes,
-                                             positions: current.first..<(current.last + 1)))
+            windows.append(
+                CalibrationWindow(
+                    owners: current.owners, bytes: current.bytes,
+                    positions: current.first..<(current.last + 1)))
         }
         return windows
     }

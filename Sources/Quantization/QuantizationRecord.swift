@@ -54,8 +54,10 @@ public struct QuantizationRecord: Equatable, Sendable {
     /// XXH3-64 of the tensor table of the bundle quantized from.
     public var sourceTableChecksum: UInt64
 
-    public init(recipe: Recipe, activationOrder: Bool, tensors: [String: Tensor], calibration: Calibration?,
-                sourceTableChecksum: UInt64) {
+    public init(
+        recipe: Recipe, activationOrder: Bool, tensors: [String: Tensor], calibration: Calibration?,
+        sourceTableChecksum: UInt64
+    ) {
         self.recipe = recipe
         method = recipe.method ?? .rtn
         self.activationOrder = activationOrder
@@ -133,13 +135,16 @@ extension QuantizationRecord.Tensor {
 
 extension QuantizationRecord.Calibration {
     public var json: JSONValue {
-        ["set_digest": .string(setDigest), "samples": .int(Int64(samples)),
-         "source": source.map { .string($0) } ?? .null, "gram": .bool(gram)]
+        [
+            "set_digest": .string(setDigest), "samples": .int(Int64(samples)),
+            "source": source.map { .string($0) } ?? .null, "gram": .bool(gram),
+        ]
     }
 
     init?(json: JSONValue) {
         guard let digest = json["set_digest"]?.stringValue, let samples = json["samples"]?.intValue,
-              let gram = json["gram"]?.boolValue else { return nil }
+            let gram = json["gram"]?.boolValue
+        else { return nil }
         self.init(setDigest: digest, samples: samples, source: json["source"]?.stringValue, gram: gram)
     }
 }

@@ -70,8 +70,10 @@ public final class QuantizePipeline {
         try refuseNonFinite(source, nonFinite(source, names: toQuantize.map(\.name)))
     }
 
-    public func run(source: VLQFile, output: String, statistics: StatisticsSource?, calibrationSource: String?,
-                    progress: (Int, Int) -> Void = { _, _ in }) throws -> Report {
+    public func run(
+        source: VLQFile, output: String, statistics: StatisticsSource?, calibrationSource: String?,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> Report {
         try refuseQuantized(source)
         try checkCalibration(statistics)
         let config = try EngineConfig(metadata: source.metadata, source: source.path)
@@ -80,9 +82,10 @@ public final class QuantizePipeline {
         let plan = try makePlan(source, definition, gramWindowBudget: statistics?.gramWindowBudget)
         let weights = WeightStore(bundle: source, definition: definition, cacheBudget: 0)
         let writer = try VLQWriter(path: output, plan: plan.output)
-        var execution = PlanExecution(plan: plan, definition: definition, source: source, weights: weights,
-                                      statistics: statistics, calibrationSource: calibrationSource,
-                                      activationOrder: options.activationOrder, logger: logger)
+        var execution = PlanExecution(
+            plan: plan, definition: definition, source: source, weights: weights,
+            statistics: statistics, calibrationSource: calibrationSource,
+            activationOrder: options.activationOrder, logger: logger)
         let record: QuantizationRecord
         do {
             for position in plan.tensors.indices {
@@ -99,14 +102,17 @@ public final class QuantizePipeline {
             throw error
         }
         let size = (try? MappedFile(path: output).size) ?? 0
-        return Report(tensors: plan.tensors.count, quantized: execution.quantizedCount, outputBytes: size,
-                      record: record)
+        return Report(
+            tensors: plan.tensors.count, quantized: execution.quantizedCount, outputBytes: size,
+            record: record)
     }
 
     func refuseQuantized(_ source: VLQFile) throws {
         if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
-            throw VLQError(source.path, "is already quantized; "
-                           + "quantize from the unquantized bundle or the Hugging Face folder")
+            throw VLQError(
+                source.path,
+                "is already quantized; "
+                    + "quantize from the unquantized bundle or the Hugging Face folder")
         }
     }
 
@@ -116,23 +122,27 @@ public final class QuantizePipeline {
             throw VLQError(nil, "method \(recipe.method?.rawValue ?? "") needs calibration: give --set or --stats")
         }
         if need.gram, let statistics, !statistics.hasGram {
-            throw VLQError(nil, "gptq and awq need statistics with Gram matrices; "
-                           + "these were collected without (--diagonal-only)")
+            throw VLQError(
+                nil,
+                "gptq and awq need statistics with Gram matrices; "
+                    + "these were collected without (--diagonal-only)")
         }
     }
 
     /// The plan for this source; tensors to quantize that hold NaN or infinities are refused, or (with
     /// `keepNonFiniteInFloat`) planned in their stored encoding and warned about.
     func makePlan(_ source: VLQFile, _ definition: ModelDefinition, gramWindowBudget: Int?) throws -> QuantizationPlan {
-        let plan = try QuantizationPlan(definition: definition, table: source.tensors, recipe: recipe,
-                                        gramWindowBudget: gramWindowBudget)
+        let plan = try QuantizationPlan(
+            definition: definition, table: source.tensors, recipe: recipe,
+            gramWindowBudget: gramWindowBudget)
         let offending = nonFinite(source, names: plan.tensors.filter(\.isQuantized).map(\.name))
         guard !offending.isEmpty else { return plan }
         try refuseNonFinite(source, offending)
         var kept: [TensorHandle: Int] = [:]
         for (name, count) in offending { kept[definition.handle(named: name)!] = count }
-        let keeping = try QuantizationPlan(definition: definition, table: source.tensors, recipe: recipe,
-                                           keptNonFinite: kept, gramWindowBudget: gramWindowBudget)
+        let keeping = try QuantizationPlan(
+            definition: definition, table: source.tensors, recipe: recipe,
+            keptNonFinite: kept, gramWindowBudget: gramWindowBudget)
         for (name, _) in offending {
             logger.warning("tensor \(name): \(keeping[definition.handle(named: name)!]!.fallback!)")
         }
@@ -158,8 +168,10 @@ public final class QuantizePipeline {
         guard !offending.isEmpty, !options.keepNonFiniteInFloat else { return }
         let listed = offending.prefix(6).map { "\($0.name) (\($0.count))" }.joined(separator: ", ")
         let more = offending.count > 6 ? ", and \(offending.count - 6) more" : ""
-        throw VLQError(source.path, "\(offending.count) tensors to quantize hold NaN or infinite values: "
-            + "\(listed)\(more); keep them in float with --keep-non-finite "
-            + "(or a recipe rule with \"encoding\": \"keep\")")
+        throw VLQError(
+            source.path,
+            "\(offending.count) tensors to quantize hold NaN or infinite values: "
+                + "\(listed)\(more); keep them in float with --keep-non-finite "
+                + "(or a recipe rule with \"encoding\": \"keep\")")
     }
 }

@@ -13,15 +13,23 @@ public enum CompressedSafeTensors {
     /// names the expected file type in errors.
     public static func read(_ path: String, format: String, kind: String) throws -> SafeTensorsFile {
         let packed = try MappedFile(path: path)
-        return try withExtendedLifetime(packed) { try read(bytes: packed.bytes, source: path, format: format, kind: kind) }
+        return try withExtendedLifetime(packed) {
+            try read(bytes: packed.bytes, source: path, format: format, kind: kind)
+        }
     }
 
     /// The same from bytes already in memory; `source` names them in errors.
-    public static func read(bytes packed: UnsafeRawBufferPointer, source path: String, format: String, kind: String) throws -> SafeTensorsFile {
-        guard let size = Zstd.frameContentSize(packed) else { throw VLQError(path, "not a \(kind) file (no zstd frame)") }
+    public static func read(
+        bytes packed: UnsafeRawBufferPointer, source path: String, format: String, kind: String
+    ) throws -> SafeTensorsFile {
+        guard let size = Zstd.frameContentSize(packed) else {
+            throw VLQError(path, "not a \(kind) file (no zstd frame)")
+        }
         let raw: [UInt8]
         // Not allocated by the size the frame declares: a few bytes may declare terabytes.
-        do { raw = try Zstd.decompress(packed, expectedSize: size) } catch let e as VLQError { throw VLQError(path, e.reason) }
+        do { raw = try Zstd.decompress(packed, expectedSize: size) } catch let e as VLQError {
+            throw VLQError(path, e.reason)
+        }
         let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
         guard file.metadata["format"] == format else { throw VLQError(path, "not a \(kind) file") }
         return file

@@ -41,7 +41,8 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
         }
         let n = Int(rawLength)
         guard 8 + n <= bytes.count else {
-            throw fail("header length \(n) runs past the end of the file (\(bytes.count) bytes): truncated or not safetensors")
+            throw fail(
+                "header length \(n) runs past the end of the file (\(bytes.count) bytes): truncated or not safetensors")
         }
         headerLength = n
         let header: JSONValue
@@ -59,7 +60,9 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             if name == "__metadata__" {
                 guard let object = entry.objectValue else { throw fail("__metadata__ is not an object") }
                 for (key, value) in object {
-                    guard let s = value.stringValue else { throw fail("__metadata__ value for \"\(key)\" is not a string") }
+                    guard let s = value.stringValue else {
+                        throw fail("__metadata__ value for \"\(key)\" is not a string")
+                    }
                     metadata[key] = s
                 }
                 continue
@@ -72,7 +75,9 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             guard let shapeValues = fields["shape"]?.arrayValue else { throw fail("tensor \(name): missing shape") }
             var shape: [Int] = []
             for v in shapeValues {
-                guard case .int(let d) = v, d >= 0 else { throw fail("tensor \(name): shape holds a non-natural number") }
+                guard case .int(let d) = v, d >= 0 else {
+                    throw fail("tensor \(name): shape holds a non-natural number")
+                }
                 shape.append(Int(d))
             }
             guard let offsets = fields["data_offsets"]?.arrayValue, offsets.count == 2,
@@ -81,26 +86,34 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             else { throw fail("tensor \(name): data_offsets must be [begin, end] with 0 <= begin <= end") }
             // Offsets this large cannot lie in any file; refusing them here keeps the sums below in range.
             guard end64 <= Int64(bytes.count) else {
-                throw fail("tensor \(name): data_offsets [\(begin64), \(end64)] lie beyond the file's \(bytes.count) bytes")
+                throw fail(
+                    "tensor \(name): data_offsets [\(begin64), \(end64)] lie beyond the file's \(bytes.count) bytes")
             }
             let begin = Int(begin64), end = Int(end64)
             guard let count = Checked.product(shape), let expected = Checked.multiply(count, dtype.byteSize) else {
                 throw fail("tensor \(name): shape \(shape) overflows")
             }
             guard end - begin == expected else {
-                throw fail("tensor \(name): \(end - begin) bytes of data for shape \(shape) of \(dtypeName), which needs \(expected)")
+                throw fail(
+                    "tensor \(name): \(end - begin) bytes of data for shape \(shape) of \(dtypeName), which needs \(expected)"
+                )
             }
             ranges.append((begin, end, name))
-            tensors.append(TensorInfo(name: name, dtype: dtype, shape: shape, fileOffset: 8 + n + begin, byteCount: expected))
+            tensors.append(
+                TensorInfo(name: name, dtype: dtype, shape: shape, fileOffset: 8 + n + begin, byteCount: expected))
         }
 
         // Sorting by (begin, end) puts zero-length tensors first at equal offsets, like the Rust crate.
-        let order = ranges.indices.sorted { (ranges[$0].begin, ranges[$0].end, ranges[$0].name) < (ranges[$1].begin, ranges[$1].end, ranges[$1].name) }
+        let order = ranges.indices.sorted {
+            (ranges[$0].begin, ranges[$0].end, ranges[$0].name) < (ranges[$1].begin, ranges[$1].end, ranges[$1].name)
+        }
         var expectedBegin = 0
         for i in order {
             let r = ranges[i]
             if r.begin < expectedBegin {
-                throw fail("tensor \(r.name): data_offsets [\(r.begin), \(r.end)] overlap the previous tensor, which ends at \(expectedBegin)")
+                throw fail(
+                    "tensor \(r.name): data_offsets [\(r.begin), \(r.end)] overlap the previous tensor, which ends at \(expectedBegin)"
+                )
             }
             if r.begin > expectedBegin {
                 throw fail("tensor \(r.name): data_offsets begin at \(r.begin), leaving a hole after \(expectedBegin)")
@@ -110,9 +123,12 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
         let dataSize = bytes.count - 8 - n
         if expectedBegin != dataSize {
             if expectedBegin > dataSize {
-                throw fail("tensor data ends at byte \(8 + n + expectedBegin) but the file has only \(bytes.count) bytes: truncated")
+                throw fail(
+                    "tensor data ends at byte \(8 + n + expectedBegin) but the file has only \(bytes.count) bytes: truncated"
+                )
             }
-            throw fail("\(dataSize - expectedBegin) bytes after the last tensor's data: the file does not match its header")
+            throw fail(
+                "\(dataSize - expectedBegin) bytes after the last tensor's data: the file does not match its header")
         }
 
         self.metadata = metadata

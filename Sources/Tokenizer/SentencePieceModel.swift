@@ -47,7 +47,10 @@ public struct SentencePieceModel: Sendable {
             throw VLQError(source, "SentencePiece model type \(algorithm) is not supported (Yi uses BPE)")
         }
         guard precompiledCharsmapSize == 0 else {
-            throw VLQError(source, "SentencePiece normalizer \"\(normalizerName)\" with a precompiled charsmap is not supported (Yi uses identity)")
+            throw VLQError(
+                source,
+                "SentencePiece normalizer \"\(normalizerName)\" with a precompiled charsmap is not supported (Yi uses identity)"
+            )
         }
     }
 

@@ -36,7 +36,9 @@ public final class Tokenizer: @unchecked Sendable {
             case .unknown: unknown = id
             case .byte:
                 let t = piece.text
-                if t.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">"), let v = UInt8(t.dropFirst(3).prefix(2), radix: 16) {
+                if t.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">"),
+                    let v = UInt8(t.dropFirst(3).prefix(2), radix: 16)
+                {
                     bytes[Int(v)] = id
                 }
             case .control: break
@@ -44,7 +46,8 @@ public final class Tokenizer: @unchecked Sendable {
         }
         guard unknown >= 0 else { throw VLQError(source, "no <unk> piece") }
         if model.byteFallback, let missing = bytes.firstIndex(of: -1) {
-            throw VLQError(source, "byte fallback is on but piece <0x\(String(missing, radix: 16, uppercase: true))> is missing")
+            throw VLQError(
+                source, "byte fallback is on but piece <0x\(String(missing, radix: 16, uppercase: true))> is missing")
         }
         self.mergeable = mergeable
         allPieces = all
@@ -126,8 +129,10 @@ public final class Tokenizer: @unchecked Sendable {
             let merged = pieceText(symbols[left].start, length)
             guard let id = mergeable[merged] else { return }
             if model.pieces[id].type == .unused {
-                unusedMerges[merged] = (pieceText(symbols[left].start, symbols[left].length),
-                                        pieceText(symbols[right].start, symbols[right].length))
+                unusedMerges[merged] = (
+                    pieceText(symbols[left].start, symbols[left].length),
+                    pieceText(symbols[right].start, symbols[right].length)
+                )
             }
             agenda.push(PairHeap.Pair(left: left, right: right, score: model.pieces[id].score, length: length))
         }
@@ -135,7 +140,8 @@ public final class Tokenizer: @unchecked Sendable {
         while let top = agenda.pop() {
             let l = top.left, r = top.right
             // Stale: one side was merged away or grew since this pair was queued.
-            guard symbols[l].length > 0, symbols[r].length > 0, symbols[l].length + symbols[r].length == top.length else { continue }
+            guard symbols[l].length > 0, symbols[r].length > 0, symbols[l].length + symbols[r].length == top.length
+            else { continue }
             symbols[l].length = top.length
             symbols[l].next = symbols[r].next
             if symbols[r].next >= 0 { symbols[symbols[r].next].prev = l }

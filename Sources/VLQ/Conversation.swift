@@ -132,8 +132,9 @@ final class Conversation: @unchecked Sendable {
         try loadPixels()
         let started = monotonicSeconds()
         let model = engine.model, context = engine.config.language.maxPositions
-        var stats = TurnStats(reusedTokens: 0, promptTokens: 0, generatedTokens: 0, prefillSeconds: 0, decodeSeconds: 0,
-                              contextTokens: 0)
+        var stats = TurnStats(
+            reusedTokens: 0, promptTokens: 0, generatedTokens: 0, prefillSeconds: 0, decodeSeconds: 0,
+            contextTokens: 0)
         let hidden: [Float]
         if let cache, imageEnd > 0 {
             let (dropped, ids) = continuation(question: turn.question)
@@ -162,11 +163,13 @@ final class Conversation: @unchecked Sendable {
         }
         let cache = self.cache!
         let logits = try model.logits(Array(hidden.suffix(engine.config.language.hiddenSize)))
-        let options = YiVLEngine.GenerationOptions(maxTokens: min(turn.options.maxTokens, context - cache.length),
-                                                   temperature: turn.options.temperature, seed: turn.options.seed)
+        let options = YiVLEngine.GenerationOptions(
+            maxTokens: min(turn.options.maxTokens, context - cache.length),
+            temperature: turn.options.temperature, seed: turn.options.seed)
         stats.prefillSeconds = monotonicSeconds() - started
-        let record = ChatTurn(question: turn.question, answer: "", finish: .endOfAnswer, stats: stats,
-                              promptTextIds: textIds)
+        let record = ChatTurn(
+            question: turn.question, answer: "", finish: .endOfAnswer, stats: stats,
+            promptTextIds: textIds)
         turn.state = .running(AnswerGenerator(engine: engine, cache: cache, logits: logits, options: options), record)
         current = turn
     }
@@ -184,16 +187,19 @@ final class Conversation: @unchecked Sendable {
     /// adds no space. Yi's tokens and ours then differ only where the kept answer tokens do.
     private func continuation(question: String) -> (dropped: Int, ids: [Int]) {
         guard let previous else { return (0, engine.prompt(question: question, system: system).after) }
-        let (keep, text) = Conversation.followUp(answer: previous.answer, cachedIds: previous.cachedIds,
-                                                 question: question, tokenizer: engine.tokenizer)
+        let (keep, text) = Conversation.followUp(
+            answer: previous.answer, cachedIds: previous.cachedIds,
+            question: question, tokenizer: engine.tokenizer)
         return (previous.cachedIds.count - keep, engine.tokenizer.encode(text, dummyPrefix: false))
     }
 
     /// How many of `cachedIds` (the previous answer's generated tokens) to keep, and the text after them:
     /// the kept tokens' text is a prefix of the answer part of the follow-up text, cut before a space
     /// or a line break. Usually every answer token is kept and the text starts at the separator.
-    static func followUp(answer: String, cachedIds: [Int], question: String,
-                         tokenizer: Tokenizer) -> (keep: Int, text: String) {
+    static func followUp(
+        answer: String, cachedIds: [Int], question: String,
+        tokenizer: Tokenizer
+    ) -> (keep: Int, text: String) {
         let template = YiVLChat.followUpTemplate
         // Filled piecewise, so that an answer holding "{question}" stays as written.
         let head = template.split(separator: "{answer}", maxSplits: 1, omittingEmptySubsequences: false)
@@ -204,7 +210,8 @@ final class Conversation: @unchecked Sendable {
         while keep < cachedIds.count {
             let bytes = tokenizer.bytes(of: cachedIds[keep])
             guard matched + bytes.count <= answerEnd,
-                  target[matched..<(matched + bytes.count)].elementsEqual(bytes) else { break }
+                target[matched..<(matched + bytes.count)].elementsEqual(bytes)
+            else { break }
             matched += bytes.count
             keep += 1
         }
@@ -221,8 +228,10 @@ final class Conversation: @unchecked Sendable {
     /// Refuses a prompt of `positions` that leaves no room for the answer's first token.
     private func checkContext(_ positions: Int, context: Int) throws {
         guard positions < context else {
-            throw VLQError(engine.source, "the conversation would take \(positions) positions before its answer, "
-                + "and the model's context is \(context): reset the chat or start a new one")
+            throw VLQError(
+                engine.source,
+                "the conversation would take \(positions) positions before its answer, "
+                    + "and the model's context is \(context): reset the chat or start a new one")
         }
     }
 

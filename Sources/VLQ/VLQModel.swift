@@ -63,15 +63,19 @@ public final class VLQModel: Sendable {
     /// One question about `image`, answered as a stream of text pieces: the first turn of a fresh chat.
     /// Nothing runs until the reply is iterated (or its `turn` awaited); errors, an unreadable image
     /// included, are thrown from there.
-    public func answer(image: VLQImage, question: String, system: String? = nil,
-                       options: GenerationOptions = GenerationOptions()) -> ChatReply {
+    public func answer(
+        image: VLQImage, question: String, system: String? = nil,
+        options: GenerationOptions = GenerationOptions()
+    ) -> ChatReply {
         let conversation = Conversation(engine: engine, image: image, system: system)
         return ChatSession(executor: executor, conversation: conversation).send(question, options: options)
     }
 
     /// One question about the PNG or JPEG file at `path` (see `answer(image:question:system:options:)`).
-    public func answer(image path: String, question: String, system: String? = nil,
-                       options: GenerationOptions = GenerationOptions()) -> ChatReply {
+    public func answer(
+        image path: String, question: String, system: String? = nil,
+        options: GenerationOptions = GenerationOptions()
+    ) -> ChatReply {
         answer(image: VLQImage(contentsOf: path), question: question, system: system, options: options)
     }
 }

@@ -1,4 +1,5 @@
 import CZstd
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,7 +23,9 @@ public enum Zstd {
     /// The decompressed size a frame declares, nil when it is not a zstd frame or does not say.
     public static func frameContentSize(_ bytes: UnsafeRawBufferPointer) -> Int? {
         let size = ZSTD_getFrameContentSize(bytes.baseAddress, bytes.count)
-        guard size != ZSTD_CONTENTSIZE_ERROR, size != ZSTD_CONTENTSIZE_UNKNOWN, size <= UInt64(Int.max) else { return nil }
+        guard size != ZSTD_CONTENTSIZE_ERROR, size != ZSTD_CONTENTSIZE_UNKNOWN, size <= UInt64(Int.max) else {
+            return nil
+        }
         return Int(size)
     }
 
@@ -55,8 +58,10 @@ public enum Zstd {
     public static func decompress(_ bytes: UnsafeRawBufferPointer, expectedSize: Int) throws -> [UInt8] {
         let limit = sizeLimit(compressedSize: bytes.count)
         guard expectedSize >= 0, expectedSize <= limit else {
-            throw VLQError(nil, "zstd: the frame claims \(expectedSize) bytes from \(bytes.count) compressed, "
-                           + "over the limit of \(limit) (at most \(maximumExpansion) times the compressed size)")
+            throw VLQError(
+                nil,
+                "zstd: the frame claims \(expectedSize) bytes from \(bytes.count) compressed, "
+                    + "over the limit of \(limit) (at most \(maximumExpansion) times the compressed size)")
         }
         guard let context = ZSTD_createDCtx() else { throw VLQError(nil, "zstd: out of memory") }
         defer { ZSTD_freeDCtx(context) }

@@ -29,9 +29,11 @@ public enum ElementConversion {
 
     /// Converts `count` elements from `source` (encoded as `from`) into `destination` (as `to`).
     /// Returns how many values saturated.
-    public static func convert(_ source: UnsafeRawBufferPointer, from: TensorEncoding,
-                               into destination: UnsafeMutableRawBufferPointer, to: TensorEncoding,
-                               count: Int) -> Int {
+    public static func convert(
+        _ source: UnsafeRawBufferPointer, from: TensorEncoding,
+        into destination: UnsafeMutableRawBufferPointer, to: TensorEncoding,
+        count: Int
+    ) -> Int {
         precondition(!from.isQuantized && !to.isQuantized, "element conversion is between plain encodings")
         var overflow = 0
         if from == to {

@@ -41,17 +41,17 @@ public struct QuantizedLayout: Equatable, Sendable {
         }
         let overflow = fail("shape \(shape) in \(encoding.name) groups of \(groupSize) overflows")
         guard let rows = Checked.product(shape.dropLast()), let elements = Checked.multiply(rows, columns),
-              let parameterBytes = Checked.multiply(rows, columns / groupSize).flatMap({ Checked.multiply($0, 2) })
+            let parameterBytes = Checked.multiply(rows, columns / groupSize).flatMap({ Checked.multiply($0, 2) })
         else { throw overflow }
         let valuesBytes = encoding == .q8 ? elements : elements / 2
         guard let scales = Checked.alignUp(valuesBytes, to: QuantizedLayout.planeAlignment),
-              let scalesEnd = Checked.add(scales, parameterBytes)
+            let scalesEnd = Checked.add(scales, parameterBytes)
         else { throw overflow }
         var biases: Int?
         var end = scalesEnd
         if encoding == .q4 {
             guard let b = Checked.alignUp(scalesEnd, to: QuantizedLayout.planeAlignment),
-                  let biasesEnd = Checked.add(b, parameterBytes)
+                let biasesEnd = Checked.add(b, parameterBytes)
             else { throw overflow }
             biases = b
             end = biasesEnd
@@ -67,14 +67,18 @@ public struct QuantizedLayout: Equatable, Sendable {
     }
 
     /// Decodes rows `range` into f32, row-major, `columns` values per row.
-    public func dequantize(_ data: UnsafeRawBufferPointer, rows range: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+    public func dequantize(
+        _ data: UnsafeRawBufferPointer, rows range: Range<Int>, into out: UnsafeMutablePointer<Float>
+    ) {
         let scales = UnsafeRawBufferPointer(rebasing: data[scalesOffset...])
         let groups = groupsPerRow
         for r in range {
             let row = out + (r - range.lowerBound) * columns
             for g in 0..<groups {
                 let p = r * groups + g
-                let scale = Float(Float16(bitPattern: UInt16(littleEndian: scales.loadUnaligned(fromByteOffset: 2 * p, as: UInt16.self))))
+                let scale = Float(
+                    Float16(
+                        bitPattern: UInt16(littleEndian: scales.loadUnaligned(fromByteOffset: 2 * p, as: UInt16.self))))
                 let start = g * groupSize
                 switch encoding {
                 case .q8:
@@ -84,7 +88,11 @@ public struct QuantizedLayout: Equatable, Sendable {
                 case .q4, .q4s:
                     var bias: Float = -8 * scale
                     if let biasesOffset {
-                        bias = Float(Float16(bitPattern: UInt16(littleEndian: data.loadUnaligned(fromByteOffset: biasesOffset + 2 * p, as: UInt16.self))))
+                        bias = Float(
+                            Float16(
+                                bitPattern: UInt16(
+                                    littleEndian: data.loadUnaligned(
+                                        fromByteOffset: biasesOffset + 2 * p, as: UInt16.self))))
                     }
                     for j in stride(from: start, to: start + groupSize, by: 2) {
                         let byte = data[(r * columns + j) / 2]

@@ -38,15 +38,17 @@ public final class VLQFile: @unchecked Sendable {
             throw fail("\(UInt64(bytes.count) - header.fileSize) unexpected bytes after the end the header gives")
         }
         guard let dataOffset = Checked.int(header.dataOffset), let dataSize = Checked.int(header.dataSize),
-              let tableOffset = Checked.int(header.tableOffset), let tableSize = Checked.int(header.tableSize),
-              let metadataOffset = Checked.int(header.metadataOffset),
-              let metadataStored = Checked.int(header.metadataStoredSize),
-              let metadataSize = Checked.int(header.metadataSize),
-              let tensorCount = Checked.int(header.tensorCount)
+            let tableOffset = Checked.int(header.tableOffset), let tableSize = Checked.int(header.tableSize),
+            let metadataOffset = Checked.int(header.metadataOffset),
+            let metadataStored = Checked.int(header.metadataStoredSize),
+            let metadataSize = Checked.int(header.metadataSize),
+            let tensorCount = Checked.int(header.tensorCount)
         else { throw fail("section offsets out of range") }
         let alignment = Int(header.alignment)
-        let sections = [("data region", dataOffset, dataSize), ("tensor table", tableOffset, tableSize),
-                        ("metadata", metadataOffset, metadataStored)]
+        let sections = [
+            ("data region", dataOffset, dataSize), ("tensor table", tableOffset, tableSize),
+            ("metadata", metadataOffset, metadataStored),
+        ]
         for (name, offset, size) in sections {
             guard offset >= Int(header.headerSize), let end = Checked.add(offset, size), end <= bytes.count else {
                 throw fail("\(name) [\(offset), +\(size)) lies outside the file")
@@ -76,7 +78,9 @@ public final class VLQFile: @unchecked Sendable {
         for i in 0..<tensorCount {
             let r: TensorRecord
             do { r = try TensorRecord.decode(&reader, index: i) } catch let e as VLQError { throw e.about(path) }
-            guard indexByName.updateValue(i, forKey: r.name) == nil else { throw fail("tensor \(r.name) appears twice") }
+            guard indexByName.updateValue(i, forKey: r.name) == nil else {
+                throw fail("tensor \(r.name) appears twice")
+            }
             let expected: Int
             do {
                 expected = try r.encoding.checkedByteCount(shape: r.shape, groupSize: r.groupSize)
@@ -86,13 +90,18 @@ public final class VLQFile: @unchecked Sendable {
             guard expected == r.byteCount else {
                 throw fail("tensor \(r.name): \(r.byteCount) bytes do not match shape \(r.shape) in \(r.encoding.name)")
             }
-            guard r.offset % alignment == 0 else { throw fail("tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)") }
-            guard r.offset >= dataOffset, let end = Checked.add(r.offset, r.byteCount), end <= dataOffset + dataSize else {
+            guard r.offset % alignment == 0 else {
+                throw fail("tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)")
+            }
+            guard r.offset >= dataOffset, let end = Checked.add(r.offset, r.byteCount), end <= dataOffset + dataSize
+            else {
                 throw fail("tensor \(r.name): data [\(r.offset), +\(r.byteCount)) lies outside the data region")
             }
             tensors.append(r)
         }
-        guard reader.remaining == 0 else { throw fail("\(reader.remaining) unused bytes at the end of the tensor table") }
+        guard reader.remaining == 0 else {
+            throw fail("\(reader.remaining) unused bytes at the end of the tensor table")
+        }
         let byOffset = tensors.sorted { ($0.offset, $0.byteCount) < ($1.offset, $1.byteCount) }
         for (a, b) in zip(byOffset, byOffset.dropFirst()) where a.offset + a.byteCount > b.offset && b.byteCount > 0 {
             throw fail("tensors \(a.name) and \(b.name) overlap")
@@ -112,7 +121,9 @@ public final class VLQFile: @unchecked Sendable {
         case .zstd?:
             guard metadataSize <= 1 << 30 else { throw fail("metadata claims \(metadataSize) bytes, over 1 GiB") }
             // Not allocated by the size the header declares: the buffer grows with the real output.
-            do { metadataBytes = try Zstd.decompress(storedMetadata, expectedSize: metadataSize) } catch let e as VLQError {
+            do { metadataBytes = try Zstd.decompress(storedMetadata, expectedSize: metadataSize) } catch let e
+                as VLQError
+            {
                 throw fail("metadata: \(e.reason)")
             }
         case nil:
@@ -139,7 +150,8 @@ public final class VLQFile: @unchecked Sendable {
 
     /// Hashes every tensor in file order and throws at the first whose checksum differs; with
     /// `scanValues`, also counts each tensor's non-finite values in the same pass (names with counts).
-    public func verify(scanValues: Bool, progress: (Int) -> Void = { _ in }) throws -> [(name: String, nonFinite: Int)] {
+    public func verify(scanValues: Bool, progress: (Int) -> Void = { _ in }) throws -> [(name: String, nonFinite: Int)]
+    {
         var done = 0
         var nonFinite: [(name: String, nonFinite: Int)] = []
         let chunk = 32 << 20
@@ -160,7 +172,10 @@ public final class VLQFile: @unchecked Sendable {
             }
             let digest = hasher.digest()
             guard digest == r.checksum else {
-                throw VLQError(path, "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted")
+                throw VLQError(
+                    path,
+                    "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted"
+                )
             }
             if scanValues && r.encoding.isQuantized {
                 count = NonFiniteValues.count(bytes, encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)

@@ -19,7 +19,8 @@ public struct LogitDrift: Sendable {
     public mutating func add(reference: [Float], candidate: [Float], vocab: Int) {
         precondition(reference.count == candidate.count && reference.count % vocab == 0)
         for row in 0..<(reference.count / vocab) {
-            let r = LogitDrift.logSoftmax(reference, row * vocab, vocab), c = LogitDrift.logSoftmax(candidate, row * vocab, vocab)
+            let r = LogitDrift.logSoftmax(reference, row * vocab, vocab),
+                c = LogitDrift.logSoftmax(candidate, row * vocab, vocab)
             var kl = 0.0
             var topR = 0, topC = 0
             for i in 0..<vocab {
@@ -50,7 +51,9 @@ public struct LogitDrift: Sendable {
     public var p99KLD: Double { quantile(0.99) }
     public var maxKLD: Double { klDivergences.max() ?? 0 }
     public var sameTopRate: Double { positions == 0 ? 1 : Double(sameTop) / Double(positions) }
-    public var rmsTopProbabilityDelta: Double { positions == 0 ? 0 : (topProbabilityDeltaSquares / Double(positions)).squareRoot() }
+    public var rmsTopProbabilityDelta: Double {
+        positions == 0 ? 0 : (topProbabilityDeltaSquares / Double(positions)).squareRoot()
+    }
 
     func quantile(_ q: Double) -> Double {
         guard !klDivergences.isEmpty else { return 0 }
@@ -59,7 +62,6 @@ public struct LogitDrift: Sendable {
         return sorted[index]
     }
 }
-
 
 /// Agreement of two feature tensors: cosine similarity and relative L2 error.
 public struct FeatureDrift: Sendable {

@@ -23,8 +23,10 @@ public enum HTMLReport {
             body += "<h2>Distribution of KL divergence per position</h2>\n" + histogram(report.klDivergences)
         }
         if let run = report.run?.comparison {
-            for (title, values) in [("Hidden-state drift after each vision layer", run.visionLayerDrift),
-                                    ("Hidden-state drift after each decoder layer", run.decoderLayerDrift)]
+            for (title, values) in [
+                ("Hidden-state drift after each vision layer", run.visionLayerDrift),
+                ("Hidden-state drift after each decoder layer", run.decoderLayerDrift),
+            ]
             where !values.isEmpty {
                 body += "<h2>\(title) (relative L2 against the reference)</h2>\n"
                 body += bars(values.enumerated().map { ("\($0.offset)", $0.element) })
@@ -52,8 +54,10 @@ public enum HTMLReport {
         }
         body += "</p>\n"
         let failures = report.failures.map(\.message)
-        return body + (failures.isEmpty ? "<p class=pass>All bounds hold.</p>\n"
-            : "<p class=fail>Bound broken: \(failures.map(escape).joined(separator: "; "))</p>\n")
+        return body
+            + (failures.isEmpty
+                ? "<p class=pass>All bounds hold.</p>\n"
+                : "<p class=fail>Bound broken: \(failures.map(escape).joined(separator: "; "))</p>\n")
     }
 
     /// The run's logit figures when there is a run, else the reference folder's.
@@ -61,15 +65,19 @@ public enum HTMLReport {
         let figures: [(label: String, value: Double?, percent: Bool)]
         if let run = report.run?.comparison {
             let l = run.logits
-            figures = [("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
-                       ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
-                       ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false),
-                       ("perplexity ratio", run.meanPerplexityRatio, false),
-                       ("answers identical", run.answerAgreement, true)]
+            figures = [
+                ("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
+                ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
+                ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false),
+                ("perplexity ratio", run.meanPerplexityRatio, false),
+                ("answers identical", run.answerAgreement, true),
+            ]
         } else if let l = report.referenceFolder?.comparison.logits {
-            figures = [("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
-                       ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
-                       ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false)]
+            figures = [
+                ("mean KLD", l.meanKLD, false), ("median KLD", l.medianKLD, false), ("p99 KLD", l.p99KLD, false),
+                ("max KLD", l.maxKLD, false), ("same top token", l.sameTopRate, true),
+                ("RMS &Delta;p(top)", l.rmsTopProbabilityDelta, false),
+            ]
         } else {
             return ""
         }
@@ -83,13 +91,15 @@ public enum HTMLReport {
     }
 
     static func samplesTable(_ samples: [RunComparison.Sample], thumbnails: [String: String]) -> String {
-        var body = "<h2>Samples</h2>\n<table class=samples><tr><th>image</th><th>vision cos</th><th>projector cos</th>"
+        var body =
+            "<h2>Samples</h2>\n<table class=samples><tr><th>image</th><th>vision cos</th><th>projector cos</th>"
             + "<th>mean KLD</th><th>same top</th><th>perplexity ratio</th><th>reference answer</th>"
             + "<th>candidate answer</th></tr>\n"
         for s in samples {
-            let thumb = thumbnails[s.image].map {
-                "<img src=\"data:image/png;base64,\($0)\" alt=\"\(escape(s.image))\">"
-            } ?? ""
+            let thumb =
+                thumbnails[s.image].map {
+                    "<img src=\"data:image/png;base64,\($0)\" alt=\"\(escape(s.image))\">"
+                } ?? ""
             let same = s.referenceAnswer == s.candidateAnswer
             let file = String(s.image.split(separator: "/").last ?? "")
             body += "<tr><td>\(thumb)<div class=file>\(escape(file))</div></td>"
@@ -103,7 +113,8 @@ public enum HTMLReport {
     }
 
     static func casesTable(_ cases: [ReferenceComparison.CaseResult]) -> String {
-        var body = "<h2>Reference cases</h2>\n<table class=samples><tr><th>case</th><th>vision cos</th>"
+        var body =
+            "<h2>Reference cases</h2>\n<table class=samples><tr><th>case</th><th>vision cos</th>"
             + "<th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th><th>mean KLD</th>"
             + "<th>same top</th></tr>\n"
         for c in cases {
@@ -117,24 +128,24 @@ public enum HTMLReport {
 
     static func page(_ body: String) -> String {
         """
-            <!DOCTYPE html>
-            <html lang="en"><head><meta charset="utf-8"><title>vlq verify</title>
-            <style>
-            body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; max-width: 1100px; }
-            h1 { font-size: 22px; } h2 { font-size: 16px; margin-top: 28px; }
-            code { background: #f1f3f7; padding: 1px 4px; border-radius: 3px; }
-            .meta { color: #5a6476; } .pass { color: #17803d; font-weight: 600; } \
-            .fail { color: #b42318; font-weight: 600; }
-            table { border-collapse: collapse; } \
-            td, th { padding: 4px 10px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: middle; }
-            .summary td { border: 1px solid #e3e7ee; } .label { color: #5a6476; font-size: 12px; } \
-            .value { font-size: 18px; font-weight: 600; }
-            .samples img { width: 56px; height: 56px; image-rendering: pixelated; display: block; }
-            .file { font-size: 11px; color: #5a6476; } .differ { color: #b42318; } .same { color: #17803d; }
-            svg text { font: 11px system-ui, sans-serif; fill: #3b4457; }
-            </style></head><body>
-            \(body)</body></html>
-            """
+        <!DOCTYPE html>
+        <html lang="en"><head><meta charset="utf-8"><title>vlq verify</title>
+        <style>
+        body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; max-width: 1100px; }
+        h1 { font-size: 22px; } h2 { font-size: 16px; margin-top: 28px; }
+        code { background: #f1f3f7; padding: 1px 4px; border-radius: 3px; }
+        .meta { color: #5a6476; } .pass { color: #17803d; font-weight: 600; } \
+        .fail { color: #b42318; font-weight: 600; }
+        table { border-collapse: collapse; } \
+        td, th { padding: 4px 10px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: middle; }
+        .summary td { border: 1px solid #e3e7ee; } .label { color: #5a6476; font-size: 12px; } \
+        .value { font-size: 18px; font-weight: 600; }
+        .samples img { width: 56px; height: 56px; image-rendering: pixelated; display: block; }
+        .file { font-size: 11px; color: #5a6476; } .differ { color: #b42318; } .same { color: #17803d; }
+        svg text { font: 11px system-ui, sans-serif; fill: #3b4457; }
+        </style></head><body>
+        \(body)</body></html>
+        """
     }
 
     static func escape(_ s: String) -> String {
@@ -175,11 +186,13 @@ public enum HTMLReport {
             return svg + "</svg>\n"
         }
         let width = max(300, spacing * items.count + 60)
-        var svg = "<svg width=\"\(width)\" height=\"190\" role=\"img\">"
+        var svg =
+            "<svg width=\"\(width)\" height=\"190\" role=\"img\">"
             + "<text x=\"0\" y=\"12\">max \(number(maximum))</text>"
         for (i, (label, v)) in items.enumerated() {
             let h = 140 * v / maximum
-            svg += "<rect x=\"\(40 + spacing * i)\" y=\"\(fixed(160 - h, 1))\" width=\"\(spacing - 6)\" "
+            svg +=
+                "<rect x=\"\(40 + spacing * i)\" y=\"\(fixed(160 - h, 1))\" width=\"\(spacing - 6)\" "
                 + "height=\"\(fixed(h, 1))\" fill=\"#3b6fd8\"><title>\(escape(label)): \(number(v))</title></rect>"
             svg += "<text x=\"\(40 + spacing * i)\" y=\"176\">\(escape(label))</text>"
         }

@@ -51,11 +51,12 @@ public struct ReferenceCase: Sendable {
             }
             let logits = try floats("logits")
             let inputIds = file.data(ids).bindMemory(to: Int64.self).map { Int(Int64(littleEndian: $0)) }
-            return ReferenceCase(name: entry.file.split(separator: "/").last.map(String.init) ?? entry.file,
-                                 question: question, pixelValues: try floats("pixel_values").0,
-                                 visionFeatures: try floats("vision_features").0,
-                                 projectorOutput: try floats("projector_output").0, inputIds: inputIds,
-                                 logits: logits.0, logitsShape: logits.1)
+            return ReferenceCase(
+                name: entry.file.split(separator: "/").last.map(String.init) ?? entry.file,
+                question: question, pixelValues: try floats("pixel_values").0,
+                visionFeatures: try floats("vision_features").0,
+                projectorOutput: try floats("projector_output").0, inputIds: inputIds,
+                logits: logits.0, logitsShape: logits.1)
         }
     }
 }
@@ -90,24 +91,30 @@ public struct ReferenceComparison: Sendable {
         for r in references {
             let prompt = candidate.prompt(question: r.question)
             guard prompt.inputIds == r.inputIds else {
-                throw VLQError(r.name, "the candidate tokenizes the prompt differently from the reference "
-                               + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
+                throw VLQError(
+                    r.name,
+                    "the candidate tokenizes the prompt differently from the reference "
+                        + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
             }
             let positions = prompt.before.count + candidate.imageTokenCount() + prompt.after.count
-            let stages = try candidate.prefill(pixels: r.pixelValues, prompt: prompt,
-                                               cache: candidate.model.makeCache(capacity: positions))
+            let stages = try candidate.prefill(
+                pixels: r.pixelValues, prompt: prompt,
+                cache: candidate.model.makeCache(capacity: positions))
             let logits = try candidate.model.logits(stages.hidden)
             guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
-                throw VLQError(r.name, "reference logits are \(r.logitsShape), "
-                               + "the candidate gives [\(logits.count / vocab), \(vocab)]")
+                throw VLQError(
+                    r.name,
+                    "reference logits are \(r.logitsShape), "
+                        + "the candidate gives [\(logits.count / vocab), \(vocab)]")
             }
             var drift = LogitDrift()
             drift.add(reference: r.logits, candidate: logits, vocab: vocab)
             result.logits.add(reference: r.logits, candidate: logits, vocab: vocab)
-            result.cases.append(CaseResult(
-                name: r.name, vision: FeatureDrift(reference: r.visionFeatures, candidate: stages.visionFeatures),
-                projector: FeatureDrift(reference: r.projectorOutput, candidate: stages.projectorOutput),
-                logits: drift))
+            result.cases.append(
+                CaseResult(
+                    name: r.name, vision: FeatureDrift(reference: r.visionFeatures, candidate: stages.visionFeatures),
+                    projector: FeatureDrift(reference: r.projectorOutput, candidate: stages.projectorOutput),
+                    logits: drift))
         }
         return result
     }
@@ -120,8 +127,10 @@ public struct ExactMatch: Sendable {
     public var answers: [String] = []
     public var rate: Double { total == 0 ? 0 : Double(correct) / Double(total) }
 
-    public static func run(_ engine: YiVLEngine, set: CalibrationSet, maxTokens: Int = 64,
-                           progress: (Int, Int) -> Void = { _, _ in }) throws -> ExactMatch {
+    public static func run(
+        _ engine: YiVLEngine, set: CalibrationSet, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ExactMatch {
         var result = ExactMatch()
         for (i, sample) in set.samples.enumerated() {
             guard let expected = sample.answer else { continue }

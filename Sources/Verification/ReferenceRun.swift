@@ -1,7 +1,7 @@
 import Calibration
 import SafeTensors
-import VLQFormat
 import VLQCore
+import VLQFormat
 import YiVL
 
 /// The reference model's outputs on every sample of a set, stored once (`vlq reference`) and compared
@@ -35,8 +35,10 @@ public struct ReferenceRun: Sendable {
     public var source: String?
 
     /// Runs `engine` over `set`.
-    public static func run(engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
-                           progress: (Int, Int) -> Void = { _, _ in }) throws -> ReferenceRun {
+    public static func run(
+        engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ReferenceRun {
         var samples: [SampleReference] = []
         for (i, s) in set.samples.enumerated() {
             samples.append(try runSample(engine: engine, sample: s, keepLayers: i < layerSamples, maxTokens: maxTokens))
@@ -46,27 +48,34 @@ public struct ReferenceRun: Sendable {
     }
 
     /// One sample through `engine`: the same computation for reference and candidate.
-    public static func runSample(engine: YiVLEngine, sample: CalibrationSet.Sample, keepLayers: Bool, maxTokens: Int) throws -> SampleReference {
+    public static func runSample(
+        engine: YiVLEngine, sample: CalibrationSet.Sample, keepLayers: Bool, maxTokens: Int
+    ) throws -> SampleReference {
         let pixels = try engine.pixelValues(imagePath: sample.image)
         var prompt = engine.prompt(question: sample.question)
         let answerIds = sample.answer.map { engine.tokenizer.encode($0) } ?? []
         let start = prompt.before.count + engine.imageTokenCount() - 1
         prompt.after += answerIds
         var visionLayers: [[Float]] = [], decoderLayers: [[Float]] = []
-        let features = try engine.model.visionFeatures(pixels: pixels, layerOutputs: keepLayers ? { visionLayers.append($0) } : nil)
+        let features = try engine.model.visionFeatures(
+            pixels: pixels, layerOutputs: keepLayers ? { visionLayers.append($0) } : nil)
         let projected = try engine.model.project(features)
         var embeddings = try engine.model.embed(prompt.before)
         embeddings += projected
         embeddings += try engine.model.embed(prompt.after)
         let positions = embeddings.count / engine.config.language.hiddenSize
-        let hidden = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: positions),
-                                             layerOutputs: keepLayers ? { decoderLayers.append($0) } : nil)
+        let hidden = try engine.model.decode(
+            embeddings, cache: engine.model.makeCache(capacity: positions),
+            layerOutputs: keepLayers ? { decoderLayers.append($0) } : nil)
         let d = engine.config.language.hiddenSize
         let logits = try engine.model.logits(Array(hidden[(start * d)...]))
-        let greedy = try engine.generate(pixels: pixels, question: sample.question, options: .init(maxTokens: maxTokens)).answer
-        return SampleReference(image: sample.image, question: sample.question, answer: sample.answer, answerIds: answerIds,
-                               greedyAnswer: greedy, visionFeatures: features, projectorOutput: projected, logits: logits,
-                               logitsStart: start, visionLayers: visionLayers, decoderLayers: decoderLayers)
+        let greedy = try engine.generate(
+            pixels: pixels, question: sample.question, options: .init(maxTokens: maxTokens)
+        ).answer
+        return SampleReference(
+            image: sample.image, question: sample.question, answer: sample.answer, answerIds: answerIds,
+            greedyAnswer: greedy, visionFeatures: features, projectorOutput: projected, logits: logits,
+            logitsStart: start, visionLayers: visionLayers, decoderLayers: decoderLayers)
     }
 
     /// What a reference file is tied to: the bundle's tensor table checksum, or for a Hugging Face
@@ -88,12 +97,18 @@ public struct ReferenceRun: Sendable {
             file.add(.i64(p + "answer_ids", [s.answerIds.count], s.answerIds))
             for (j, h) in s.visionLayers.enumerated() { file.add(.f32(p + "vision_layer.\(j)", [h.count], h)) }
             for (j, h) in s.decoderLayers.enumerated() { file.add(.f32(p + "decoder_layer.\(j)", [h.count], h)) }
-            meta.append(["image": .string(s.image), "question": .string(s.question), "answer": s.answer.map { .string($0) } ?? .null,
-                         "greedy_answer": .string(s.greedyAnswer), "logits_start": .int(Int64(s.logitsStart)),
-                         "vision_layers": .int(Int64(s.visionLayers.count)), "decoder_layers": .int(Int64(s.decoderLayers.count))])
+            meta.append([
+                "image": .string(s.image), "question": .string(s.question),
+                "answer": s.answer.map { .string($0) } ?? .null,
+                "greedy_answer": .string(s.greedyAnswer), "logits_start": .int(Int64(s.logitsStart)),
+                "vision_layers": .int(Int64(s.visionLayers.count)),
+                "decoder_layers": .int(Int64(s.decoderLayers.count)),
+            ])
         }
-        file.metadata = ["format": "vlqref 1", "samples": JSONValue.array(meta).serialized(), "set_digest": setDigest,
-                         "model": model, "model_digest": modelDigest, "vlq_version": VLQVersion.string]
+        file.metadata = [
+            "format": "vlqref 1", "samples": JSONValue.array(meta).serialized(), "set_digest": setDigest,
+            "model": model, "model_digest": modelDigest, "vlq_version": VLQVersion.string,
+        ]
         try CompressedSafeTensors.write(file, to: path)
     }
 
@@ -139,16 +154,20 @@ public struct ReferenceRun: Sendable {
             let decoderLayers = try count(m, "decoder_layers", sample: i)
             let logitsStart = m["logits_start"]?.intValue ?? 0
             guard logitsStart >= 0 else { throw VLQError(path, "sample \(i): logits_start \(logitsStart) is negative") }
-            samples.append(SampleReference(
-                image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "", answer: m["answer"]?.stringValue,
-                answerIds: try tokenIds(p + "answer_ids"), greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
-                visionFeatures: try floats(p + "vision_features"), projectorOutput: try floats(p + "projector_output"),
-                logits: try floats(p + "logits"), logitsStart: logitsStart,
-                visionLayers: try (0..<visionLayers).map { try floats(p + "vision_layer.\($0)") },
-                decoderLayers: try (0..<decoderLayers).map { try floats(p + "decoder_layer.\($0)") }))
+            samples.append(
+                SampleReference(
+                    image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "",
+                    answer: m["answer"]?.stringValue,
+                    answerIds: try tokenIds(p + "answer_ids"), greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
+                    visionFeatures: try floats(p + "vision_features"),
+                    projectorOutput: try floats(p + "projector_output"),
+                    logits: try floats(p + "logits"), logitsStart: logitsStart,
+                    visionLayers: try (0..<visionLayers).map { try floats(p + "vision_layer.\($0)") },
+                    decoderLayers: try (0..<decoderLayers).map { try floats(p + "decoder_layer.\($0)") }))
         }
-        return ReferenceRun(samples: samples, setDigest: file.metadata["set_digest"] ?? "", model: file.metadata["model"] ?? "",
-                            modelDigest: file.metadata["model_digest"] ?? "", source: path)
+        return ReferenceRun(
+            samples: samples, setDigest: file.metadata["set_digest"] ?? "", model: file.metadata["model"] ?? "",
+            modelDigest: file.metadata["model_digest"] ?? "", source: path)
     }
 
     /// Checks what `read` cannot: that the run fits `set` and a model of `vocab` tokens. A stored run
@@ -161,9 +180,11 @@ public struct ReferenceRun: Sendable {
         }
         // Layer drift is summed per layer over the samples that store layer states.
         let layered = samples.filter { !$0.decoderLayers.isEmpty }
-        if let first = layered.first, layered.contains(where: {
-            $0.visionLayers.count != first.visionLayers.count || $0.decoderLayers.count != first.decoderLayers.count
-        }) {
+        if let first = layered.first,
+            layered.contains(where: {
+                $0.visionLayers.count != first.visionLayers.count || $0.decoderLayers.count != first.decoderLayers.count
+            })
+        {
             throw VLQError(subject, "samples store the states of different numbers of layers")
         }
         for (i, s) in samples.enumerated() {
@@ -171,8 +192,10 @@ public struct ReferenceRun: Sendable {
                 throw VLQError(subject, "sample \(i): answer token id \(id) is outside the vocabulary of \(vocab)")
             }
             guard s.logits.count % vocab == 0, s.logits.count / vocab > s.answerIds.count else {
-                throw VLQError(subject, "sample \(i): \(s.logits.count) logits are not whole rows of \(vocab) "
-                               + "for the prompt and \(s.answerIds.count) answer tokens")
+                throw VLQError(
+                    subject,
+                    "sample \(i): \(s.logits.count) logits are not whole rows of \(vocab) "
+                        + "for the prompt and \(s.answerIds.count) answer tokens")
             }
         }
     }
@@ -196,8 +219,10 @@ public struct RunComparison: Sendable {
         let scored = samples.filter { $0.expectedAnswer != nil }
         guard !scored.isEmpty else { return nil }
         let n = Double(scored.count)
-        return (Double(scored.filter { $0.referenceAnswer == $0.expectedAnswer }.count) / n,
-                Double(scored.filter { $0.candidateAnswer == $0.expectedAnswer }.count) / n)
+        return (
+            Double(scored.filter { $0.referenceAnswer == $0.expectedAnswer }.count) / n,
+            Double(scored.filter { $0.candidateAnswer == $0.expectedAnswer }.count) / n
+        )
     }
 
     public var samples: [Sample] = []
@@ -207,7 +232,8 @@ public struct RunComparison: Sendable {
     public var decoderLayerDrift: [Double] = []
 
     public var answerAgreement: Double {
-        samples.isEmpty ? 1 : Double(samples.filter { $0.referenceAnswer == $0.candidateAnswer }.count) / Double(samples.count)
+        samples.isEmpty
+            ? 1 : Double(samples.filter { $0.referenceAnswer == $0.candidateAnswer }.count) / Double(samples.count)
     }
 
     public var meanPerplexityRatio: Double? {
@@ -215,20 +241,27 @@ public struct RunComparison: Sendable {
         return r.isEmpty ? nil : r.reduce(0, +) / Double(r.count)
     }
 
-    public static func run(candidate: YiVLEngine, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
-                           progress: (Int, Int) -> Void = { _, _ in }) throws -> RunComparison {
+    public static func run(
+        candidate: YiVLEngine, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> RunComparison {
         guard set.digest == reference.setDigest else {
-            throw VLQError(nil, "the reference was computed on another set (digest \(reference.setDigest), this set \(set.digest))")
+            throw VLQError(
+                nil, "the reference was computed on another set (digest \(reference.setDigest), this set \(set.digest))"
+            )
         }
         var result = RunComparison()
         var visionSums: [Double] = [], decoderSums: [Double] = [], layerCounts = 0
         let vocab = candidate.config.language.vocabSize
         try reference.validate(set: set, vocab: vocab)
         for (i, r) in reference.samples.enumerated() {
-            let c = try ReferenceRun.runSample(engine: candidate, sample: set.samples[i], keepLayers: !r.decoderLayers.isEmpty, maxTokens: maxTokens)
+            let c = try ReferenceRun.runSample(
+                engine: candidate, sample: set.samples[i], keepLayers: !r.decoderLayers.isEmpty, maxTokens: maxTokens)
             guard c.logits.count == r.logits.count else {
-                throw VLQError(reference.source ?? r.image, "sample \(i): the candidate gives "
-                               + "\(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
+                throw VLQError(
+                    reference.source ?? r.image,
+                    "sample \(i): the candidate gives "
+                        + "\(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
             }
             var drift = LogitDrift()
             drift.add(reference: r.logits, candidate: c.logits, vocab: vocab)
@@ -260,10 +293,12 @@ public struct RunComparison: Sendable {
                 }
                 layerCounts += 1
             }
-            result.samples.append(Sample(image: r.image, vision: FeatureDrift(reference: r.visionFeatures, candidate: c.visionFeatures),
-                                         projector: FeatureDrift(reference: r.projectorOutput, candidate: c.projectorOutput),
-                                         logits: drift, referenceAnswer: r.greedyAnswer, candidateAnswer: c.greedyAnswer,
-                                         expectedAnswer: r.answer, perplexityRatio: ratio))
+            result.samples.append(
+                Sample(
+                    image: r.image, vision: FeatureDrift(reference: r.visionFeatures, candidate: c.visionFeatures),
+                    projector: FeatureDrift(reference: r.projectorOutput, candidate: c.projectorOutput),
+                    logits: drift, referenceAnswer: r.greedyAnswer, candidateAnswer: c.greedyAnswer,
+                    expectedAnswer: r.answer, perplexityRatio: ratio))
             progress(i + 1, reference.samples.count)
         }
         if layerCounts > 0 {
@@ -289,8 +324,10 @@ public enum LayerContribution {
         public var meanKLD: Double
     }
 
-    public static func rank(reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
-                            progress: (Int, Int) -> Void = { _, _ in }) throws -> [Entry] {
+    public static func rank(
+        reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> [Entry] {
         let definition = candidate.model.definition
         let quantized = definition.handles.filter(candidate.model.weights.isQuantized)
         let layers = Dictionary(grouping: quantized, by: definition.label(of:))
@@ -300,14 +337,17 @@ public enum LayerContribution {
         for (i, key) in layers.keys.sorted().enumerated() {
             let names = Set(layers[key]!)
             let weights = WeightStore(base: reference.model.weights, overlay: candidate.model.weights, handles: names)
-            let hybrid = YiVLEngine(source: reference.source + "+" + key, model: YiVLModel(weights: weights),
-                                    tokenizer: reference.tokenizer)
+            let hybrid = YiVLEngine(
+                source: reference.source + "+" + key, model: YiVLModel(weights: weights),
+                tokenizer: reference.tokenizer)
             var drift = LogitDrift()
             for (k, r) in run.samples.prefix(samples).enumerated() {
                 let c = try ReferenceRun.runLogits(engine: hybrid, sample: set.samples[k])
                 guard c.count == r.logits.count else {
-                    throw VLQError(run.source ?? r.image, "sample \(k): \(key) gives \(c.count / vocab) logit rows, "
-                                   + "the reference \(r.logits.count / vocab)")
+                    throw VLQError(
+                        run.source ?? r.image,
+                        "sample \(k): \(key) gives \(c.count / vocab) logit rows, "
+                            + "the reference \(r.logits.count / vocab)")
                 }
                 drift.add(reference: r.logits, candidate: c, vocab: vocab)
             }
@@ -327,7 +367,8 @@ extension ReferenceRun {
         let start = prompt.before.count + engine.imageTokenCount() - 1
         prompt.after += sample.answer.map { engine.tokenizer.encode($0) } ?? []
         let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-        let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
+        let stages = try engine.prefill(
+            pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
         let d = engine.config.language.hiddenSize
         return try engine.model.logits(Array(stages.hidden[(start * d)...]))
     }

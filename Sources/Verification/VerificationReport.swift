@@ -114,13 +114,15 @@ public struct VerificationReport: Sendable {
     public var failures: [BoundFailure] {
         var failures: [BoundFailure] = []
         if let c = referenceFolder?.comparison {
-            failures += check(meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
-                              worstCosine: c.minimumProjectorCosine, on: nil)
+            failures += check(
+                meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
+                worstCosine: c.minimumProjectorCosine, on: nil)
         }
         if let run {
             let c = run.comparison
-            failures += check(meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
-                              worstCosine: c.samples.map(\.projector.cosine).min(), on: run.set)
+            failures += check(
+                meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
+                worstCosine: c.samples.map(\.projector.cosine).min(), on: run.set)
         }
         return failures
     }

@@ -56,7 +56,8 @@ public final class AnswerGenerator {
     public func step() throws -> String? {
         guard finish == nil else { return nil }
         guard tokenIds.count < options.maxTokens else { return finishing(.maxTokens) }
-        let next = options.temperature > 0
+        let next =
+            options.temperature > 0
             ? engine.sample(logits, temperature: options.temperature, random: &random) : engine.argmax(logits)
         if next == endOfText { return finishing(.endOfText) }
         tokenIds.append(next)

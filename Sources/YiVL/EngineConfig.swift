@@ -36,14 +36,16 @@ public struct EngineConfig: Sendable {
 
     public init(_ c: YiVLConfig) {
         let v = c.vision, l = c.language
-        vision = Vision(hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
-                        imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
-                        layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
-                        selectedHiddenState: c.selectedHiddenState, keepClassToken: c.multimodal.selectFeature == "cls_patch")
+        vision = Vision(
+            hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
+            imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
+            layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
+            selectedHiddenState: c.selectedHiddenState, keepClassToken: c.multimodal.selectFeature == "cls_patch")
         projectorInput = c.multimodal.hiddenSize
-        language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
-                            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps), ropeTheta: l.ropeTheta,
-                            tiedEmbeddings: l.tieWordEmbeddings)
+        language = Language(
+            hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
+            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps), ropeTheta: l.ropeTheta,
+            tiedEmbeddings: l.tieWordEmbeddings)
         language.maxPositions = l.maxPositionEmbeddings
         var p = ImagePreprocessing()
         let pc = c.preprocessor
@@ -75,15 +77,17 @@ public struct EngineConfig: Sendable {
         guard p.type == "mlp2x_gelu_Norm" else {
             throw VLQError(source, "metadata: projector type \(p.type) is not supported")
         }
-        vision = Vision(hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
-                        imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
-                        layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
-                        selectedHiddenState: v.selectedHiddenState, keepClassToken: v.selectFeature == "cls_patch")
+        vision = Vision(
+            hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
+            imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
+            layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
+            selectedHiddenState: v.selectedHiddenState, keepClassToken: v.selectFeature == "cls_patch")
         projectorInput = p.inputSize
         projectorEps = Float(p.layerNormEps)
-        language = Language(hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
-                            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps),
-                            ropeTheta: l.ropeTheta, tiedEmbeddings: l.tieWordEmbeddings)
+        language = Language(
+            hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
+            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps),
+            ropeTheta: l.ropeTheta, tiedEmbeddings: l.tieWordEmbeddings)
         language.maxPositions = l.maxPositionEmbeddings
         preprocessing = m.preprocessing
         systemPrompt = m.chat.system
@@ -108,7 +112,9 @@ public struct EngineConfig: Sendable {
     /// The one place every hyperparameter is checked, whether it came from a Hugging Face folder's
     /// configs or a bundle's metadata: positive, within `Limits`, heads dividing widths, and the
     /// relations the engine relies on. `language`, `vision` and `preprocessor` name the files to blame.
-    public func validate(language languageSource: String, vision visionSource: String, preprocessor preprocessorSource: String) throws {
+    public func validate(
+        language languageSource: String, vision visionSource: String, preprocessor preprocessorSource: String
+    ) throws {
         func require(_ condition: Bool, _ source: String, _ reason: @autoclosure () -> String) throws {
             if !condition { throw VLQError(source, reason()) }
         }
@@ -123,30 +129,36 @@ public struct EngineConfig: Sendable {
         try within(v.intermediateSize, Limits.intermediate, "vision intermediate_size", visionSource)
         try within(v.layers, Limits.layers, "vision num_hidden_layers", visionSource)
         try within(v.heads, v.hiddenSize, "vision num_attention_heads", visionSource)
-        try require(v.hiddenSize % v.heads == 0, visionSource,
-                    "vision hidden_size \(v.hiddenSize) is not a multiple of num_attention_heads \(v.heads)")
+        try require(
+            v.hiddenSize % v.heads == 0, visionSource,
+            "vision hidden_size \(v.hiddenSize) is not a multiple of num_attention_heads \(v.heads)")
         try within(v.imageSize, Limits.imageSide, "image_size", visionSource)
         try within(v.patchSize, v.imageSize, "patch_size", visionSource)
-        try require(v.imageSize % v.patchSize == 0, visionSource,
-                    "image_size \(v.imageSize) is not a multiple of patch_size \(v.patchSize)")
+        try require(
+            v.imageSize % v.patchSize == 0, visionSource,
+            "image_size \(v.imageSize) is not a multiple of patch_size \(v.patchSize)")
         try within(v.patchCount, Limits.patches, "patches per image ((image_size / patch_size)^2)", visionSource)
         try require(v.channels == 3, visionSource, "num_channels is \(v.channels); images are RGB (3)")
         try positive(Double(v.layerNormEps), "vision layer_norm_eps", visionSource)
-        try require(v.selectedHiddenState >= 1 && v.selectedHiddenState <= v.layers, languageSource,
-                    "mm_vision_select_layer selects hidden state \(v.selectedHiddenState) of a \(v.layers)-layer tower")
-        try require(projectorInput == v.hiddenSize, languageSource,
-                    "mm_hidden_size \(projectorInput) differs from the vision tower's hidden_size \(v.hiddenSize)")
+        try require(
+            v.selectedHiddenState >= 1 && v.selectedHiddenState <= v.layers, languageSource,
+            "mm_vision_select_layer selects hidden state \(v.selectedHiddenState) of a \(v.layers)-layer tower")
+        try require(
+            projectorInput == v.hiddenSize, languageSource,
+            "mm_hidden_size \(projectorInput) differs from the vision tower's hidden_size \(v.hiddenSize)")
         try positive(Double(projectorEps), "projector layer_norm_eps", languageSource)
 
         try within(l.hiddenSize, Limits.width, "hidden_size", languageSource)
         try within(l.intermediateSize, Limits.intermediate, "intermediate_size", languageSource)
         try within(l.layers, Limits.layers, "num_hidden_layers", languageSource)
         try within(l.heads, l.hiddenSize, "num_attention_heads", languageSource)
-        try require(l.hiddenSize % l.heads == 0, languageSource,
-                    "hidden_size \(l.hiddenSize) is not a multiple of num_attention_heads \(l.heads)")
+        try require(
+            l.hiddenSize % l.heads == 0, languageSource,
+            "hidden_size \(l.hiddenSize) is not a multiple of num_attention_heads \(l.heads)")
         try within(l.kvHeads, l.heads, "num_key_value_heads", languageSource)
-        try require(l.heads % l.kvHeads == 0, languageSource,
-                    "num_attention_heads \(l.heads) is not a multiple of num_key_value_heads \(l.kvHeads)")
+        try require(
+            l.heads % l.kvHeads == 0, languageSource,
+            "num_attention_heads \(l.heads) is not a multiple of num_key_value_heads \(l.kvHeads)")
         try require(l.headDim % 2 == 0, languageSource, "head dimension \(l.headDim) is odd; RoPE rotates pairs")
         try within(l.vocabSize, Limits.vocabulary, "vocab_size", languageSource)
         try within(l.maxPositions, Limits.positions, "max_position_embeddings", languageSource)
@@ -157,10 +169,12 @@ public struct EngineConfig: Sendable {
         try within(p.shortestEdge, Limits.imageSide, "shortest_edge", preprocessorSource)
         try within(p.cropHeight, Limits.imageSide, "crop height", preprocessorSource)
         try within(p.cropWidth, Limits.imageSide, "crop width", preprocessorSource)
-        try require(p.cropHeight == v.imageSize && p.cropWidth == v.imageSize, preprocessorSource,
-                    "crop_size \(p.cropHeight)x\(p.cropWidth) differs from the tower's image_size \(v.imageSize)")
-        try require(p.mean.count == 3 && p.std.count == 3 && p.mean.allSatisfy(\.isFinite), preprocessorSource,
-                    "image_mean and image_std must be 3 finite numbers each")
+        try require(
+            p.cropHeight == v.imageSize && p.cropWidth == v.imageSize, preprocessorSource,
+            "crop_size \(p.cropHeight)x\(p.cropWidth) differs from the tower's image_size \(v.imageSize)")
+        try require(
+            p.mean.count == 3 && p.std.count == 3 && p.mean.allSatisfy(\.isFinite), preprocessorSource,
+            "image_mean and image_std must be 3 finite numbers each")
         for value in p.std { try positive(value, "image_std", preprocessorSource) }
         try require(p.rescaleFactor.isFinite, preprocessorSource, "rescale_factor \(p.rescaleFactor) is not finite")
     }

@@ -40,7 +40,8 @@ extension EngineConfig {
             if record.shape != expected.shape {
                 problems.misshapen.append("\(expected.name) is \(record.shape), metadata implies \(expected.shape)")
             } else if record.encoding.isQuantized,
-                      QuantizedLayout(encoding: record.encoding, shape: record.shape, groupSize: record.groupSize) == nil {
+                QuantizedLayout(encoding: record.encoding, shape: record.shape, groupSize: record.groupSize) == nil
+            {
                 problems.badDType.append("\(expected.name) is \(record.encoding) with group \(record.groupSize)")
             }
         }

@@ -1,5 +1,6 @@
 import CBLAS
 import Dispatch
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,13 +23,17 @@ public enum Kernels {
     static let activeProcessors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     /// y[m, n] = x[m, k] * w[n, k]^T (+ bias[n]): a PyTorch Linear with weight [out, in].
-    public static func linear(_ x: UnsafePointer<Float>, rows m: Int, inputs k: Int, weight w: UnsafePointer<Float>,
-                              outputs n: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>) {
+    public static func linear(
+        _ x: UnsafePointer<Float>, rows m: Int, inputs k: Int, weight w: UnsafePointer<Float>,
+        outputs n: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+    ) {
         if m == 1 {
             // Decoding one token is a matrix-vector product; sgemv streams the weights once.
             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, w, Int32(k), x, 1, 0, y, 1)
         } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, x, Int32(k), w, Int32(k), 0, y, Int32(n))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, x, Int32(k), w, Int32(k), 0,
+                y, Int32(n))
         }
         if let bias {
             for r in 0..<m {
@@ -38,28 +43,32 @@ public enum Kernels {
         }
     }
 
-    public static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, weight: UnsafePointer<Float>,
-                                 bias: UnsafePointer<Float>, eps: Float) {
+    public static func layerNorm(
+        _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, weight: UnsafePointer<Float>,
+        bias: UnsafePointer<Float>, eps: Float
+    ) {
         parallelRows(rows, minimumPerTask: max(1, 65536 / max(cols, 1))) { range in
-        for r in range {
-            let row = x + r * cols
-            var sum = 0.0
-            for c in 0..<cols { sum += Double(row[c]) }
-            let mean = sum / Double(cols)
-            var squares = 0.0
-            for c in 0..<cols {
-                let d = Double(row[c]) - mean
-                squares += d * d
+            for r in range {
+                let row = x + r * cols
+                var sum = 0.0
+                for c in 0..<cols { sum += Double(row[c]) }
+                let mean = sum / Double(cols)
+                var squares = 0.0
+                for c in 0..<cols {
+                    let d = Double(row[c]) - mean
+                    squares += d * d
+                }
+                let inv = 1 / (squares / Double(cols) + Double(eps)).squareRoot()
+                for c in 0..<cols { row[c] = Float((Double(row[c]) - mean) * inv) * weight[c] + bias[c] }
             }
-            let inv = 1 / (squares / Double(cols) + Double(eps)).squareRoot()
-            for c in 0..<cols { row[c] = Float((Double(row[c]) - mean) * inv) * weight[c] + bias[c] }
-        }
         }
     }
 
     /// Llama's RMSNorm: x * rsqrt(mean(x^2) + eps), then times the weight.
-    public static func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, cols: Int, weight: UnsafePointer<Float>, eps: Float,
-                               into y: UnsafeMutablePointer<Float>) {
+    public static func rmsNorm(
+        _ x: UnsafePointer<Float>, rows: Int, cols: Int, weight: UnsafePointer<Float>, eps: Float,
+        into y: UnsafeMutablePointer<Float>
+    ) {
         for r in 0..<rows {
             let row = x + r * cols, out = y + r * cols
             var squares = 0.0
@@ -105,10 +114,12 @@ public enum Kernels {
     ///
     /// Per-head products are small (one dimension is the head size), where OpenBLAS's threading costs
     /// more than it gains; so heads run in parallel, one per core, each with single-threaded BLAS.
-    public static func attention(q: UnsafePointer<Float>, qStride: Int, k: UnsafePointer<Float>, kStride: Int,
-                                 v: UnsafePointer<Float>, vStride: Int, queries: Int, keys: Int, heads: Int, kvHeads: Int,
-                                 headDim: Int, scale: Float, causal: Bool, firstQueryPosition: Int,
-                                 out: UnsafeMutablePointer<Float>, outStride: Int) {
+    public static func attention(
+        q: UnsafePointer<Float>, qStride: Int, k: UnsafePointer<Float>, kStride: Int,
+        v: UnsafePointer<Float>, vStride: Int, queries: Int, keys: Int, heads: Int, kvHeads: Int,
+        headDim: Int, scale: Float, causal: Bool, firstQueryPosition: Int,
+        out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         let group = heads / kvHeads
         let workers = min(activeProcessors, heads)
         let threads = openblas_get_num_threads()
@@ -120,8 +131,9 @@ public enum Kernels {
             defer { scores.deallocate() }
             for h in stride(from: worker, to: heads, by: count) {
                 let kvh = h / group
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(queries), Int32(keys), Int32(headDim), scale,
-                            q + h * headDim, Int32(qStride), k + kvh * headDim, Int32(kStride), 0, scores, Int32(keys))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(queries), Int32(keys), Int32(headDim), scale,
+                    q + h * headDim, Int32(qStride), k + kvh * headDim, Int32(kStride), 0, scores, Int32(keys))
                 for i in 0..<queries {
                     let row = scores + i * keys
                     let visible = causal ? min(keys, firstQueryPosition + i + 1) : keys
@@ -137,8 +149,9 @@ public enum Kernels {
                     for j in 0..<visible { row[j] *= inv }
                     for j in visible..<keys { row[j] = 0 }
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(queries), Int32(headDim), Int32(keys), 1,
-                            scores, Int32(keys), v + kvh * headDim, Int32(vStride), 0, out + h * headDim, Int32(outStride))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(queries), Int32(headDim), Int32(keys), 1,
+                    scores, Int32(keys), v + kvh * headDim, Int32(vStride), 0, out + h * headDim, Int32(outStride))
             }
         }
         if parallel {

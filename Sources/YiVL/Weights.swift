@@ -1,11 +1,12 @@
+import SafeTensors
+import VLQCore
+import VLQFormat
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import SafeTensors
-import VLQCore
-import VLQFormat
 
 /// Float32 weights by tensor handle (`ModelDefinition`), whatever their storage.
 ///
@@ -53,7 +54,9 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     /// The bundle's table was checked against the definition (`EngineConfig.checkTable`).
-    public convenience init(bundle: VLQFile, definition: ModelDefinition, cacheBudget: Int = WeightStore.defaultCacheBudget) {
+    public convenience init(
+        bundle: VLQFile, definition: ModelDefinition, cacheBudget: Int = WeightStore.defaultCacheBudget
+    ) {
         let entries = definition.tensors.map { tensor -> Entry in
             let r = bundle.record(tensor.name)!
             let storage: Storage
@@ -61,43 +64,52 @@ public final class WeightStore: @unchecked Sendable {
             case .f32: storage = .f32
             case .f16: storage = .f16
             case .bf16: storage = .bf16
-            case .q8, .q4, .q4s: storage = .quantized(QuantizedLayout(encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)!)
+            case .q8, .q4, .q4s:
+                storage = .quantized(QuantizedLayout(encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)!)
             }
-            return Entry(shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path,
-                         release: { bundle.mapped.release(offset: r.offset, count: r.byteCount) })
+            return Entry(
+                shape: r.shape, storage: storage, bytes: bundle.data(r), subject: bundle.path,
+                release: { bundle.mapped.release(offset: r.offset, count: r.byteCount) })
         }
         self.init(definition: definition, entries: entries, keepAlive: [bundle], cacheBudget: cacheBudget)
     }
 
-    public convenience init(checkpoint: YiVLCheckpoint, definition: ModelDefinition,
-                            cacheBudget: Int = WeightStore.defaultCacheBudget) {
+    public convenience init(
+        checkpoint: YiVLCheckpoint, definition: ModelDefinition,
+        cacheBudget: Int = WeightStore.defaultCacheBudget
+    ) {
         var byName: [String: Entry] = [:]
         var files: [AnyObject] = []
         for t in checkpoint.tensors {
             let storage: Storage = t.info.dtype == .f32 ? .f32 : t.info.dtype == .f16 ? .f16 : .bf16
             let (file, info) = (t.file, t.info)
             if info.isContiguous {
-                byName[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
-                                                release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
+                byName[t.expected.name] = Entry(
+                    shape: info.shape, storage: storage, bytes: file.data(info), subject: file.path,
+                    release: { file.mapped.release(offset: info.fileOffset, count: info.byteCount) })
                 files.append(t.file)
             } else {
                 // A strided view of a PyTorch storage: gathered once into a contiguous copy that lives
                 // as long as the store (such views are rare: tied or transposed parameters).
                 let copy = MappedFile(bytes: file.contiguousCopy(info), path: file.path)
-                byName[t.expected.name] = Entry(shape: info.shape, storage: storage, bytes: copy.bytes, subject: file.path,
-                                                release: {})
+                byName[t.expected.name] = Entry(
+                    shape: info.shape, storage: storage, bytes: copy.bytes, subject: file.path,
+                    release: {})
                 files.append(copy)
             }
         }
         // The checkpoint matched every expected tensor by name on open.
-        self.init(definition: definition, entries: definition.tensors.map { byName[$0.name]! },
-                  keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
+        self.init(
+            definition: definition, entries: definition.tensors.map { byName[$0.name]! },
+            keepAlive: files + [checkpoint], cacheBudget: cacheBudget)
     }
 
     /// `base` with the tensors in `handles` taken from `overlay` instead: the reference model with one
     /// layer quantized, to measure that layer's own contribution to the drift.
     public convenience init(base: WeightStore, overlay: WeightStore, handles: Set<TensorHandle>, cacheBudget: Int = 0) {
-        let entries = base.entries.indices.map { handles.contains(TensorHandle(index: $0)) ? overlay.entries[$0] : base.entries[$0] }
+        let entries = base.entries.indices.map {
+            handles.contains(TensorHandle(index: $0)) ? overlay.entries[$0] : base.entries[$0]
+        }
         self.init(definition: base.definition, entries: entries, keepAlive: [base, overlay], cacheBudget: cacheBudget)
     }
 
@@ -138,7 +150,9 @@ public final class WeightStore: @unchecked Sendable {
     /// copy is cached use it instead: reading their stored pages again would keep both resident (a
     /// 6B model then reached 24 GB of RSS). The stored pages are released after each use. Returns
     /// false when the caller should use the f32 path.
-    public func matrixVector(_ handle: TensorHandle, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) -> Bool {
+    public func matrixVector(
+        _ handle: TensorHandle, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
+    ) -> Bool {
         let e = entries[handle.index]
         guard e.shape.count == 2, lock.withLock({ cache[handle.index] == nil }) else { return false }
         defer { e.release() }
@@ -174,7 +188,9 @@ public final class WeightStore: @unchecked Sendable {
         let base = UnsafeRawPointer(w.baseAddress!)
         let xs = UnsafeRawPointer(x)
         while i + 8 <= n {
-            let bits = SIMD8<UInt32>(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self)) &<< 16
+            let bits =
+                SIMD8<UInt32>(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+                &<< 16
             let wv = unsafeBitCast(bits, to: SIMD8<Float>.self)
             acc += wv * xs.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
             i += 8
@@ -192,7 +208,9 @@ public final class WeightStore: @unchecked Sendable {
         Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self))))
     }
 
-    static func quantizedDot(_ layout: QuantizedLayout, _ data: UnsafeRawPointer, row r: Int, _ x: UnsafePointer<Float>) -> Float {
+    static func quantizedDot(
+        _ layout: QuantizedLayout, _ data: UnsafeRawPointer, row r: Int, _ x: UnsafePointer<Float>
+    ) -> Float {
         let cols = layout.columns, g = layout.groupSize, groups = layout.groupsPerRow
         let xs = UnsafeRawPointer(x)
         var total: Float = 0
@@ -204,7 +222,8 @@ public final class WeightStore: @unchecked Sendable {
                 var j = k * g
                 let end = j + g
                 while j + 8 <= end {
-                    let q = SIMD8<Int32>(truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j, as: SIMD8<Int8>.self))
+                    let q = SIMD8<Int32>(
+                        truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j, as: SIMD8<Int8>.self))
                     acc += SIMD8<Float>(q) * xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
                     j += 8
                 }
@@ -223,10 +242,12 @@ public final class WeightStore: @unchecked Sendable {
                 var j = k * g
                 let end = j + g
                 while j + 8 <= end {
-                    let packed = SIMD4<UInt32>(truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j / 2, as: SIMD4<UInt8>.self))
+                    let packed = SIMD4<UInt32>(
+                        truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j / 2, as: SIMD4<UInt8>.self))
                     let low = packed & 0x0F, high = packed &>> 4
-                    let n = SIMD8<Float>(Float(low[0]), Float(high[0]), Float(low[1]), Float(high[1]),
-                                         Float(low[2]), Float(high[2]), Float(low[3]), Float(high[3]))
+                    let n = SIMD8<Float>(
+                        Float(low[0]), Float(high[0]), Float(low[1]), Float(high[1]),
+                        Float(low[2]), Float(high[2]), Float(low[3]), Float(high[3]))
                     let xv = xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
                     acc += n * xv
                     xsum += xv
@@ -253,7 +274,9 @@ public final class WeightStore: @unchecked Sendable {
         var i = 0
         let a = UnsafeRawPointer(w), b = UnsafeRawPointer(x)
         while i + 8 <= n {
-            acc += a.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * b.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            acc +=
+                a.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                * b.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
             i += 8
         }
         var sum = acc.sum()

@@ -1,11 +1,12 @@
+import CheckpointFiles
+import SafeTensors
+import VLQCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import CheckpointFiles
-import SafeTensors
-import VLQCore
 
 /// A Yi-VL checkpoint in the Hugging Face layout, discovered and checked against its configs.
 ///
@@ -36,7 +37,9 @@ public final class YiVLCheckpoint: @unchecked Sendable {
     /// Small files carried into the bundle when present, by name relative to the root folder.
     public let auxiliaryFiles: [String: String]
 
-    public static let optionalRootFiles = ["generation_config.json", "tokenizer_config.json", "special_tokens_map.json"]
+    public static let optionalRootFiles = [
+        "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+    ]
 
     public init(folder given: String, visionTower: String? = nil) throws {
         let model = try ModelFolder(given)
@@ -44,16 +47,22 @@ public final class YiVLCheckpoint: @unchecked Sendable {
         let folder = model.path
         self.folder = folder
 
-        let rootConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(model, "config.json", what: "model config"))
+        let rootConfig = try ConfigReader(
+            path: try YiVLCheckpoint.requireFile(model, "config.json", what: "model config"))
         let towerSetting = try visionTower ?? rootConfig.string("mm_vision_tower")
         let visionFolder = YiVLCheckpoint.join(folder, towerSetting)
         guard FileSystem.isDirectory(visionFolder) else {
-            throw VLQError(rootConfig.path, "mm_vision_tower \"\(towerSetting)\" names a vision folder that does not exist (\(visionFolder))")
+            throw VLQError(
+                rootConfig.path,
+                "mm_vision_tower \"\(towerSetting)\" names a vision folder that does not exist (\(visionFolder))")
         }
         self.visionFolder = visionFolder
         let vision = try ModelFolder(nested: visionFolder, in: model)
-        let visionConfig = try ConfigReader(path: try YiVLCheckpoint.requireFile(vision, "config.json", what: "vision tower config"))
-        let preprocessor = try ConfigReader(path: try YiVLCheckpoint.requireFile(vision, "preprocessor_config.json", what: "image preprocessing config"))
+        let visionConfig = try ConfigReader(
+            path: try YiVLCheckpoint.requireFile(vision, "config.json", what: "vision tower config"))
+        let preprocessor = try ConfigReader(
+            path: try YiVLCheckpoint.requireFile(vision, "preprocessor_config.json", what: "image preprocessing config")
+        )
         config = try YiVLConfig(root: rootConfig, vision: visionConfig, preprocessor: preprocessor)
         tokenizerModelPath = try YiVLCheckpoint.requireFile(model, "tokenizer.model", what: "SentencePiece tokenizer")
         var auxiliary: [String: String] = [:]
@@ -75,7 +84,11 @@ public final class YiVLCheckpoint: @unchecked Sendable {
                 problems.missing.append(expected.name)
                 continue
             }
-            if expected.part == .vision { claimedVision.insert(expected.name) } else { claimedRoot.insert(expected.name) }
+            if expected.part == .vision {
+                claimedVision.insert(expected.name)
+            } else {
+                claimedRoot.insert(expected.name)
+            }
             if info.shape != expected.shape {
                 problems.misshapen.append("\(expected.name) is \(info.shape), config implies \(expected.shape)")
             } else if !info.dtype.isFloatingPoint || info.dtype == .f64 {

@@ -28,8 +28,10 @@ public struct LanguageConfig: Equatable, Sendable {
         maxPositionEmbeddings = try c.int("max_position_embeddings", default: 4096)
         hiddenAct = try c.string("hidden_act", default: "silu")
         tieWordEmbeddings = try c.bool("tie_word_embeddings", default: false)
-        try c.require(hiddenSize % heads == 0, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(heads)")
-        try c.require(heads % kvHeads == 0, "num_attention_heads \(heads) is not a multiple of num_key_value_heads \(kvHeads)")
+        try c.require(
+            hiddenSize % heads == 0, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(heads)")
+        try c.require(
+            heads % kvHeads == 0, "num_attention_heads \(heads) is not a multiple of num_key_value_heads \(kvHeads)")
         try c.require(hiddenAct == "silu", "hidden_act \"\(hiddenAct)\" is not supported (Yi uses silu)")
         try c.require(!c.has("rope_scaling") || c.json["rope_scaling"]!.isNull, "rope_scaling is not supported")
         try c.require(!(c.json["attention_bias"]?.boolValue ?? false), "attention_bias is not supported (Yi has none)")
@@ -65,9 +67,13 @@ public struct VisionConfig: Equatable, Sendable {
         channels = try v.int("num_channels", default: 3)
         layerNormEps = try v.double("layer_norm_eps", default: 1e-5)
         hiddenAct = try v.string("hidden_act", default: "quick_gelu")
-        try v.require(imageSize % patchSize == 0, "image_size \(imageSize) is not a multiple of patch_size \(patchSize)")
-        try v.require(hiddenSize % heads == 0, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(heads)")
-        try v.require(["gelu", "quick_gelu"].contains(hiddenAct), "hidden_act \"\(hiddenAct)\" is not supported (gelu or quick_gelu)")
+        try v.require(
+            imageSize % patchSize == 0, "image_size \(imageSize) is not a multiple of patch_size \(patchSize)")
+        try v.require(
+            hiddenSize % heads == 0, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(heads)")
+        try v.require(
+            ["gelu", "quick_gelu"].contains(hiddenAct),
+            "hidden_act \"\(hiddenAct)\" is not supported (gelu or quick_gelu)")
     }
 }
 
@@ -91,10 +97,15 @@ public struct MultimodalConfig: Equatable, Sendable {
         selectFeature = try c.string("mm_vision_select_feature", default: "patch")
         imageAspectRatio = try c.string("image_aspect_ratio", default: "pad")
         useImageStartEnd = try c.bool("mm_use_im_start_end", default: false)
-        try c.require(MultimodalConfig.supportedProjectors.contains(projectorType),
-                      "mm_projector_type \"\(projectorType)\" is not supported (Yi-VL uses mlp2x_gelu_Norm)")
-        try c.require(["patch", "cls_patch"].contains(selectFeature), "mm_vision_select_feature \"\(selectFeature)\" is not supported")
-        try c.require(["pad", "square", "original"].contains(imageAspectRatio), "image_aspect_ratio \"\(imageAspectRatio)\" is not supported")
+        try c.require(
+            MultimodalConfig.supportedProjectors.contains(projectorType),
+            "mm_projector_type \"\(projectorType)\" is not supported (Yi-VL uses mlp2x_gelu_Norm)")
+        try c.require(
+            ["patch", "cls_patch"].contains(selectFeature),
+            "mm_vision_select_feature \"\(selectFeature)\" is not supported")
+        try c.require(
+            ["pad", "square", "original"].contains(imageAspectRatio),
+            "image_aspect_ratio \"\(imageAspectRatio)\" is not supported")
         try c.require(!useImageStartEnd, "mm_use_im_start_end true is not supported (Yi-VL uses none)")
     }
 }
@@ -176,13 +187,19 @@ public struct YiVLConfig: Sendable {
         rootJSON = root.json
         visionJSON = vision.json
         preprocessorJSON = preprocessor.json
-        try root.require(multimodal.hiddenSize == self.vision.hiddenSize,
-                         "mm_hidden_size \(multimodal.hiddenSize) differs from the vision tower's hidden_size \(self.vision.hiddenSize)")
+        try root.require(
+            multimodal.hiddenSize == self.vision.hiddenSize,
+            "mm_hidden_size \(multimodal.hiddenSize) differs from the vision tower's hidden_size \(self.vision.hiddenSize)"
+        )
         let selected = selectedHiddenState
-        try root.require(selected >= 1 && selected <= self.vision.layers,
-                         "mm_vision_select_layer \(multimodal.selectLayer) selects no layer of a \(self.vision.layers)-layer tower")
-        try preprocessor.require(self.preprocessor.cropHeight == self.vision.imageSize && self.preprocessor.cropWidth == self.vision.imageSize,
-                                 "crop_size \(self.preprocessor.cropHeight)x\(self.preprocessor.cropWidth) differs from the tower's image_size \(self.vision.imageSize)")
+        try root.require(
+            selected >= 1 && selected <= self.vision.layers,
+            "mm_vision_select_layer \(multimodal.selectLayer) selects no layer of a \(self.vision.layers)-layer tower")
+        try preprocessor.require(
+            self.preprocessor.cropHeight == self.vision.imageSize
+                && self.preprocessor.cropWidth == self.vision.imageSize,
+            "crop_size \(self.preprocessor.cropHeight)x\(self.preprocessor.cropWidth) differs from the tower's image_size \(self.vision.imageSize)"
+        )
         try EngineConfig(self).validate(language: root.path, vision: vision.path, preprocessor: preprocessor.path)
     }
 }

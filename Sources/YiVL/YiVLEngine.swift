@@ -31,15 +31,17 @@ public final class YiVLEngine: @unchecked Sendable {
             let checkpoint = try YiVLCheckpoint(folder: path)
             let tokenizer = try Tokenizer(contentsOf: checkpoint.tokenizerModelPath)
             let definition = ModelDefinition(EngineConfig(checkpoint.config))
-            let model = YiVLModel(weights: WeightStore(checkpoint: checkpoint, definition: definition, cacheBudget: cacheBudget))
+            let model = YiVLModel(
+                weights: WeightStore(checkpoint: checkpoint, definition: definition, cacheBudget: cacheBudget))
             return YiVLEngine(source: path, model: model, tokenizer: tokenizer)
         }
         let bundle = try VLQFile(path: path)
         let metadata = try BundleMetadata(json: bundle.metadata, source: path)
         let config = try EngineConfig(metadata, source: path)
         try config.checkTable(of: bundle)
-        let tokenizer = try Tokenizer(model: try SentencePieceModel(bytes: metadata.tokenizer.model, source: path + " (tokenizer)"),
-                                      source: path)
+        let tokenizer = try Tokenizer(
+            model: try SentencePieceModel(bytes: metadata.tokenizer.model, source: path + " (tokenizer)"),
+            source: path)
         let weights = WeightStore(bundle: bundle, definition: ModelDefinition(config), cacheBudget: cacheBudget)
         return YiVLEngine(source: path, model: YiVLModel(weights: weights), tokenizer: tokenizer)
     }
@@ -87,8 +89,9 @@ public final class YiVLEngine: @unchecked Sendable {
         embeddings += projected
         embeddings += try model.embed(prompt.after)
         let hidden = try model.decode(embeddings, cache: cache)
-        return Stages(pixelValues: pixels, visionFeatures: features, projectorOutput: projected, inputIds: prompt.inputIds,
-                      hidden: hidden, sequenceLength: embeddings.count / config.language.hiddenSize)
+        return Stages(
+            pixelValues: pixels, visionFeatures: features, projectorOutput: projected, inputIds: prompt.inputIds,
+            hidden: hidden, sequenceLength: embeddings.count / config.language.hiddenSize)
     }
 
     public func imageTokenCount() -> Int { config.vision.patchCount + (config.vision.keepClassToken ? 1 : 0) }
@@ -117,8 +120,10 @@ public final class YiVLEngine: @unchecked Sendable {
     }
 
     /// Answers `question` about the image; `onText` receives the answer as it becomes final.
-    public func generate(pixels: [Float], question: String, options: GenerationOptions = GenerationOptions(),
-                         onText: (String) -> Void = { _ in }) throws -> Generation {
+    public func generate(
+        pixels: [Float], question: String, options: GenerationOptions = GenerationOptions(),
+        onText: (String) -> Void = { _ in }
+    ) throws -> Generation {
         let prompt = prompt(question: question)
         let promptLength = prompt.before.count + imageTokenCount() + prompt.after.count
         let cache = model.makeCache(capacity: promptLength + options.maxTokens)
@@ -131,8 +136,9 @@ public final class YiVLEngine: @unchecked Sendable {
         while let piece = try generator.step() {
             if !piece.isEmpty { onText(piece) }
         }
-        return Generation(answer: generator.answer, tokenIds: generator.tokenIds, promptTokens: promptLength,
-                          prefillSeconds: prefillDone - started, decodeSeconds: monotonicSeconds() - prefillDone)
+        return Generation(
+            answer: generator.answer, tokenIds: generator.tokenIds, promptTokens: promptLength,
+            prefillSeconds: prefillDone - started, decodeSeconds: monotonicSeconds() - prefillDone)
     }
 
     static func trim(_ s: String) -> String {
@@ -153,7 +159,8 @@ public final class YiVLEngine: @unchecked Sendable {
                 continue
             }
             for stop in stops {
-                for k in stride(from: min(stop.count - 1, s.count), through: 1, by: -1) where s.hasSuffix(stop.prefix(k)) {
+                for k in stride(from: min(stop.count - 1, s.count), through: 1, by: -1)
+                where s.hasSuffix(stop.prefix(k)) {
                     s = s.dropLast(k)
                     changed = true
                     break

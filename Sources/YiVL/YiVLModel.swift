@@ -1,4 +1,5 @@
 import VLQCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,12 +36,14 @@ public final class YiVLModel: @unchecked Sendable {
         weights.withFloats(layer.weight) { w in
             if let bias = layer.bias {
                 weights.withFloats(bias) { b in
-                    Kernels.linear(x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs,
-                                   bias: b.baseAddress!, into: out)
+                    Kernels.linear(
+                        x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs,
+                        bias: b.baseAddress!, into: out)
                 }
             } else {
-                Kernels.linear(x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs, bias: nil,
-                               into: out)
+                Kernels.linear(
+                    x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs, bias: nil,
+                    into: out)
             }
         }
     }
@@ -53,9 +56,12 @@ public final class YiVLModel: @unchecked Sendable {
         }
     }
 
-    func rmsNorm(_ norm: RMSNorm, _ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+    func rmsNorm(
+        _ norm: RMSNorm, _ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>
+    ) {
         weights.withFloats(norm.weight) { w in
-            Kernels.rmsNorm(x, rows: rows, cols: cols, weight: w.baseAddress!, eps: config.language.rmsNormEps, into: out)
+            Kernels.rmsNorm(
+                x, rows: rows, cols: cols, weight: w.baseAddress!, eps: config.language.rmsNormEps, into: out)
         }
     }
 
@@ -67,7 +73,9 @@ public final class YiVLModel: @unchecked Sendable {
         let v = config.vision
         let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
         guard pixels.count == v.channels * v.imageSize * v.imageSize else {
-            throw VLQError(nil, "pixel values hold \(pixels.count) floats, the tower takes \(v.channels)x\(v.imageSize)x\(v.imageSize)")
+            throw VLQError(
+                nil,
+                "pixel values hold \(pixels.count) floats, the tower takes \(v.channels)x\(v.imageSize)x\(v.imageSize)")
         }
         // Patch embedding as one GEMM: each patch flattened in the conv weight's (channel, row, col) order.
         let patchSize = v.channels * p * p
@@ -86,14 +94,16 @@ public final class YiVLModel: @unchecked Sendable {
         let tower = definition.vision
         let x = FloatBuffer(n * d)
         weights.withFloats(tower.patchEmbedding) { w in
-            Kernels.linear(patches.pointer, rows: v.patchCount, inputs: patchSize, weight: w.baseAddress!, outputs: d, bias: nil,
-                           into: x.pointer + d)
+            Kernels.linear(
+                patches.pointer, rows: v.patchCount, inputs: patchSize, weight: w.baseAddress!, outputs: d, bias: nil,
+                into: x.pointer + d)
         }
         weights.withFloats(tower.classEmbedding) { c in x.pointer.update(from: c.baseAddress!, count: d) }
         weights.withFloats(tower.positionEmbedding) { pos in Kernels.add(x.pointer, pos.baseAddress!, count: n * d) }
         layerNorm(tower.preLayerNorm, x.pointer, rows: n, cols: d, eps: v.layerNormEps)
 
-        let h = FloatBuffer(n * d), qkv = FloatBuffer(3 * n * d), attended = FloatBuffer(n * d), mlp = FloatBuffer(n * v.intermediateSize)
+        let h = FloatBuffer(n * d), qkv = FloatBuffer(3 * n * d), attended = FloatBuffer(n * d),
+            mlp = FloatBuffer(n * v.intermediateSize)
         for layer in definition.usedVisionLayers {
             h.pointer.update(from: x.pointer, count: n * d)
             layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
@@ -101,9 +111,10 @@ public final class YiVLModel: @unchecked Sendable {
             linear(layer.query, h.pointer, rows: n, into: q)
             linear(layer.key, h.pointer, rows: n, into: k)
             linear(layer.value, h.pointer, rows: n, into: val)
-            Kernels.attention(q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
-                              kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
-                              firstQueryPosition: 0, out: attended.pointer, outStride: d)
+            Kernels.attention(
+                q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
+                kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
+                firstQueryPosition: 0, out: attended.pointer, outStride: d)
             linear(layer.output, attended.pointer, rows: n, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: n * d)
             h.pointer.update(from: x.pointer, count: n * d)
@@ -191,7 +202,9 @@ public final class YiVLModel: @unchecked Sendable {
         var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
         try weights.withFloats(definition.language.embedTokens) { table in
             for (i, id) in ids.enumerated() {
-                guard id >= 0, id < l.vocabSize else { throw VLQError(nil, "token id \(id) is outside the vocabulary of \(l.vocabSize)") }
+                guard id >= 0, id < l.vocabSize else {
+                    throw VLQError(nil, "token id \(id) is outside the vocabulary of \(l.vocabSize)")
+                }
                 for c in 0..<l.hiddenSize { out[i * l.hiddenSize + c] = table[id * l.hiddenSize + c] }
             }
         }
@@ -225,7 +238,9 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Runs the decoder over `embeddings` [rows, hidden] that continue the cached sequence; returns the
     /// final-norm hidden states. `layerOutputs` receives every layer's output.
-    public func decode(_ embeddings: [Float], cache: KVCache, layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
+    public func decode(
+        _ embeddings: [Float], cache: KVCache, layerOutputs: (([Float]) -> Void)? = nil
+    ) throws -> [Float] {
         let l = config.language
         let d = l.hiddenSize, rows = embeddings.count / d, kvWidth = l.kvHeads * l.headDim
         let start = cache.length
@@ -233,7 +248,8 @@ public final class YiVLModel: @unchecked Sendable {
             throw VLQError(nil, "sequence of \(start + rows) positions exceeds the cache of \(cache.capacity)")
         }
         let x = FloatBuffer(embeddings)
-        let h = FloatBuffer(rows * d), q = FloatBuffer(rows * l.heads * l.headDim), attended = FloatBuffer(rows * l.heads * l.headDim)
+        let h = FloatBuffer(rows * d), q = FloatBuffer(rows * l.heads * l.headDim),
+            attended = FloatBuffer(rows * l.heads * l.headDim)
         let gate = FloatBuffer(rows * l.intermediateSize), up = FloatBuffer(rows * l.intermediateSize)
         for layer in definition.language.layers {
             rmsNorm(layer.inputNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
@@ -244,10 +260,11 @@ public final class YiVLModel: @unchecked Sendable {
             linear(layer.value, h.pointer, rows: rows, into: values)
             applyRoPE(q.pointer, rows: rows, stride: l.heads * l.headDim, heads: l.heads, firstPosition: start)
             applyRoPE(keys, rows: rows, stride: kvWidth, heads: l.kvHeads, firstPosition: start)
-            Kernels.attention(q: q.pointer, qStride: l.heads * l.headDim, k: cachedKeys, kStride: kvWidth,
-                              v: cachedValues, vStride: kvWidth, queries: rows, keys: start + rows,
-                              heads: l.heads, kvHeads: l.kvHeads, headDim: l.headDim, scale: 1 / Float(l.headDim).squareRoot(),
-                              causal: true, firstQueryPosition: start, out: attended.pointer, outStride: l.heads * l.headDim)
+            Kernels.attention(
+                q: q.pointer, qStride: l.heads * l.headDim, k: cachedKeys, kStride: kvWidth,
+                v: cachedValues, vStride: kvWidth, queries: rows, keys: start + rows,
+                heads: l.heads, kvHeads: l.kvHeads, headDim: l.headDim, scale: 1 / Float(l.headDim).squareRoot(),
+                causal: true, firstQueryPosition: start, out: attended.pointer, outStride: l.heads * l.headDim)
             linear(layer.output, attended.pointer, rows: rows, into: h.pointer)
             Kernels.add(x.pointer, h.pointer, count: rows * d)
             rmsNorm(layer.postAttentionNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
@@ -268,7 +285,9 @@ public final class YiVLModel: @unchecked Sendable {
         let l = config.language
         let rows = hidden.count / l.hiddenSize
         let out = FloatBuffer(rows * l.vocabSize)
-        hidden.withUnsafeBufferPointer { h in linear(definition.language.head, h.baseAddress!, rows: rows, into: out.pointer) }
+        hidden.withUnsafeBufferPointer { h in
+            linear(definition.language.head, h.baseAddress!, rows: rows, into: out.pointer)
+        }
         return out.array
     }
 }

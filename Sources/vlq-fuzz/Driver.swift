@@ -1,8 +1,9 @@
+import FuzzTargets
+import VLQCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import FuzzTargets
-import VLQCore
 
 // libFuzzer driver for the readers (built only with VLQ_FUZZ set; see tools/fuzz.sh).
 //

@@ -24,7 +24,8 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("vision-tower"), help: "Vision tower folder, instead of config.json's mm_vision_tower.")
     var visionTower: String?
 
-    @Option(name: .customLong("metadata-compression"), help: "zstd (default) or none: how the metadata section is stored.")
+    @Option(
+        name: .customLong("metadata-compression"), help: "zstd (default) or none: how the metadata section is stored.")
     var metadataCompression: MetadataCompressionChoice = .zstd
 
     @OptionGroup var global: GlobalOptions
@@ -35,15 +36,22 @@ struct Convert: ParsableCommand {
         options.compressMetadata = metadataCompression == .zstd
         let progress = ByteProgress(label: "convert", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
-        let report = try Converter(options: options, logger: logger).convert(folder: model, output: output, progress: progress.update)
+        let report = try Converter(options: options, logger: logger).convert(
+            folder: model, output: output, progress: progress.update)
         let seconds = monotonicSeconds() - started
         if !report.ignoredTensors.isEmpty {
-            logger.info("skipped \(report.ignoredTensors.count) buffers that hold no weights (\(report.ignoredTensors.prefix(3).joined(separator: ", "))\(report.ignoredTensors.count > 3 ? ", ..." : ""))")
+            logger.info(
+                "skipped \(report.ignoredTensors.count) buffers that hold no weights (\(report.ignoredTensors.prefix(3).joined(separator: ", "))\(report.ignoredTensors.count > 3 ? ", ..." : ""))"
+            )
         }
         if let copy = report.inShardVision, copy.differing.isEmpty, copy.unmatched.isEmpty {
-            logger.info("the in-shard vision copy matches the vision folder within bf16 rounding (\(copy.tensors) tensors, max abs difference \(copy.maxAbsDifference))")
+            logger.info(
+                "the in-shard vision copy matches the vision folder within bf16 rounding (\(copy.tensors) tensors, max abs difference \(copy.maxAbsDifference))"
+            )
         }
         let rate = Double(report.sourceBytes) / max(seconds, 1e-9)
-        logger.notice("wrote \(output): \(report.tensorCount) tensors, \(formatBytes(report.outputBytes)) in \(fixed(seconds, 2)) s (\(formatBytes(Int(rate)))/s read)")
+        logger.notice(
+            "wrote \(output): \(report.tensorCount) tensors, \(formatBytes(report.outputBytes)) in \(fixed(seconds, 2)) s (\(formatBytes(Int(rate)))/s read)"
+        )
     }
 }

@@ -24,41 +24,58 @@ struct Inspect: ParsableCommand {
             return
         }
         let m = try BundleMetadata(json: file.metadata, source: bundle)
-        print("\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes")
+        print(
+            "\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes"
+        )
         print("model: \(m.model.name) (\(m.model.architecture))")
         let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
-        print("vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from hidden state \(v.selectedHiddenState)")
+        print(
+            "vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from hidden state \(v.selectedHiddenState)"
+        )
         print("projector: \(p.type) \(p.inputSize) -> \(p.hiddenSize)")
-        print("language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
+        print(
+            "language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
         if m.isQuantized {
             let q = m.quantization
-            var line = "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
-            if let c = q["calibration"] { line += ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))" }
+            var line =
+                "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
+            if let c = q["calibration"] {
+                line +=
+                    ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))"
+            }
             let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }
             print(line)
-            for (name, t) in fallbacks.sorted(by: { $0.key < $1.key }) { print("  fallback \(name): \(t["fallback"]!.stringValue!)") }
+            for (name, t) in fallbacks.sorted(by: { $0.key < $1.key }) {
+                print("  fallback \(name): \(t["fallback"]!.stringValue!)")
+            }
         } else {
             print("quantization: none")
         }
         print("")
-        print(padRight("component", 11) + padLeft("tensors", 8) + padLeft("parameters", 14) + padLeft("bytes", 13) + padLeft("bits/weight", 13) + "  encodings")
+        print(
+            padRight("component", 11) + padLeft("tensors", 8) + padLeft("parameters", 14) + padLeft("bytes", 13)
+                + padLeft("bits/weight", 13) + "  encodings")
         var totals = (tensors: 0, parameters: 0, bytes: 0)
         for s in file.componentSummaries {
             let encodings = s.encodings.keys.sorted().map { "\($0) x\(s.encodings[$0]!)" }.joined(separator: ", ")
-            print(padRight(s.component.name, 11) + padLeft("\(s.tensors)", 8) + padLeft("\(s.parameters)", 14)
-                  + padLeft(formatBytes(s.bytes), 13) + padLeft(fixed(s.bitsPerWeight, 2), 13) + "  " + encodings)
+            print(
+                padRight(s.component.name, 11) + padLeft("\(s.tensors)", 8) + padLeft("\(s.parameters)", 14)
+                    + padLeft(formatBytes(s.bytes), 13) + padLeft(fixed(s.bitsPerWeight, 2), 13) + "  " + encodings)
             totals = (totals.tensors + s.tensors, totals.parameters + s.parameters, totals.bytes + s.bytes)
         }
         let bits = totals.parameters > 0 ? Double(totals.bytes) * 8 / Double(totals.parameters) : 0
-        print(padRight("total", 11) + padLeft("\(totals.tensors)", 8) + padLeft("\(totals.parameters)", 14)
-              + padLeft(formatBytes(totals.bytes), 13) + padLeft(fixed(bits, 2), 13))
+        print(
+            padRight("total", 11) + padLeft("\(totals.tensors)", 8) + padLeft("\(totals.parameters)", 14)
+                + padLeft(formatBytes(totals.bytes), 13) + padLeft(fixed(bits, 2), 13))
         if summary { return }
         print("")
         let width = min(72, file.tensors.map(\.name.count).max() ?? 0)
         for r in file.tensors {
             let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
             let encoding = r.encoding.isQuantized ? "\(r.encoding.name) g\(r.groupSize)" : r.encoding.name
-            print(padRight(r.name, width) + "  " + padRight(encoding, 9) + padRight(shape, 22) + padLeft(formatBytes(r.byteCount), 12))
+            print(
+                padRight(r.name, width) + "  " + padRight(encoding, 9) + padRight(shape, 22)
+                    + padLeft(formatBytes(r.byteCount), 12))
         }
     }
 }
@@ -100,9 +117,14 @@ struct Check: ParsableCommand {
         if !nonFinite.isEmpty {
             let listed = nonFinite.prefix(8).map { "\($0.name) (\($0.nonFinite))" }.joined(separator: ", ")
             let more = nonFinite.count > 8 ? ", and \(nonFinite.count - 8) more" : ""
-            throw CheckFailure(message: "vlq: check failed: \(bundle): \(nonFinite.count) tensors hold NaN or infinite values: \(listed)\(more)")
+            throw CheckFailure(
+                message:
+                    "vlq: check failed: \(bundle): \(nonFinite.count) tensors hold NaN or infinite values: \(listed)\(more)"
+            )
         }
         let scanned = values ? ", every value finite" : ""
-        print("\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums\(scanned) (\(formatBytes(total)) in \(fixed(seconds, 2)) s)")
+        print(
+            "\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums\(scanned) (\(formatBytes(total)) in \(fixed(seconds, 2)) s)"
+        )
     }
 }

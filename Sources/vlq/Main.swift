@@ -59,7 +59,10 @@ struct VLQ: ParsableCommand {
         abstract: "Convert, quantize and verify Yi-VL vision-language checkpoints.",
         discussion: "Exit codes: 0 success, 1 a check found a problem, 2 bad input or usage.",
         version: VLQVersion.string,
-        subcommands: [Convert.self, Inspect.self, Check.self, Run.self, Logits.self, Calibrate.self, Quantize.self, ReferenceCommand.self, Verify.self, Bench.self]
+        subcommands: [
+            Convert.self, Inspect.self, Check.self, Run.self, Logits.self, Calibrate.self, Quantize.self,
+            ReferenceCommand.self, Verify.self, Bench.self,
+        ]
     )
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Calibration
 import Conversion
 import Foundation
+import Logging
 import Quantization
 import VLQCore
 import VLQFormat
@@ -9,8 +10,10 @@ import YiVL
 
 /// A model argument that may be a Hugging Face folder: converted to a temporary bundle beside
 /// `scratchBeside` first (removed afterwards), so every later step reads one format.
-func openBundle(_ model: String, scratchBeside: String,
-                logger: Logging.Logger) throws -> (VLQFile, cleanup: () -> Void) {
+func openBundle(
+    _ model: String, scratchBeside: String,
+    logger: Logging.Logger
+) throws -> (VLQFile, cleanup: () -> Void) {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else {
         throw VLQError(model, "no such file or folder")
@@ -21,8 +24,6 @@ func openBundle(_ model: String, scratchBeside: String,
     _ = try Converter(options: ConvertOptions(), logger: logger).convert(folder: model, output: temporary)
     return (try VLQFile(path: temporary), { try? FileManager.default.removeItem(atPath: temporary) })
 }
-
-import Logging
 
 struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -75,13 +76,16 @@ struct Calibrate: ParsableCommand {
         let engine = try YiVLEngine.open(model!)
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
-        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: !diagonalOnly,
-                                                      gramBudget: defaultGramBudget, progress: progress.update)
+        let collector = try CalibrationRunner.collect(
+            engine: engine, set: calibrationSet, withGram: !diagonalOnly,
+            gramBudget: defaultGramBudget, progress: progress.update)
         let samples = calibrationSet.samples.count
-        let file = StatisticsFile(collector: collector, setDigest: calibrationSet.digest, samples: samples,
-                                  model: model!)
+        let file = StatisticsFile(
+            collector: collector, setDigest: calibrationSet.digest, samples: samples,
+            model: model!)
         try file.write(to: output)
-        let wrote = "wrote \(output): \(collector.statistics.count) Linear inputs over \(samples) samples in "
+        let wrote =
+            "wrote \(output): \(collector.statistics.count) Linear inputs over \(samples) samples in "
             + "\(fixed(monotonicSeconds() - started, 1)) s (set \(calibrationSet.digest))"
         logger.notice("\(wrote)")
     }
@@ -119,16 +123,19 @@ struct Quantize: ParsableCommand {
     @Option(help: "Statistics from vlq calibrate.")
     var stats: String?
 
-    @Flag(name: .customLong("keep-non-finite"),
-          help: "Keep tensors holding NaN or infinite values in their float encoding instead of refusing them.")
+    @Flag(
+        name: .customLong("keep-non-finite"),
+        help: "Keep tensors holding NaN or infinite values in their float encoding instead of refusing them.")
     var keepNonFinite = false
 
     @Flag(name: .customLong("act-order"), help: "GPTQ: quantize columns in order of decreasing activation energy.")
     var activationOrder = false
 
-    @Option(name: .customLong("gram-memory-mb"),
-            help: ArgumentHelp("Memory for X^T X statistics with --set (default: a quarter of RAM); "
-                               + "more layers per calibration pass."))
+    @Option(
+        name: .customLong("gram-memory-mb"),
+        help: ArgumentHelp(
+            "Memory for X^T X statistics with --set (default: a quarter of RAM); "
+                + "more layers per calibration pass."))
     var gramBudgetMB: Int?
 
     @OptionGroup var global: GlobalOptions
@@ -143,7 +150,9 @@ struct Quantize: ParsableCommand {
     func run() throws {
         let logger = global.makeLogger("vlq.quantize")
         var chosen: Recipe
-        if let preset { chosen = Recipe.preset(preset.rawValue)! } else {
+        if let preset {
+            chosen = Recipe.preset(preset.rawValue)!
+        } else {
             let file = try MappedFile(path: recipe!)
             let json: JSONValue
             do { json = try JSONValue.parse(file.bytes) } catch { throw VLQError(recipe!, "\(error)") }
@@ -152,8 +161,9 @@ struct Quantize: ParsableCommand {
         if let method { chosen.method = method }
         let need = QuantizationPlan.needs(chosen)
         if need.statistics && set == nil && stats == nil {
-            throw ValidationError("method \(chosen.method?.rawValue ?? "") is calibrated: "
-                                  + "give --set (e.g. calibration/default.jsonl) or --stats")
+            throw ValidationError(
+                "method \(chosen.method?.rawValue ?? "") is calibrated: "
+                    + "give --set (e.g. calibration/default.jsonl) or --stats")
         }
         let started = monotonicSeconds()
         let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
@@ -164,18 +174,22 @@ struct Quantize: ParsableCommand {
         let pipeline = QuantizePipeline(options: options, logger: logger)
         try pipeline.preflight(source: source)
         let statistics = try statisticsSource(for: source, needs: need, logger: logger)
-        let report = try pipeline.run(source: source, output: output, statistics: statistics,
-                                      calibrationSource: stats ?? set)
+        let report = try pipeline.run(
+            source: source, output: output, statistics: statistics,
+            calibrationSource: stats ?? set)
         for (name, reason) in report.fallbacks { logger.info("fallback \(name): \(reason)") }
-        let wrote = "wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized "
+        let wrote =
+            "wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized "
             + "(\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) "
             + "in \(fixed(monotonicSeconds() - started, 1)) s"
         logger.notice("\(wrote)")
     }
 
     /// The statistics the recipe's methods read: from --stats, or calibrated now with --set.
-    func statisticsSource(for source: VLQFile, needs need: (statistics: Bool, gram: Bool),
-                          logger: Logging.Logger) throws -> StatisticsSource? {
+    func statisticsSource(
+        for source: VLQFile, needs need: (statistics: Bool, gram: Bool),
+        logger: Logging.Logger
+    ) throws -> StatisticsSource? {
         if let stats { return StoredStatistics(try StatisticsFile.read(stats)) }
         guard need.statistics, let set else { return nil }
         let calibrationSet = try CalibrationSet(path: set)
@@ -188,10 +202,13 @@ struct Quantize: ParsableCommand {
             return try WindowedStatistics(engine: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
         }
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
-        let collector = try CalibrationRunner.collect(engine: engine, set: calibrationSet, withGram: false,
-                                                      progress: progress.update)
-        return StoredStatistics(StatisticsFile(collector: collector, setDigest: calibrationSet.digest,
-                                               samples: calibrationSet.samples.count, model: model))
+        let collector = try CalibrationRunner.collect(
+            engine: engine, set: calibrationSet, withGram: false,
+            progress: progress.update)
+        return StoredStatistics(
+            StatisticsFile(
+                collector: collector, setDigest: calibrationSet.digest,
+                samples: calibrationSet.samples.count, model: model))
     }
 }
 

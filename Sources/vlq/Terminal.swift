@@ -55,7 +55,10 @@ final class ByteProgress {
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
             let eta = rate > 0 ? Double(total - done) / rate : 0
-            let amounts = unit == "bytes" ? "\(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s" : "\(done)/\(total) \(unit) \(fixed(rate, 2))/s"
+            let amounts =
+                unit == "bytes"
+                ? "\(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s"
+                : "\(done)/\(total) \(unit) \(fixed(rate, 2))/s"
             let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(amounts) ETA \(formatDuration(eta))"
             fputs("\r\u{1B}[K" + line, standardErrorStream)
             if done == total && !finished {
@@ -68,8 +71,10 @@ final class ByteProgress {
             let decile = total > 0 ? done * 10 / total : 10
             guard decile > lastLoggedDecile else { return }
             lastLoggedDecile = decile
-            logger.info(unit == "bytes" ? "\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)"
-                                        : "\(label): \(done) of \(total) \(unit)")
+            logger.info(
+                unit == "bytes"
+                    ? "\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)"
+                    : "\(label): \(done) of \(total) \(unit)")
         }
     }
 }

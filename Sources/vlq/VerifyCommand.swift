@@ -21,17 +21,22 @@ struct Verify: ParsableCommand {
     @Option(name: .customLong("reference-dir"), help: "Folder of reference per-stage files.")
     var referenceDir: String?
 
-    @Option(help: ArgumentHelp("The reference: a .vlqref file from vlq reference, "
-                               + "or a model (bundle or Hugging Face folder) run first on --set."))
+    @Option(
+        help: ArgumentHelp(
+            "The reference: a .vlqref file from vlq reference, "
+                + "or a model (bundle or Hugging Face folder) run first on --set."))
     var reference: String?
 
-    @Option(name: .customLong("layer-samples"),
-            help: "Samples whose per-layer hidden states are compared (with --reference).")
+    @Option(
+        name: .customLong("layer-samples"),
+        help: "Samples whose per-layer hidden states are compared (with --reference).")
     var layerSamples: Int = 4
 
-    @Option(name: .customLong("rank-layers"),
-            help: ArgumentHelp("With --reference MODEL: rank the candidate's quantized layers by their own drift, "
-                               + "each quantized alone, on this many samples."))
+    @Option(
+        name: .customLong("rank-layers"),
+        help: ArgumentHelp(
+            "With --reference MODEL: rank the candidate's quantized layers by their own drift, "
+                + "each quantized alone, on this many samples."))
     var rankSamples: Int?
 
     @Option(help: "The model under test (bundle or Hugging Face folder).")
@@ -85,8 +90,9 @@ struct Verify: ParsableCommand {
         } else if let set {
             let evaluation = try CalibrationSet(path: set)
             let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
-            let result = try ExactMatch.run(try candidateEngine.get(), set: evaluation, maxTokens: maxTokens,
-                                            progress: progress.update)
+            let result = try ExactMatch.run(
+                try candidateEngine.get(), set: evaluation, maxTokens: maxTokens,
+                progress: progress.update)
             report.answers = .init(set: set, result: result)
             report.answers!.lines.forEach { print($0) }
         }
@@ -101,8 +107,10 @@ struct Verify: ParsableCommand {
 
     /// The candidate against the reference model (run first, or read from a .vlqref) on `set`, and with
     /// --rank-layers each quantized layer's own drift.
-    func measureRun(reference: String, set: String, into report: inout VerificationReport,
-                    candidate: inout LazyEngine, logger: Logging.Logger) throws {
+    func measureRun(
+        reference: String, set: String, into report: inout VerificationReport,
+        candidate: inout LazyEngine, logger: Logging.Logger
+    ) throws {
         let evaluation = try CalibrationSet(path: set)
         let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
         let stored: ReferenceRun
@@ -110,20 +118,23 @@ struct Verify: ParsableCommand {
             stored = try ReferenceRun.read(reference)
         } else {
             // The reference runs first and is released before the candidate is opened.
-            stored = try ReferenceRun.run(engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
-                                          layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
+            stored = try ReferenceRun.run(
+                engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
+                layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
         }
-        let comparison = try RunComparison.run(candidate: try candidate.get(), reference: stored, set: evaluation,
-                                               maxTokens: maxTokens, progress: progress.update)
+        let comparison = try RunComparison.run(
+            candidate: try candidate.get(), reference: stored, set: evaluation,
+            maxTokens: maxTokens, progress: progress.update)
         report.run = .init(reference: reference, set: set, setDigest: evaluation.digest, comparison: comparison)
         report.run!.lines.forEach { print($0) }
         guard let rankSamples else { return }
         guard !reference.hasSuffix(".vlqref") else {
             throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref")
         }
-        let entries = try LayerContribution.rank(reference: try YiVLEngine.open(reference),
-                                                 candidate: try candidate.get(), run: stored, set: evaluation,
-                                                 samples: rankSamples, progress: progress.update)
+        let entries = try LayerContribution.rank(
+            reference: try YiVLEngine.open(reference),
+            candidate: try candidate.get(), run: stored, set: evaluation,
+            samples: rankSamples, progress: progress.update)
         report.layerRanking = .init(samples: rankSamples, entries: entries)
         report.layerRanking!.lines.forEach { print($0) }
     }
