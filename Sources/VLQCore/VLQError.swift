@@ -7,7 +7,7 @@ public enum ExitStatus: Int32, Sendable {
 
 /// What went wrong, as a value a program or a test can switch on instead of reading the message.
 ///
-/// Every module declares one enum of kinds (`ZipError`, `BundleError`, `RecipeError`, ...). The kind
+/// Every module declares one enum of kinds (`SafeTensorsError`, `BundleError`, `ModelError`, ...). The kind
 /// decides the exit status; the message of the `VLQError` carrying it says the details to a person.
 public protocol ErrorKind: Sendable, CustomStringConvertible {
     /// Bad input unless the kind says otherwise.
@@ -78,22 +78,20 @@ public struct VLQError: Error, CustomStringConvertible, Equatable, Sendable {
     }
 }
 
-/// The kinds of VLQCore's own failures: files, JSON, compression.
+/// The kinds of VLQCore's own failures: files, JSON text, compression.
 public enum CoreError: String, ErrorKind, Equatable {
-    /// A file or folder that does not exist or cannot be opened or listed.
+    /// A file or folder that does not exist or cannot be opened, resolved or listed.
     case cannotOpen
     /// A path that names a folder, FIFO, device or socket where a file was expected.
     case notARegularFile
-    /// Mapping, reading or sizing a file failed.
+    /// Sizing or mapping a file that could be opened failed.
     case cannotRead
     /// Creating, writing, syncing or renaming an output failed.
     case cannotWrite
-    /// JSON that does not parse, or a value of the wrong type or out of range.
+    /// A file of JSON (a config, an index, a recipe, a line of a set) that does not parse.
     case malformedJSON
-    /// A zstd frame that does not decode to the size it claims.
+    /// A zstd frame that does not decode, or not to the size it claims.
     case malformedCompression
-    /// An integer from input that overflows or exceeds a bound (sizes, counts, offsets).
-    case outOfRange
 }
 
 extension VLQError {
