@@ -146,15 +146,15 @@ final class ImageLimitTests: XCTestCase {
             + ImageBuilder.chunk("IDAT", [0x78, 0x01]) + ImageBuilder.chunk("IEND", [])
         try writeBytes(png, to: scratch.file("huge.png"))
         assertVLQError(try ImageDecoder.decode(path: scratch.file("huge.png")),
-                       contains: ["huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit "
+                       kind: ImageError.corruptImage, contains: ["huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit "
                                   + "of 268435456"])
         try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 5000), to: scratch.file("huge.jpg"))
         assertVLQError(try ImageDecoder.decode(path: scratch.file("huge.jpg")),
-                       contains: ["huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit"])
+                       kind: ImageError.corruptImage, contains: ["huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit"])
         // libpng's own message comes through (it used to be replaced by "out of memory").
         try writeBytes(Array(try readBytes(Reference.cases[0].image).prefix(3000)), to: scratch.file("cut.png"))
         assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.png")),
-                       contains: ["cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)"])
+                       kind: ImageError.corruptImage, contains: ["cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)"])
         // Just under it, the hand-made JPEG decodes: flat mid-gray.
         try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 1), to: scratch.file("line.jpg"))
         let line = try ImageDecoder.decode(path: scratch.file("line.jpg"))
@@ -167,12 +167,12 @@ final class ImageLimitTests: XCTestCase {
         var p = ImagePreprocessing()
         p.aspectRatio = "square"  // shortest edge 1 -> 448: 44,800,000 x 448
         assertVLQError(try p.pixelValues(wide, source: "wide.png"),
-                       contains: ["wide.png: resizing the 100000x1 image to a shortest edge of 448 gives more than"])
+                       kind: ImageError.tooLarge, contains: ["wide.png: resizing the 100000x1 image to a shortest edge of 448 gives more than"])
         p.aspectRatio = "pad"
         p.resize = false
         p.centerCrop = false  // the result would be the 100000 x 100000 square
         assertVLQError(try p.pixelValues(wide, source: "wide.png"),
-                       contains: ["wide.png: the 100000x1 image padded to a 100000x100000 square is larger than"])
+                       kind: ImageError.tooLarge, contains: ["wide.png: the 100000x1 image padded to a 100000x100000 square is larger than"])
         // Cropped from the square without making it: the crop's bytes.
         p.centerCrop = true
         let cropped = try p.geometry(wide)
@@ -201,7 +201,7 @@ final class ImageLimitTests: XCTestCase {
         for (key, value, phrase) in cases {
             var p = ImagePreprocessing()
             p[keyPath: key] = value
-            assertVLQError(try p.pixelValues(image, source: "x.png"), contains: ["x.png: preprocessing: " + phrase])
+            assertVLQError(try p.pixelValues(image, source: "x.png"), kind: ImageError.invalidPreprocessing, contains: ["x.png: preprocessing: " + phrase])
         }
     }
 
@@ -216,11 +216,11 @@ final class ImageLimitTests: XCTestCase {
         }
         XCTAssertNoThrow(try ImagePreprocessing(metadata: try metadata(crop: "[448, 448]"), source: "m.vlq"))
         assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[0, 448]"), source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing is malformed"])
+                       kind: ImageError.invalidPreprocessing, contains: ["m.vlq: metadata preprocessing is malformed"])
         assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[65536, 65536]"), source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing: crop size 65536x65536 is larger than the limit"])
+                       kind: ImageError.invalidPreprocessing, contains: ["m.vlq: metadata preprocessing: crop size 65536x65536 is larger than the limit"])
         assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[448, 448]", edge: "9000000000"),
                                               source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing: shortest edge 9000000000 makes images larger"])
+                       kind: ImageError.invalidPreprocessing, contains: ["m.vlq: metadata preprocessing: shortest edge 9000000000 makes images larger"])
     }
 }

@@ -99,13 +99,13 @@ final class ImagingTests: XCTestCase {
         let scratch = try Scratch()
         let png = try readBytes(Reference.cases[0].image)
         try writeBytes(Array(png.prefix(png.count / 2)), to: scratch.file("cut.png"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.png")), contains: ["cut.png", "corrupt or unsupported PNG"])
+        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.png")), kind: ImageError.corruptImage, contains: ["cut.png", "corrupt or unsupported PNG"])
         let jpeg = try readBytes(Reference.cases[1].image)
         try writeBytes(Array(jpeg.prefix(40)), to: scratch.file("cut.jpg"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.jpg")), contains: ["cut.jpg", "corrupt or unsupported JPEG"])
+        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.jpg")), kind: ImageError.corruptImage, contains: ["cut.jpg", "corrupt or unsupported JPEG"])
         try writeBytes(Array("GIF89a......".utf8), to: scratch.file("x.gif"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("x.gif")), contains: ["x.gif", "not a PNG or JPEG image"])
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("missing.png")), contains: ["missing.png", "cannot open"])
+        assertVLQError(try ImageDecoder.decode(path: scratch.file("x.gif")), kind: ImageError.notAnImage, contains: ["x.gif", "not a PNG or JPEG image"])
+        assertVLQError(try ImageDecoder.decode(path: scratch.file("missing.png")), kind: CoreError.cannotOpen, contains: ["missing.png", "cannot open"])
     }
 }
 

@@ -85,24 +85,24 @@ final class PyTorchCheckpointTests: XCTestCase {
         let marker = "/tmp/pwned-vlq-test"
         try? FileManager.default.removeItem(atPath: marker)
         assertVLQError(try TorchCheckpointFile(path: fixture("malicious.bin")),
-                       contains: ["malicious.bin", "malicious/data.pkl", "names the global posix.system",
+                       kind: TorchCheckpointError.refusedGlobal, contains: ["malicious.bin", "malicious/data.pkl", "names the global posix.system",
                                   "refused without running anything"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the payload ran")
     }
 
     func testGenuineLegacyFormatIsRefusedWithAWayOut() {
         assertVLQError(try TorchCheckpointFile(path: fixture("legacy.bin")),
-                       contains: ["legacy.bin", "legacy PyTorch format (torch < 1.6", "re-save", "safetensors"])
+                       kind: TorchCheckpointError.unsupportedFormat, contains: ["legacy.bin", "legacy PyTorch format (torch < 1.6", "re-save", "safetensors"])
     }
 
     func testGenuineDeflatedArchiveIsRefusedNamingTheEntry() {
         assertVLQError(try TorchCheckpointFile(path: fixture("deflated.bin")),
-                       contains: ["zip entry protocol4/data.pkl is compressed (deflate)"])
+                       kind: TorchCheckpointError.unsupportedZip, contains: ["zip entry protocol4/data.pkl is compressed (deflate)"])
     }
 
     func testGenuineNestedCheckpointIsRefusedNamingTheKey() {
         assertVLQError(try TorchCheckpointFile(path: fixture("nested.bin")),
-                       contains: ["nested/data.pkl", "\"model\" holds a dict, not a tensor", "state_dict()"])
+                       kind: TorchCheckpointError.notAStateDict, contains: ["nested/data.pkl", "\"model\" holds a dict, not a tensor", "state_dict()"])
     }
 
     func testShardSetOpensAPyTorchFile() throws {
@@ -278,40 +278,40 @@ final class PyTorchCheckpointTests: XCTestCase {
     func testBigEndianAndUnknownByteOrdersAreRefused() {
         var b = simpleBuilder()
         b.byteorder = "big"
-        assertVLQError(try open(b.bytes()), contains: ["model.bin", "big-endian", "archive/byteorder: big"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedFormat, contains: ["model.bin", "big-endian", "archive/byteorder: big"])
         b.byteorder = "middle"
-        assertVLQError(try open(b.bytes()), contains: ["archive/byteorder is \"middle\""])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedFormat, contains: ["archive/byteorder is \"middle\""])
     }
 
     func testVersionRecordIsRequiredAndChecked() {
         var b = simpleBuilder()
         b.version = nil
-        assertVLQError(try open(b.bytes()), contains: ["no archive/version record"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.notACheckpoint, contains: ["no archive/version record"])
         b.version = "99\n"
-        assertVLQError(try open(b.bytes()), contains: ["archive version \"99\""])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedFormat, contains: ["archive version \"99\""])
         b.version = "three"
-        assertVLQError(try open(b.bytes()), contains: ["archive version \"three\""])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedFormat, contains: ["archive version \"three\""])
     }
 
     func testADeflatedEntryIsRefusedNamingIt() {
         var b = simpleBuilder()
         b.deflatedEntries = ["data/0"]
-        assertVLQError(try open(b.bytes()), contains: ["zip entry archive/data/0 is compressed (deflate)"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedZip, contains: ["zip entry archive/data/0 is compressed (deflate)"])
         b.deflatedEntries = ["data.pkl"]
-        assertVLQError(try open(b.bytes()), contains: ["zip entry archive/data.pkl is compressed"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.unsupportedZip, contains: ["zip entry archive/data.pkl is compressed"])
     }
 
     func testEntriesOutsideTheArchiveFolderOrWithoutDataPklAreRefused() {
         // The folder is the first entry's, as torch's reader takes it; every entry must be inside it.
         assertVLQError(try open(ZipWriterHelpers.zip(["archive/data.pkl": [0x2e], "other/x": [1]])),
-                       contains: ["zip entry \"other/x\" is outside the archive folder archive/"])
-        assertVLQError(try open(ZipWriterHelpers.zip(["archive/other": [1]])), contains: ["no archive/data.pkl"])
-        assertVLQError(try open(ZipWriterHelpers.zip(["flat": [1]])), contains: ["not inside a folder"])
+                       kind: TorchCheckpointError.notACheckpoint, contains: ["zip entry \"other/x\" is outside the archive folder archive/"])
+        assertVLQError(try open(ZipWriterHelpers.zip(["archive/other": [1]])), kind: TorchCheckpointError.notACheckpoint, contains: ["no archive/data.pkl"])
+        assertVLQError(try open(ZipWriterHelpers.zip(["flat": [1]])), kind: TorchCheckpointError.notACheckpoint, contains: ["not inside a folder"])
     }
 
     func testNotAZipArchiveIsRefused() {
-        assertVLQError(try open([]), contains: ["too short to be a zip archive"])
-        assertVLQError(try open([UInt8](repeating: 0x41, count: 100)), contains: ["no end-of-central-directory"])
+        assertVLQError(try open([]), kind: TorchCheckpointError.malformedZip, contains: ["too short to be a zip archive"])
+        assertVLQError(try open([UInt8](repeating: 0x41, count: 100)), kind: TorchCheckpointError.malformedZip, contains: ["no end-of-central-directory"])
     }
 
     func testDamagedZipStructuresGiveNamedErrors() {
@@ -339,10 +339,13 @@ final class PyTorchCheckpointTests: XCTestCase {
             ("trailing directory bytes", { $0.setU16(end + 10, 3); $0.setU16(end + 8, 3) },
              "bytes after its 3 entries"),
         ]
+        // Zip features torch.save never writes are unsupported; everything else is damage.
+        let unsupported: Set = ["multi-disk", "encryption"]
         for (label, damage, fragment) in cases {
             var bytes = layout.bytes
             damage(&bytes)
-            assertVLQError(try open(bytes), contains: [fragment])
+            let kind: TorchCheckpointError = unsupported.contains(label) ? .unsupportedZip : .malformedZip
+            assertVLQError(try open(bytes), kind: kind, contains: [fragment])
             XCTAssertNotEqual(bytes, layout.bytes, label)
         }
     }
@@ -355,7 +358,7 @@ final class PyTorchCheckpointTests: XCTestCase {
         // Rename the second entry to the first in both its headers.
         written.bytes[written.localHeaders[1] + 30 + 15] = UInt8(ascii: "l")
         written.bytes[written.centralHeaders[1] + 46 + 15] = UInt8(ascii: "l")
-        assertVLQError(try open(written.bytes), contains: ["zip entry \"archive/data.pkl\" occurs twice"])
+        assertVLQError(try open(written.bytes), kind: TorchCheckpointError.malformedZip, contains: ["zip entry \"archive/data.pkl\" occurs twice"])
 
         // A second, valid local header hidden inside the first entry's data, which the second central
         // entry then points at: both entries are well-formed but share bytes.
@@ -371,7 +374,7 @@ final class PyTorchCheckpointTests: XCTestCase {
         overlapping.add("a/y", [4])
         var overlapped = overlapping.finish()
         overlapped.bytes.setU32(overlapped.centralHeaders[1] + 42, UInt32(overlapped.dataOffsets[0] + 3))
-        assertVLQError(try open(overlapped.bytes), contains: ["zip entries \"a/x\" and \"a/y\" overlap"])
+        assertVLQError(try open(overlapped.bytes), kind: TorchCheckpointError.malformedZip, contains: ["zip entries \"a/x\" and \"a/y\" overlap"])
     }
 
     func testDamagedZip64RecordsGiveNamedErrors() throws {
@@ -380,30 +383,30 @@ final class PyTorchCheckpointTests: XCTestCase {
         let layout = b.layout()
         let record = try XCTUnwrap(layout.zip64EndRecord), locator = try XCTUnwrap(layout.zip64Locator)
         let firstCentral = layout.centralHeaders[0]
-        let cases: [((inout [UInt8]) -> Void, String)] = [
-            ({ $0.setU64(locator + 8, UInt64.max) }, "Zip64 end record offset"),
-            ({ $0.setU64(locator + 8, 3) }, "no Zip64 end record at offset 3"),
-            ({ $0.setU32(locator + 16, 2) }, "multi-disk"),
-            ({ $0.setU64(record + 4, 1 << 40) }, "Zip64 end record size"),
+        let cases: [((inout [UInt8]) -> Void, String, TorchCheckpointError)] = [
+            ({ $0.setU64(locator + 8, UInt64.max) }, "Zip64 end record offset", .malformedZip),
+            ({ $0.setU64(locator + 8, 3) }, "no Zip64 end record at offset 3", .malformedZip),
+            ({ $0.setU32(locator + 16, 2) }, "multi-disk", .unsupportedZip),
+            ({ $0.setU64(record + 4, 1 << 40) }, "Zip64 end record size", .malformedZip),
             ({ $0.setU64(record + 32, 1 << 62); $0.setU64(record + 24, 1 << 62)
                $0.setU16(layout.endRecord + 8, 0xffff); $0.setU16(layout.endRecord + 10, 0xffff) },
-             "declares 4611686018427387904 entries"),
-            ({ $0.setU64(record + 48, 1 << 63) }, "beyond 2^63"),
+             "declares 4611686018427387904 entries", .malformedZip),
+            ({ $0.setU64(record + 48, 1 << 63) }, "beyond 2^63", .malformedZip),
             ({ $0.setU64(record + 40, UInt64(Int.max)); $0.setU32(layout.endRecord + 12, 0xffff_ffff) },
-             "runs past"),
-            ({ $0.setU16(layout.endRecord + 10, 2) }, "disagrees with the Zip64 end record"),
-            ({ $0.setU16(firstCentral + 30, 0) }, "no Zip64 extra field"),
-            ({ $0.setU16(firstCentral + 46 + 16 + 2, 8) }, "Zip64 extra field too short"),
+             "runs past", .malformedZip),
+            ({ $0.setU16(layout.endRecord + 10, 2) }, "disagrees with the Zip64 end record", .malformedZip),
+            ({ $0.setU16(firstCentral + 30, 0) }, "no Zip64 extra field", .malformedZip),
+            ({ $0.setU16(firstCentral + 46 + 16 + 2, 8) }, "Zip64 extra field too short", .malformedZip),
             ({ $0.setU64(firstCentral + 46 + 16 + 4, UInt64(Int.max))
                $0.setU64(firstCentral + 46 + 16 + 12, UInt64(Int.max)) },
-             "runs into the central directory"),
-            ({ $0.setU64(firstCentral + 46 + 16 + 4 + 16, 1 << 63) }, "beyond 2^63"),
-            ({ $0.setU64(firstCentral + 46 + 16 + 4 + 16, 1 << 40) }, "no local header"),
+             "runs into the central directory", .malformedZip),
+            ({ $0.setU64(firstCentral + 46 + 16 + 4 + 16, 1 << 63) }, "beyond 2^63", .malformedZip),
+            ({ $0.setU64(firstCentral + 46 + 16 + 4 + 16, 1 << 40) }, "no local header", .malformedZip),
         ]
-        for (damage, fragment) in cases {
+        for (damage, fragment, kind) in cases {
             var bytes = layout.bytes
             damage(&bytes)
-            assertVLQError(try open(bytes), contains: [fragment])
+            assertVLQError(try open(bytes), kind: kind, contains: [fragment])
         }
     }
 
@@ -438,7 +441,7 @@ final class PyTorchCheckpointTests: XCTestCase {
         for (module, name) in forbidden {
             for stackGlobal in [false, true] {
                 assertVLQError(try open(b.bytes(pickle: pickleCalling(module, name, stackGlobal: stackGlobal))),
-                               contains: ["model.bin", "archive/data.pkl", "names the global \(module).\(name)",
+                               kind: TorchCheckpointError.refusedGlobal, contains: ["model.bin", "archive/data.pkl", "names the global \(module).\(name)",
                                           "refused without running anything"])
             }
         }
@@ -447,14 +450,14 @@ final class PyTorchCheckpointTests: XCTestCase {
     func testUnknownAndUnsupportedOpcodesAreRefusedByName() {
         let b = simpleBuilder()
         assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0xff])),
-                       contains: ["unknown pickle opcode 0xff (at byte 2)"])
+                       kind: TorchCheckpointError.refusedOpcode, contains: ["unknown pickle opcode 0xff (at byte 2)"])
         assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x69] + Array("os\nsystem\n".utf8))),
-                       contains: ["pickle opcode INST (0x69)"])
-        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x92])), contains: ["NEWOBJ_EX"])
-        assertVLQError(try open(b.bytes(pickle: [0x80, 0x09])), contains: ["pickle protocol 9"])
-        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x4e])), contains: ["ends without STOP"])
-        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x2e])), contains: ["STOP on an empty stack"])
-        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x68, 0x05])), contains: ["BINGET 5 of a value never"])
+                       kind: TorchCheckpointError.refusedOpcode, contains: ["pickle opcode INST (0x69)"])
+        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x92])), kind: TorchCheckpointError.refusedOpcode, contains: ["NEWOBJ_EX"])
+        assertVLQError(try open(b.bytes(pickle: [0x80, 0x09])), kind: TorchCheckpointError.malformedPickle, contains: ["pickle protocol 9"])
+        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x4e])), kind: TorchCheckpointError.malformedPickle, contains: ["ends without STOP"])
+        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x2e])), kind: TorchCheckpointError.malformedPickle, contains: ["STOP on an empty stack"])
+        assertVLQError(try open(b.bytes(pickle: [0x80, 0x02, 0x68, 0x05])), kind: TorchCheckpointError.malformedPickle, contains: ["BINGET 5 of a value never"])
     }
 
     func testHugeDeclaredLengthsAreRefusedWithoutAllocating() {
@@ -475,7 +478,7 @@ final class PyTorchCheckpointTests: XCTestCase {
             ([0x80, 0x02, 0x8c, 0x02, 0xc3, 0x28], "not valid UTF-8"),
         ]
         for (pickle, fragment) in pickles {
-            assertVLQError(try open(b.bytes(pickle: pickle)), contains: [fragment])
+            assertVLQError(try open(b.bytes(pickle: pickle)), kind: TorchCheckpointError.malformedPickle, contains: [fragment])
         }
     }
 
@@ -485,30 +488,30 @@ final class PyTorchCheckpointTests: XCTestCase {
         var pickle: [UInt8] = [0x80, 0x02, 0x29] + [UInt8](repeating: 0x85, count: 200_000)
         pickle += [0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x30] // EMPTY_LIST BINPUT 0 BINGET 0 APPEND POP
         pickle += [0x2e]
-        assertVLQError(try open(b.bytes(pickle: pickle)), contains: ["holds a tuple, not a state dict"])
+        assertVLQError(try open(b.bytes(pickle: pickle)), kind: TorchCheckpointError.notAStateDict, contains: ["holds a tuple, not a state dict"])
         // 300,000 MARKs: bounded by the stack limit of open marks, then unclosed at STOP.
         let marks: [UInt8] = [0x80, 0x02] + [UInt8](repeating: 0x28, count: 300_000) + [0x4e, 0x2e]
-        assertVLQError(try open(b.bytes(pickle: marks)), contains: ["STOP with an unclosed MARK"])
+        assertVLQError(try open(b.bytes(pickle: marks)), kind: TorchCheckpointError.malformedPickle, contains: ["STOP with an unclosed MARK"])
         // A stack deeper than the limit.
         let deep: [UInt8] = [0x80, 0x02] + [UInt8](repeating: 0x4e, count: (1 << 20) + 1)
-        assertVLQError(try open(b.bytes(pickle: deep)), contains: ["pickle stack deeper than"])
+        assertVLQError(try open(b.bytes(pickle: deep)), kind: TorchCheckpointError.malformedPickle, contains: ["pickle stack deeper than"])
     }
 
     func testPersistentIdsMustNameFittingStoragesOfTheArchive() {
         var b = simpleBuilder()
         b.tensors[0].storageElements = 7
-        assertVLQError(try open(b.bytes()), contains: ["storage 0 declares 7 F32 elements (28 bytes)",
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.malformedTensor, contains: ["storage 0 declares 7 F32 elements (28 bytes)",
                                                        "its data entry holds 24 bytes"])
         b = simpleBuilder()
         b.tensors[0].storageKey = "9"
-        assertVLQError(try open(b.bytes()), contains: ["names storage 9", "no entry archive/data/9"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.missingStorage, contains: ["names storage 9", "no entry archive/data/9"])
         b = simpleBuilder()
         b.addTensor(TorchTensorSpec(name: "v", storageKey: "0", storageType: "HalfStorage", storageElements: 12,
                                     shape: [2]))
-        assertVLQError(try open(b.bytes()), contains: ["storage 0 is named as 6 F32 and as 12 F16"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.malformedTensor, contains: ["storage 0 is named as 6 F32 and as 12 F16"])
         b = simpleBuilder()
         b.tensors[0].storageElements = Int.max
-        assertVLQError(try open(b.bytes()), contains: ["declares \(Int.max) elements"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.malformedTensor, contains: ["declares \(Int.max) elements"])
     }
 
     func testTensorsReachingOutsideTheirStorageAreRefused() {
@@ -535,7 +538,7 @@ final class PyTorchCheckpointTests: XCTestCase {
         for (spec, fragment) in outside {
             var b = simpleBuilder()
             b.tensors = [spec]
-            assertVLQError(try open(b.bytes()), contains: [fragment])
+            assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.malformedTensor, contains: [fragment])
         }
     }
 
@@ -544,7 +547,7 @@ final class PyTorchCheckpointTests: XCTestCase {
         var w = PickleWriter()
         b.writeTensor(b.tensors[0], into: &w)
         w.stop()
-        assertVLQError(try open(b.bytes(pickle: w.bytes)), contains: ["holds a tensor, not a state dict"])
+        assertVLQError(try open(b.bytes(pickle: w.bytes)), kind: TorchCheckpointError.notAStateDict, contains: ["holds a tensor, not a state dict"])
         // A non-tensor value: refused with its key (skipping would silently drop weights).
         w = PickleWriter()
         w.emptyDict()
@@ -552,10 +555,10 @@ final class PyTorchCheckpointTests: XCTestCase {
         w.int(3)
         w.setItem()
         w.stop()
-        assertVLQError(try open(b.bytes(pickle: w.bytes)), contains: ["\"epoch\" holds an int, not a tensor"])
+        assertVLQError(try open(b.bytes(pickle: w.bytes)), kind: TorchCheckpointError.notAStateDict, contains: ["\"epoch\" holds an int, not a tensor"])
         // The same key twice.
         b.addTensor(b.tensors[0])
-        assertVLQError(try open(b.bytes()), contains: ["holds the key \"w\" twice"])
+        assertVLQError(try open(b.bytes()), kind: TorchCheckpointError.notAStateDict, contains: ["holds the key \"w\" twice"])
     }
 
     func testBuildIsOnlyAcceptedOnDicts() {
@@ -565,13 +568,13 @@ final class PyTorchCheckpointTests: XCTestCase {
         w.emptyDict()
         w.build()
         w.stop()
-        assertVLQError(try open(b.bytes(pickle: w.bytes)), contains: ["BUILD on a tensor"])
+        assertVLQError(try open(b.bytes(pickle: w.bytes)), kind: TorchCheckpointError.malformedPickle, contains: ["BUILD on a tensor"])
         w = PickleWriter()
         w.emptyDict()
         w.string("state")
         w.build()
         w.stop()
-        assertVLQError(try open(b.bytes(pickle: w.bytes)), contains: ["BUILD with a string as state"])
+        assertVLQError(try open(b.bytes(pickle: w.bytes)), kind: TorchCheckpointError.malformedPickle, contains: ["BUILD with a string as state"])
     }
 
     // MARK: - Robustness: no input traps
@@ -754,7 +757,8 @@ final class PyTorchCheckpointTests: XCTestCase {
         let file: TorchCheckpointFile
         do {
             file = try open(bytes)
-        } catch is VLQError {
+        } catch {
+            assertVLQError(error, kindIn: [TorchCheckpointError.self])
             return false
         }
         for info in file.tensors {

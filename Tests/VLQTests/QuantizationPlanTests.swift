@@ -228,9 +228,10 @@ final class QuantizationPlanTests: XCTestCase {
         let d = definition()
         var renamed = table(d)
         renamed[5].name = "vision_model.something_else.weight"
-        XCTAssertThrowsError(try QuantizationPlan(definition: d, table: renamed, recipe: recipe("int8"))) {
-            XCTAssertTrue("\($0)".contains("vision_model.something_else.weight is not part of the model"), "\($0)")
-        }
+        assertVLQError(
+            try QuantizationPlan(definition: d, table: renamed, recipe: recipe("int8")),
+            kind: QuantizationError.tensorMismatch,
+            contains: ["vision_model.something_else.weight is not part of the model"])
     }
 }
 
@@ -261,9 +262,8 @@ final class QuantizationRecordTests: XCTestCase {
     func testAMalformedRecordIsAnErrorNamingTheBundle() throws {
         let broken: JSONValue = ["recipe": Recipe.int8().json, "method": "rtn", "activation_order": false,
                                  "tensors": ["x": ["encoding": "q5"]], "source_table_xxh3": "00"]
-        XCTAssertThrowsError(try QuantizationRecord(json: broken, source: "b.vlq")) {
-            XCTAssertTrue("\($0)".contains("b.vlq"), "\($0)")
-            XCTAssertTrue("\($0)".contains("a tensor entry is malformed"), "\($0)")
-        }
+        assertVLQError(
+            try QuantizationRecord(json: broken, source: "b.vlq"), kind: QuantizationError.invalidRecord,
+            contains: ["b.vlq", "a tensor entry is malformed"])
     }
 }

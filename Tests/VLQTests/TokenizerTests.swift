@@ -65,6 +65,6 @@ final class TokenizerTests: XCTestCase {
     func testRejectsAFileThatIsNotASentencePieceModel() throws {
         let scratch = try Scratch()
         try writeBytes(Array("not a model".utf8), to: scratch.file("bad.model"))
-        assertVLQError(try Tokenizer(contentsOf: scratch.file("bad.model")), contains: ["bad.model", "not a SentencePiece model"])
+        assertVLQError(try Tokenizer(contentsOf: scratch.file("bad.model")), kind: TokenizerError.notAModel, contains: ["bad.model", "not a SentencePiece model"])
     }
 }
