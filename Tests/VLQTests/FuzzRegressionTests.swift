@@ -23,7 +23,10 @@ final class FuzzRegressionTests: XCTestCase {
             .filter { !$0.hasPrefix(".") && !$0.hasSuffix(".md") }
             .sorted()
             .map { folder + "/" + $0 }
-            .filter { var d: ObjCBool = false; return FileManager.default.fileExists(atPath: $0, isDirectory: &d) && !d.boolValue }
+            .filter {
+                var d: ObjCBool = false;
+                return FileManager.default.fileExists(atPath: $0, isDirectory: &d) && !d.boolValue
+            }
     }
 
     /// The kinds each target's reader may refuse an input with: its own module's, zstd's where the input is
@@ -66,9 +69,12 @@ final class FuzzRegressionTests: XCTestCase {
         try FuzzTarget.bundle.run([UInt8](micro))
         let model = try Data(contentsOf: URL(fileURLWithPath: Repo.tinyModel + "/tokenizer.model"))
         try FuzzTarget.tokenizer.run([UInt8](model))
-        let shard = try Data(contentsOf: URL(fileURLWithPath: Repo.goldenFolder + "/micro/model-00001-of-00005.safetensors"))
+        let shard = try Data(
+            contentsOf: URL(fileURLWithPath: Repo.goldenFolder + "/micro/model-00001-of-00005.safetensors"))
         try FuzzTarget.safetensors.run([UInt8](shard))
-        let image = try Data(contentsOf: URL(fileURLWithPath: Repo.root.appendingPathComponent("Tests/Fixtures/images/palette.png").path))
+        let image = try Data(
+            contentsOf: URL(fileURLWithPath: Repo.root.appendingPathComponent("Tests/Fixtures/images/palette.png").path)
+        )
         try FuzzTarget.image.run([UInt8](image))
     }
 
@@ -104,10 +110,14 @@ final class FuzzRegressionTests: XCTestCase {
 
     /// Names the inputs still waiting for a fix elsewhere, so that they are not forgotten.
     func testPendingInputsAreListed() throws {
-        let pending = FuzzTarget.allCases.flatMap { FuzzRegressionTests.inputs(FuzzRegressionTests.folder + "/pending/" + $0.rawValue) }
+        let pending = FuzzTarget.allCases.flatMap {
+            FuzzRegressionTests.inputs(FuzzRegressionTests.folder + "/pending/" + $0.rawValue)
+        }
         if !pending.isEmpty {
-            throw XCTSkip("\(pending.count) fuzz inputs still crash code being fixed elsewhere: "
-                + pending.map { $0.replacingOccurrences(of: Repo.root.path + "/", with: "") }.joined(separator: ", "))
+            throw XCTSkip(
+                "\(pending.count) fuzz inputs still crash code being fixed elsewhere: "
+                    + pending.map { $0.replacingOccurrences(of: Repo.root.path + "/", with: "") }.joined(
+                        separator: ", "))
         }
     }
 }

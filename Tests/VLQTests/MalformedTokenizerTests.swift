@@ -48,16 +48,26 @@ final class MalformedTokenizerTests: XCTestCase {
 
     func testAPieceTypeBeyondIntIsAnError() {
         // 2^64 - 1 does not fit Int: it used to trap converting the varint.
-        assertVLQError(try read(Proto.model(unknownType: UInt64.max)),
-                       kind: TokenizerError.notAModel, contains: ["bad.model", "not a SentencePiece model", "unknown piece type 18446744073709551615"])
-        assertVLQError(try read(Proto.model(unknownType: 1 << 63)), kind: TokenizerError.notAModel, contains: ["bad.model", "unknown piece type"])
-        assertVLQError(try read(Proto.model(unknownType: 7)), kind: TokenizerError.notAModel, contains: ["bad.model", "unknown piece type 7"])
+        assertVLQError(
+            try read(Proto.model(unknownType: UInt64.max)),
+            kind: TokenizerError.notAModel,
+            contains: ["bad.model", "not a SentencePiece model", "unknown piece type 18446744073709551615"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 1 << 63)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown piece type"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 7)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown piece type 7"])
     }
 
     func testAModelTypeBeyondIntIsAnError() {
-        assertVLQError(try read(Proto.model(modelType: UInt64.max)),
-                       kind: TokenizerError.notAModel, contains: ["bad.model", "not a SentencePiece model", "unknown model type 18446744073709551615"])
-        assertVLQError(try read(Proto.model(modelType: 9)), kind: TokenizerError.notAModel, contains: ["bad.model", "unknown model type 9"])
+        assertVLQError(
+            try read(Proto.model(modelType: UInt64.max)),
+            kind: TokenizerError.notAModel,
+            contains: ["bad.model", "not a SentencePiece model", "unknown model type 18446744073709551615"])
+        assertVLQError(
+            try read(Proto.model(modelType: 9)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown model type 9"])
     }
 
     func testMalformedWireDataIsAnError() {
@@ -86,8 +96,9 @@ final class MalformedTokenizerTests: XCTestCase {
     func testTenByteVarintsAtTheLimitStillRead() throws {
         // 2^63 + 1 takes all ten bytes, the last holding bit 63 only: legal, and an unknown piece type.
         XCTAssertEqual(Proto.varint(1 << 63 | 1).count, 10)
-        assertVLQError(try read(Proto.model(unknownType: 1 << 63 | 1)),
-                       kind: TokenizerError.notAModel, contains: ["unknown piece type 9223372036854775809"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 1 << 63 | 1)),
+            kind: TokenizerError.notAModel, contains: ["unknown piece type 9223372036854775809"])
     }
 
     /// Random damage to the real model: flipped bytes, cuts and spliced runs. Each read ends in a
