@@ -74,7 +74,8 @@ final class MalformedReferenceTests: XCTestCase {
         ]
         for (key, value, phrase) in cases {
             let path = try edited("counts.vlqref") { _, samples in samples[0][key] = value }
-            assertVLQError(try ReferenceRun.read(path), kind: VerificationError.invalidReference, contains: [path + ": " + phrase])
+            assertVLQError(try ReferenceRun.read(path), kind: VerificationError.invalidReference,
+                           contains: [path + ": " + phrase])
         }
     }
 
@@ -83,13 +84,15 @@ final class MalformedReferenceTests: XCTestCase {
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [2], [5, -1]))
         }
-        assertVLQError(try ReferenceRun.read(negative), kind: VerificationError.invalidReference, contains: [negative + ": s0.answer_ids holds token id -1"])
+        assertVLQError(try ReferenceRun.read(negative), kind: VerificationError.invalidReference,
+                       contains: [negative + ": s0.answer_ids holds token id -1"])
         let floats = try edited("floats.vlqref") { w, _ in
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.f32("s0.answer_ids", [2], [5, 6]))
         }
         assertVLQError(try ReferenceRun.read(floats),
-                       kind: VerificationError.invalidReference, contains: [floats + ": missing s0.answer_ids, or it is not a 1-D I64"])
+                       kind: VerificationError.invalidReference,
+                       contains: [floats + ": missing s0.answer_ids, or it is not a 1-D I64"])
 
         // Beyond the candidate's vocabulary: it indexed past a row of logits.
         let beyond = try edited("beyond.vlqref") { w, _ in
@@ -97,7 +100,8 @@ final class MalformedReferenceTests: XCTestCase {
             w.add(.i64("s0.answer_ids", [1], [5000]))
         }
         assertVLQError(try compare(beyond),
-                       kind: VerificationError.referenceMismatch, contains: [beyond + ": sample 0: answer token id 5000 is outside the vocabulary of 1000"])
+                       kind: VerificationError.referenceMismatch,
+                       contains: [beyond + ": sample 0: answer token id 5000 is outside the vocabulary of 1000"])
     }
 
     func testARunThatDoesNotFitTheSetIsAnError() throws {
@@ -107,7 +111,8 @@ final class MalformedReferenceTests: XCTestCase {
             w.add(.i64("s0.answer_ids", [400], Array(repeating: 7, count: 400)))
         }
         assertVLQError(try compare(long),
-                       kind: VerificationError.referenceMismatch, contains: [long + ": sample 0:", "for the prompt and 400 answer tokens"])
+                       kind: VerificationError.referenceMismatch,
+                       contains: [long + ": sample 0:", "for the prompt and 400 answer tokens"])
 
         // Two samples for a one-sample set: the second indexed past the set.
         let two = try edited("two.vlqref") { w, samples in
@@ -131,7 +136,8 @@ final class MalformedReferenceTests: XCTestCase {
         var twoSamples = Self.set
         twoSamples.samples += Self.set.samples
         assertVLQError(try compare(uneven, set: twoSamples),
-                       kind: VerificationError.invalidReference, contains: [uneven + ": samples store the states of different numbers of layers"])
+                       kind: VerificationError.invalidReference,
+                       contains: [uneven + ": samples store the states of different numbers of layers"])
     }
 
     func testVerifyReportsABadReferenceAsAnInputError() throws {
