@@ -28,7 +28,7 @@ public struct CalibrationSet: Sendable {
     public init(path: String, defaultQuestion: String = CalibrationSet.defaultQuestion) throws {
         source = path
         var st = stat()
-        guard stat(path, &st) == 0 else { throw VLQError(path, "no such file or folder") }
+        guard stat(path, &st) == 0 else { throw VLQError(CoreError.cannotOpen, path, "no such file or folder") }
         var samples: [Sample] = []
         if (st.st_mode & S_IFMT) == S_IFDIR {
             let names = try FileSystem.list(path).filter { name in
@@ -45,10 +45,12 @@ public struct CalibrationSet: Sendable {
                 if trimmed.allSatisfy({ $0.isWhitespace }) { continue }
                 let row: JSONValue
                 do { row = try JSONValue.parse(String(trimmed)) } catch {
-                    throw VLQError(path, "line \(number + 1): \(error)")
+                    throw VLQError(CoreError.malformedJSON, path, "line \(number + 1): \(error)")
                 }
                 guard let image = row["image"]?.stringValue, let question = row["question"]?.stringValue else {
-                    throw VLQError(path, "line \(number + 1): needs \"image\" and \"question\" strings")
+                    throw VLQError(
+                        CalibrationError.invalidSet, path,
+                        "line \(number + 1): needs \"image\" and \"question\" strings")
                 }
                 samples.append(
                     Sample(
@@ -56,7 +58,7 @@ public struct CalibrationSet: Sendable {
                         answer: row["answer"]?.stringValue))
             }
         }
-        guard !samples.isEmpty else { throw VLQError(path, "no samples") }
+        guard !samples.isEmpty else { throw VLQError(CalibrationError.invalidSet, path, "no samples") }
         let hasher = XXH3Hasher()
         for s in samples {
             let image = try MappedFile(path: s.image)

@@ -90,6 +90,7 @@ public enum CalibrationRunner {
             _ = try engine.model.logits(stages.hidden)
             if i == 0, withGram, gramFor == nil, let budget = gramBudget, collector.gramBytesIfAll > budget {
                 throw VLQError(
+                    CalibrationError.overBudget,
                     nil,
                     "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which calibrates in windows of layers"
                 )

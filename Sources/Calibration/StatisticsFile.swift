@@ -62,9 +62,13 @@ public struct StatisticsFile {
 
     static func read(file: SafeTensorsFile, path: String) throws -> StatisticsFile {
         func doubles(_ name: String, rank: Int) throws -> [Double] {
-            guard let info = file.info(name) else { throw VLQError(path, "missing \(name)") }
+            guard let info = file.info(name) else {
+                throw VLQError(CalibrationError.invalidStatistics, path, "missing \(name)")
+            }
             guard info.dtype == .f64, info.shape.count == rank else {
-                throw VLQError(path, "\(name) is \(info.dtype.rawValue) \(info.shape), not a \(rank)-D F64 tensor")
+                throw VLQError(
+                    CalibrationError.invalidStatistics, path,
+                    "\(name) is \(info.dtype.rawValue) \(info.shape), not a \(rank)-D F64 tensor")
             }
             // Safetensors offsets need not be multiples of 8: read unaligned.
             let data = file.data(info)
@@ -76,7 +80,9 @@ public struct StatisticsFile {
         for t in file.tensors where t.name.hasSuffix(".rows") {
             let name = String(t.name.dropLast(".rows".count))
             let rows = try doubles(t.name, rank: 1)
-            guard rows.count == 1 else { throw VLQError(path, "\(t.name) holds \(rows.count) values, not 1") }
+            guard rows.count == 1 else {
+                throw VLQError(CalibrationError.invalidStatistics, path, "\(t.name) holds \(rows.count) values, not 1")
+            }
             let sumAbs = try doubles(name + ".sum_abs", rank: 1)
             var s = InputStatistics(columns: sumAbs.count, withGram: false)
             s.rows = rows[0]
@@ -85,14 +91,19 @@ public struct StatisticsFile {
             if file.info(name + ".gram") != nil {
                 let g = try doubles(name + ".gram", rank: 2)
                 guard Checked.multiply(s.columns, s.columns) == g.count else {
-                    throw VLQError(path, "\(name).gram holds \(g.count) values, not \(s.columns) x \(s.columns)")
+                    throw VLQError(
+                        CalibrationError.invalidStatistics, path,
+                        "\(name).gram holds \(g.count) values, not \(s.columns) x \(s.columns)")
                 }
                 guard g.allSatisfy(\.isFinite) else {
-                    throw VLQError(path, "\(name).gram holds a value that is not finite")
+                    throw VLQError(
+                        CalibrationError.invalidStatistics, path, "\(name).gram holds a value that is not finite")
                 }
                 s.gram = g
             }
-            if let problem = s.inconsistency(columns: s.columns) { throw VLQError(path, "\(name): \(problem)") }
+            if let problem = s.inconsistency(columns: s.columns) {
+                throw VLQError(CalibrationError.invalidStatistics, path, "\(name): \(problem)")
+            }
             statistics[name] = s
         }
         var aliases: [String: String] = [:]
@@ -119,11 +130,15 @@ public struct StatisticsFile {
     /// Sums two runs over the same model (for example halves of a large set on two machines).
     public mutating func merge(_ other: StatisticsFile, subject: String) throws {
         guard Set(statistics.keys) == Set(other.statistics.keys) else {
-            throw VLQError(subject, "the statistics cover different layers; they are not of the same model")
+            throw VLQError(
+                CalibrationError.statisticsMismatch, subject,
+                "the statistics cover different layers; they are not of the same model")
         }
         for (name, s) in other.statistics {
             guard statistics[name]!.columns == s.columns else {
-                throw VLQError(subject, "\(name) has \(s.columns) columns here, \(statistics[name]!.columns) there")
+                throw VLQError(
+                    CalibrationError.statisticsMismatch, subject,
+                    "\(name) has \(s.columns) columns here, \(statistics[name]!.columns) there")
             }
             statistics[name]!.merge(s)
         }

@@ -26,7 +26,9 @@ public final class ModelFolder: @unchecked Sendable {
     public init(_ given: String) throws {
         var folder = given.count > 1 && given.hasSuffix("/") ? String(given.dropLast()) : given
         guard FileSystem.isDirectory(folder) else {
-            throw VLQError(given, FileSystem.exists(folder) ? "not a folder" : "model folder does not exist")
+            throw VLQError(
+                CheckpointError.notAFolder, given,
+                FileSystem.exists(folder) ? "not a folder" : "model folder does not exist")
         }
         var resolvedFrom: String?
         if let snapshot = try ModelFolder.snapshotOfRepositoryCache(folder) {
@@ -35,17 +37,21 @@ public final class ModelFolder: @unchecked Sendable {
         }
         path = folder
         self.resolvedFrom = resolvedFrom
-        guard let real = FileSystem.realPath(folder) else { throw VLQError(folder, "cannot resolve: \(systemError())") }
+        guard let real = FileSystem.realPath(folder) else {
+            throw VLQError(CoreError.cannotOpen, folder, "cannot resolve: \(systemError())")
+        }
         realPath = real
         repositoryCache = ModelFolder.repositoryCache(containing: real)
     }
 
     /// A folder nested in this one (the vision tower's), under the same rule.
     public init(nested folder: String, in parent: ModelFolder) throws {
-        guard FileSystem.isDirectory(folder) else { throw VLQError(folder, "not a folder") }
+        guard FileSystem.isDirectory(folder) else { throw VLQError(CheckpointError.notAFolder, folder, "not a folder") }
         path = folder
         resolvedFrom = nil
-        guard let real = FileSystem.realPath(folder) else { throw VLQError(folder, "cannot resolve: \(systemError())") }
+        guard let real = FileSystem.realPath(folder) else {
+            throw VLQError(CoreError.cannotOpen, folder, "cannot resolve: \(systemError())")
+        }
         realPath = real
         repositoryCache = ModelFolder.repositoryCache(containing: real) ?? parent.repositoryCache
     }
@@ -54,7 +60,7 @@ public final class ModelFolder: @unchecked Sendable {
     /// `subject` is what named the file (an index, a config), for the error.
     public func checkReadable(_ file: String, namedBy subject: String? = nil) throws {
         guard let real = FileSystem.realPath(file) else {
-            throw VLQError(subject ?? file, "\(file) cannot be resolved: \(systemError())")
+            throw VLQError(CheckpointError.missingFile, subject ?? file, "\(file) cannot be resolved: \(systemError())")
         }
         if ModelFolder.isInside(real, realPath) { return }
         let blobs = ModelFolder.repositoryCache(ofBlob: real)
@@ -66,7 +72,9 @@ public final class ModelFolder: @unchecked Sendable {
         let which =
             repositoryCache.map { "outside the model folder and its Hugging Face cache \($0)" }
             ?? "outside the model folder"
-        throw VLQError(subject ?? file, "\(ModelFolder.relative(file, to: path)) resolves to \(real), \(which)")
+        throw VLQError(
+            CheckpointError.outsideFolder, subject ?? file,
+            "\(ModelFolder.relative(file, to: path)) resolves to \(real), \(which)")
     }
 
     /// The snapshot a Hugging Face repository cache folder (`models--org--name`) stands for: the one
@@ -77,21 +85,25 @@ public final class ModelFolder: @unchecked Sendable {
         let refPath = folder + "/refs/main"
         if FileSystem.exists(refPath) {
             let file = try MappedFile(path: refPath)
-            guard file.size <= 4096 else { throw VLQError(refPath, "is \(file.size) bytes, not a commit hash") }
+            guard file.size <= 4096 else {
+                throw VLQError(CheckpointError.badCache, refPath, "is \(file.size) bytes, not a commit hash")
+            }
             let text = withExtendedLifetime(file) { String(decoding: file.bytes, as: UTF8.self) }
             let revision = text.trimmingWhitespace()
             guard !revision.isEmpty, revision.allSatisfy({ $0.isHexDigit }) else {
-                throw VLQError(refPath, "does not hold a commit hash")
+                throw VLQError(CheckpointError.badCache, refPath, "does not hold a commit hash")
             }
             let snapshot = snapshots + "/" + revision
             guard FileSystem.isDirectory(snapshot) else {
-                throw VLQError(refPath, "names snapshot \(revision), which is not in \(snapshots)")
+                throw VLQError(
+                    CheckpointError.badCache, refPath, "names snapshot \(revision), which is not in \(snapshots)")
             }
             return snapshot
         }
         let names = try FileSystem.list(snapshots).filter { FileSystem.isDirectory(snapshots + "/" + $0) }.sorted()
         guard names.count == 1 else {
             throw VLQError(
+                CheckpointError.badCache,
                 folder,
                 names.isEmpty
                     ? "Hugging Face cache folder without snapshots"

@@ -64,7 +64,8 @@ public final class ShardSet: @unchecked Sendable {
         indexPath = nil
         ignoredFiles = []
         guard let format = WeightFormat(fileName: path) else {
-            throw VLQError(path, "not a weight file (.safetensors or PyTorch .bin)")
+            throw VLQError(
+                CheckpointError.unknownWeightFormat, path, "not a weight file (.safetensors or PyTorch .bin)")
         }
         let file = try format.open(path)
         files = [file]
@@ -95,15 +96,21 @@ public final class ShardSet: @unchecked Sendable {
             for shard in shardNames {
                 let components = shard.split(separator: "/", omittingEmptySubsequences: false)
                 if shard.hasPrefix("/") || components.contains("..") {
-                    throw VLQError(indexPath, "weight_map names \(shard), which is outside the model folder")
+                    throw VLQError(
+                        CheckpointError.outsideFolder, indexPath,
+                        "weight_map names \(shard), which is outside the model folder")
                 }
                 let path = folder + "/" + shard
                 guard FileSystem.exists(path) else {
-                    throw VLQError(indexPath, "weight_map names shard \(shard), which does not exist in \(folder)")
+                    throw VLQError(
+                        CheckpointError.missingFile, indexPath,
+                        "weight_map names shard \(shard), which does not exist in \(folder)")
                 }
                 try model.checkReadable(path, namedBy: indexPath)
                 guard let format = WeightFormat(fileName: shard) else {
-                    throw VLQError(indexPath, "weight_map names \(shard), which is not a .safetensors or .bin file")
+                    throw VLQError(
+                        CheckpointError.unknownWeightFormat, indexPath,
+                        "weight_map names \(shard), which is not a .safetensors or .bin file")
                 }
                 fileIndex[shard] = files.count
                 files.append(try format.open(path))
@@ -111,13 +118,16 @@ public final class ShardSet: @unchecked Sendable {
             for (name, shard) in weightMap {
                 let i = fileIndex[shard]!
                 guard let info = files[i].info(name) else {
-                    throw VLQError(indexPath, "weight_map puts tensor \(name) in \(shard), which does not hold it")
+                    throw VLQError(
+                        CheckpointError.indexMismatch, indexPath,
+                        "weight_map puts tensor \(name) in \(shard), which does not hold it")
                 }
                 locations[name] = (i, info)
             }
             for (i, file) in files.enumerated() {
                 for t in file.tensors where locations[t.name] == nil || locations[t.name]!.0 != i {
                     throw VLQError(
+                        CheckpointError.indexMismatch,
                         indexPath, "tensor \(t.name) in \(shardNames[i]) is not mapped to that shard by weight_map")
                 }
             }
@@ -129,7 +139,9 @@ public final class ShardSet: @unchecked Sendable {
                 let file = try WeightFormat(fileName: shard)!.open(path)
                 for t in file.tensors {
                     if let previous = locations[t.name] {
-                        throw VLQError(file.path, "tensor \(t.name) is also in \(files[previous.0].path)")
+                        throw VLQError(
+                            CheckpointError.indexMismatch, file.path,
+                            "tensor \(t.name) is also in \(files[previous.0].path)")
                     }
                     locations[t.name] = (files.count, t)
                 }
@@ -149,13 +161,17 @@ public final class ShardSet: @unchecked Sendable {
         _ entries: [String], folder: String, indexName: String?
     ) throws -> (index: String?, files: [String]) {
         if let indexName {
-            guard entries.contains(indexName) else { throw VLQError(folder, "no index named \(indexName)") }
+            guard entries.contains(indexName) else {
+                throw VLQError(CheckpointError.missingFile, folder, "no index named \(indexName)")
+            }
             return (indexName, [])
         }
         func single(_ indexes: [String], _ preferred: String) throws -> String? {
             if indexes.contains(preferred) { return preferred }
             if indexes.count > 1 {
-                throw VLQError(folder, "several weight indexes (\(indexes.joined(separator: ", "))); name one")
+                throw VLQError(
+                    CheckpointError.ambiguousWeights, folder,
+                    "several weight indexes (\(indexes.joined(separator: ", "))); name one")
             }
             return indexes.first
         }
@@ -173,20 +189,25 @@ public final class ShardSet: @unchecked Sendable {
         if entries.contains("pytorch_model.bin") { return (nil, ["pytorch_model.bin"]) }
         let shards = entries.filter { $0.hasPrefix("pytorch_model") && $0.hasSuffix(".bin") }
         if !shards.isEmpty { return (nil, shards) }
-        throw VLQError(folder, "no weights: no .safetensors files, no pytorch_model*.bin and no weight index")
+        throw VLQError(
+            CheckpointError.noWeights, folder,
+            "no weights: no .safetensors files, no pytorch_model*.bin and no weight index")
     }
 
     static func readWeightMap(_ indexPath: String) throws -> [String: String] {
         let file = try MappedFile(path: indexPath)
         let json: JSONValue
-        do { json = try JSONValue.parse(file.bytes) } catch { throw VLQError(indexPath, "\(error)") }
+        do { json = try JSONValue.parse(file.bytes) } catch {
+            throw VLQError(CoreError.malformedJSON, indexPath, "\(error)")
+        }
         guard let map = json["weight_map"]?.objectValue else {
-            throw VLQError(indexPath, "no \"weight_map\" object")
+            throw VLQError(CheckpointError.malformedIndex, indexPath, "no \"weight_map\" object")
         }
         var result: [String: String] = [:]
         for (name, value) in map {
             guard let shard = value.stringValue, !shard.isEmpty else {
-                throw VLQError(indexPath, "weight_map entry for \(name) is not a file name")
+                throw VLQError(
+                    CheckpointError.malformedIndex, indexPath, "weight_map entry for \(name) is not a file name")
             }
             result[name] = shard
         }

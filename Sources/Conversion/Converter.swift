@@ -146,7 +146,9 @@ public final class Converter {
             + [checkpoint.folder + "/config.json", checkpoint.tokenizerModelPath]
             + Array(checkpoint.auxiliaryFiles.values)
         for source in sources where FileSystem.realPath(source) == target {
-            throw VLQError(output, "is a file of the source checkpoint; choose another output path")
+            throw VLQError(
+                ConversionError.outputIsSource, output, "is a file of the source checkpoint; choose another output path"
+            )
         }
     }
 
@@ -360,7 +362,9 @@ public final class Converter {
         }
         for (name, path) in checkpoint.auxiliaryFiles {
             let f = try record(path)
-            do { smallFiles[name] = try JSONValue.parse(f.bytes) } catch { throw VLQError(path, "\(error)") }
+            do { smallFiles[name] = try JSONValue.parse(f.bytes) } catch {
+                throw VLQError(CoreError.malformedJSON, path, "\(error)")
+            }
         }
         for path in [
             checkpoint.folder + "/config.json", checkpoint.visionFolder + "/config.json",

@@ -160,7 +160,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// Parse; what parses must serialise and parse back to the same value.
     static func json(_ bytes: UnsafeRawBufferPointer) throws {
         let value: JSONValue
-        do { value = try JSONValue.parse(bytes) } catch let e as JSONSyntaxError { throw VLQError(source, e.reason) }
+        do { value = try JSONValue.parse(bytes) } catch let e as JSONSyntaxError {
+            throw VLQError(CoreError.malformedJSON, source, e.reason)
+        }
         for pretty in [false, true] {
             let text = value.serialized(pretty: pretty)
             guard let again = try? JSONValue.parse(text) else {

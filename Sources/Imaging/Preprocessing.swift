@@ -28,7 +28,10 @@ public struct ImagePreprocessing: Equatable, Sendable {
     /// From the `preprocessing` section of a bundle's metadata (formats/VLQ-BUNDLE.md).
     public init(metadata m: JSONValue, source: String) throws {
         func need<T>(_ v: T?, _ key: String) throws -> T {
-            guard let v else { throw VLQError(source, "metadata preprocessing.\(key) is missing or malformed") }
+            guard let v else {
+                throw VLQError(
+                    ImageError.invalidPreprocessing, source, "metadata preprocessing.\(key) is missing or malformed")
+            }
             return v
         }
         // Recorded only (decoding always yields RGB): absent reads as PIL's default.
@@ -44,7 +47,7 @@ public struct ImagePreprocessing: Equatable, Sendable {
         centerCrop = try need(m["center_crop"]?.boolValue, "center_crop")
         let crop = try need(m["crop_size"]?.arrayValue?.compactMap(\.intValue), "crop_size")
         guard crop.count == 2, padColor.count == 3 else {
-            throw VLQError(source, "metadata preprocessing is malformed")
+            throw VLQError(ImageError.invalidPreprocessing, source, "metadata preprocessing is malformed")
         }
         cropHeight = crop[0]
         cropWidth = crop[1]
@@ -54,9 +57,11 @@ public struct ImagePreprocessing: Equatable, Sendable {
         mean = try need(m["mean"]?.arrayValue?.compactMap(\.doubleValue), "mean")
         std = try need(m["std"]?.arrayValue?.compactMap(\.doubleValue), "std")
         guard mean.count == 3, std.count == 3, shortestEdge > 0, cropHeight > 0, cropWidth > 0 else {
-            throw VLQError(source, "metadata preprocessing is malformed")
+            throw VLQError(ImageError.invalidPreprocessing, source, "metadata preprocessing is malformed")
         }
-        if let problem = settingsProblem { throw VLQError(source, "metadata preprocessing: \(problem)") }
+        if let problem = settingsProblem {
+            throw VLQError(ImageError.invalidPreprocessing, source, "metadata preprocessing: \(problem)")
+        }
     }
 
     static let filterNames: [Resampler.Filter: String] = [
@@ -106,9 +111,9 @@ public struct ImagePreprocessing: Equatable, Sendable {
     /// The size each step gives `width` x `height`, checked against `maxPixels` before anything is
     /// allocated (Int conversions of huge doubles would trap).
     func checkedGeometry(width: Int, height: Int) throws -> (width: Int, height: Int) {
-        func fail(_ reason: String) -> VLQError { VLQError(nil, reason) }
-        if let problem = settingsProblem { throw fail("preprocessing: \(problem)") }
-        guard width > 0, height > 0 else { throw fail("a \(width)x\(height) image has no pixels") }
+        func fail(_ kind: ImageError, _ reason: String) -> VLQError { VLQError(kind, nil, reason) }
+        if let problem = settingsProblem { throw fail(.invalidPreprocessing, "preprocessing: \(problem)") }
+        guard width > 0, height > 0 else { throw fail(.noPixels, "a \(width)x\(height) image has no pixels") }
         var size = (width: width, height: height)
         let padded = padToSquare && width != height
         if padded { size = (max(width, height), max(width, height)) }
@@ -118,6 +123,7 @@ public struct ImagePreprocessing: Equatable, Sendable {
             let limit = centerCrop ? Int(ImageDecoder.maxPixels) : Self.maxPixels
             guard newLong * Double(shortestEdge) <= Double(limit) else {
                 throw fail(
+                    .tooLarge,
                     "resizing the \(width)x\(height) image to a shortest edge of \(shortestEdge) gives more "
                         + "than the limit of \(limit) pixels")
             }
@@ -126,6 +132,7 @@ public struct ImagePreprocessing: Equatable, Sendable {
             // The padded square is the result: it must be made, so it must fit.
             guard let area = Checked.multiply(size.width, size.height), area <= Self.maxPixels else {
                 throw fail(
+                    .tooLarge,
                     "the \(width)x\(height) image padded to a \(size.width)x\(size.height) square is larger "
                         + "than the limit of \(Self.maxPixels) pixels")
             }

@@ -54,24 +54,33 @@ public enum ImageDecoder {
             format = "JPEG"
             status = vlq_decode_jpeg(data.baseAddress, data.count, maxPixels, &decoded, &message, message.count)
         } else {
-            throw VLQError(source, "not a PNG or JPEG image")
+            throw VLQError(ImageError.notAnImage, source, "not a PNG or JPEG image")
         }
         guard status == 0 else {
             let reason = String(cString: message)
-            throw VLQError(source, "corrupt or unsupported \(format): \(reason.isEmpty ? "decoder error" : reason)")
+            throw VLQError(
+                ImageError.corruptImage, source,
+                "corrupt or unsupported \(format): \(reason.isEmpty ? "decoder error" : reason)")
         }
         defer { vlq_free_pixels(&decoded) }
-        guard decoded.width > 0, decoded.height > 0 else { throw VLQError(source, "\(format) has no pixels") }
+        guard decoded.width > 0, decoded.height > 0 else {
+            throw VLQError(ImageError.noPixels, source, "\(format) has no pixels")
+        }
         let count = Int(decoded.width) * Int(decoded.height)
-        let samples = UnsafeBufferPointer(start: decoded.pixels, count: count * Int(decoded.channels) * Int(decoded.bytes_per_sample))
-        return RGBImage(width: Int(decoded.width), height: Int(decoded.height),
-                        pixels: toRGB(samples, layout: decoded.layout, channels: Int(decoded.channels), pixelCount: count,
-                                      adobeInverted: decoded.adobe_inverted != 0))
+        let samples = UnsafeBufferPointer(
+            start: decoded.pixels, count: count * Int(decoded.channels) * Int(decoded.bytes_per_sample))
+        return RGBImage(
+            width: Int(decoded.width), height: Int(decoded.height),
+            pixels: toRGB(
+                samples, layout: decoded.layout, channels: Int(decoded.channels), pixelCount: count,
+                adobeInverted: decoded.adobe_inverted != 0))
     }
 
     /// PIL's conversions to "RGB": gray replicated, alpha dropped (not composited), 16-bit gray
     /// clipped at 255 (PIL's I;16 -> RGB), CMYK through PIL's cmyk2rgb.
-    static func toRGB(_ s: UnsafeBufferPointer<UInt8>, layout: vlq_pixel_layout, channels: Int, pixelCount n: Int, adobeInverted: Bool) -> [UInt8] {
+    static func toRGB(
+        _ s: UnsafeBufferPointer<UInt8>, layout: vlq_pixel_layout, channels: Int, pixelCount n: Int, adobeInverted: Bool
+    ) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: n * 3)
         switch layout {
         case VLQ_PIXELS_GRAY, VLQ_PIXELS_GRAY_ALPHA:

@@ -139,13 +139,15 @@ struct RestrictedUnpickler {
         self.resolveStorage = resolveStorage
     }
 
-    private func fail(_ reason: String) -> VLQError {
-        VLQError(path, "\(entryName): \(reason)")
+    private func fail(_ reason: String, _ kind: TorchCheckpointError = .malformedPickle) -> VLQError {
+        VLQError(kind, path, "\(entryName): \(reason)")
     }
 
-    private func failHere(_ reason: String) -> VLQError {
-        fail("\(reason) (at byte \(opcodeOffset))")
+    private func failHere(_ reason: String, _ kind: TorchCheckpointError = .malformedPickle) -> VLQError {
+        fail("\(reason) (at byte \(opcodeOffset))", kind)
     }
+
+    private func tensorFailure(_ reason: String) -> VLQError { failHere(reason, .malformedTensor) }
 
     // MARK: - Reading operands
 
@@ -378,6 +380,7 @@ struct RestrictedUnpickler {
         guard let global = AllowedGlobal(module: module, name: name) else {
             let shown = "\(module.prefix(200)).\(name.prefix(200))"
             throw VLQError(
+                TorchCheckpointError.refusedGlobal,
                 path,
                 "\(entryName) names the global \(shown), which a checkpoint of tensors never needs; "
                     + "refused without running anything")
@@ -388,9 +391,9 @@ struct RestrictedUnpickler {
     private func refusedOpcode(_ opcode: UInt8) -> VLQError {
         let hex = "0x" + String(opcode, radix: 16)
         if let name = RestrictedUnpickler.otherOpcodeNames[opcode] {
-            return failHere("pickle opcode \(name) (\(hex)), which torch.save does not write; refused")
+            return failHere("pickle opcode \(name) (\(hex)), which torch.save does not write; refused", .refusedOpcode)
         }
-        return failHere("unknown pickle opcode \(hex)")
+        return failHere("unknown pickle opcode \(hex)", .refusedOpcode)
     }
 
     /// Opcodes of the pickle protocols that torch.save does not write, named in refusals.
@@ -478,22 +481,22 @@ struct RestrictedUnpickler {
             case .text = values[items[3]],
             case .int(let elementCount) = values[items[4]]
         else {
-            throw failHere("persistent id is not ('storage', storage class, key, location, element count)")
+            throw tensorFailure("persistent id is not ('storage', storage class, key, location, element count)")
         }
         if let known = storages[key] {
             guard known.dtype == dtype, known.elementCount == elementCount else {
-                throw failHere(
+                throw tensorFailure(
                     "storage \(key) is named as \(known.elementCount) \(known.dtype.rawValue) and as "
                         + "\(elementCount) \(dtype.rawValue)")
             }
             return known
         }
         guard elementCount >= 0, let bytes = Checked.multiply(elementCount, dtype.byteSize) else {
-            throw failHere("storage \(key) declares \(elementCount) elements")
+            throw tensorFailure("storage \(key) declares \(elementCount) elements")
         }
         let entry = try resolveStorage(key)
         guard bytes <= entry.size else {
-            throw failHere(
+            throw tensorFailure(
                 "storage \(key) declares \(elementCount) \(dtype.rawValue) elements (\(bytes) bytes) "
                     + "but its data entry holds \(entry.size) bytes")
         }
@@ -504,11 +507,12 @@ struct RestrictedUnpickler {
 
     private func dimensions(_ index: Int, what: String) throws -> [Int] {
         guard case .tuple(let items) = values[index], items.count <= RestrictedUnpickler.dimensionLimit else {
-            throw failHere("tensor \(what) is not a tuple of at most \(RestrictedUnpickler.dimensionLimit) integers")
+            throw tensorFailure(
+                "tensor \(what) is not a tuple of at most \(RestrictedUnpickler.dimensionLimit) integers")
         }
         return try items.map { item in
             guard case .int(let value) = values[item], value >= 0 else {
-                throw failHere("tensor \(what) holds \(values[item].kindName) that is not a non-negative integer")
+                throw tensorFailure("tensor \(what) holds \(values[item].kindName) that is not a non-negative integer")
             }
             return value
         }
@@ -521,20 +525,20 @@ struct RestrictedUnpickler {
         guard arguments.count == 6 || arguments.count == 7, case .storage(let storage) = values[arguments[0]],
             case .int(let storageOffset) = values[arguments[1]], case .bool = values[arguments[4]]
         else {
-            throw failHere(
+            throw tensorFailure(
                 "_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, requires_grad, "
                     + "hooks[, metadata])")
         }
         let shape = try dimensions(arguments[2], what: "size")
         var strides = try dimensions(arguments[3], what: "stride")
         guard strides.count == shape.count else {
-            throw failHere("tensor of \(shape.count) dimensions with \(strides.count) strides")
+            throw tensorFailure("tensor of \(shape.count) dimensions with \(strides.count) strides")
         }
         // Also with the empty dimensions taken as 1, so that no product over the shape can overflow.
         guard let elementCount = Checked.product(shape), Checked.product(shape.map { max($0, 1) }) != nil,
             let byteCount = Checked.multiply(elementCount, storage.dtype.byteSize)
         else {
-            throw failHere("tensor size \(shape) overflows")
+            throw tensorFailure("tensor size \(shape) overflows")
         }
         let contiguous = TensorInfo.contiguousStrides(shape)
         var lastElement = storageOffset
@@ -543,7 +547,7 @@ struct RestrictedUnpickler {
                 guard let reach = Checked.multiply(shape[axis] - 1, strides[axis]),
                     let sum = Checked.add(lastElement, reach)
                 else {
-                    throw failHere("tensor size \(shape) with stride \(strides) overflows")
+                    throw tensorFailure("tensor size \(shape) with stride \(strides) overflows")
                 }
                 lastElement = sum
             }
@@ -554,14 +558,14 @@ struct RestrictedUnpickler {
                     && lastElement
                         <= storage.elementCount)
         else {
-            throw failHere(
+            throw tensorFailure(
                 "tensor at offset \(storageOffset) of size \(shape) and stride \(strides) reaches past "
                     + "its storage \(storage.key) of \(storage.elementCount) elements")
         }
         for axis in shape.indices where shape[axis] == 1 { strides[axis] = contiguous[axis] }
         let isContiguous = elementCount == 0 || strides == contiguous
         guard isContiguous || byteCount <= fileSize else {
-            throw failHere(
+            throw tensorFailure(
                 "tensor view of size \(shape) and stride \(strides) would gather \(byteCount) bytes, "
                     + "more than the whole file holds")
         }

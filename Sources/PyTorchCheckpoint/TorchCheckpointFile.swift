@@ -39,7 +39,9 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         ) { key in
             let name = archive.prefix + "data/" + key
             guard let entry = archive.directory.entry(name) else {
-                throw VLQError(path, "\(pickleName) names storage \(key) but the archive has no entry \(name)")
+                throw VLQError(
+                    TorchCheckpointError.missingStorage, path,
+                    "\(pickleName) names storage \(key) but the archive has no entry \(name)")
             }
             let data = try archive.storedBytes(name)
             return (entry.dataOffset, data.count)
@@ -51,7 +53,8 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         var byName: [String: Int] = [:]
         for (index, tensor) in tensors.enumerated() {
             guard byName.updateValue(index, forKey: tensor.name) == nil else {
-                throw VLQError(path, "\(pickleName) holds the key \"\(tensor.name)\" twice")
+                throw VLQError(
+                    TorchCheckpointError.notAStateDict, path, "\(pickleName) holds the key \"\(tensor.name)\" twice")
             }
         }
         self.tensors = tensors
@@ -69,6 +72,7 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         let isTar = bytes.count >= 262 && Array(bytes[257..<262]) == Array("ustar".utf8)
         guard isPickle || isTar else { return }
         throw VLQError(
+            TorchCheckpointError.unsupportedFormat,
             path,
             "legacy PyTorch format (torch < 1.6, or saved with _use_new_zipfile_serialization="
                 + "False): not read; re-save it with a newer torch (torch.save(torch.load(f, weights_only=True), f)) "
@@ -82,11 +86,15 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
     ) throws -> [TensorInfo] {
         let values = unpickler.values
         guard case .dict(let dict) = values[root] else {
-            throw VLQError(path, "\(pickleName) holds \(values[root].kindName), not a state dict (a dict of tensors)")
+            throw VLQError(
+                TorchCheckpointError.notAStateDict, path,
+                "\(pickleName) holds \(values[root].kindName), not a state dict (a dict of tensors)")
         }
         return try unpickler.dicts[dict].map { item in
             guard case .text(let name) = values[item.key] else {
-                throw VLQError(path, "\(pickleName): a state dict key is \(values[item.key].kindName), not a string")
+                throw VLQError(
+                    TorchCheckpointError.notAStateDict, path,
+                    "\(pickleName): a state dict key is \(values[item.key].kindName), not a string")
             }
             switch values[item.value] {
             case .tensor(let t):
@@ -95,12 +103,14 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
                     byteCount: t.byteCount, strides: t.strides)
             case .dict:
                 throw VLQError(
+                    TorchCheckpointError.notAStateDict,
                     path,
                     "\(pickleName): \"\(name)\" holds a dict, not a tensor; nested checkpoints "
                         + "({\"state_dict\": ...}, {\"model\": ...}, training state) are not read: save the model's "
                         + "state_dict() itself")
             default:
                 throw VLQError(
+                    TorchCheckpointError.notAStateDict,
                     path,
                     "\(pickleName): \"\(name)\" holds \(values[item.value].kindName), not a "
                         + "tensor; only a state dict of tensors is read")
@@ -123,19 +133,26 @@ struct TorchArchive {
         self.directory = directory
         self.mapped = mapped
         let path = mapped.path
-        guard let first = directory.entries.first else { throw VLQError(path, "empty zip archive") }
+        guard let first = directory.entries.first else {
+            throw VLQError(TorchCheckpointError.notACheckpoint, path, "empty zip archive")
+        }
         guard let slash = first.name.firstIndex(of: "/"), slash != first.name.startIndex else {
             throw VLQError(
+                TorchCheckpointError.notACheckpoint,
                 path,
                 "zip entry \"\(first.name)\" is not inside a folder, as torch.save writes "
                     + "every entry: not a PyTorch checkpoint")
         }
         prefix = String(first.name[...slash])
         for entry in directory.entries where !entry.name.hasPrefix(prefix) {
-            throw VLQError(path, "zip entry \"\(entry.name)\" is outside the archive folder \(prefix)")
+            throw VLQError(
+                TorchCheckpointError.notACheckpoint, path,
+                "zip entry \"\(entry.name)\" is outside the archive folder \(prefix)")
         }
         guard directory.entry(prefix + "data.pkl") != nil else {
-            throw VLQError(path, "zip archive has no \(prefix)data.pkl: not a torch.save checkpoint")
+            throw VLQError(
+                TorchCheckpointError.notACheckpoint, path,
+                "zip archive has no \(prefix)data.pkl: not a torch.save checkpoint")
         }
         pickle = try TorchArchive.storedBytes(prefix + "data.pkl", directory: directory, mapped: mapped)
         try checkByteOrder()
@@ -153,23 +170,27 @@ struct TorchArchive {
         -> UnsafeRawBufferPointer
     {
         let path = mapped.path
-        guard let entry = directory.entry(name) else { throw VLQError(path, "zip archive has no entry \(name)") }
+        guard let entry = directory.entry(name) else {
+            throw VLQError(TorchCheckpointError.notACheckpoint, path, "zip archive has no entry \(name)")
+        }
         switch entry.method {
         case ZipEntry.stored: break
         case ZipEntry.deflated:
             throw VLQError(
+                TorchCheckpointError.unsupportedZip,
                 path,
                 "zip entry \(name) is compressed (deflate); torch.save stores entries "
                     + "uncompressed and they are read in place: re-save it with torch.save, or zip it with -0")
         default:
             throw VLQError(
+                TorchCheckpointError.unsupportedZip,
                 path,
                 "zip entry \(name) uses compression method \(entry.method); only stored "
                     + "entries are read")
         }
         // The directory checked the range; a failure here would be a bug, reported rather than trapped.
         guard let bytes = mapped.slice(offset: entry.dataOffset, count: entry.compressedSize) else {
-            throw VLQError(path, "zip entry \(name) lies outside the file")
+            throw VLQError(TorchCheckpointError.malformedZip, path, "zip entry \(name) lies outside the file")
         }
         return bytes
     }
@@ -179,7 +200,8 @@ struct TorchArchive {
         guard directory.entry(prefix + name) != nil else { return nil }
         let bytes = try storedBytes(prefix + name)
         guard bytes.count <= 64, let text = String(validating: bytes, as: UTF8.self) else {
-            throw VLQError(mapped.path, "\(prefix + name) is not a short text record")
+            throw VLQError(
+                TorchCheckpointError.notACheckpoint, mapped.path, "\(prefix + name) is not a short text record")
         }
         // torch writes "3\n" to version, and no newline elsewhere.
         return String(text.drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
@@ -191,11 +213,14 @@ struct TorchArchive {
         case nil, "little": return
         case "big":
             throw VLQError(
+                TorchCheckpointError.unsupportedFormat,
                 mapped.path,
                 "saved on a big-endian machine (\(prefix)byteorder: big); its storages "
                     + "are not read: load and re-save it on a little-endian machine, or convert it to safetensors")
         case let other?:
-            throw VLQError(mapped.path, "\(prefix)byteorder is \"\(other.prefix(64))\", not little or big")
+            throw VLQError(
+                TorchCheckpointError.unsupportedFormat, mapped.path,
+                "\(prefix)byteorder is \"\(other.prefix(64))\", not little or big")
         }
     }
 
@@ -204,17 +229,22 @@ struct TorchArchive {
     private func checkVersions() throws {
         let path = mapped.path
         guard let text = try record(".data/version") ?? record("version") else {
-            throw VLQError(path, "zip archive has no \(prefix)version record: not a torch.save checkpoint")
+            throw VLQError(
+                TorchCheckpointError.notACheckpoint, path,
+                "zip archive has no \(prefix)version record: not a torch.save checkpoint")
         }
         guard let version = Int(text), (1...TorchCheckpointFile.newestArchiveVersion).contains(version) else {
             throw VLQError(
+                TorchCheckpointError.unsupportedFormat,
                 path,
                 "archive version \"\(text)\" is not one torch.save writes (1 to "
                     + "\(TorchCheckpointFile.newestArchiveVersion))")
         }
         if let format = try record(".format_version") {
             guard let value = Int(format), value >= 1 else {
-                throw VLQError(path, "\(prefix).format_version is \"\(format)\", not a version number")
+                throw VLQError(
+                    TorchCheckpointError.unsupportedFormat, path,
+                    "\(prefix).format_version is \"\(format)\", not a version number")
             }
         }
     }

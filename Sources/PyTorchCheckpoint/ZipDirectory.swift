@@ -48,6 +48,7 @@ struct ZipDirectory {
             &reader, endRecord: end)
         guard let directoryEnd = Checked.add(directoryOffset, directorySize), directoryEnd <= directoryLimit else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip central directory (offset \(directoryOffset), \(directorySize) bytes) "
                     + "runs past the end-of-central-directory record")
@@ -55,7 +56,9 @@ struct ZipDirectory {
         // Each entry takes at least a fixed-size header: a count beyond that is corrupt, and nothing is
         // reserved by the declared count anyway.
         guard entryCount <= directorySize / ZipDirectory.centralHeaderSize else {
-            throw VLQError(path, "zip central directory declares \(entryCount) entries in \(directorySize) bytes")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "zip central directory declares \(entryCount) entries in \(directorySize) bytes")
         }
         var entries: [ZipEntry] = []
         var indexByName: [String: Int] = [:]
@@ -65,12 +68,13 @@ struct ZipDirectory {
                 &reader, at: &position, directoryOffset: directoryOffset,
                 directoryEnd: directoryEnd)
             guard indexByName.updateValue(entries.count, forKey: entry.name) == nil else {
-                throw VLQError(path, "zip entry \"\(entry.name)\" occurs twice")
+                throw VLQError(TorchCheckpointError.malformedZip, path, "zip entry \"\(entry.name)\" occurs twice")
             }
             entries.append(entry)
         }
         guard position == directoryEnd else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip central directory holds \(directoryEnd - position) bytes after its "
                     + "\(entryCount) entries")
@@ -85,7 +89,8 @@ struct ZipDirectory {
     private static func findEndRecord(_ reader: inout FieldReader) throws -> Int {
         let size = reader.bytes.count
         guard size >= endRecordSize else {
-            throw VLQError(reader.path, "\(size) bytes: too short to be a zip archive")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, reader.path, "\(size) bytes: too short to be a zip archive")
         }
         let lowest = max(0, size - endRecordSize - 0xffff)
         var position = size - endRecordSize
@@ -95,7 +100,8 @@ struct ZipDirectory {
             }
             position -= 1
         }
-        throw VLQError(reader.path, "not a zip archive: no end-of-central-directory record")
+        throw VLQError(
+            TorchCheckpointError.malformedZip, reader.path, "not a zip archive: no end-of-central-directory record")
     }
 
     /// Entry count, central directory offset and size, and where the central directory must end by:
@@ -112,43 +118,53 @@ struct ZipDirectory {
         let locator = endRecord - zip64LocatorSize
         guard locator >= 0, reader.u32(locator) == zip64LocatorSignature else {
             guard disk == 0, directoryDisk == 0, countOnDisk == count16 else {
-                throw VLQError(path, "multi-disk zip archives are not supported")
+                throw VLQError(TorchCheckpointError.unsupportedZip, path, "multi-disk zip archives are not supported")
             }
             return (Int(count16), Int(offset32), Int(size32), endRecord)
         }
         guard reader.u32(locator + 4) == 0, reader.u32(locator + 16) == 1 else {
-            throw VLQError(path, "multi-disk zip archives are not supported (Zip64 locator)")
+            throw VLQError(
+                TorchCheckpointError.unsupportedZip, path, "multi-disk zip archives are not supported (Zip64 locator)")
         }
         guard let record = Checked.int(reader.u64(locator + 8)),
             let recordEnd = Checked.add(record, zip64EndRecordMinimumSize), recordEnd <= locator
         else {
-            throw VLQError(path, "Zip64 end record offset \(reader.u64(locator + 8)) is outside the archive")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "Zip64 end record offset \(reader.u64(locator + 8)) is outside the archive")
         }
         guard reader.u32(record) == zip64EndRecordSignature else {
-            throw VLQError(path, "no Zip64 end record at offset \(record), where its locator points")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "no Zip64 end record at offset \(record), where its locator points")
         }
         // The record's own size field counts the bytes after its first 12; extensible data may follow.
         guard let declared = Checked.int(reader.u64(record + 4)), declared >= zip64EndRecordMinimumSize - 12,
             let declaredEnd = Checked.add(record + 12, declared), declaredEnd <= locator
         else {
-            throw VLQError(path, "Zip64 end record size \(reader.u64(record + 4)) is invalid")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "Zip64 end record size \(reader.u64(record + 4)) is invalid")
         }
         guard reader.u32(record + 16) == 0, reader.u32(record + 20) == 0,
             reader.u64(record + 24) == reader.u64(record + 32)
         else {
-            throw VLQError(path, "multi-disk zip archives are not supported (Zip64 end record)")
+            throw VLQError(
+                TorchCheckpointError.unsupportedZip, path,
+                "multi-disk zip archives are not supported (Zip64 end record)")
         }
         guard let count = Checked.int(reader.u64(record + 32)), let size = Checked.int(reader.u64(record + 40)),
             let offset = Checked.int(reader.u64(record + 48))
         else {
-            throw VLQError(path, "Zip64 end record holds a count, size or offset beyond 2^63")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "Zip64 end record holds a count, size or offset beyond 2^63")
         }
         // The classic record keeps a real value wherever it fits and 0xFFFF... where it does not.
         guard agrees(UInt64(count16), count, sentinel: 0xffff), agrees(UInt64(countOnDisk), count, sentinel: 0xffff),
             agrees(UInt64(size32), size, sentinel: 0xffff_ffff),
             agrees(UInt64(offset32), offset, sentinel: 0xffff_ffff)
         else {
-            throw VLQError(path, "zip end record disagrees with the Zip64 end record")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip end record disagrees with the Zip64 end record")
         }
         return (count, offset, size, record)
     }
@@ -165,7 +181,9 @@ struct ZipDirectory {
         let path = reader.path
         let header = position
         guard directoryEnd - header >= centralHeaderSize, reader.u32(header) == centralHeaderSignature else {
-            throw VLQError(path, "zip central directory entry at offset \(header) is truncated or has no signature")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "zip central directory entry at offset \(header) is truncated or has no signature")
         }
         let flags = reader.u16(header + 8), method = reader.u16(header + 10)
         let compressed32 = reader.u32(header + 20), uncompressed32 = reader.u32(header + 24)
@@ -176,11 +194,14 @@ struct ZipDirectory {
         let extraStart = nameStart + nameLength
         let next = extraStart + extraLength + commentLength
         guard next <= directoryEnd else {
-            throw VLQError(path, "zip central directory entry at offset \(header) runs past the directory")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "zip central directory entry at offset \(header) runs past the directory")
         }
         let nameBytes = reader.bytes[nameStart..<extraStart]
         guard let name = String(validating: nameBytes, as: UTF8.self) else {
-            throw VLQError(path, "zip entry name at offset \(nameStart) is not valid UTF-8")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip entry name at offset \(nameStart) is not valid UTF-8")
         }
         var sizes = Zip64Fields(
             uncompressed: UInt64(uncompressed32), compressed: UInt64(compressed32),
@@ -192,16 +213,22 @@ struct ZipDirectory {
                 localOffset32 == 0xffff_ffff, disk16 == 0xffff
             ),
             entry: name)
-        guard sizes.disk == 0 else { throw VLQError(path, "zip entry \"\(name)\" is on another disk") }
+        guard sizes.disk == 0 else {
+            throw VLQError(TorchCheckpointError.unsupportedZip, path, "zip entry \"\(name)\" is on another disk")
+        }
         guard let compressed = Checked.int(sizes.compressed), let uncompressed = Checked.int(sizes.uncompressed),
             let localOffset = Checked.int(sizes.localOffset)
         else {
-            throw VLQError(path, "zip entry \"\(name)\" declares a size or offset beyond 2^63")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip entry \"\(name)\" declares a size or offset beyond 2^63")
         }
         // Bit 0: traditional encryption; bit 6: strong encryption.
-        guard flags & 0x41 == 0 else { throw VLQError(path, "zip entry \"\(name)\" is encrypted") }
+        guard flags & 0x41 == 0 else {
+            throw VLQError(TorchCheckpointError.unsupportedZip, path, "zip entry \"\(name)\" is encrypted")
+        }
         guard method != ZipEntry.stored || compressed == uncompressed else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip entry \"\(name)\" is stored but declares \(compressed) bytes stored "
                     + "for \(uncompressed)")
@@ -227,7 +254,8 @@ struct ZipDirectory {
     ) throws -> Int {
         let path = reader.path
         guard offset <= directoryOffset - localHeaderSize, reader.u32(offset) == localHeaderSignature else {
-            throw VLQError(path, "zip entry \"\(name)\": no local header at offset \(offset)")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip entry \"\(name)\": no local header at offset \(offset)")
         }
         let localFlags = reader.u16(offset + 6), localMethod = reader.u16(offset + 8)
         let localCompressed = reader.u32(offset + 18), localUncompressed = reader.u32(offset + 22)
@@ -238,6 +266,7 @@ struct ZipDirectory {
             dataEnd <= directoryOffset
         else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip entry \"\(name)\" (\(compressed) bytes at offset \(dataOffset)) runs "
                     + "into the central directory or past the end of the file")
@@ -245,10 +274,12 @@ struct ZipDirectory {
         guard nameLength == nameBytes.count,
             reader.bytes[nameStart..<(nameStart + nameLength)].elementsEqual(nameBytes)
         else {
-            throw VLQError(path, "zip entry \"\(name)\": its local header names another entry")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip entry \"\(name)\": its local header names another entry")
         }
         guard localMethod == method, localFlags & 0x41 == flags & 0x41 else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip entry \"\(name)\": local header disagrees with the central directory "
                     + "on compression or encryption")
@@ -259,6 +290,7 @@ struct ZipDirectory {
         }
         guard agrees(localCompressed, compressed), agrees(localUncompressed, uncompressed) else {
             throw VLQError(
+                TorchCheckpointError.malformedZip,
                 path,
                 "zip entry \"\(name)\": local header sizes (\(localCompressed), "
                     + "\(localUncompressed)) disagree with the central directory (\(compressed), \(uncompressed))")
@@ -271,7 +303,9 @@ struct ZipDirectory {
         let ranges = entries.map { (start: $0.headerOffset, end: $0.dataOffset + $0.compressedSize, name: $0.name) }
             .sorted { $0.start < $1.start }
         for (previous, next) in zip(ranges, ranges.dropFirst()) where next.start < previous.end {
-            throw VLQError(path, "zip entries \"\(previous.name)\" and \"\(next.name)\" overlap")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path, "zip entries \"\(previous.name)\" and \"\(next.name)\" overlap"
+            )
         }
     }
 }
@@ -295,20 +329,27 @@ private struct Zip64Fields {
         var sawZip64 = false
         while position < end {
             guard end - position >= 4 else {
-                throw VLQError(path, "zip entry \"\(entry)\": extra field truncated")
+                throw VLQError(TorchCheckpointError.malformedZip, path, "zip entry \"\(entry)\": extra field truncated")
             }
             let id = reader.u16(position), size = Int(reader.u16(position + 2))
             let dataStart = position + 4
             guard size <= end - dataStart else {
-                throw VLQError(path, "zip entry \"\(entry)\": extra field of \(size) bytes runs past its header")
+                throw VLQError(
+                    TorchCheckpointError.malformedZip, path,
+                    "zip entry \"\(entry)\": extra field of \(size) bytes runs past its header")
             }
             if id == 0x0001 {
-                guard !sawZip64 else { throw VLQError(path, "zip entry \"\(entry)\": two Zip64 extra fields") }
+                guard !sawZip64 else {
+                    throw VLQError(
+                        TorchCheckpointError.malformedZip, path, "zip entry \"\(entry)\": two Zip64 extra fields")
+                }
                 sawZip64 = true
                 var field = dataStart
                 func take(_ width: Int) throws -> UInt64 {
                     guard dataStart + size - field >= width else {
-                        throw VLQError(path, "zip entry \"\(entry)\": Zip64 extra field too short")
+                        throw VLQError(
+                            TorchCheckpointError.malformedZip, path,
+                            "zip entry \"\(entry)\": Zip64 extra field too short")
                     }
                     defer { field += width }
                     return width == 8 ? reader.u64(field) : UInt64(reader.u32(field))
@@ -321,7 +362,9 @@ private struct Zip64Fields {
             position = dataStart + size
         }
         guard sawZip64 || !(needs.uncompressed || needs.compressed || needs.offset || needs.disk) else {
-            throw VLQError(path, "zip entry \"\(entry)\" has a saturated size or offset but no Zip64 extra field")
+            throw VLQError(
+                TorchCheckpointError.malformedZip, path,
+                "zip entry \"\(entry)\" has a saturated size or offset but no Zip64 extra field")
         }
     }
 }

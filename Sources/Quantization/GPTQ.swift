@@ -22,6 +22,7 @@ public struct GPTQ: Sendable {
             weights.count == layout.rows * columns, Checked.multiply(columns, columns) == gram.count
         else {
             throw VLQError(
+                QuantizationError.invalidGrouping,
                 nil,
                 "GPTQ: a [\(rows), \(columns)] weight of \(weights.count) values with a Hessian of "
                     + "\(gram.count) values cannot be \(encoding.name) in groups of \(groupSize)")
@@ -85,14 +86,24 @@ public struct GPTQ: Sendable {
         // Row-major symmetric data read as column-major is the same matrix; "L" there is "U" here.
         var lower = Int8(UInt8(ascii: "L"))
         dpotrf_(&lower, &size, &a, &size, &info)
-        guard info == 0 else { throw VLQError(nil, "GPTQ: the Hessian is not positive definite (LAPACK info \(info))") }
+        guard info == 0 else {
+            throw VLQError(
+                QuantizationError.numericalFailure, nil,
+                "GPTQ: the Hessian is not positive definite (LAPACK info \(info))")
+        }
         dpotri_(&lower, &size, &a, &size, &info)
-        guard info == 0 else { throw VLQError(nil, "GPTQ: the Hessian could not be inverted (LAPACK info \(info))") }
+        guard info == 0 else {
+            throw VLQError(
+                QuantizationError.numericalFailure, nil, "GPTQ: the Hessian could not be inverted (LAPACK info \(info))"
+            )
+        }
         // dpotri fills one triangle (the upper one in row-major terms): mirror it into the lower.
         for i in 0..<n { for j in 0..<i { a[i * n + j] = a[j * n + i] } }
         dpotrf_(&lower, &size, &a, &size, &info)
         guard info == 0 else {
-            throw VLQError(nil, "GPTQ: the inverse Hessian is not positive definite (LAPACK info \(info))")
+            throw VLQError(
+                QuantizationError.numericalFailure, nil,
+                "GPTQ: the inverse Hessian is not positive definite (LAPACK info \(info))")
         }
         for i in 0..<n { for j in 0..<i { a[i * n + j] = 0 } }
         return a

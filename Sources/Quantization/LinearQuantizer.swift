@@ -28,15 +28,19 @@ public enum LinearQuantizer {
             QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil
         else {
             throw VLQError(
+                QuantizationError.invalidGrouping,
                 nil,
                 "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
                     + "in groups of \(groupSize)")
         }
         if let statistics, let problem = statistics.inconsistency(columns: columns) {
-            throw VLQError(nil, "statistics for a weight of \(columns) columns: \(problem)")
+            throw VLQError(
+                QuantizationError.statisticsMismatch, nil, "statistics for a weight of \(columns) columns: \(problem)")
         }
         if let awqScales, awqScales.count != columns {
-            throw VLQError(nil, "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
+            throw VLQError(
+                QuantizationError.statisticsMismatch, nil,
+                "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
         }
         switch method {
         case .rtn:
@@ -44,21 +48,26 @@ public enum LinearQuantizer {
                 matrix: MatrixQuantizer.roundToNearest(
                     w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize))
         case .imatrix:
-            guard let statistics else { throw VLQError(nil, "imatrix needs calibration statistics") }
+            guard let statistics else {
+                throw VLQError(QuantizationError.needsCalibration, nil, "imatrix needs calibration statistics")
+            }
             return Output(
                 matrix: MatrixQuantizer.roundToNearest(
                     w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
                     columnImportance: statistics.meanSquares))
         case .gptq:
             guard let gram = statistics?.gram else {
-                throw VLQError(nil, "gptq needs calibration statistics with Gram matrices")
+                throw VLQError(
+                    QuantizationError.needsCalibration, nil, "gptq needs calibration statistics with Gram matrices")
             }
             return Output(
                 matrix: try GPTQ(activationOrder: activationOrder).quantize(
                     w, rows: rows, columns: columns, encoding: encoding,
                     groupSize: groupSize, gram: gram))
         case .awq:
-            guard let statistics else { throw VLQError(nil, "awq needs calibration statistics") }
+            guard let statistics else {
+                throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics")
+            }
             guard let s = awqScales else {
                 // Not foldable into a preceding op: only the output-aware clipping search.
                 if let g = statistics.gram,

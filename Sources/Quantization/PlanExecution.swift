@@ -48,6 +48,7 @@ struct AWQScales {
         func require(_ s: [Float], _ count: Int, _ what: String) throws {
             guard s.count == count else {
                 throw VLQError(
+                    QuantizationError.statisticsMismatch,
                     subject,
                     "tensor \(tensor.name) has \(count) \(what), "
                         + "but the AWQ scales folded into it have \(s.count)")
@@ -136,6 +137,7 @@ struct PlanExecution {
         guard let stats = try statistics?.statistics(for: name) else { return nil }
         if let problem = stats.inconsistency(columns: columns) {
             throw VLQError(
+                QuantizationError.statisticsMismatch,
                 calibrationSource ?? "calibration statistics",
                 "tensor \(name) has \(columns) input columns; its input's \(problem): "
                     + "the statistics are not of this model")

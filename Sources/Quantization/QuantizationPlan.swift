@@ -98,10 +98,11 @@ public struct QuantizationPlan: Sendable {
         let owners = StatisticsOwners(definition)
         var tensors = try table.map { record -> TensorPlan in
             guard let handle = definition.handle(named: record.name) else {
-                throw VLQError(nil, "tensor \(record.name) is not part of the model")
+                throw VLQError(QuantizationError.tensorMismatch, nil, "tensor \(record.name) is not part of the model")
             }
             guard record.shape == definition.shape(handle) else {
                 throw VLQError(
+                    QuantizationError.tensorMismatch,
                     nil,
                     "tensor \(record.name) is \(record.shape), "
                         + "the model has \(definition.shape(handle))")

@@ -80,7 +80,9 @@ public struct QuantizationRecord: Equatable, Sendable {
 
     /// Reads the record back; errors name `source` (the bundle) and what is wrong.
     public init(json: JSONValue, source: String? = nil) throws {
-        func fail(_ what: String) -> VLQError { VLQError(source, "quantization record: \(what)") }
+        func fail(_ what: String) -> VLQError {
+            VLQError(QuantizationError.invalidRecord, source, "quantization record: \(what)")
+        }
         guard let recipeJSON = json["recipe"] else { throw fail("no recipe") }
         recipe = try Recipe(json: recipeJSON, source: source ?? "quantization record")
         guard let m = json["method"]?.stringValue, let method = QuantizationMethod(rawValue: m) else {

@@ -110,6 +110,7 @@ public final class QuantizePipeline {
     func refuseQuantized(_ source: VLQFile) throws {
         if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
             throw VLQError(
+                QuantizationError.alreadyQuantized,
                 source.path,
                 "is already quantized; "
                     + "quantize from the unquantized bundle or the Hugging Face folder")
@@ -119,10 +120,13 @@ public final class QuantizePipeline {
     func checkCalibration(_ statistics: StatisticsSource?) throws {
         let need = QuantizationPlan.needs(recipe)
         if need.statistics && statistics == nil {
-            throw VLQError(nil, "method \(recipe.method?.rawValue ?? "") needs calibration: give --set or --stats")
+            throw VLQError(
+                QuantizationError.needsCalibration, nil,
+                "method \(recipe.method?.rawValue ?? "") needs calibration: give --set or --stats")
         }
         if need.gram, let statistics, !statistics.hasGram {
             throw VLQError(
+                QuantizationError.needsCalibration,
                 nil,
                 "gptq and awq need statistics with Gram matrices; "
                     + "these were collected without (--diagonal-only)")
@@ -169,6 +173,7 @@ public final class QuantizePipeline {
         let listed = offending.prefix(6).map { "\($0.name) (\($0.count))" }.joined(separator: ", ")
         let more = offending.count > 6 ? ", and \(offending.count - 6) more" : ""
         throw VLQError(
+            QuantizationError.nonFiniteWeights,
             source.path,
             "\(offending.count) tensors to quantize hold NaN or infinite values: "
                 + "\(listed)\(more); keep them in float with --keep-non-finite "

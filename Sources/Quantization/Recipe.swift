@@ -50,7 +50,11 @@ public struct Recipe: Sendable, Equatable {
     }
 
     public func decide(name: String, component: Component, shape: [Int]) -> Decision {
-        guard let rule = rules.first(where: { ($0.component == nil || $0.component == component) && Recipe.glob($0.pattern, name) }) else {
+        guard
+            let rule = rules.first(where: {
+                ($0.component == nil || $0.component == component) && Recipe.glob($0.pattern, name)
+            })
+        else {
             return Decision(encoding: nil, groupSize: 0, method: nil, fallback: nil)
         }
         switch rule.target {
@@ -60,8 +64,9 @@ public struct Recipe: Sendable, Equatable {
             let method = rule.method ?? self.method ?? .rtn
             // Vectors (norms, biases) are never quantized; a higher-rank tensor a rule asked for is reported.
             guard shape.count == 2 else {
-                return Decision(encoding: nil, groupSize: 0, method: nil,
-                                fallback: shape.count > 2 ? "rank \(shape.count) is not a matrix: kept" : nil)
+                return Decision(
+                    encoding: nil, groupSize: 0, method: nil,
+                    fallback: shape.count > 2 ? "rank \(shape.count) is not a matrix: kept" : nil)
             }
             let columns = shape[1]
             let wanted = requested ?? columns
@@ -69,15 +74,23 @@ public struct Recipe: Sendable, Equatable {
                 return Decision(encoding: encoding, groupSize: wanted, method: method, fallback: nil)
             }
             // A smaller standard group that divides the row, then int8, then f16.
-            for g in Recipe.standardGroupSizes where g < wanted && QuantizedLayout(encoding: encoding, shape: shape, groupSize: g) != nil {
-                return Decision(encoding: encoding, groupSize: g, method: method, fallback: "\(columns) columns: group \(wanted) -> \(g)")
+            for g in Recipe.standardGroupSizes
+            where g < wanted && QuantizedLayout(encoding: encoding, shape: shape, groupSize: g) != nil {
+                return Decision(
+                    encoding: encoding, groupSize: g, method: method,
+                    fallback: "\(columns) columns: group \(wanted) -> \(g)")
             }
             if encoding != .q8 {
-                for g in [wanted] + Recipe.standardGroupSizes where g <= wanted && QuantizedLayout(encoding: .q8, shape: shape, groupSize: g) != nil {
-                    return Decision(encoding: .q8, groupSize: g, method: method, fallback: "\(columns) columns: \(encoding.name) g\(wanted) -> q8 g\(g)")
+                for g in [wanted] + Recipe.standardGroupSizes
+                where g <= wanted && QuantizedLayout(encoding: .q8, shape: shape, groupSize: g) != nil {
+                    return Decision(
+                        encoding: .q8, groupSize: g, method: method,
+                        fallback: "\(columns) columns: \(encoding.name) g\(wanted) -> q8 g\(g)")
                 }
             }
-            return Decision(encoding: .f16, groupSize: 0, method: nil, fallback: "\(columns) columns: no group divides the row -> f16")
+            return Decision(
+                encoding: .f16, groupSize: 0, method: nil,
+                fallback: "\(columns) columns: no group divides the row -> f16")
         }
     }
 
@@ -114,15 +127,23 @@ public struct Recipe: Sendable, Equatable {
 
     /// Every Linear and the embeddings in int8 (vision tower and projector included).
     public static func int8(groupSize: Int = 128) -> Recipe {
-        Recipe(name: "int8", method: nil, rules: floatRules + [Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: groupSize), method: nil)])
+        Recipe(
+            name: "int8", method: nil,
+            rules: floatRules + [
+                Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: groupSize), method: nil)
+            ])
     }
 
     /// LLM Linears 4-bit (affine, group 128); vision tower, projector, embeddings and lm_head int8.
     public static func int4(groupSize: Int = 128, int8GroupSize: Int = 128) -> Recipe {
-        Recipe(name: "int4", method: nil, rules: floatRules + [
-            Rule(component: .language, pattern: "model.layers.*", target: .quantized(.q4, groupSize: groupSize), method: nil),
-            Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: int8GroupSize), method: nil),
-        ])
+        Recipe(
+            name: "int4", method: nil,
+            rules: floatRules + [
+                Rule(
+                    component: .language, pattern: "model.layers.*", target: .quantized(.q4, groupSize: groupSize),
+                    method: nil),
+                Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: int8GroupSize), method: nil),
+            ])
     }
 
     public static func preset(_ name: String) -> Recipe? {
@@ -144,31 +165,50 @@ public struct Recipe: Sendable, Equatable {
     public init(json: JSONValue, source: String) throws {
         name = json["name"]?.stringValue ?? "custom"
         if let m = json["method"]?.stringValue {
-            guard let method = QuantizationMethod(rawValue: m) else { throw VLQError(source, "unknown method \"\(m)\"") }
+            guard let method = QuantizationMethod(rawValue: m) else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "unknown method \"\(m)\"")
+            }
             self.method = method
         } else {
             method = nil
         }
-        guard let rules = json["rules"]?.arrayValue, !rules.isEmpty else { throw VLQError(source, "a recipe needs a non-empty \"rules\" array") }
+        guard let rules = json["rules"]?.arrayValue, !rules.isEmpty else {
+            throw VLQError(QuantizationError.invalidRecipe, source, "a recipe needs a non-empty \"rules\" array")
+        }
         self.rules = try rules.enumerated().map { i, r in
             let at = "rule \(i + 1)"
-            guard let pattern = r["match"]?.stringValue else { throw VLQError(source, "\(at): needs \"match\"") }
+            guard let pattern = r["match"]?.stringValue else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"match\"")
+            }
             var component: Component?
             if let c = r["component"]?.stringValue {
-                guard let found = Component.allCases.first(where: { $0.name == c }) else { throw VLQError(source, "\(at): unknown component \"\(c)\"") }
+                guard let found = Component.allCases.first(where: { $0.name == c }) else {
+                    throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown component \"\(c)\"")
+                }
                 component = found
             }
-            guard let encodingName = r["encoding"]?.stringValue else { throw VLQError(source, "\(at): needs \"encoding\"") }
+            guard let encodingName = r["encoding"]?.stringValue else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"encoding\"")
+            }
             let target: Target
             switch encodingName {
             case "keep", "float": target = .keep
             default:
-                guard let e = TensorEncoding(name: encodingName) else { throw VLQError(source, "\(at): unknown encoding \"\(encodingName)\"") }
+                guard let e = TensorEncoding(name: encodingName) else {
+                    throw VLQError(
+                        QuantizationError.invalidRecipe, source, "\(at): unknown encoding \"\(encodingName)\"")
+                }
                 if e.isQuantized {
                     var group: Int? = 128
                     if let g = r["group_size"] {
-                        if g.stringValue == "row" { group = nil } else if let n = g.intValue, Recipe.standardGroupSizes.contains(n) { group = n } else {
-                            throw VLQError(source, "\(at): group_size must be 32, 64, 128, 256 or \"row\"")
+                        if g.stringValue == "row" {
+                            group = nil
+                        } else if let n = g.intValue, Recipe.standardGroupSizes.contains(n) {
+                            group = n
+                        } else {
+                            throw VLQError(
+                                QuantizationError.invalidRecipe, source,
+                                "\(at): group_size must be 32, 64, 128, 256 or \"row\"")
                         }
                     }
                     target = .quantized(e, groupSize: group)
@@ -178,7 +218,9 @@ public struct Recipe: Sendable, Equatable {
             }
             var method: QuantizationMethod?
             if let m = r["method"]?.stringValue {
-                guard let found = QuantizationMethod(rawValue: m) else { throw VLQError(source, "\(at): unknown method \"\(m)\"") }
+                guard let found = QuantizationMethod(rawValue: m) else {
+                    throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown method \"\(m)\"")
+                }
                 method = found
             }
             return Rule(component: component, pattern: pattern, target: target, method: method)
@@ -189,19 +231,20 @@ public struct Recipe: Sendable, Equatable {
         [
             "name": .string(name),
             "method": method.map { .string($0.rawValue) } ?? .null,
-            "rules": .array(rules.map { r in
-                var o: [String: JSONValue] = ["match": .string(r.pattern)]
-                if let c = r.component { o["component"] = .string(c.name) }
-                switch r.target {
-                case .keep: o["encoding"] = "keep"
-                case .float(let e): o["encoding"] = .string(e.name)
-                case .quantized(let e, let g):
-                    o["encoding"] = .string(e.name)
-                    o["group_size"] = g.map { .int(Int64($0)) } ?? "row"
-                }
-                if let m = r.method { o["method"] = .string(m.rawValue) }
-                return .object(o)
-            }),
+            "rules": .array(
+                rules.map { r in
+                    var o: [String: JSONValue] = ["match": .string(r.pattern)]
+                    if let c = r.component { o["component"] = .string(c.name) }
+                    switch r.target {
+                    case .keep: o["encoding"] = "keep"
+                    case .float(let e): o["encoding"] = .string(e.name)
+                    case .quantized(let e, let g):
+                        o["encoding"] = .string(e.name)
+                        o["group_size"] = g.map { .int(Int64($0)) } ?? "row"
+                    }
+                    if let m = r.method { o["method"] = .string(m.rawValue) }
+                    return .object(o)
+                }),
         ]
     }
 }

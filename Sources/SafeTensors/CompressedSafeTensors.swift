@@ -23,15 +23,17 @@ public enum CompressedSafeTensors {
         bytes packed: UnsafeRawBufferPointer, source path: String, format: String, kind: String
     ) throws -> SafeTensorsFile {
         guard let size = Zstd.frameContentSize(packed) else {
-            throw VLQError(path, "not a \(kind) file (no zstd frame)")
+            throw VLQError(SafeTensorsError.wrongFormat, path, "not a \(kind) file (no zstd frame)")
         }
         let raw: [UInt8]
         // Not allocated by the size the frame declares: a few bytes may declare terabytes.
         do { raw = try Zstd.decompress(packed, expectedSize: size) } catch let e as VLQError {
-            throw VLQError(path, e.reason)
+            throw VLQError(e.kind, path, e.reason)
         }
         let file = try SafeTensorsFile(mapped: MappedFile(bytes: raw, path: path))
-        guard file.metadata["format"] == format else { throw VLQError(path, "not a \(kind) file") }
+        guard file.metadata["format"] == format else {
+            throw VLQError(SafeTensorsError.wrongFormat, path, "not a \(kind) file")
+        }
         return file
     }
 }

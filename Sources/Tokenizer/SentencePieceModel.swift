@@ -40,14 +40,19 @@ public struct SentencePieceModel: Sendable {
                 }
             }
         } catch let error as ProtobufReader.Malformed {
-            throw VLQError(source, "not a SentencePiece model: \(error.reason)")
+            throw VLQError(TokenizerError.notAModel, source, "not a SentencePiece model: \(error.reason)")
         }
-        guard !pieces.isEmpty else { throw VLQError(source, "not a SentencePiece model: no pieces") }
+        guard !pieces.isEmpty else {
+            throw VLQError(TokenizerError.notAModel, source, "not a SentencePiece model: no pieces")
+        }
         guard algorithm == .bpe else {
-            throw VLQError(source, "SentencePiece model type \(algorithm) is not supported (Yi uses BPE)")
+            throw VLQError(
+                TokenizerError.unsupportedModel, source,
+                "SentencePiece model type \(algorithm) is not supported (Yi uses BPE)")
         }
         guard precompiledCharsmapSize == 0 else {
             throw VLQError(
+                TokenizerError.unsupportedModel,
                 source,
                 "SentencePiece normalizer \"\(normalizerName)\" with a precompiled charsmap is not supported (Yi uses identity)"
             )

@@ -30,7 +30,7 @@ public final class Tokenizer: @unchecked Sendable {
             switch piece.type {
             case .normal, .unused, .userDefined:
                 guard mergeable.updateValue(id, forKey: piece.text) == nil else {
-                    throw VLQError(source, "piece \"\(piece.text)\" occurs twice")
+                    throw VLQError(TokenizerError.malformedVocabulary, source, "piece \"\(piece.text)\" occurs twice")
                 }
                 if piece.type == .userDefined { userDefined.append(Array(piece.text.utf8)) }
             case .unknown: unknown = id
@@ -44,9 +44,10 @@ public final class Tokenizer: @unchecked Sendable {
             case .control: break
             }
         }
-        guard unknown >= 0 else { throw VLQError(source, "no <unk> piece") }
+        guard unknown >= 0 else { throw VLQError(TokenizerError.malformedVocabulary, source, "no <unk> piece") }
         if model.byteFallback, let missing = bytes.firstIndex(of: -1) {
             throw VLQError(
+                TokenizerError.malformedVocabulary,
                 source, "byte fallback is on but piece <0x\(String(missing, radix: 16, uppercase: true))> is missing")
         }
         self.mergeable = mergeable

@@ -111,7 +111,8 @@ final class Conversation: @unchecked Sendable {
         switch turn.state {
         case .finished(let record): return record
         case .failed(let error): throw error
-        case .waiting, .running: throw VLQError(nil, "the turn \"\(turn.question)\" has not finished")
+        case .waiting, .running:
+            throw VLQError(ChatError.turnNotFinished, nil, "the turn \"\(turn.question)\" has not finished")
         }
     }
 
@@ -229,6 +230,7 @@ final class Conversation: @unchecked Sendable {
     private func checkContext(_ positions: Int, context: Int) throws {
         guard positions < context else {
             throw VLQError(
+                ModelError.contextExceeded,
                 engine.source,
                 "the conversation would take \(positions) positions before its answer, "
                     + "and the model's context is \(context): reset the chat or start a new one")

@@ -133,7 +133,9 @@ public struct VLQImage: Sendable {
         case .rgb(let width, let height, let pixels):
             let (area, overflow) = width.multipliedReportingOverflow(by: height)
             guard width > 0, height > 0, !overflow, area <= Int(ImageDecoder.maxPixels), pixels.count == area * 3 else {
-                throw VLQError("image", "\(pixels.count) bytes are not \(width)x\(height) RGB pixels")
+                throw VLQError(
+                    ImageError.pixelCountMismatch, "image",
+                    "\(pixels.count) bytes are not \(width)x\(height) RGB pixels")
             }
             return try preprocessing.pixelValues(RGBImage(width: width, height: height, pixels: pixels))
         }

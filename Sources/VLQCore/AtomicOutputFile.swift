@@ -24,7 +24,8 @@ public final class AtomicOutputFile {
         var template = Array("\(directory)/.\(name).tmp.XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else {
-            throw VLQError(targetPath, "cannot create a temporary file in \(directory): \(systemError())")
+            throw VLQError(
+                CoreError.cannotWrite, targetPath, "cannot create a temporary file in \(directory): \(systemError())")
         }
         self.fd = fd
         temporaryPath = String(cString: template)
@@ -49,7 +50,7 @@ public final class AtomicOutputFile {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw VLQError(targetPath, "write failed: \(systemError())")
+                throw VLQError(CoreError.cannotWrite, targetPath, "write failed: \(systemError())")
             }
             done += n
         }
@@ -62,19 +63,21 @@ public final class AtomicOutputFile {
     /// Sets the final length up front so that the file system can allocate it in one piece.
     public func setLength(_ length: Int) throws {
         guard ftruncate(fd, off_t(length)) == 0 else {
-            throw VLQError(targetPath, "cannot size the output file: \(systemError())")
+            throw VLQError(CoreError.cannotWrite, targetPath, "cannot size the output file: \(systemError())")
         }
     }
 
     public func commit() throws {
         guard !committed else { return }
-        guard fsync(fd) == 0 else { throw VLQError(targetPath, "fsync failed: \(systemError())") }
+        guard fsync(fd) == 0 else {
+            throw VLQError(CoreError.cannotWrite, targetPath, "fsync failed: \(systemError())")
+        }
         close(fd)
         fd = -1
         guard rename(temporaryPath, targetPath) == 0 else {
             let message = systemError()
             unlink(temporaryPath)
-            throw VLQError(targetPath, "cannot rename the finished file into place: \(message)")
+            throw VLQError(CoreError.cannotWrite, targetPath, "cannot rename the finished file into place: \(message)")
         }
         committed = true
         unregister()

@@ -8,7 +8,9 @@ import Darwin
 public enum FileSystem {
     /// Names in a folder (no "." or ".."), unsorted.
     public static func list(_ folder: String) throws -> [String] {
-        guard let dir = opendir(folder) else { throw VLQError(folder, "cannot read folder: \(systemError())") }
+        guard let dir = opendir(folder) else {
+            throw VLQError(CoreError.cannotOpen, folder, "cannot read folder: \(systemError())")
+        }
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {

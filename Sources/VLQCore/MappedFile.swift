@@ -34,12 +34,12 @@ public final class MappedFile: @unchecked Sendable {
         // O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer; only
         // regular files pass the check below, for which the flag changes nothing.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { throw VLQError(path, "cannot open: \(systemError())") }
+        guard fd >= 0 else { throw VLQError(CoreError.cannotOpen, path, "cannot open: \(systemError())") }
         defer { close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw VLQError(path, "cannot stat: \(systemError())") }
+        guard fstat(fd, &info) == 0 else { throw VLQError(CoreError.cannotRead, path, "cannot stat: \(systemError())") }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
-            throw VLQError(path, "not a regular file (\(MappedFile.kindName(info.st_mode)))")
+            throw VLQError(CoreError.notARegularFile, path, "not a regular file (\(MappedFile.kindName(info.st_mode)))")
         }
         size = Int(info.st_size)
         if size == 0 {
@@ -47,7 +47,7 @@ public final class MappedFile: @unchecked Sendable {
             return
         }
         let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw VLQError(path, "cannot map: \(systemError())") }
+        guard let p, p != MAP_FAILED else { throw VLQError(CoreError.cannotRead, path, "cannot map: \(systemError())") }
         base = p
     }
 

@@ -59,11 +59,14 @@ public enum Zstd {
         let limit = sizeLimit(compressedSize: bytes.count)
         guard expectedSize >= 0, expectedSize <= limit else {
             throw VLQError(
+                CoreError.malformedCompression,
                 nil,
                 "zstd: the frame claims \(expectedSize) bytes from \(bytes.count) compressed, "
                     + "over the limit of \(limit) (at most \(maximumExpansion) times the compressed size)")
         }
-        guard let context = ZSTD_createDCtx() else { throw VLQError(nil, "zstd: out of memory") }
+        guard let context = ZSTD_createDCtx() else {
+            throw VLQError(CoreError.malformedCompression, nil, "zstd: out of memory")
+        }
         defer { ZSTD_freeDCtx(context) }
         var out: [UInt8] = []
         // vlq's own files expand by less than 4: they fit the first allocation (bytes.count is the size
@@ -79,23 +82,29 @@ public enum Zstd {
                 return (status, output.pos)
             }
             if ZSTD_isError(status) != 0 {
-                throw VLQError(nil, "zstd: \(String(cString: ZSTD_getErrorName(status)))")
+                throw VLQError(
+                    CoreError.malformedCompression, nil, "zstd: \(String(cString: ZSTD_getErrorName(status)))")
             }
             guard produced <= expectedSize - out.count else {
-                throw VLQError(nil, "zstd: expands past the \(expectedSize) bytes expected")
+                throw VLQError(
+                    CoreError.malformedCompression, nil, "zstd: expands past the \(expectedSize) bytes expected")
             }
             out.append(contentsOf: chunk[0..<produced])
             finished = status == 0
             // Input used up and the output not filled: the decoder has nothing more to give.
             if !finished && input.pos == input.size && produced < chunk.count {
-                throw VLQError(nil, "zstd: truncated frame (\(out.count) of \(expectedSize) bytes)")
+                throw VLQError(
+                    CoreError.malformedCompression, nil, "zstd: truncated frame (\(out.count) of \(expectedSize) bytes)"
+                )
             }
         }
         guard input.pos == input.size else {
-            throw VLQError(nil, "zstd: \(input.size - input.pos) bytes after the end of the frame")
+            throw VLQError(
+                CoreError.malformedCompression, nil, "zstd: \(input.size - input.pos) bytes after the end of the frame")
         }
         guard out.count == expectedSize else {
-            throw VLQError(nil, "zstd: expanded to \(out.count) bytes, expected \(expectedSize)")
+            throw VLQError(
+                CoreError.malformedCompression, nil, "zstd: expanded to \(out.count) bytes, expected \(expectedSize)")
         }
         return out
     }

@@ -51,9 +51,11 @@ public enum TensorEncoding: UInt16, CaseIterable, Sendable {
     /// As `byteCount`, with a VLQError (no subject) saying what is wrong instead of nil.
     public func checkedByteCount(shape: [Int], groupSize: Int) throws -> Int {
         if !isQuantized {
-            guard groupSize == 0 else { throw VLQError(nil, "group size \(groupSize) given for a \(name) tensor") }
+            guard groupSize == 0 else {
+                throw VLQError(BundleError.invalidLayout, nil, "group size \(groupSize) given for a \(name) tensor")
+            }
             guard let n = Checked.product(shape), let bytes = Checked.multiply(n, bitsPerElement / 8) else {
-                throw VLQError(nil, "shape \(shape) in \(name) overflows")
+                throw VLQError(BundleError.invalidLayout, nil, "shape \(shape) in \(name) overflows")
             }
             return bytes
         }

@@ -67,10 +67,12 @@ public struct VLQHeader: Equatable, Sendable {
     /// Parses and checks the header; `reason` of the thrown error says what is wrong.
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> VLQHeader {
         guard bytes.count >= 8, Array(bytes[0..<8]) == VLQLayout.magic else {
-            throw VLQError(nil, "not a .vlq bundle (bad magic)")
+            throw VLQError(BundleError.notABundle, nil, "not a .vlq bundle (bad magic)")
         }
         guard bytes.count >= VLQLayout.headerSize else {
-            throw VLQError(nil, "truncated: \(bytes.count) bytes, shorter than the \(VLQLayout.headerSize)-byte header")
+            throw VLQError(
+                BundleError.sizeMismatch, nil,
+                "truncated: \(bytes.count) bytes, shorter than the \(VLQLayout.headerSize)-byte header")
         }
         var r = ByteReader(bytes, position: 8)
         var h = VLQHeader()
@@ -95,17 +97,23 @@ public struct VLQHeader: Equatable, Sendable {
             h.metadataChecksum = try r.u64()
             let stored = try r.u64()
             guard stored == XXH3Hasher.hash(UnsafeRawBufferPointer(rebasing: bytes[0..<120])) else {
-                throw VLQError(nil, "header checksum mismatch: the header is corrupted")
+                throw VLQError(BundleError.checksumMismatch, nil, "header checksum mismatch: the header is corrupted")
             }
         } catch is ByteReader.OutOfBounds {
-            throw VLQError(nil, "truncated header")
+            throw VLQError(BundleError.sizeMismatch, nil, "truncated header")
         }
         guard h.majorVersion == VLQLayout.majorVersion else {
-            throw VLQError(nil, "format version \(h.majorVersion).\(h.minorVersion) is not supported (this vlq reads \(VLQLayout.majorVersion).x)")
+            throw VLQError(
+                BundleError.unsupportedVersion, nil,
+                "format version \(h.majorVersion).\(h.minorVersion) is not supported "
+                    + "(this vlq reads \(VLQLayout.majorVersion).x)")
         }
-        guard h.headerSize >= UInt32(VLQLayout.headerSize) else { throw VLQError(nil, "header size \(h.headerSize) is below 128") }
+        guard h.headerSize >= UInt32(VLQLayout.headerSize) else {
+            throw VLQError(BundleError.malformedHeader, nil, "header size \(h.headerSize) is below 128")
+        }
         guard h.alignment >= 64, h.alignment & (h.alignment - 1) == 0, h.alignment <= 1 << 20 else {
-            throw VLQError(nil, "alignment \(h.alignment) is not a power of two between 64 and 1 MiB")
+            throw VLQError(
+                BundleError.malformedHeader, nil, "alignment \(h.alignment) is not a power of two between 64 and 1 MiB")
         }
         return h
     }

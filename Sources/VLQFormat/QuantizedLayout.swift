@@ -30,7 +30,7 @@ public struct QuantizedLayout: Equatable, Sendable {
     /// The layout, or a VLQError (no subject) saying why `shape` and `groupSize` make none. Shapes come
     /// from bundle tables: every size is computed with overflow checks.
     public init(validating encoding: TensorEncoding, shape: [Int], groupSize: Int) throws {
-        func fail(_ reason: String) -> VLQError { VLQError(nil, reason) }
+        func fail(_ reason: String) -> VLQError { VLQError(BundleError.invalidLayout, nil, reason) }
         guard encoding.isQuantized else { throw fail("\(encoding.name) is not a quantized encoding") }
         guard let columns = shape.last else { throw fail("a scalar cannot be \(encoding.name)-quantized") }
         guard groupSize > 0 else { throw fail("group size \(groupSize) is not positive") }

@@ -13,8 +13,10 @@ public struct TensorRecord: Equatable, Sendable {
     public var byteCount: Int
     public var checksum: UInt64
 
-    public init(name: String, encoding: TensorEncoding, component: Component, shape: [Int], groupSize: Int = 0,
-                sourceDType: SourceDType, offset: Int = 0, byteCount: Int = 0, checksum: UInt64 = 0) {
+    public init(
+        name: String, encoding: TensorEncoding, component: Component, shape: [Int], groupSize: Int = 0,
+        sourceDType: SourceDType, offset: Int = 0, byteCount: Int = 0, checksum: UInt64 = 0
+    ) {
         self.name = name
         self.encoding = encoding
         self.component = component
@@ -65,35 +67,47 @@ public struct TensorRecord: Equatable, Sendable {
             let sourceRaw = try r.u8()
             _ = try r.u8()
             guard let offset = Checked.int(try r.u64()), let byteCount = Checked.int(try r.u64()) else {
-                throw VLQError(nil, "\(where_): offset or length out of range")
+                throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_): offset or length out of range")
             }
             let checksum = try r.u64()
-            guard rank <= VLQLayout.maxRank else { throw VLQError(nil, "\(where_): rank \(rank) above \(VLQLayout.maxRank)") }
-            guard nameLength > 0 else { throw VLQError(nil, "\(where_): empty name") }
+            guard rank <= VLQLayout.maxRank else {
+                throw VLQError(
+                    BundleError.malformedTensorRecord, nil, "\(where_): rank \(rank) above \(VLQLayout.maxRank)")
+            }
+            guard nameLength > 0 else {
+                throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_): empty name")
+            }
             let needed = TensorRecord.fixedSize + 8 * rank + nameLength
-            guard size >= needed, size % 8 == 0 else { throw VLQError(nil, "\(where_): entry size \(size) is inconsistent") }
+            guard size >= needed, size % 8 == 0 else {
+                throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_): entry size \(size) is inconsistent")
+            }
             var shape: [Int] = []
             for _ in 0..<rank {
-                guard let d = Checked.int(try r.u64()) else { throw VLQError(nil, "\(where_): dimension out of range") }
+                guard let d = Checked.int(try r.u64()) else {
+                    throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_): dimension out of range")
+                }
                 shape.append(d)
             }
             let nameBytes = try r.raw(nameLength)
             guard let name = String(validating: nameBytes, as: UTF8.self) else {
-                throw VLQError(nil, "\(where_): name is not valid UTF-8")
+                throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_): name is not valid UTF-8")
             }
             guard let encoding = TensorEncoding(rawValue: encodingRaw) else {
-                throw VLQError(nil, "tensor \(name): unknown encoding \(encodingRaw)")
+                throw VLQError(
+                    BundleError.malformedTensorRecord, nil, "tensor \(name): unknown encoding \(encodingRaw)")
             }
             guard let component = Component(rawValue: componentRaw) else {
-                throw VLQError(nil, "tensor \(name): unknown component \(componentRaw)")
+                throw VLQError(
+                    BundleError.malformedTensorRecord, nil, "tensor \(name): unknown component \(componentRaw)")
             }
             r.position = start
             _ = try r.raw(size)
-            return TensorRecord(name: name, encoding: encoding, component: component, shape: shape,
-                                groupSize: groupSize, sourceDType: SourceDType(rawValue: sourceRaw) ?? .unknown,
-                                offset: offset, byteCount: byteCount, checksum: checksum)
+            return TensorRecord(
+                name: name, encoding: encoding, component: component, shape: shape,
+                groupSize: groupSize, sourceDType: SourceDType(rawValue: sourceRaw) ?? .unknown,
+                offset: offset, byteCount: byteCount, checksum: checksum)
         } catch is ByteReader.OutOfBounds {
-            throw VLQError(nil, "\(where_) runs past the end of the tensor table")
+            throw VLQError(BundleError.malformedTensorRecord, nil, "\(where_) runs past the end of the tensor table")
         }
     }
 }

@@ -25,7 +25,7 @@ public final class VLQFile: @unchecked Sendable {
         let path = mapped.path
         self.path = path
         self.mapped = mapped
-        let fail = { (reason: String) in VLQError(path, reason) }
+        let fail = { (kind: BundleError, reason: String) in VLQError(kind, path, reason) }
         let bytes = mapped.bytes
         let header: VLQHeader
         do { header = try VLQHeader.decode(bytes) } catch let e as VLQError { throw e.about(path) }
@@ -33,9 +33,12 @@ public final class VLQFile: @unchecked Sendable {
 
         guard header.fileSize == UInt64(bytes.count) else {
             if header.fileSize > UInt64(bytes.count) {
-                throw fail("truncated: the header says \(header.fileSize) bytes, the file has \(bytes.count)")
+                throw fail(
+                    .sizeMismatch, "truncated: the header says \(header.fileSize) bytes, the file has \(bytes.count)")
             }
-            throw fail("\(UInt64(bytes.count) - header.fileSize) unexpected bytes after the end the header gives")
+            throw fail(
+                .sizeMismatch,
+                "\(UInt64(bytes.count) - header.fileSize) unexpected bytes after the end the header gives")
         }
         guard let dataOffset = Checked.int(header.dataOffset), let dataSize = Checked.int(header.dataSize),
             let tableOffset = Checked.int(header.tableOffset), let tableSize = Checked.int(header.tableSize),
@@ -43,7 +46,7 @@ public final class VLQFile: @unchecked Sendable {
             let metadataStored = Checked.int(header.metadataStoredSize),
             let metadataSize = Checked.int(header.metadataSize),
             let tensorCount = Checked.int(header.tensorCount)
-        else { throw fail("section offsets out of range") }
+        else { throw fail(.malformedHeader, "section offsets out of range") }
         let alignment = Int(header.alignment)
         let sections = [
             ("data region", dataOffset, dataSize), ("tensor table", tableOffset, tableSize),
@@ -51,25 +54,27 @@ public final class VLQFile: @unchecked Sendable {
         ]
         for (name, offset, size) in sections {
             guard offset >= Int(header.headerSize), let end = Checked.add(offset, size), end <= bytes.count else {
-                throw fail("\(name) [\(offset), +\(size)) lies outside the file")
+                throw fail(.malformedHeader, "\(name) [\(offset), +\(size)) lies outside the file")
             }
         }
         for i in 0..<sections.count {
             for j in (i + 1)..<sections.count {
                 let a = sections[i], b = sections[j]
                 if a.2 > 0, b.2 > 0, a.1 < b.1 + b.2, b.1 < a.1 + a.2 {
-                    throw fail("\(a.0) and \(b.0) overlap")
+                    throw fail(.malformedHeader, "\(a.0) and \(b.0) overlap")
                 }
             }
         }
-        guard dataOffset % alignment == 0 else { throw fail("data region is not aligned to \(alignment)") }
+        guard dataOffset % alignment == 0 else {
+            throw fail(.malformedHeader, "data region is not aligned to \(alignment)")
+        }
 
         let tableBytes = mapped.slice(offset: tableOffset, count: tableSize)!
         guard XXH3Hasher.hash(tableBytes) == header.tableChecksum else {
-            throw fail("tensor table checksum mismatch: the table is corrupted")
+            throw fail(.checksumMismatch, "tensor table checksum mismatch: the table is corrupted")
         }
         guard tensorCount <= tableSize / TensorRecord.fixedSize else {
-            throw fail("tensor count \(tensorCount) cannot fit in a \(tableSize)-byte table")
+            throw fail(.malformedHeader, "tensor count \(tensorCount) cannot fit in a \(tableSize)-byte table")
         }
         var reader = ByteReader(tableBytes)
         var tensors: [TensorRecord] = []
@@ -79,58 +84,69 @@ public final class VLQFile: @unchecked Sendable {
             let r: TensorRecord
             do { r = try TensorRecord.decode(&reader, index: i) } catch let e as VLQError { throw e.about(path) }
             guard indexByName.updateValue(i, forKey: r.name) == nil else {
-                throw fail("tensor \(r.name) appears twice")
+                throw fail(.malformedTensorRecord, "tensor \(r.name) appears twice")
             }
             let expected: Int
             do {
                 expected = try r.encoding.checkedByteCount(shape: r.shape, groupSize: r.groupSize)
             } catch let e as VLQError {
-                throw fail("tensor \(r.name): \(e.reason)")
+                throw VLQError(e.kind, path, "tensor \(r.name): \(e.reason)")
             }
             guard expected == r.byteCount else {
-                throw fail("tensor \(r.name): \(r.byteCount) bytes do not match shape \(r.shape) in \(r.encoding.name)")
+                throw fail(
+                    .malformedTensorRecord,
+                    "tensor \(r.name): \(r.byteCount) bytes do not match shape \(r.shape) in \(r.encoding.name)")
             }
             guard r.offset % alignment == 0 else {
-                throw fail("tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)")
+                throw fail(
+                    .malformedTensorRecord, "tensor \(r.name): offset \(r.offset) is not aligned to \(alignment)")
             }
             guard r.offset >= dataOffset, let end = Checked.add(r.offset, r.byteCount), end <= dataOffset + dataSize
             else {
-                throw fail("tensor \(r.name): data [\(r.offset), +\(r.byteCount)) lies outside the data region")
+                throw fail(
+                    .malformedTensorRecord,
+                    "tensor \(r.name): data [\(r.offset), +\(r.byteCount)) lies outside the data region")
             }
             tensors.append(r)
         }
         guard reader.remaining == 0 else {
-            throw fail("\(reader.remaining) unused bytes at the end of the tensor table")
+            throw fail(.malformedTensorRecord, "\(reader.remaining) unused bytes at the end of the tensor table")
         }
         let byOffset = tensors.sorted { ($0.offset, $0.byteCount) < ($1.offset, $1.byteCount) }
         for (a, b) in zip(byOffset, byOffset.dropFirst()) where a.offset + a.byteCount > b.offset && b.byteCount > 0 {
-            throw fail("tensors \(a.name) and \(b.name) overlap")
+            throw fail(.malformedTensorRecord, "tensors \(a.name) and \(b.name) overlap")
         }
         self.tensors = tensors
         self.indexByName = indexByName
 
         let storedMetadata = mapped.slice(offset: metadataOffset, count: metadataStored)!
         guard XXH3Hasher.hash(storedMetadata) == header.metadataChecksum else {
-            throw fail("metadata checksum mismatch: the metadata is corrupted")
+            throw fail(.checksumMismatch, "metadata checksum mismatch: the metadata is corrupted")
         }
         let metadataBytes: [UInt8]
         switch MetadataCompression(rawValue: header.metadataCompression) {
         case .none?:
-            guard metadataStored == metadataSize else { throw fail("uncompressed metadata size mismatch") }
+            guard metadataStored == metadataSize else {
+                throw fail(.malformedMetadata, "uncompressed metadata size mismatch")
+            }
             metadataBytes = Array(storedMetadata)
         case .zstd?:
-            guard metadataSize <= 1 << 30 else { throw fail("metadata claims \(metadataSize) bytes, over 1 GiB") }
+            guard metadataSize <= 1 << 30 else {
+                throw fail(.malformedMetadata, "metadata claims \(metadataSize) bytes, over 1 GiB")
+            }
             // Not allocated by the size the header declares: the buffer grows with the real output.
             do { metadataBytes = try Zstd.decompress(storedMetadata, expectedSize: metadataSize) } catch let e
                 as VLQError
             {
-                throw fail("metadata: \(e.reason)")
+                throw VLQError(e.kind, path, "metadata: \(e.reason)")
             }
         case nil:
-            throw fail("unknown metadata compression \(header.metadataCompression)")
+            throw fail(.malformedMetadata, "unknown metadata compression \(header.metadataCompression)")
         }
-        do { metadata = try JSONValue.parse(metadataBytes) } catch { throw fail("metadata: \(error)") }
-        guard metadata.objectValue != nil else { throw fail("metadata is not a JSON object") }
+        do { metadata = try JSONValue.parse(metadataBytes) } catch {
+            throw fail(.malformedMetadata, "metadata: \(error)")
+        }
+        guard metadata.objectValue != nil else { throw fail(.malformedMetadata, "metadata is not a JSON object") }
     }
 
     public func record(_ name: String) -> TensorRecord? {
@@ -173,6 +189,7 @@ public final class VLQFile: @unchecked Sendable {
             let digest = hasher.digest()
             guard digest == r.checksum else {
                 throw VLQError(
+                    BundleError.checksumMismatch,
                     path,
                     "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted"
                 )

@@ -29,11 +29,12 @@ public final class VLQWriter {
         for i in records.indices {
             let r = records[i]
             guard indexByName.updateValue(i, forKey: r.name) == nil else {
-                throw VLQError(path, "tensor \(r.name) is planned twice")
+                throw VLQError(BundleError.writeMismatch, path, "tensor \(r.name) is planned twice")
             }
-            guard r.shape.count <= VLQLayout.maxRank, let bytes = r.encoding.byteCount(shape: r.shape, groupSize: r.groupSize),
-                  let end = Checked.add(offset, bytes), let next = Checked.alignUp(end, to: alignment)
-            else { throw VLQError(path, "tensor \(r.name): shape \(r.shape) is too large") }
+            guard r.shape.count <= VLQLayout.maxRank,
+                let bytes = r.encoding.byteCount(shape: r.shape, groupSize: r.groupSize),
+                let end = Checked.add(offset, bytes), let next = Checked.alignUp(end, to: alignment)
+            else { throw VLQError(BundleError.writeMismatch, path, "tensor \(r.name): shape \(r.shape) is too large") }
             records[i].offset = offset
             records[i].byteCount = bytes
             offset = next
@@ -66,7 +67,9 @@ public final class VLQWriter {
         public func append(_ bytes: UnsafeRawBufferPointer) throws {
             let record = writer.records[index]
             guard bytes.count <= remaining else {
-                throw VLQError(writer.path, "tensor \(record.name): more bytes than its \(record.byteCount)")
+                throw VLQError(
+                    BundleError.writeMismatch, writer.path,
+                    "tensor \(record.name): more bytes than its \(record.byteCount)")
             }
             hasher.update(bytes)
             try writer.output.write(bytes, at: record.offset + position)
@@ -80,7 +83,9 @@ public final class VLQWriter {
         let sink = TensorSink(writer: self, index: index)
         try produce(sink)
         guard sink.remaining == 0 else {
-            throw VLQError(path, "tensor \(records[index].name): \(sink.position) bytes written of \(records[index].byteCount)")
+            throw VLQError(
+                BundleError.writeMismatch, path,
+                "tensor \(records[index].name): \(sink.position) bytes written of \(records[index].byteCount)")
         }
         records[index].checksum = sink.hasher.digest()
         written[index] = true
@@ -89,7 +94,7 @@ public final class VLQWriter {
     /// Writes the table, the metadata and the header, then moves the file into place.
     public func finish(metadata: JSONValue, compression: MetadataCompression = .zstd) throws {
         if let missing = written.firstIndex(of: false) {
-            throw VLQError(path, "tensor \(records[missing].name) was never written")
+            throw VLQError(BundleError.writeMismatch, path, "tensor \(records[missing].name) was never written")
         }
         var table = ByteWriter()
         for r in records { r.encode(into: &table) }

@@ -21,11 +21,17 @@ public struct ReferenceCase: Sendable {
         var entries: [(file: String, question: String?)] = []
         if let index = try? MappedFile(path: folder + "/cases.json") {
             let json: JSONValue
-            do { json = try JSONValue.parse(index.bytes) } catch { throw VLQError(index.path, "\(error)") }
-            guard let cases = json.arrayValue else { throw VLQError(index.path, "not a list of cases") }
+            do { json = try JSONValue.parse(index.bytes) } catch {
+                throw VLQError(CoreError.malformedJSON, index.path, "\(error)")
+            }
+            guard let cases = json.arrayValue else {
+                throw VLQError(VerificationError.invalidReference, index.path, "not a list of cases")
+            }
             for c in cases {
                 guard let file = c["reference"]?.stringValue, let question = c["question"]?.stringValue else {
-                    throw VLQError(index.path, "each case needs \"reference\" and \"question\"")
+                    throw VLQError(
+                        VerificationError.invalidReference, index.path, "each case needs \"reference\" and \"question\""
+                    )
                 }
                 let name = file.split(separator: "/").last.map(String.init) ?? file
                 entries.append((folder + "/" + name, question))
@@ -34,20 +40,22 @@ public struct ReferenceCase: Sendable {
             let names = try FileSystem.list(folder).filter { $0.hasSuffix(".safetensors") }.sorted()
             entries = names.map { (folder + "/" + $0, nil) }
         }
-        guard !entries.isEmpty else { throw VLQError(folder, "no reference cases") }
+        guard !entries.isEmpty else { throw VLQError(VerificationError.invalidReference, folder, "no reference cases") }
         return try entries.map { entry in
             let file = try SafeTensorsFile(path: entry.file)
             func floats(_ n: String) throws -> ([Float], [Int]) {
                 guard let info = file.info(n), info.dtype == .f32 else {
-                    throw VLQError(entry.file, "no f32 tensor \(n)")
+                    throw VLQError(VerificationError.invalidReference, entry.file, "no f32 tensor \(n)")
                 }
                 return (Array(file.data(info).bindMemory(to: Float.self)), info.shape)
             }
             guard let question = entry.question ?? file.metadata["prompt"] else {
-                throw VLQError(entry.file, "no question: neither cases.json nor a \"prompt\" in the metadata")
+                throw VLQError(
+                    VerificationError.invalidReference, entry.file,
+                    "no question: neither cases.json nor a \"prompt\" in the metadata")
             }
             guard let ids = file.info("input_ids"), ids.dtype == .i64 else {
-                throw VLQError(entry.file, "no i64 tensor input_ids")
+                throw VLQError(VerificationError.invalidReference, entry.file, "no i64 tensor input_ids")
             }
             let logits = try floats("logits")
             let inputIds = file.data(ids).bindMemory(to: Int64.self).map { Int(Int64(littleEndian: $0)) }
@@ -92,6 +100,7 @@ public struct ReferenceComparison: Sendable {
             let prompt = candidate.prompt(question: r.question)
             guard prompt.inputIds == r.inputIds else {
                 throw VLQError(
+                    VerificationError.referenceMismatch,
                     r.name,
                     "the candidate tokenizes the prompt differently from the reference "
                         + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
@@ -103,6 +112,7 @@ public struct ReferenceComparison: Sendable {
             let logits = try candidate.model.logits(stages.hidden)
             guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
                 throw VLQError(
+                    VerificationError.referenceMismatch,
                     r.name,
                     "reference logits are \(r.logitsShape), "
                         + "the candidate gives [\(logits.count / vocab), \(vocab)]")

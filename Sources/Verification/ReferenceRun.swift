@@ -115,12 +115,13 @@ public struct ReferenceRun: Sendable {
     public static func read(_ path: String) throws -> ReferenceRun {
         let file = try CompressedSafeTensors.read(path, format: "vlqref 1", kind: ".vlqref")
         guard let metaText = file.metadata["samples"], let meta = try? JSONValue.parse(metaText).arrayValue else {
-            throw VLQError(path, "the .vlqref metadata lacks its samples")
+            throw VLQError(VerificationError.invalidReference, path, "the .vlqref metadata lacks its samples")
         }
         // Safetensors offsets need not be aligned: tensors are read with unaligned loads.
         func floats(_ name: String) throws -> [Float] {
             guard let info = file.info(name), info.dtype == .f32, info.shape.count == 1 else {
-                throw VLQError(path, "missing \(name), or it is not a 1-D F32 tensor")
+                throw VLQError(
+                    VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D F32 tensor")
             }
             let data = file.data(info)
             return (0..<(data.count / 4)).map {
@@ -129,12 +130,15 @@ public struct ReferenceRun: Sendable {
         }
         func tokenIds(_ name: String) throws -> [Int] {
             guard let info = file.info(name), info.dtype == .i64, info.shape.count == 1 else {
-                throw VLQError(path, "missing \(name), or it is not a 1-D I64 tensor")
+                throw VLQError(
+                    VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D I64 tensor")
             }
             let data = file.data(info)
             return try (0..<(data.count / 8)).map {
                 let id = Int64(littleEndian: data.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))
-                guard id >= 0 else { throw VLQError(path, "\(name) holds token id \(id)") }
+                guard id >= 0 else {
+                    throw VLQError(VerificationError.invalidReference, path, "\(name) holds token id \(id)")
+                }
                 return Int(id)
             }
         }
@@ -143,7 +147,9 @@ public struct ReferenceRun: Sendable {
         func count(_ m: JSONValue, _ key: String, sample: Int) throws -> Int {
             guard let value = m[key] else { return 0 }
             guard let n = value.intValue, n >= 0, n <= file.tensors.count else {
-                throw VLQError(path, "sample \(sample): \(key) \(value.serialized()) is not a count of its tensors")
+                throw VLQError(
+                    VerificationError.invalidReference, path,
+                    "sample \(sample): \(key) \(value.serialized()) is not a count of its tensors")
             }
             return n
         }
@@ -153,7 +159,10 @@ public struct ReferenceRun: Sendable {
             let visionLayers = try count(m, "vision_layers", sample: i)
             let decoderLayers = try count(m, "decoder_layers", sample: i)
             let logitsStart = m["logits_start"]?.intValue ?? 0
-            guard logitsStart >= 0 else { throw VLQError(path, "sample \(i): logits_start \(logitsStart) is negative") }
+            guard logitsStart >= 0 else {
+                throw VLQError(
+                    VerificationError.invalidReference, path, "sample \(i): logits_start \(logitsStart) is negative")
+            }
             samples.append(
                 SampleReference(
                     image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "",
@@ -176,7 +185,9 @@ public struct ReferenceRun: Sendable {
     public func validate(set: CalibrationSet, vocab: Int) throws {
         let subject = source ?? "reference"
         guard samples.count <= set.samples.count else {
-            throw VLQError(subject, "holds \(samples.count) samples, but the set has \(set.samples.count)")
+            throw VLQError(
+                VerificationError.setMismatch, subject,
+                "holds \(samples.count) samples, but the set has \(set.samples.count)")
         }
         // Layer drift is summed per layer over the samples that store layer states.
         let layered = samples.filter { !$0.decoderLayers.isEmpty }
@@ -185,14 +196,18 @@ public struct ReferenceRun: Sendable {
                 $0.visionLayers.count != first.visionLayers.count || $0.decoderLayers.count != first.decoderLayers.count
             })
         {
-            throw VLQError(subject, "samples store the states of different numbers of layers")
+            throw VLQError(
+                VerificationError.invalidReference, subject, "samples store the states of different numbers of layers")
         }
         for (i, s) in samples.enumerated() {
             if let id = s.answerIds.first(where: { $0 >= vocab }) {
-                throw VLQError(subject, "sample \(i): answer token id \(id) is outside the vocabulary of \(vocab)")
+                throw VLQError(
+                    VerificationError.referenceMismatch, subject,
+                    "sample \(i): answer token id \(id) is outside the vocabulary of \(vocab)")
             }
             guard s.logits.count % vocab == 0, s.logits.count / vocab > s.answerIds.count else {
                 throw VLQError(
+                    VerificationError.referenceMismatch,
                     subject,
                     "sample \(i): \(s.logits.count) logits are not whole rows of \(vocab) "
                         + "for the prompt and \(s.answerIds.count) answer tokens")
@@ -247,6 +262,7 @@ public struct RunComparison: Sendable {
     ) throws -> RunComparison {
         guard set.digest == reference.setDigest else {
             throw VLQError(
+                VerificationError.setMismatch,
                 nil, "the reference was computed on another set (digest \(reference.setDigest), this set \(set.digest))"
             )
         }
@@ -259,6 +275,7 @@ public struct RunComparison: Sendable {
                 engine: candidate, sample: set.samples[i], keepLayers: !r.decoderLayers.isEmpty, maxTokens: maxTokens)
             guard c.logits.count == r.logits.count else {
                 throw VLQError(
+                    VerificationError.referenceMismatch,
                     reference.source ?? r.image,
                     "sample \(i): the candidate gives "
                         + "\(c.logits.count / vocab) logit rows, the reference \(r.logits.count / vocab)")
@@ -345,6 +362,7 @@ public enum LayerContribution {
                 let c = try ReferenceRun.runLogits(engine: hybrid, sample: set.samples[k])
                 guard c.count == r.logits.count else {
                     throw VLQError(
+                        VerificationError.referenceMismatch,
                         run.source ?? r.image,
                         "sample \(k): \(key) gives \(c.count / vocab) logit rows, "
                             + "the reference \(r.logits.count / vocab)")

@@ -152,6 +152,9 @@ public struct VerificationReport: Sendable {
         return failures.isEmpty ? nil : "bound broken: " + failures.map(\.message).joined(separator: "; ")
     }
 
+    /// The broken bounds as the error verify throws (`VerificationError.boundBroken`: exit 1); nil when all hold.
+    public var failure: VLQError? { failureMessage.map { VLQError(VerificationError.boundBroken, nil, $0) } }
+
     /// The last line when no bound broke: that all hold, or empty when none were given.
     public var verdict: String { failures.isEmpty && !bounds.isEmpty ? "all bounds hold" : "" }
 }

@@ -159,13 +159,17 @@ struct MetadataFields {
     let source: String
 
     init(_ json: JSONValue?, _ section: String, _ source: String) throws {
-        guard json?.objectValue != nil else { throw VLQError(source, "metadata lacks the \(section) section") }
+        guard json?.objectValue != nil else {
+            throw VLQError(ModelError.invalidMetadata, source, "metadata lacks the \(section) section")
+        }
         self.json = json
         self.section = section
         self.source = source
     }
 
-    func fail(_ key: String) -> VLQError { VLQError(source, "metadata \(section).\(key) is missing or malformed") }
+    func fail(_ key: String) -> VLQError {
+        VLQError(ModelError.invalidMetadata, source, "metadata \(section).\(key) is missing or malformed")
+    }
     func int(_ key: String) throws -> Int { guard let v = json?[key]?.intValue else { throw fail(key) }; return v }
     func double(_ key: String) throws -> Double {
         guard let v = json?[key]?.doubleValue else { throw fail(key) }; return v
@@ -185,17 +189,21 @@ struct MetadataFields {
 
 extension BundleMetadata {
     public init(json: JSONValue, source: String) throws {
-        guard let top = json.objectValue else { throw VLQError(source, "metadata is not a JSON object") }
+        guard let top = json.objectValue else {
+            throw VLQError(ModelError.invalidMetadata, source, "metadata is not a JSON object")
+        }
         let format = try MetadataFields(top["format"], "format", source)
         formatVersion = try format.string("version")
         let m = try MetadataFields(top["model"], "model", source)
         model = Model(architecture: try m.string("architecture"), name: try m.string("name"))
         architecture = try Architecture(try MetadataFields(top["architecture"], "architecture", source))
         guard let configs = top["configs"]?.objectValue else {
-            throw VLQError(source, "metadata lacks the configs section")
+            throw VLQError(ModelError.invalidMetadata, source, "metadata lacks the configs section")
         }
         self.configs = configs
-        guard let pre = top["preprocessing"] else { throw VLQError(source, "metadata lacks preprocessing") }
+        guard let pre = top["preprocessing"] else {
+            throw VLQError(ModelError.invalidMetadata, source, "metadata lacks preprocessing")
+        }
         preprocessing = try ImagePreprocessing(metadata: pre, source: source)
         let c = try MetadataFields(top["chat"], "chat", source)
         chat = Chat(
@@ -210,7 +218,7 @@ extension BundleMetadata {
         generation = Generation(settings: settings, stop: try g.strings("stop"), doSample: try g.bool("do_sample"))
         provenance = try Provenance(try MetadataFields(top["provenance"], "provenance", source))
         guard let quantization = top["quantization"]?.objectValue else {
-            throw VLQError(source, "metadata lacks the quantization section")
+            throw VLQError(ModelError.invalidMetadata, source, "metadata lacks the quantization section")
         }
         self.quantization = quantization
     }

@@ -75,7 +75,7 @@ public struct EngineConfig: Sendable {
     public init(_ m: BundleMetadata, source: String) throws {
         let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
         guard p.type == "mlp2x_gelu_Norm" else {
-            throw VLQError(source, "metadata: projector type \(p.type) is not supported")
+            throw VLQError(ModelError.invalidMetadata, source, "metadata: projector type \(p.type) is not supported")
         }
         vision = Vision(
             hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
@@ -116,7 +116,7 @@ public struct EngineConfig: Sendable {
         language languageSource: String, vision visionSource: String, preprocessor preprocessorSource: String
     ) throws {
         func require(_ condition: Bool, _ source: String, _ reason: @autoclosure () -> String) throws {
-            if !condition { throw VLQError(source, reason()) }
+            if !condition { throw VLQError(ModelError.invalidHyperparameter, source, reason()) }
         }
         func within(_ value: Int, _ limit: Int, _ name: String, _ source: String) throws {
             try require(value >= 1 && value <= limit, source, "\(name) is \(value); it must lie in 1...\(limit)")

@@ -48,7 +48,8 @@ extension EngineConfig {
         let expected = Set(expectedTensors.map(\.name))
         problems.unexpected = bundle.tensors.map(\.name).filter { !expected.contains($0) }
         if let message = problems.message {
-            throw VLQError(bundle.path, "tensor table does not match the metadata: \(message)")
+            throw VLQError(
+                ModelError.tensorMismatch, bundle.path, "tensor table does not match the metadata: \(message)")
         }
     }
 }

@@ -53,6 +53,7 @@ public final class YiVLCheckpoint: @unchecked Sendable {
         let visionFolder = YiVLCheckpoint.join(folder, towerSetting)
         guard FileSystem.isDirectory(visionFolder) else {
             throw VLQError(
+                CheckpointError.missingFile,
                 rootConfig.path,
                 "mm_vision_tower \"\(towerSetting)\" names a vision folder that does not exist (\(visionFolder))")
         }
@@ -114,7 +115,7 @@ public final class YiVLCheckpoint: @unchecked Sendable {
             }
         }
         if let message = problems.message {
-            throw VLQError(folder, "checkpoint does not match its configs: \(message)")
+            throw VLQError(ModelError.tensorMismatch, folder, "checkpoint does not match its configs: \(message)")
         }
         self.tensors = tensors
         inShardVisionCopy = copy
@@ -133,7 +134,9 @@ public final class YiVLCheckpoint: @unchecked Sendable {
 
     static func requireFile(_ folder: ModelFolder, _ name: String, what: String) throws -> String {
         let path = folder.path + "/" + name
-        guard FileSystem.exists(path) else { throw VLQError(folder.path, "missing \(name) (\(what))") }
+        guard FileSystem.exists(path) else {
+            throw VLQError(CheckpointError.missingFile, folder.path, "missing \(name) (\(what))")
+        }
         try folder.checkReadable(path)
         return path
     }

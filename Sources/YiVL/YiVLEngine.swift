@@ -26,7 +26,7 @@ public final class YiVLEngine: @unchecked Sendable {
     /// Opens a `.vlq` bundle or a Hugging Face Yi-VL folder.
     public static func open(_ path: String, cacheBudget: Int = WeightStore.defaultCacheBudget) throws -> YiVLEngine {
         var st = stat()
-        guard stat(path, &st) == 0 else { throw VLQError(path, "no such file or folder") }
+        guard stat(path, &st) == 0 else { throw VLQError(CoreError.cannotOpen, path, "no such file or folder") }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             let checkpoint = try YiVLCheckpoint(folder: path)
             let tokenizer = try Tokenizer(contentsOf: checkpoint.tokenizerModelPath)

@@ -74,6 +74,7 @@ public final class YiVLModel: @unchecked Sendable {
         let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
         guard pixels.count == v.channels * v.imageSize * v.imageSize else {
             throw VLQError(
+                ModelError.invalidInput,
                 nil,
                 "pixel values hold \(pixels.count) floats, the tower takes \(v.channels)x\(v.imageSize)x\(v.imageSize)")
         }
@@ -138,7 +139,9 @@ public final class YiVLModel: @unchecked Sendable {
     /// mlp2x_gelu_Norm: Linear, LayerNorm, GELU, Linear, LayerNorm.
     public func project(_ features: [Float]) throws -> [Float] {
         let input = config.projectorInput, hidden = config.language.hiddenSize
-        guard features.count % input == 0 else { throw VLQError(nil, "vision features are not a multiple of \(input)") }
+        guard features.count % input == 0 else {
+            throw VLQError(ModelError.invalidInput, nil, "vision features are not a multiple of \(input)")
+        }
         let rows = features.count / input
         let a = FloatBuffer(rows * hidden), b = FloatBuffer(rows * hidden)
         let projector = definition.projector
@@ -203,7 +206,9 @@ public final class YiVLModel: @unchecked Sendable {
         try weights.withFloats(definition.language.embedTokens) { table in
             for (i, id) in ids.enumerated() {
                 guard id >= 0, id < l.vocabSize else {
-                    throw VLQError(nil, "token id \(id) is outside the vocabulary of \(l.vocabSize)")
+                    throw VLQError(
+                        ModelError.tokenOutOfVocabulary, nil,
+                        "token id \(id) is outside the vocabulary of \(l.vocabSize)")
                 }
                 for c in 0..<l.hiddenSize { out[i * l.hiddenSize + c] = table[id * l.hiddenSize + c] }
             }
@@ -245,7 +250,9 @@ public final class YiVLModel: @unchecked Sendable {
         let d = l.hiddenSize, rows = embeddings.count / d, kvWidth = l.kvHeads * l.headDim
         let start = cache.length
         guard start + rows <= cache.capacity else {
-            throw VLQError(nil, "sequence of \(start + rows) positions exceeds the cache of \(cache.capacity)")
+            throw VLQError(
+                ModelError.contextExceeded, nil,
+                "sequence of \(start + rows) positions exceeds the cache of \(cache.capacity)")
         }
         let x = FloatBuffer(embeddings)
         let h = FloatBuffer(rows * d), q = FloatBuffer(rows * l.heads * l.headDim),

@@ -99,10 +99,10 @@ struct Check: ParsableCommand {
         let file: VLQFile
         do {
             file = try VLQFile(path: bundle)
-        } catch let error as VLQError where error.reason.hasPrefix("cannot open") {
+        } catch let error as VLQError where error.is(CoreError.cannotOpen) {
             throw error
         } catch let error as VLQError {
-            throw CheckFailure(message: "vlq: check failed: \(error)")
+            throw error.failingCheck()
         }
         let total = file.tensors.reduce(0) { $0 + $1.byteCount }
         let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet)
@@ -111,16 +111,15 @@ struct Check: ParsableCommand {
         do {
             nonFinite = try file.verify(scanValues: values) { progress.update($0, total) }
         } catch let error as VLQError {
-            throw CheckFailure(message: "vlq: check failed: \(error)")
+            throw error.failingCheck()
         }
         let seconds = monotonicSeconds() - started
         if !nonFinite.isEmpty {
             let listed = nonFinite.prefix(8).map { "\($0.name) (\($0.nonFinite))" }.joined(separator: ", ")
             let more = nonFinite.count > 8 ? ", and \(nonFinite.count - 8) more" : ""
-            throw CheckFailure(
-                message:
-                    "vlq: check failed: \(bundle): \(nonFinite.count) tensors hold NaN or infinite values: \(listed)\(more)"
-            )
+            throw VLQError(
+                BundleError.nonFiniteValues, bundle,
+                "\(nonFinite.count) tensors hold NaN or infinite values: \(listed)\(more)")
         }
         let scanned = values ? ", every value finite" : ""
         print(

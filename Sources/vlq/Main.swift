@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import VLQCore
+import Verification
 
 #if canImport(Glibc)
 import Glibc
@@ -15,12 +16,9 @@ struct Main {
         do {
             var command = try VLQ.parseAsRoot()
             try command.run()
-        } catch let failure as CheckFailure {
-            printError(failure.message)
-            exit(1)
         } catch let error as VLQError {
-            printError("vlq: error: \(error)")
-            exit(2)
+            printError(errorLine(error))
+            exit(error.exitStatus.rawValue)
         } catch {
             // Usage errors (and --help, whose "error" exits 0) are ArgumentParser's to print.
             let code = VLQ.exitCode(for: error)
@@ -34,9 +32,12 @@ struct Main {
     }
 }
 
-/// A check that ran and found the subject wanting: exit code 1, unlike bad input or usage (2).
-struct CheckFailure: Error {
-    var message: String
+/// The one line printed for an error: a broken bound as verify's verdict, a check that found a problem
+/// as the check's, anything else as an error. The exit status is the error's own.
+func errorLine(_ error: VLQError) -> String {
+    if error.is(VerificationError.boundBroken) { return "vlq: verify: \(error)" }
+    if error.exitStatus == .checkFailed { return "vlq: check failed: \(error)" }
+    return "vlq: error: \(error)"
 }
 
 func printError(_ line: String) {

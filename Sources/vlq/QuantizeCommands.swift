@@ -16,7 +16,7 @@ func openBundle(
 ) throws -> (VLQFile, cleanup: () -> Void) {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else {
-        throw VLQError(model, "no such file or folder")
+        throw VLQError(CoreError.cannotOpen, model, "no such file or folder")
     }
     if !isDirectory.boolValue { return (try VLQFile(path: model), {}) }
     let temporary = scratchBeside + ".source-\(getpid()).vlq.tmp"
@@ -155,7 +155,9 @@ struct Quantize: ParsableCommand {
         } else {
             let file = try MappedFile(path: recipe!)
             let json: JSONValue
-            do { json = try JSONValue.parse(file.bytes) } catch { throw VLQError(recipe!, "\(error)") }
+            do { json = try JSONValue.parse(file.bytes) } catch {
+                throw VLQError(CoreError.malformedJSON, recipe!, "\(error)")
+            }
             chosen = try Recipe(json: json, source: recipe!)
         }
         if let method { chosen.method = method }

@@ -26,10 +26,14 @@ struct ModelInput: ParsableArguments {
         if let image { return try engine.pixelValues(imagePath: image) }
         let file = try SafeTensorsFile(path: pixelValues!)
         let v = engine.config.vision
-        guard let info = file.info("pixel_values") else { throw VLQError(pixelValues!, "no tensor named pixel_values") }
+        guard let info = file.info("pixel_values") else {
+            throw VLQError(CommandError.invalidPixelValues, pixelValues!, "no tensor named pixel_values")
+        }
         let expected = [v.channels, v.imageSize, v.imageSize]
         guard info.dtype == .f32, info.shape == expected || info.shape == [1] + expected else {
-            throw VLQError(pixelValues!, "pixel_values is \(info.dtype.rawValue) \(info.shape), the model takes F32 \(expected)")
+            throw VLQError(
+                CommandError.invalidPixelValues, pixelValues!,
+                "pixel_values is \(info.dtype.rawValue) \(info.shape), the model takes F32 \(expected)")
         }
         return Array(file.data(info).bindMemory(to: Float.self))
     }

@@ -101,7 +101,7 @@ struct Verify: ParsableCommand {
             try Data(report.html.utf8).write(to: URL(fileURLWithPath: html))
             logger.info("wrote \(html)")
         }
-        if let failure = report.failureMessage { throw CheckFailure(message: "vlq: verify: " + failure) }
+        if let failure = report.failure { throw failure }
         print(report.verdict)
     }
 

@@ -12,11 +12,14 @@ final class BundleFormatTests: XCTestCase {
         let scratch = try Scratch()
         var options = ConvertOptions()
         _ = try Converter(options: options).convert(folder: Self.golden + "/micro", output: scratch.file("micro.vlq"))
-        XCTAssertEqual(try readBytes(scratch.file("micro.vlq")), try readBytes(Self.golden + "/micro.vlq"),
-                       "the writer no longer produces formats/golden/micro.vlq: a format change needs a version bump and tools/regenerate_golden.sh")
+        XCTAssertEqual(
+            try readBytes(scratch.file("micro.vlq")), try readBytes(Self.golden + "/micro.vlq"),
+            "the writer no longer produces formats/golden/micro.vlq: a format change needs a version bump and tools/regenerate_golden.sh"
+        )
         options.dtype = .f16
         options.compressMetadata = false
-        _ = try Converter(options: options).convert(folder: Self.golden + "/micro", output: scratch.file("micro-f16.vlq"))
+        _ = try Converter(options: options).convert(
+            folder: Self.golden + "/micro", output: scratch.file("micro-f16.vlq"))
         XCTAssertEqual(try readBytes(scratch.file("micro-f16.vlq")), try readBytes(Self.golden + "/micro-f16.vlq"))
     }
 
@@ -60,21 +63,27 @@ final class BundleFormatTests: XCTestCase {
         var bytes = try readBytes(Self.golden + "/micro.vlq")
         bytes[1] = UInt8(ascii: "X")
         try writeBytes(bytes, to: scratch.file("b.vlq"))
-        assertVLQError(try VLQFile(path: scratch.file("b.vlq")), contains: ["b.vlq", "bad magic"])
+        assertVLQError(
+            try VLQFile(path: scratch.file("b.vlq")), kind: BundleError.notABundle, contains: ["b.vlq", "bad magic"])
     }
 
     func testATruncatedBundleIsAnErrorAtEveryLength() throws {
         let scratch = try Scratch()
         let bytes = try readBytes(Self.golden + "/micro.vlq")
         let path = scratch.file("t.vlq")
-        for length in Set([0, 7, 8, 100, 127, 128, 129, 4096, bytes.count / 2, bytes.count - 1] + (0..<40).map { $0 * bytes.count / 40 }) {
+        for length in Set(
+            [0, 7, 8, 100, 127, 128, 129, 4096, bytes.count / 2, bytes.count - 1]
+                + (0..<40).map { $0 * bytes.count / 40 })
+        {
             try writeBytes(Array(bytes.prefix(length)), to: path)
             XCTAssertThrowsError(try VLQFile(path: path), "a \(length)-byte prefix opened") { error in
-                XCTAssertTrue(error is VLQError)
+                self.assertVLQError(error, kindIn: [BundleError.self])
             }
         }
         try writeBytes(Array(bytes.dropLast(10)), to: path)
-        assertVLQError(try VLQFile(path: path), contains: ["t.vlq", "truncated: the header says \(bytes.count) bytes, the file has \(bytes.count - 10)"])
+        assertVLQError(
+            try VLQFile(path: path), kind: BundleError.sizeMismatch,
+            contains: ["t.vlq", "truncated: the header says \(bytes.count) bytes, the file has \(bytes.count - 10)"])
     }
 
     /// Header, table and metadata are covered by checksums: any flipped bit there fails the open.
@@ -89,7 +98,9 @@ final class BundleFormatTests: XCTestCase {
             var bytes = original
             bytes[position] ^= 0x10
             try writeBytes(bytes, to: path)
-            XCTAssertThrowsError(try VLQFile(path: path), "flipping byte \(position) went unnoticed")
+            XCTAssertThrowsError(try VLQFile(path: path), "flipping byte \(position) went unnoticed") { error in
+                self.assertVLQError(error, kindIn: [BundleError.self])
+            }
         }
     }
 
@@ -101,16 +112,19 @@ final class BundleFormatTests: XCTestCase {
         bytes[victim.offset + victim.byteCount / 2] ^= 0x01
         try writeBytes(bytes, to: scratch.file("d.vlq"))
         let damaged = try VLQFile(path: scratch.file("d.vlq"))
-        assertVLQError(try damaged.verifyChecksums(), contains: ["d.vlq", "tensor model.layers.1.mlp.up_proj.weight: checksum mismatch"])
+        assertVLQError(
+            try damaged.verifyChecksums(), kind: BundleError.checksumMismatch,
+            contains: ["d.vlq", "tensor model.layers.1.mlp.up_proj.weight: checksum mismatch"])
     }
 
     func testTheWriterRefusesAShortTensorAndLeavesNothingBehind() throws {
         let scratch = try Scratch()
         let plan = [TensorRecord(name: "w", encoding: .f32, component: .language, shape: [4], sourceDType: .f32)]
         let writer = try VLQWriter(path: scratch.file("w.vlq"), plan: plan)
-        assertVLQError(try writer.writeTensor(0) { sink in
-            try [UInt8](repeating: 0, count: 8).withUnsafeBytes { try sink.append($0) }
-        }, contains: ["tensor w: 8 bytes written of 16"])
+        assertVLQError(
+            try writer.writeTensor(0) { sink in
+                try [UInt8](repeating: 0, count: 8).withUnsafeBytes { try sink.append($0) }
+            }, kind: BundleError.writeMismatch, contains: ["tensor w: 8 bytes written of 16"])
         writer.abandon()
         XCTAssertEqual(scratch.listing(), [])
     }

@@ -1,6 +1,7 @@
 import CheckpointFiles
 import Conversion
 import Foundation
+import PyTorchCheckpoint
 import SafeTensors
 import VLQCore
 import VLQFormat
@@ -85,6 +86,7 @@ final class CheckpointLayoutTests: XCTestCase {
         try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: outside)
         assertVLQError(
             try YiVLCheckpoint(folder: snapshot),
+            kind: CheckpointError.outsideFolder,
             contains: [
                 "model.safetensors.index.json", "model-00002-of-00002.safetensors resolves to",
                 "outside the model folder and its Hugging Face cache",
@@ -107,7 +109,9 @@ final class CheckpointLayoutTests: XCTestCase {
             withDestinationPath: cache + "/snapshots/0123456789abcdef0123456789abcdef01234567/" + configBlob)
         try FileManager.default.createSymbolicLink(
             atPath: model + "/tokenizer.model", withDestinationPath: other + "/tok")
-        assertVLQError(try YiVLCheckpoint(folder: model), contains: ["tokenizer.model resolves to", "outside"])
+        assertVLQError(
+            try YiVLCheckpoint(folder: model), kind: CheckpointError.outsideFolder,
+            contains: ["tokenizer.model resolves to", "outside"])
     }
 
     func testAFIFOWhereAShardShouldBeIsAnErrorNotAHang() throws {
@@ -117,6 +121,7 @@ final class CheckpointLayoutTests: XCTestCase {
         XCTAssertEqual(mkfifo(shard, 0o644), 0)
         assertVLQError(
             try YiVLCheckpoint(folder: model),
+            kind: CoreError.notARegularFile,
             contains: ["model-00002-of-00002.safetensors", "not a regular file (a FIFO)"])
     }
 
@@ -141,13 +146,16 @@ final class CheckpointLayoutTests: XCTestCase {
         try writeBytes([1, 2, 3], to: folder + "/open_clip_pytorch_model.bin")
         try writeBytes(Array("not a zip".utf8), to: folder + "/pytorch_model.bin")
         // The error names pytorch_model.bin: that is the file vlq chose to read.
-        assertVLQError(try ShardSet(folder: folder), contains: ["vit/pytorch_model.bin"])
+        assertVLQError(
+            try ShardSet(folder: folder), kind: TorchCheckpointError.malformedZip, contains: ["vit/pytorch_model.bin"])
     }
 
     func testAFolderWithoutWeightsSaysWhatItLookedFor() throws {
         let folder = scratch.file("empty")
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         try writeBytes([1], to: folder + "/open_clip_pytorch_model.bin")
-        assertVLQError(try ShardSet(folder: folder), contains: ["no weights", "pytorch_model*.bin"])
+        assertVLQError(
+            try ShardSet(folder: folder), kind: CheckpointError.noWeights,
+            contains: ["no weights", "pytorch_model*.bin"])
     }
 }

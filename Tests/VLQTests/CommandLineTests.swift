@@ -63,6 +63,13 @@ final class CommandLineTests: XCTestCase {
         let result = try vlq("check", output)
         XCTAssertEqual(result.status, 1)
         XCTAssertTrue(result.stderr.contains("tensor model.mm_projector.3.weight: checksum mismatch"), result.stderr)
+        XCTAssertTrue(result.stderr.hasPrefix("vlq: check failed: \(output): "), result.stderr)
+
+        // A bundle that cannot be opened is bad input (CoreError.cannotOpen), not a check that failed.
+        let absent = scratch.file("missing.vlq")
+        let missing = try vlq("check", absent)
+        XCTAssertEqual(missing.status, 2)
+        XCTAssertTrue(missing.stderr.hasPrefix("vlq: error: \(absent): cannot open"), missing.stderr)
 
         try writeBytes(Array(bytes.prefix(bytes.count - 1)), to: output)
         let truncated = try vlq("check", output)

@@ -1,3 +1,4 @@
+import CheckpointFiles
 import Conversion
 import Foundation
 import SafeTensors
@@ -19,7 +20,8 @@ final class ConvertTests: XCTestCase {
         XCTAssertEqual(parts[.vision], 71)
         XCTAssertEqual(parts[.projector], 8)
         XCTAssertEqual(parts[.language], 2 + 1 + 4 * 9)
-        XCTAssertTrue(checkpoint.tensors.filter { $0.expected.part == .vision }.allSatisfy { $0.file.path.contains("/vit/") })
+        XCTAssertTrue(
+            checkpoint.tensors.filter { $0.expected.part == .vision }.allSatisfy { $0.file.path.contains("/vit/") })
         XCTAssertEqual(checkpoint.inShardVisionCopy.count, 71)
         XCTAssertEqual(checkpoint.config.selectedHiddenState, 3)
         XCTAssertEqual(checkpoint.config.preprocessor.padColor, [122, 116, 104])
@@ -91,7 +93,9 @@ final class ConvertTests: XCTestCase {
         XCTAssertEqual(m["preprocessing"]?["shortest_edge"]?.intValue, 84)
         XCTAssertEqual(m["chat"]?["image_token_index"]?.intValue, -200)
         XCTAssertEqual(m["chat"]?["image_tokens"]?.intValue, 36)
-        XCTAssertTrue(m["chat"]?["template"]?.stringValue?.contains("### Human: <image_placeholder>\n{question}\n### Assistant:") ?? false)
+        XCTAssertTrue(
+            m["chat"]?["template"]?.stringValue?.contains("### Human: <image_placeholder>\n{question}\n### Assistant:")
+                ?? false)
         XCTAssertEqual(m["tokenizer"]?["add_bos_token"]?.boolValue, false)
         XCTAssertEqual(m["tokenizer"]?["special_tokens"]?["bos"]?["text"]?.stringValue, "<|startoftext|>")
         XCTAssertEqual(m["tokenizer"]?["special_tokens"]?["eos"]?["id"]?.intValue, 2)
@@ -105,7 +109,8 @@ final class ConvertTests: XCTestCase {
         XCTAssertTrue(paths.contains("vit/clip-vit-tiny-yivl-84/model.safetensors"))
         XCTAssertTrue(paths.contains("tokenizer.model"))
         let shard = try readBytes(Repo.tinyModel + "/model-00002-of-00002.safetensors")
-        let digest = sources.first { $0["path"]?.stringValue == "model-00002-of-00002.safetensors" }?["xxh3"]?.stringValue
+        let digest = sources.first { $0["path"]?.stringValue == "model-00002-of-00002.safetensors" }?["xxh3"]?
+            .stringValue
         XCTAssertEqual(digest, hex64(XXH3Hasher.hash(shard)))
     }
 
@@ -155,10 +160,13 @@ final class ConvertRejectsBadInputTests: XCTestCase {
         model = try scratch.copyOfTinyModel()
     }
 
-    func assertConvertFails(_ fragments: [String], file: StaticString = #filePath, line: UInt = #line) {
+    func assertConvertFails(
+        _ kind: some ErrorKind, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line
+    ) {
         let output = scratch.file("out.vlq")
-        assertVLQError(try Converter(options: ConvertOptions()).convert(folder: model, output: output),
-                       contains: fragments, file: file, line: line)
+        assertVLQError(
+            try Converter(options: ConvertOptions()).convert(folder: model, output: output),
+            kind: kind, contains: fragments, file: file, line: line)
         XCTAssertEqual(scratch.listing(), ["model"], "a failed convert left files behind", file: file, line: line)
     }
 
@@ -168,26 +176,31 @@ final class ConvertRejectsBadInputTests: XCTestCase {
     func testTruncatedShard() throws {
         let bytes = try readBytes(shard2)
         try writeBytes(Array(bytes.dropLast(100)), to: shard2)
-        assertConvertFails(["model-00002-of-00002.safetensors", "truncated"])
+        assertConvertFails(SafeTensorsError.truncated, ["model-00002-of-00002.safetensors", "truncated"])
     }
 
     func testHeaderLengthBeyondTheFile() throws {
         var bytes = try readBytes(shard2)
         withUnsafeBytes(of: UInt64(50_000_000).littleEndian) { for i in 0..<8 { bytes[i] = $0[i] } }
         try writeBytes(bytes, to: shard2)
-        assertConvertFails(["model-00002-of-00002.safetensors", "header length 50000000 runs past the end of the file"])
+        assertConvertFails(
+            SafeTensorsError.truncated,
+            ["model-00002-of-00002.safetensors", "header length 50000000 runs past the end of the file"])
     }
 
     func testInvalidHeaderJSON() throws {
         var bytes = try readBytes(shard2)
         bytes[8] = UInt8(ascii: "x")
         try writeBytes(bytes, to: shard2)
-        assertConvertFails(["model-00002-of-00002.safetensors", "not valid JSON"])
+        assertConvertFails(SafeTensorsError.malformedHeader, ["model-00002-of-00002.safetensors", "not valid JSON"])
     }
 
     func rewriteVisionWeights(_ edit: (inout [SafeTensorsBuilder.Entry]) -> Void) throws {
         let file = try SafeTensorsFile(path: vitWeights)
-        var entries = file.tensors.map { SafeTensorsBuilder.Entry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0))) }
+        var entries = file.tensors.map {
+            SafeTensorsBuilder.Entry(
+                name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0)))
+        }
         edit(&entries)
         try SafeTensorsBuilder(entries: entries).write(to: vitWeights)
     }
@@ -195,12 +208,16 @@ final class ConvertRejectsBadInputTests: XCTestCase {
     func testOverlappingOffsets() throws {
         var builder = SafeTensorsBuilder()
         let file = try SafeTensorsFile(path: vitWeights)
-        builder.entries = file.tensors.map { .init(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0))) }
+        builder.entries = file.tensors.map {
+            .init(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0)))
+        }
         // Move the second tensor's range back by 4 bytes: it now overlaps the first.
-        let header = builder.headerJSON().replacingOccurrences(of: "\"data_offsets\":[512,", with: "\"data_offsets\":[508,")
-            .replacingOccurrences(of: ",301568]", with: ",301564]")
+        let header = builder.headerJSON().replacingOccurrences(
+            of: "\"data_offsets\":[512,", with: "\"data_offsets\":[508,"
+        )
+        .replacingOccurrences(of: ",301568]", with: ",301564]")
         try SafeTensorsBuilder(entries: builder.entries).write(to: vitWeights, header: header)
-        assertConvertFails(["model.safetensors", "overlap"])
+        assertConvertFails(SafeTensorsError.badDataOffsets, ["model.safetensors", "overlap"])
     }
 
     func testOutOfRangeOffsets() throws {
@@ -208,39 +225,59 @@ final class ConvertRejectsBadInputTests: XCTestCase {
         var bytes = try readBytes(vitWeights)
         bytes.removeLast(512)
         try writeBytes(bytes, to: vitWeights)
-        assertConvertFails(["vit/clip-vit-tiny-yivl-84/model.safetensors", "truncated"])
+        assertConvertFails(SafeTensorsError.truncated, ["vit/clip-vit-tiny-yivl-84/model.safetensors", "truncated"])
     }
 
     func testDtypeShapeSizeMismatch() throws {
         let file = try SafeTensorsFile(path: vitWeights)
-        let entries = file.tensors.map { SafeTensorsBuilder.Entry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0))) }
+        let entries = file.tensors.map {
+            SafeTensorsBuilder.Entry(
+                name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, data: Array(file.data($0)))
+        }
         let header = SafeTensorsBuilder(entries: entries).headerJSON()
-            .replacingOccurrences(of: "\"vision_model.embeddings.class_embedding\":{\"dtype\":\"F32\"", with: "\"vision_model.embeddings.class_embedding\":{\"dtype\":\"F16\"")
+            .replacingOccurrences(
+                of: "\"vision_model.embeddings.class_embedding\":{\"dtype\":\"F32\"",
+                with: "\"vision_model.embeddings.class_embedding\":{\"dtype\":\"F16\"")
         try SafeTensorsBuilder(entries: entries).write(to: vitWeights, header: header)
-        assertConvertFails(["tensor vision_model.embeddings.class_embedding", "512 bytes of data for shape [128] of F16, which needs 256"])
+        assertConvertFails(
+            SafeTensorsError.malformedEntry,
+            [
+                "tensor vision_model.embeddings.class_embedding",
+                "512 bytes of data for shape [128] of F16, which needs 256",
+            ])
     }
 
     func testMissingShard() throws {
         try FileManager.default.removeItem(atPath: shard2)
-        assertConvertFails(["model.safetensors.index.json", "model-00002-of-00002.safetensors, which does not exist"])
+        assertConvertFails(
+            CheckpointError.missingFile,
+            ["model.safetensors.index.json", "model-00002-of-00002.safetensors, which does not exist"])
     }
 
     func testIndexPointingOutsideTheFolder() throws {
         let index = model + "/model.safetensors.index.json"
         let text = try String(contentsOfFile: index, encoding: .utf8)
-            .replacingOccurrences(of: "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"", with: "\"lm_head.weight\": \"../../etc/model.safetensors\"")
+            .replacingOccurrences(
+                of: "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"",
+                with: "\"lm_head.weight\": \"../../etc/model.safetensors\"")
         try text.write(toFile: index, atomically: true, encoding: .utf8)
-        assertConvertFails(["model.safetensors.index.json", "../../etc/model.safetensors, which is outside the model folder"])
+        assertConvertFails(
+            CheckpointError.outsideFolder,
+            ["model.safetensors.index.json", "../../etc/model.safetensors, which is outside the model folder"])
     }
 
     func testMissingVisionFolder() throws {
         try FileManager.default.removeItem(atPath: model + "/vit")
-        assertConvertFails(["config.json", "mm_vision_tower \"./vit/clip-vit-tiny-yivl-84\"", "does not exist"])
+        assertConvertFails(
+            CheckpointError.missingFile,
+            ["config.json", "mm_vision_tower \"./vit/clip-vit-tiny-yivl-84\"", "does not exist"])
     }
 
     func testMissingTensor() throws {
         try rewriteVisionWeights { $0.removeAll { $0.name == "vision_model.encoder.layers.2.mlp.fc1.bias" } }
-        assertConvertFails(["checkpoint does not match its configs", "1 missing (vision_model.encoder.layers.2.mlp.fc1.bias)"])
+        assertConvertFails(
+            ModelError.tensorMismatch,
+            ["checkpoint does not match its configs", "1 missing (vision_model.encoder.layers.2.mlp.fc1.bias)"])
     }
 
     func testWrongShape() throws {
@@ -248,27 +285,43 @@ final class ConvertRejectsBadInputTests: XCTestCase {
             let i = entries.firstIndex { $0.name == "vision_model.embeddings.position_embedding.weight" }!
             entries[i].shape = [128, 37]
         }
-        assertConvertFails(["with the wrong shape", "vision_model.embeddings.position_embedding.weight is [128, 37], config implies [37, 128]"])
+        assertConvertFails(
+            ModelError.tensorMismatch,
+            [
+                "with the wrong shape",
+                "vision_model.embeddings.position_embedding.weight is [128, 37], config implies [37, 128]",
+            ])
     }
 
     func testUnexpectedTensorsAreListedWithTheOtherProblems() throws {
         try rewriteVisionWeights { entries in
             entries.removeAll { $0.name == "vision_model.post_layernorm.bias" }
-            entries.append(.init(name: "vision_model.extra_head.weight", dtype: "F32", shape: [2], data: [UInt8](repeating: 0, count: 8)))
+            entries.append(
+                .init(
+                    name: "vision_model.extra_head.weight", dtype: "F32", shape: [2],
+                    data: [UInt8](repeating: 0, count: 8)))
         }
-        assertConvertFails(["1 missing (vision_model.post_layernorm.bias)", "1 unexpected (vision_model.extra_head.weight)"])
+        assertConvertFails(
+            ModelError.tensorMismatch,
+            ["1 missing (vision_model.post_layernorm.bias)", "1 unexpected (vision_model.extra_head.weight)"])
     }
 
     func testAConfigThatDisagreesWithTheWeights() throws {
         let path = model + "/config.json"
-        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\"intermediate_size\": 768", with: "\"intermediate_size\": 1024")
+        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(
+            of: "\"intermediate_size\": 768", with: "\"intermediate_size\": 1024")
         try text.write(toFile: path, atomically: true, encoding: .utf8)
-        assertConvertFails(["12 with the wrong shape", "model.layers.0.mlp.down_proj.weight is [256, 768], config implies [256, 1024]"])
+        assertConvertFails(
+            ModelError.tensorMismatch,
+            [
+                "12 with the wrong shape",
+                "model.layers.0.mlp.down_proj.weight is [256, 768], config implies [256, 1024]",
+            ])
     }
 
     func testMissingTokenizer() throws {
         try FileManager.default.removeItem(atPath: model + "/tokenizer.model")
-        assertConvertFails(["missing tokenizer.model"])
+        assertConvertFails(CheckpointError.missingFile, ["missing tokenizer.model"])
     }
 }
 
@@ -308,8 +361,10 @@ extension ConvertRejectsBadInputTests {
     func testAnOutputPathThatIsASourceFileIsRefused() throws {
         let shard = model + "/model-00001-of-00002.safetensors"
         let before = try readBytes(shard)
-        assertVLQError(try Converter(options: ConvertOptions()).convert(folder: model, output: shard),
-                       contains: ["model-00001-of-00002.safetensors", "is a file of the source checkpoint"])
+        assertVLQError(
+            try Converter(options: ConvertOptions()).convert(folder: model, output: shard),
+            kind: ConversionError.outputIsSource,
+            contains: ["model-00001-of-00002.safetensors", "is a file of the source checkpoint"])
         XCTAssertEqual(try readBytes(shard), before)
     }
 }

@@ -61,8 +61,12 @@ enum ImageBuilder {
         let oneCode = [UInt8](arrayLiteral: 1) + [UInt8](repeating: 0, count: 15) + [0]
         var out: [UInt8] = [0xFF, 0xD8]
         out += segment(0xDB, [0] + [UInt8](repeating: 1, count: 64))
-        out += segment(0xC0, [8, UInt8(height >> 8), UInt8(height & 0xFF), UInt8(width >> 8), UInt8(width & 0xFF),
-                              1, 1, 0x11, 0])
+        out += segment(
+            0xC0,
+            [
+                8, UInt8(height >> 8), UInt8(height & 0xFF), UInt8(width >> 8), UInt8(width & 0xFF),
+                1, 1, 0x11, 0,
+            ])
         out += segment(0xC4, [0x00] + oneCode)  // DC: difference category 0
         out += segment(0xC4, [0x10] + oneCode)  // AC: end of block
         out += segment(0xDA, [1, 1, 0x00, 0, 63, 0])
@@ -77,14 +81,17 @@ enum ImageBuilder {
 /// that square alone would be 3 TB. The padded resize never makes it, and gives the same bytes.
 final class ImageLimitTests: XCTestCase {
     func randomImage(width: Int, height: Int, _ random: inout SplitMix64) -> RGBImage {
-        RGBImage(width: width, height: height,
-                 pixels: (0..<(width * height * 3)).map { _ in UInt8(random.below(256)) })
+        RGBImage(
+            width: width, height: height,
+            pixels: (0..<(width * height * 3)).map { _ in UInt8(random.below(256)) })
     }
 
     func testPaddedResizeGivesTheBytesOfResizingTheSquare() {
         var random = SplitMix64(seed: 448)
-        let shapes = [(1, 50), (50, 1), (7, 300), (300, 7), (123, 77), (77, 123), (64, 48), (3, 4), (97, 98),
-                      (2, 1)]
+        let shapes = [
+            (1, 50), (50, 1), (7, 300), (300, 7), (123, 77), (77, 123), (64, 48), (3, 4), (97, 98),
+            (2, 1),
+        ]
         let filters: [Resampler.Filter] = [.bicubic, .bilinear, .box, .hamming, .lanczos]
         var p = ImagePreprocessing()
         for (w, h) in shapes {
@@ -95,8 +102,9 @@ final class ImageLimitTests: XCTestCase {
             let outputs = [(84, 84), (448, 448), (5, 9), (side, 17), (17, side), (side, side), (1, 1), (2 * side, 3)]
             for (ow, oh) in outputs {
                 for filter in filters {
-                    let padded = Resampler.resize(image, centredOnSquare: side, fill: p.padColor, width: ow,
-                                                  height: oh, filter: filter)
+                    let padded = Resampler.resize(
+                        image, centredOnSquare: side, fill: p.padColor, width: ow,
+                        height: oh, filter: filter)
                     let reference = Resampler.resize(square, width: ow, height: oh, filter: filter)
                     XCTAssertEqual(padded, reference, "\(w)x\(h) -> \(ow)x\(oh) \(filter)")
                 }
@@ -110,8 +118,9 @@ final class ImageLimitTests: XCTestCase {
         let p = ImagePreprocessing()
         for (w, h) in [(4000, 1), (1, 4000), (4000, 3)] {
             let image = randomImage(width: w, height: h, &random)
-            let padded = Resampler.resize(image, centredOnSquare: 4000, fill: p.padColor, width: 448, height: 448,
-                                          filter: .bicubic)
+            let padded = Resampler.resize(
+                image, centredOnSquare: 4000, fill: p.padColor, width: 448, height: 448,
+                filter: .bicubic)
             let square = Resampler.resize(p.expandToSquare(image), width: 448, height: 448, filter: .bicubic)
             XCTAssertEqual(padded, square, "\(w)x\(h)")
         }
@@ -142,19 +151,28 @@ final class ImageLimitTests: XCTestCase {
         let scratch = try Scratch()
         // Only the header is read: the pixel data need not exist.
         let header = ImageBuilder.bigEndian(20000) + ImageBuilder.bigEndian(20000) + [8, 2, 0, 0, 0]
-        let png = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + ImageBuilder.chunk("IHDR", header)
+        let png =
+            [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + ImageBuilder.chunk("IHDR", header)
             + ImageBuilder.chunk("IDAT", [0x78, 0x01]) + ImageBuilder.chunk("IEND", [])
         try writeBytes(png, to: scratch.file("huge.png"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("huge.png")),
-                       contains: ["huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit "
-                                  + "of 268435456"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("huge.png")),
+            kind: ImageError.corruptImage,
+            contains: [
+                "huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit "
+                    + "of 268435456"
+            ])
         try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 5000), to: scratch.file("huge.jpg"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("huge.jpg")),
-                       contains: ["huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("huge.jpg")),
+            kind: ImageError.corruptImage,
+            contains: ["huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit"])
         // libpng's own message comes through (it used to be replaced by "out of memory").
         try writeBytes(Array(try readBytes(Reference.cases[0].image).prefix(3000)), to: scratch.file("cut.png"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.png")),
-                       contains: ["cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("cut.png")),
+            kind: ImageError.corruptImage,
+            contains: ["cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)"])
         // Just under it, the hand-made JPEG decodes: flat mid-gray.
         try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 1), to: scratch.file("line.jpg"))
         let line = try ImageDecoder.decode(path: scratch.file("line.jpg"))
@@ -166,19 +184,24 @@ final class ImageLimitTests: XCTestCase {
         let wide = RGBImage(width: 100_000, height: 1, fill: [1, 2, 3])
         var p = ImagePreprocessing()
         p.aspectRatio = "square"  // shortest edge 1 -> 448: 44,800,000 x 448
-        assertVLQError(try p.pixelValues(wide, source: "wide.png"),
-                       contains: ["wide.png: resizing the 100000x1 image to a shortest edge of 448 gives more than"])
+        assertVLQError(
+            try p.pixelValues(wide, source: "wide.png"),
+            kind: ImageError.tooLarge,
+            contains: ["wide.png: resizing the 100000x1 image to a shortest edge of 448 gives more than"])
         p.aspectRatio = "pad"
         p.resize = false
         p.centerCrop = false  // the result would be the 100000 x 100000 square
-        assertVLQError(try p.pixelValues(wide, source: "wide.png"),
-                       contains: ["wide.png: the 100000x1 image padded to a 100000x100000 square is larger than"])
+        assertVLQError(
+            try p.pixelValues(wide, source: "wide.png"),
+            kind: ImageError.tooLarge,
+            contains: ["wide.png: the 100000x1 image padded to a 100000x100000 square is larger than"])
         // Cropped from the square without making it: the crop's bytes.
         p.centerCrop = true
         let cropped = try p.geometry(wide)
         XCTAssertEqual([cropped.width, cropped.height], [448, 448])
         XCTAssertEqual(cropped[0, 0, 0], p.padColor[0])
-        XCTAssertEqual([cropped[0, 223, 0], cropped[0, 223, 1]], [1, 2], "row (100000 - 1) // 2 - (100000 - 448) // 2")
+        XCTAssertEqual(
+            [cropped[0, 223, 0], cropped[0, 223, 1]], [1, 2], "row (100000 - 1) // 2 - (100000 - 448) // 2")
 
         var random = SplitMix64(seed: 7)
         p.cropWidth = 60
@@ -201,13 +224,16 @@ final class ImageLimitTests: XCTestCase {
         for (key, value, phrase) in cases {
             var p = ImagePreprocessing()
             p[keyPath: key] = value
-            assertVLQError(try p.pixelValues(image, source: "x.png"), contains: ["x.png: preprocessing: " + phrase])
+            assertVLQError(
+                try p.pixelValues(image, source: "x.png"), kind: ImageError.invalidPreprocessing,
+                contains: ["x.png: preprocessing: " + phrase])
         }
     }
 
     func testSizesInABundlesMetadataAreCheckedOnOpen() throws {
         func metadata(crop: String, edge: String = "448") throws -> JSONValue {
-            try JSONValue.parse("""
+            try JSONValue.parse(
+                """
                 {"aspect_ratio": "pad", "pad_color": [122, 116, 104], "resize": true, "shortest_edge": \(edge),
                  "resample": "bicubic", "center_crop": true, "crop_size": \(crop), "rescale": true,
                  "rescale_factor": 0.00392156862745098, "normalize": true, "mean": [0.5, 0.5, 0.5],
@@ -215,12 +241,18 @@ final class ImageLimitTests: XCTestCase {
                 """)
         }
         XCTAssertNoThrow(try ImagePreprocessing(metadata: try metadata(crop: "[448, 448]"), source: "m.vlq"))
-        assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[0, 448]"), source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing is malformed"])
-        assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[65536, 65536]"), source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing: crop size 65536x65536 is larger than the limit"])
-        assertVLQError(try ImagePreprocessing(metadata: try metadata(crop: "[448, 448]", edge: "9000000000"),
-                                              source: "m.vlq"),
-                       contains: ["m.vlq: metadata preprocessing: shortest edge 9000000000 makes images larger"])
+        assertVLQError(
+            try ImagePreprocessing(metadata: try metadata(crop: "[0, 448]"), source: "m.vlq"),
+            kind: ImageError.invalidPreprocessing, contains: ["m.vlq: metadata preprocessing is malformed"])
+        assertVLQError(
+            try ImagePreprocessing(metadata: try metadata(crop: "[65536, 65536]"), source: "m.vlq"),
+            kind: ImageError.invalidPreprocessing,
+            contains: ["m.vlq: metadata preprocessing: crop size 65536x65536 is larger than the limit"])
+        assertVLQError(
+            try ImagePreprocessing(
+                metadata: try metadata(crop: "[448, 448]", edge: "9000000000"),
+                source: "m.vlq"),
+            kind: ImageError.invalidPreprocessing,
+            contains: ["m.vlq: metadata preprocessing: shortest edge 9000000000 makes images larger"])
     }
 }

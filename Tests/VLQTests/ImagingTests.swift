@@ -31,9 +31,10 @@ enum Reference {
     static let cases: [Case] = {
         let json = try! JSONValue.parse(try! readBytes(data + "/reference/cases.json"))
         return json.arrayValue!.map { c in
-            Case(image: data + "/" + c["image"]!.stringValue!, question: c["question"]!.stringValue!,
-                 answer: c["answer"]!.stringValue!, greedyAnswer: c["fp32_greedy_answer"]!.stringValue!,
-                 file: try! SafeTensorsFile(path: data + "/" + c["reference"]!.stringValue!))
+            Case(
+                image: data + "/" + c["image"]!.stringValue!, question: c["question"]!.stringValue!,
+                answer: c["answer"]!.stringValue!, greedyAnswer: c["fp32_greedy_answer"]!.stringValue!,
+                file: try! SafeTensorsFile(path: data + "/" + c["reference"]!.stringValue!))
         }
     }()
 
@@ -59,7 +60,9 @@ final class ImagingTests: XCTestCase {
             let reference = c.floats("pixel_values")
             XCTAssertEqual(c.shape("pixel_values"), [3, 84, 84])
             let mismatches = zip(pixels, reference).filter { $0.0.bitPattern != $0.1.bitPattern }.count
-            XCTAssertEqual(mismatches, 0, "\(c.image): \(mismatches) values differ, max abs \(maxAbsDifference(pixels, reference))")
+            XCTAssertEqual(
+                mismatches, 0, "\(c.image): \(mismatches) values differ, max abs \(maxAbsDifference(pixels, reference))"
+            )
         }
     }
 
@@ -99,13 +102,21 @@ final class ImagingTests: XCTestCase {
         let scratch = try Scratch()
         let png = try readBytes(Reference.cases[0].image)
         try writeBytes(Array(png.prefix(png.count / 2)), to: scratch.file("cut.png"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.png")), contains: ["cut.png", "corrupt or unsupported PNG"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("cut.png")), kind: ImageError.corruptImage,
+            contains: ["cut.png", "corrupt or unsupported PNG"])
         let jpeg = try readBytes(Reference.cases[1].image)
         try writeBytes(Array(jpeg.prefix(40)), to: scratch.file("cut.jpg"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("cut.jpg")), contains: ["cut.jpg", "corrupt or unsupported JPEG"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("cut.jpg")), kind: ImageError.corruptImage,
+            contains: ["cut.jpg", "corrupt or unsupported JPEG"])
         try writeBytes(Array("GIF89a......".utf8), to: scratch.file("x.gif"))
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("x.gif")), contains: ["x.gif", "not a PNG or JPEG image"])
-        assertVLQError(try ImageDecoder.decode(path: scratch.file("missing.png")), contains: ["missing.png", "cannot open"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("x.gif")), kind: ImageError.notAnImage,
+            contains: ["x.gif", "not a PNG or JPEG image"])
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("missing.png")), kind: CoreError.cannotOpen,
+            contains: ["missing.png", "cannot open"])
     }
 }
 
@@ -119,7 +130,8 @@ final class PhotographPixelTests: XCTestCase {
     /// 16-bit gray (PIL's I;16, clipped at 255 on RGB conversion), 16-bit RGB and RGBA (high bytes),
     /// gray + alpha, 2-bit gray, palette with transparency, grayscale and Adobe CMYK JPEGs.
     func testEveryPixelLayoutConvertsToRGBAsPILDoes() throws {
-        try assertMatchesReference("Tests/Fixtures/images/pixel-reference.json", images: "Tests/Fixtures/images/", count: 16)
+        try assertMatchesReference(
+            "Tests/Fixtures/images/pixel-reference.json", images: "Tests/Fixtures/images/", count: 16)
     }
 
     func assertMatchesReference(_ file: String, images: String, count: Int) throws {
@@ -135,13 +147,16 @@ final class PhotographPixelTests: XCTestCase {
             let pixels = try p.pixelValues(path: Repo.root.appendingPathComponent(images + image).path)
             XCTAssertEqual(pixels.count, 3 * size * size)
             if image.hasSuffix(".png") {
-                XCTAssertEqual(hex64(pixels.withUnsafeBytes { XXH3Hasher.hash($0) }), entry["xxh3"]!.stringValue!, "\(image) at \(size) px")
+                XCTAssertEqual(
+                    hex64(pixels.withUnsafeBytes { XXH3Hasher.hash($0) }), entry["xxh3"]!.stringValue!,
+                    "\(image) at \(size) px")
             } else {
                 let plane = size * size
                 for c in 0..<3 {
                     let sum = pixels[(c * plane)..<((c + 1) * plane)].reduce(0.0) { $0 + Double($1) }
                     let expected = entry["channel_sums"]!.arrayValue![c].doubleValue!
-                    XCTAssertLessThanOrEqual(abs(sum - expected) / Double(plane), 0.004, "\(image) at \(size) px, channel \(c)")
+                    XCTAssertLessThanOrEqual(
+                        abs(sum - expected) / Double(plane), 0.004, "\(image) at \(size) px, channel \(c)")
                 }
             }
         }

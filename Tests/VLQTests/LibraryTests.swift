@@ -175,6 +175,7 @@ final class LibraryTests: XCTestCase {
             _ = try await chat.ask(tooLong)
             XCTFail("a question longer than the context was answered")
         } catch let error as VLQError {
+            XCTAssertTrue(error.is(ModelError.contextExceeded), "\(error.kind): \(error)")
             let reason = error.description
             XCTAssertTrue(reason.contains("model's context is \(Self.model.contextLength)"), reason)
         }
@@ -205,7 +206,7 @@ final class LibraryTests: XCTestCase {
         let scratch = try Scratch()
         try writeBytes(Array("not an image".utf8), to: scratch.file("x.png"))
         assertVLQError(try Self.model.chat(image: scratch.file("x.png")),
-                       contains: ["x.png", "not a PNG or JPEG image"])
+                       kind: ImageError.notAnImage, contains: ["x.png", "not a PNG or JPEG image"])
     }
 
     /// The example app: a bundle and an image on its command line, two questions, two streamed answers.

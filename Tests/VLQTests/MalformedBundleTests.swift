@@ -35,8 +35,10 @@ struct BundleEditor {
     }
 
     /// Entry fields (formats/VLQ-BUNDLE.md, section 4): encoding u16 at 4, group size u32 at 8, dimensions u64 from 40.
-    mutating func setRecord(_ index: Int, encoding: TensorEncoding? = nil, groupSize: UInt32? = nil,
-                            dimensions: [UInt64]? = nil) {
+    mutating func setRecord(
+        _ index: Int, encoding: TensorEncoding? = nil, groupSize: UInt32? = nil,
+        dimensions: [UInt64]? = nil
+    ) {
         let start = recordStart(index)
         if let encoding { store(encoding.rawValue, at: start + 4) }
         if let groupSize { store(groupSize, at: start + 8) }
@@ -107,8 +109,10 @@ final class MalformedBundleTests: XCTestCase {
             editor.setRecord(0, encoding: encoding, groupSize: group, dimensions: shape)
             editor.reseal()
             try editor.write(to: scratch.file("big.vlq"))
-            assertVLQError(try VLQFile(path: scratch.file("big.vlq")),
-                           contains: [scratch.file("big.vlq") + ": tensor w: shape \(shape)", "overflows"])
+            assertVLQError(
+                try VLQFile(path: scratch.file("big.vlq")),
+                kind: BundleError.invalidLayout,
+                contains: [scratch.file("big.vlq") + ": tensor w: shape \(shape)", "overflows"])
         }
     }
 
@@ -127,7 +131,9 @@ final class MalformedBundleTests: XCTestCase {
             editor.setRecord(0, encoding: encoding, groupSize: group, dimensions: shape)
             editor.reseal()
             try editor.write(to: scratch.file("odd.vlq"))
-            assertVLQError(try VLQFile(path: scratch.file("odd.vlq")), contains: ["odd.vlq: tensor w:", phrase])
+            assertVLQError(
+                try VLQFile(path: scratch.file("odd.vlq")), kind: BundleError.invalidLayout,
+                contains: ["odd.vlq: tensor w:", phrase])
         }
     }
 
@@ -138,8 +144,9 @@ final class MalformedBundleTests: XCTestCase {
         editor.store(UInt64(1 << 40), at: BundleEditor.tensorCountField)
         editor.reseal()
         try editor.write(to: scratch.file("count.vlq"))
-        assertVLQError(try VLQFile(path: scratch.file("count.vlq")),
-                       contains: ["count.vlq: tensor count 1099511627776 cannot fit"])
+        assertVLQError(
+            try VLQFile(path: scratch.file("count.vlq")),
+            kind: BundleError.malformedHeader, contains: ["count.vlq: tensor count 1099511627776 cannot fit"])
 
         // The metadata's declared size is a claim too: 1 GiB from a few hundred compressed bytes is
         // refused before any allocation.
@@ -148,8 +155,10 @@ final class MalformedBundleTests: XCTestCase {
         editor.store(UInt64(1 << 30), at: BundleEditor.metadataSizeField)
         editor.reseal()
         try editor.write(to: scratch.file("meta.vlq"))
-        assertVLQError(try VLQFile(path: scratch.file("meta.vlq")),
-                       contains: ["meta.vlq: metadata: zstd: the frame claims 1073741824 bytes"])
+        assertVLQError(
+            try VLQFile(path: scratch.file("meta.vlq")),
+            kind: CoreError.malformedCompression,
+            contains: ["meta.vlq: metadata: zstd: the frame claims 1073741824 bytes"])
     }
 
     /// Random damage to the header and the table, checksums recomputed: every open ends in a bundle
@@ -183,6 +192,8 @@ final class MalformedBundleTests: XCTestCase {
                 opened += 1
             } catch let error as VLQError {
                 XCTAssertEqual(error.subject, scratch.file("damaged.vlq"))
+                // Damage behind the checksums is the format's to name; a damaged metadata frame, zstd's.
+                assertVLQError(error, kindIn: [BundleError.self, CoreError.self])
                 refused += 1
             }
         }

@@ -27,6 +27,7 @@ final class MalformedModelTests: XCTestCase {
         }
         assertVLQError(
             try YiVLCheckpoint(folder: model),
+            kind: ModelError.invalidHyperparameter,
             contains: ["model/config.json", "num_hidden_layers is 9223372036854775807; it must lie in 1...1024"])
     }
 
@@ -41,7 +42,8 @@ final class MalformedModelTests: XCTestCase {
             $0.replacingOccurrences(of: ": 84", with: ": 4611686018427387904")
         }
         assertVLQError(
-            try YiVLCheckpoint(folder: model), contains: [vit + "config.json", "image_size is 4611686018427387904"])
+            try YiVLCheckpoint(folder: model), kind: ModelError.invalidHyperparameter,
+            contains: [vit + "config.json", "image_size is 4611686018427387904"])
     }
 
     func testASelectLayerThatWouldOverflowWithAHugeTowerIsRefused() throws {
@@ -49,7 +51,9 @@ final class MalformedModelTests: XCTestCase {
         try editConfig(model, "vit/clip-vit-tiny-yivl-84/config.json") {
             $0.replacingOccurrences(of: "\"num_hidden_layers\": 4", with: "\"num_hidden_layers\": 9223372036854775807")
         }
-        assertVLQError(try YiVLCheckpoint(folder: model), contains: ["vision num_hidden_layers is 9223372036854775807"])
+        assertVLQError(
+            try YiVLCheckpoint(folder: model), kind: ModelError.invalidHyperparameter,
+            contains: ["vision num_hidden_layers is 9223372036854775807"])
     }
 
     func testAnImageMeanOutsideZeroToOneIsRefusedBeforeItBecomesAPadColour() throws {
@@ -58,7 +62,8 @@ final class MalformedModelTests: XCTestCase {
             $0.replacingOccurrences(of: "0.48145466", with: "1e300")
         }
         assertVLQError(
-            try YiVLCheckpoint(folder: model), contains: ["preprocessor_config.json", "image_mean must lie in [0, 1]"])
+            try YiVLCheckpoint(folder: model), kind: ModelError.invalidConfig,
+            contains: ["preprocessor_config.json", "image_mean must lie in [0, 1]"])
     }
 
     // MARK: Bundle metadata

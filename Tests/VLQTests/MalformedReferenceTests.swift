@@ -74,7 +74,8 @@ final class MalformedReferenceTests: XCTestCase {
         ]
         for (key, value, phrase) in cases {
             let path = try edited("counts.vlqref") { _, samples in samples[0][key] = value }
-            assertVLQError(try ReferenceRun.read(path), contains: [path + ": " + phrase])
+            assertVLQError(try ReferenceRun.read(path), kind: VerificationError.invalidReference,
+                           contains: [path + ": " + phrase])
         }
     }
 
@@ -83,12 +84,14 @@ final class MalformedReferenceTests: XCTestCase {
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [2], [5, -1]))
         }
-        assertVLQError(try ReferenceRun.read(negative), contains: [negative + ": s0.answer_ids holds token id -1"])
+        assertVLQError(try ReferenceRun.read(negative), kind: VerificationError.invalidReference,
+                       contains: [negative + ": s0.answer_ids holds token id -1"])
         let floats = try edited("floats.vlqref") { w, _ in
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.f32("s0.answer_ids", [2], [5, 6]))
         }
         assertVLQError(try ReferenceRun.read(floats),
+                       kind: VerificationError.invalidReference,
                        contains: [floats + ": missing s0.answer_ids, or it is not a 1-D I64"])
 
         // Beyond the candidate's vocabulary: it indexed past a row of logits.
@@ -97,6 +100,7 @@ final class MalformedReferenceTests: XCTestCase {
             w.add(.i64("s0.answer_ids", [1], [5000]))
         }
         assertVLQError(try compare(beyond),
+                       kind: VerificationError.referenceMismatch,
                        contains: [beyond + ": sample 0: answer token id 5000 is outside the vocabulary of 1000"])
     }
 
@@ -107,6 +111,7 @@ final class MalformedReferenceTests: XCTestCase {
             w.add(.i64("s0.answer_ids", [400], Array(repeating: 7, count: 400)))
         }
         assertVLQError(try compare(long),
+                       kind: VerificationError.referenceMismatch,
                        contains: [long + ": sample 0:", "for the prompt and 400 answer tokens"])
 
         // Two samples for a one-sample set: the second indexed past the set.
@@ -118,7 +123,7 @@ final class MalformedReferenceTests: XCTestCase {
         }
         XCTAssertEqual(try ReferenceRun.read(two).samples.count, 2)
         assertVLQError(try compare(two),
-                       contains: [two + ": holds 2 samples, but the set has 1"])
+                       kind: VerificationError.setMismatch, contains: [two + ": holds 2 samples, but the set has 1"])
 
         // A second sample storing fewer layer states than the first: the sums are per layer.
         let uneven = try edited("uneven.vlqref") { w, samples in
@@ -131,6 +136,7 @@ final class MalformedReferenceTests: XCTestCase {
         var twoSamples = Self.set
         twoSamples.samples += Self.set.samples
         assertVLQError(try compare(uneven, set: twoSamples),
+                       kind: VerificationError.invalidReference,
                        contains: [uneven + ": samples store the states of different numbers of layers"])
     }
 

@@ -50,21 +50,27 @@ final class MalformedStatisticsTests: XCTestCase {
         let scratch = try Scratch()
         try writeBytes(zstdFrame(claiming: 1 << 40, content: Array("vlq".utf8)), to: scratch.file("tb.vlqstats"))
         assertVLQError(try StatisticsFile.read(scratch.file("tb.vlqstats")),
+                       kind: CoreError.malformedCompression,
                        contains: ["tb.vlqstats: zstd: the frame claims 1099511627776 bytes from 19 compressed",
                                   "over the limit"])
         try writeBytes(zstdFrame(claiming: UInt64(Int.max), content: []), to: scratch.file("max.vlqstats"))
-        assertVLQError(try StatisticsFile.read(scratch.file("max.vlqstats")), contains: ["max.vlqstats", "claims"])
+        assertVLQError(try StatisticsFile.read(scratch.file("max.vlqstats")), kind: CoreError.malformedCompression,
+                       contains: ["max.vlqstats", "claims"])
     }
 
     func testAFrameThatYieldsLessThanItClaimsIsAnError() throws {
         // Under the limit, but the frame holds 3 bytes: the output grows with what arrives.
         let scratch = try Scratch()
         try writeBytes(zstdFrame(claiming: 48 << 20, content: Array("vlq".utf8)), to: scratch.file("short.vlqstats"))
-        assertVLQError(try StatisticsFile.read(scratch.file("short.vlqstats")), contains: ["short.vlqstats: zstd:"])
+        assertVLQError(try StatisticsFile.read(scratch.file("short.vlqstats")), kind: CoreError.malformedCompression,
+                       contains: ["short.vlqstats: zstd:"])
         let packed = Zstd.compress(Array(repeating: 1, count: 1000))
-        XCTAssertThrowsError(try packed.withUnsafeBytes { try Zstd.decompress($0, expectedSize: 999) })
-        XCTAssertThrowsError(try (packed + [0]).withUnsafeBytes { try Zstd.decompress($0, expectedSize: 1000) })
-        XCTAssertThrowsError(try packed.dropLast().withUnsafeBytes { try Zstd.decompress($0, expectedSize: 1000) })
+        assertVLQError(try packed.withUnsafeBytes { try Zstd.decompress($0, expectedSize: 999) },
+                       kind: CoreError.malformedCompression)
+        assertVLQError(try (packed + [0]).withUnsafeBytes { try Zstd.decompress($0, expectedSize: 1000) },
+                       kind: CoreError.malformedCompression)
+        assertVLQError(try packed.dropLast().withUnsafeBytes { try Zstd.decompress($0, expectedSize: 1000) },
+                       kind: CoreError.malformedCompression)
         XCTAssertEqual(try packed.withUnsafeBytes { try Zstd.decompress($0, expectedSize: 1000) },
                        Array(repeating: 1, count: 1000))
     }
@@ -112,12 +118,14 @@ final class MalformedStatisticsTests: XCTestCase {
             var b = StatisticsBuilder()
             build(&b)
             try b.write(to: path)
-            assertVLQError(try StatisticsFile.read(path), contains: ["bad.vlqstats: ", phrase])
+            assertVLQError(try StatisticsFile.read(path), kind: CalibrationError.invalidStatistics,
+                           contains: ["bad.vlqstats: ", phrase])
         }
         var f32 = StatisticsBuilder()
         f32.writer.add(.f32("a.weight.rows", [1], [1]))
         try f32.write(to: path)
-        assertVLQError(try StatisticsFile.read(path), contains: ["bad.vlqstats: a.weight.rows is F32 [1]"])
+        assertVLQError(try StatisticsFile.read(path), kind: CalibrationError.invalidStatistics,
+                       contains: ["bad.vlqstats: a.weight.rows is F32 [1]"])
     }
 
     /// Statistics of another model stop quantize at the tensor they do not fit (lm_head, the last one,
@@ -168,14 +176,17 @@ final class MalformedStatisticsTests: XCTestCase {
         stats.rows = 1
         assertVLQError(try LinearQuantizer.quantize(w, rows: 2, columns: 8, encoding: .q8, groupSize: 8,
                                                     method: .imatrix, statistics: stats),
+                       kind: QuantizationError.statisticsMismatch,
                        contains: ["statistics for a weight of 8 columns: statistics of 16 (|x|) and 16 (x^2)"])
         assertVLQError(try LinearQuantizer.quantize(w, rows: 3, columns: 8, encoding: .q8, groupSize: 8, method: .rtn,
                                                     statistics: nil),
+                       kind: QuantizationError.invalidGrouping,
                        contains: ["a [3, 8] weight of 16 values cannot be q8 in groups of 8"])
         assertVLQError(try LinearQuantizer.quantize(w, rows: 2, columns: 8, encoding: .q4, groupSize: 3, method: .rtn,
                                                     statistics: nil),
-                       contains: ["cannot be q4 in groups of 3"])
+                       kind: QuantizationError.invalidGrouping, contains: ["cannot be q4 in groups of 3"])
         assertVLQError(try GPTQ().quantize(w, rows: 2, columns: 8, encoding: .q8, groupSize: 8, gram: [1, 0, 0, 1]),
+                       kind: QuantizationError.invalidGrouping,
                        contains: ["GPTQ: a [2, 8] weight of 16 values with a Hessian of 4 values"])
     }
 }

@@ -48,16 +48,26 @@ final class MalformedTokenizerTests: XCTestCase {
 
     func testAPieceTypeBeyondIntIsAnError() {
         // 2^64 - 1 does not fit Int: it used to trap converting the varint.
-        assertVLQError(try read(Proto.model(unknownType: UInt64.max)),
-                       contains: ["bad.model", "not a SentencePiece model", "unknown piece type 18446744073709551615"])
-        assertVLQError(try read(Proto.model(unknownType: 1 << 63)), contains: ["bad.model", "unknown piece type"])
-        assertVLQError(try read(Proto.model(unknownType: 7)), contains: ["bad.model", "unknown piece type 7"])
+        assertVLQError(
+            try read(Proto.model(unknownType: UInt64.max)),
+            kind: TokenizerError.notAModel,
+            contains: ["bad.model", "not a SentencePiece model", "unknown piece type 18446744073709551615"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 1 << 63)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown piece type"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 7)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown piece type 7"])
     }
 
     func testAModelTypeBeyondIntIsAnError() {
-        assertVLQError(try read(Proto.model(modelType: UInt64.max)),
-                       contains: ["bad.model", "not a SentencePiece model", "unknown model type 18446744073709551615"])
-        assertVLQError(try read(Proto.model(modelType: 9)), contains: ["bad.model", "unknown model type 9"])
+        assertVLQError(
+            try read(Proto.model(modelType: UInt64.max)),
+            kind: TokenizerError.notAModel,
+            contains: ["bad.model", "not a SentencePiece model", "unknown model type 18446744073709551615"])
+        assertVLQError(
+            try read(Proto.model(modelType: 9)), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "unknown model type 9"])
     }
 
     func testMalformedWireDataIsAnError() {
@@ -79,15 +89,16 @@ final class MalformedTokenizerTests: XCTestCase {
             (Proto.bytesField(2, Proto.varintField(3, 2)), "no pieces"),
         ]
         for (bytes, phrase) in cases {
-            assertVLQError(try read(bytes), contains: ["bad.model", phrase])
+            assertVLQError(try read(bytes), kind: TokenizerError.notAModel, contains: ["bad.model", phrase])
         }
     }
 
     func testTenByteVarintsAtTheLimitStillRead() throws {
         // 2^63 + 1 takes all ten bytes, the last holding bit 63 only: legal, and an unknown piece type.
         XCTAssertEqual(Proto.varint(1 << 63 | 1).count, 10)
-        assertVLQError(try read(Proto.model(unknownType: 1 << 63 | 1)),
-                       contains: ["unknown piece type 9223372036854775809"])
+        assertVLQError(
+            try read(Proto.model(unknownType: 1 << 63 | 1)),
+            kind: TokenizerError.notAModel, contains: ["unknown piece type 9223372036854775809"])
     }
 
     /// Random damage to the real model: flipped bytes, cuts and spliced runs. Each read ends in a
@@ -115,6 +126,7 @@ final class MalformedTokenizerTests: XCTestCase {
                 models += 1
             } catch let error as VLQError {
                 XCTAssertEqual(error.subject, "bad.model")
+                assertVLQError(error, kindIn: [TokenizerError.self])
                 errors += 1
             }
         }

@@ -18,8 +18,9 @@ final class QuantizationPlanTests: XCTestCase {
     /// The table of a converted bundle: every tensor in the definition's order, stored as bf16.
     func table(_ definition: ModelDefinition) -> [TensorRecord] {
         definition.tensors.map {
-            TensorRecord(name: $0.name, encoding: .bf16, component: Component(rawValue: UInt8($0.part.rawValue))!,
-                         shape: $0.shape, sourceDType: .bf16)
+            TensorRecord(
+                name: $0.name, encoding: .bf16, component: Component(rawValue: UInt8($0.part.rawValue))!,
+                shape: $0.shape, sourceDType: .bf16)
         }
     }
 
@@ -29,13 +30,16 @@ final class QuantizationPlanTests: XCTestCase {
         return recipe
     }
 
-    func plan(_ recipe: Recipe, _ definition: ModelDefinition? = nil, gramWindowBudget: Int? = nil,
-              keptNonFinite: [String: Int] = [:]) throws -> (QuantizationPlan, ModelDefinition) {
+    func plan(
+        _ recipe: Recipe, _ definition: ModelDefinition? = nil, gramWindowBudget: Int? = nil,
+        keptNonFinite: [String: Int] = [:]
+    ) throws -> (QuantizationPlan, ModelDefinition) {
         let d = definition ?? self.definition()
         var kept: [TensorHandle: Int] = [:]
         for (name, count) in keptNonFinite { kept[try XCTUnwrap(d.handle(named: name))] = count }
-        let plan = try QuantizationPlan(definition: d, table: table(d), recipe: recipe, keptNonFinite: kept,
-                                        gramWindowBudget: gramWindowBudget)
+        let plan = try QuantizationPlan(
+            definition: d, table: table(d), recipe: recipe, keptNonFinite: kept,
+            gramWindowBudget: gramWindowBudget)
         return (plan, d)
     }
 
@@ -78,8 +82,11 @@ final class QuantizationPlanTests: XCTestCase {
     }
 
     func testVectorsAreNeverQuantizedAndOtherRanksAreKeptWithANote() throws {
-        let everything = Recipe(name: "all", method: nil, rules: [
-            .init(component: nil, pattern: "*", target: .quantized(.q8, groupSize: 32), method: nil)])
+        let everything = Recipe(
+            name: "all", method: nil,
+            rules: [
+                .init(component: nil, pattern: "*", target: .quantized(.q8, groupSize: 32), method: nil)
+            ])
         let (plan, d) = try plan(everything)
         for t in plan.tensors where t.output.shape.count != 2 {
             XCTAssertFalse(t.isQuantized, t.name)
@@ -87,14 +94,17 @@ final class QuantizationPlanTests: XCTestCase {
             XCTAssertNil(t.method, t.name)
         }
         XCTAssertNil(try tensor(plan, d, "model.norm.weight").fallback, "vectors are not a fallback")
-        XCTAssertEqual(try tensor(plan, d, "vision_model.embeddings.patch_embedding.weight").fallback,
-                       "rank 4 is not a matrix: kept")
+        XCTAssertEqual(
+            try tensor(plan, d, "vision_model.embeddings.patch_embedding.weight").fallback,
+            "rank 4 is not a matrix: kept")
         XCTAssertTrue(plan.tensors.filter { $0.output.shape.count == 2 }.allSatisfy(\.isQuantized))
     }
 
     func testStatisticsNeededPerMethodAndOwnedByTheFirstLinearOfASharedInput() throws {
-        let needs: [(QuantizationMethod, StatisticsNeed)] = [(.rtn, .none), (.imatrix, .sums), (.gptq, .gram),
-                                                             (.awq, .gram)]
+        let needs: [(QuantizationMethod, StatisticsNeed)] = [
+            (.rtn, .none), (.imatrix, .sums), (.gptq, .gram),
+            (.awq, .gram),
+        ]
         for (method, need) in needs {
             let (plan, d) = try plan(recipe("int8", method))
             XCTAssertEqual(try tensor(plan, d, "model.layers.1.mlp.up_proj.weight").statistics, need, method.rawValue)
@@ -118,12 +128,14 @@ final class QuantizationPlanTests: XCTestCase {
 
     func testAWQFoldTargetsBecomeF32UnlessQuantizedAndOnlyWhenTheRecipeUsesAWQ() throws {
         let (awq, d) = try plan(recipe("int4", .awq))
-        let folded = ["vision_model.encoder.layers.0.layer_norm1.weight",
-                      "vision_model.encoder.layers.0.layer_norm1.bias",
-                      "vision_model.encoder.layers.2.layer_norm2.bias",
-                      "vision_model.encoder.layers.1.self_attn.v_proj.bias",
-                      "model.layers.0.input_layernorm.weight", "model.layers.3.post_attention_layernorm.weight",
-                      "model.norm.weight"]
+        let folded = [
+            "vision_model.encoder.layers.0.layer_norm1.weight",
+            "vision_model.encoder.layers.0.layer_norm1.bias",
+            "vision_model.encoder.layers.2.layer_norm2.bias",
+            "vision_model.encoder.layers.1.self_attn.v_proj.bias",
+            "model.layers.0.input_layernorm.weight", "model.layers.3.post_attention_layernorm.weight",
+            "model.norm.weight",
+        ]
         for name in folded {
             let t = try tensor(awq, d, name)
             XCTAssertTrue(t.isAWQFoldTarget, name)
@@ -143,25 +155,35 @@ final class QuantizationPlanTests: XCTestCase {
 
     func testAWQSearchesEachLayerAtItsFirstTensorOnlyForGroupsWhollyAWQQuantized() throws {
         let (plan, d) = try plan(recipe("int4", .awq))
-        XCTAssertEqual(plan.awqLayers.map(\.label), ["vision layer 00", "vision layer 01", "vision layer 02",
-                                                     "decoder layer 00", "decoder layer 01", "decoder layer 02",
-                                                     "decoder layer 03", "lm_head"])
+        XCTAssertEqual(
+            plan.awqLayers.map(\.label),
+            [
+                "vision layer 00", "vision layer 01", "vision layer 02",
+                "decoder layer 00", "decoder layer 01", "decoder layer 02",
+                "decoder layer 03", "lm_head",
+            ])
         for layer in plan.awqLayers {
             XCTAssertEqual(layer.position, plan.tensors.firstIndex { d.label(of: $0.handle) == layer.label })
         }
         let vision = plan.awqLayers[0].groups
-        XCTAssertEqual(vision.map { $0.balance.map(d.name) }, [
-            ["vision_model.encoder.layers.0.self_attn.q_proj.weight",
-             "vision_model.encoder.layers.0.self_attn.k_proj.weight",
-             "vision_model.encoder.layers.0.self_attn.v_proj.weight"],
-            ["vision_model.encoder.layers.0.self_attn.out_proj.weight"],
-            ["vision_model.encoder.layers.0.mlp.fc1.weight"]])
+        XCTAssertEqual(
+            vision.map { $0.balance.map(d.name) },
+            [
+                [
+                    "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+                    "vision_model.encoder.layers.0.self_attn.k_proj.weight",
+                    "vision_model.encoder.layers.0.self_attn.v_proj.weight",
+                ],
+                ["vision_model.encoder.layers.0.self_attn.out_proj.weight"],
+                ["vision_model.encoder.layers.0.mlp.fc1.weight"],
+            ])
         XCTAssertEqual(vision.map(\.encoding), [.q8, .q8, .q8])
         XCTAssertEqual(plan.awqLayers[3].groups.count, 3, "grouped queries: no v_proj -> o_proj mapping")
 
         var mixed = recipe("int4", .awq)
-        let keysByRounding = Recipe.Rule(component: nil, pattern: "*k_proj*", target: .quantized(.q8, groupSize: 128),
-                                         method: .rtn)
+        let keysByRounding = Recipe.Rule(
+            component: nil, pattern: "*k_proj*", target: .quantized(.q8, groupSize: 128),
+            method: .rtn)
         mixed.rules.insert(keysByRounding, at: 0)
         let (partial, _) = try self.plan(mixed)
         XCTAssertEqual(partial.awqLayers[0].groups.count, 2, "q/k/v is not searched when k_proj is not AWQ")
@@ -175,8 +197,9 @@ final class QuantizationPlanTests: XCTestCase {
             let (plan, d) = try plan(recipe("int4", method), gramWindowBudget: budget)
             XCTAssertGreaterThan(plan.windows.count, 3, method.rawValue)
             for (a, b) in zip(plan.windows, plan.windows.dropFirst()) {
-                XCTAssertLessThanOrEqual(a.positions.upperBound, b.positions.lowerBound,
-                                         "windows follow the write order")
+                XCTAssertLessThanOrEqual(
+                    a.positions.upperBound, b.positions.lowerBound,
+                    "windows follow the write order")
             }
             let run = Set(d.linears.map(\.weight))
             // What the write reads at a position: its AWQ searches' inputs, then its own.
@@ -191,8 +214,9 @@ final class QuantizationPlanTests: XCTestCase {
                 let bytes = window.owners.reduce(0) { $0 + 4 * d.shape($1)[1] * d.shape($1)[1] }
                 XCTAssertEqual(window.bytes, bytes)
                 if window.bytes > budget {
-                    XCTAssertEqual(Set(window.owners), reads(at: window.positions.lowerBound),
-                                   "a window over the budget holds only what one step reads at once")
+                    XCTAssertEqual(
+                        Set(window.owners), reads(at: window.positions.lowerBound),
+                        "a window over the budget holds only what one step reads at once")
                 }
             }
             let reading = plan.tensors.enumerated().filter {
@@ -219,18 +243,24 @@ final class QuantizationPlanTests: XCTestCase {
         XCTAssertEqual(kept.fallback, "4 NaN or infinite values: kept in bf16")
         XCTAssertEqual(kept.output.encoding, .f32, "still a fold target of down_proj's scales")
         let layer = try XCTUnwrap(plan.awqLayers.first { $0.label == "decoder layer 01" })
-        XCTAssertEqual(layer.groups.map { $0.balance.map(d.name) },
-                       [["model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
-                         "model.layers.1.self_attn.v_proj.weight"], ["model.layers.1.mlp.down_proj.weight"]])
+        XCTAssertEqual(
+            layer.groups.map { $0.balance.map(d.name) },
+            [
+                [
+                    "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+                    "model.layers.1.self_attn.v_proj.weight",
+                ], ["model.layers.1.mlp.down_proj.weight"],
+            ])
     }
 
     func testATableThatIsNotOfTheModelIsRefused() throws {
         let d = definition()
         var renamed = table(d)
         renamed[5].name = "vision_model.something_else.weight"
-        XCTAssertThrowsError(try QuantizationPlan(definition: d, table: renamed, recipe: recipe("int8"))) {
-            XCTAssertTrue("\($0)".contains("vision_model.something_else.weight is not part of the model"), "\($0)")
-        }
+        assertVLQError(
+            try QuantizationPlan(definition: d, table: renamed, recipe: recipe("int8")),
+            kind: QuantizationError.tensorMismatch,
+            contains: ["vision_model.something_else.weight is not part of the model"])
     }
 }
 
@@ -253,17 +283,19 @@ final class QuantizationRecordTests: XCTestCase {
         XCTAssertEqual(read, record)
         XCTAssertEqual(read.json.serialized(), text)
         XCTAssertTrue(text.contains("\"source_table_xxh3\":\"00abcdef01234567\""), text)
-        XCTAssertTrue(text.contains("\"awq_folded\":true,\"encoding\":\"f32\",\"fallback\""),
-                      "a fold and a fallback, both")
+        XCTAssertTrue(
+            text.contains("\"awq_folded\":true,\"encoding\":\"f32\",\"fallback\""),
+            "a fold and a fallback, both")
         XCTAssertEqual(read.method, .rtn, "the int4 preset names no method")
     }
 
     func testAMalformedRecordIsAnErrorNamingTheBundle() throws {
-        let broken: JSONValue = ["recipe": Recipe.int8().json, "method": "rtn", "activation_order": false,
-                                 "tensors": ["x": ["encoding": "q5"]], "source_table_xxh3": "00"]
-        XCTAssertThrowsError(try QuantizationRecord(json: broken, source: "b.vlq")) {
-            XCTAssertTrue("\($0)".contains("b.vlq"), "\($0)")
-            XCTAssertTrue("\($0)".contains("a tensor entry is malformed"), "\($0)")
-        }
+        let broken: JSONValue = [
+            "recipe": Recipe.int8().json, "method": "rtn", "activation_order": false,
+            "tensors": ["x": ["encoding": "q5"]], "source_table_xxh3": "00",
+        ]
+        assertVLQError(
+            try QuantizationRecord(json: broken, source: "b.vlq"), kind: QuantizationError.invalidRecord,
+            contains: ["b.vlq", "a tensor entry is malformed"])
     }
 }

@@ -134,20 +134,45 @@ struct SafeTensorsBuilder {
 }
 
 extension XCTestCase {
-    /// Asserts that `body` throws a VLQError whose one-line description contains every fragment.
-    func assertVLQError<T>(_ body: @autoclosure () throws -> T, contains fragments: [String],
-                           file: StaticString = #filePath, line: UInt = #line) {
+    /// Asserts that `body` throws a VLQError of `kind`, on one line, whose description contains every
+    /// fragment: the kind is what code decides on; the fragments check what a person reads.
+    func assertVLQError<T>(
+        _ body: @autoclosure () throws -> T, kind: some ErrorKind, contains fragments: [String] = [],
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         do {
             _ = try body()
-            XCTFail("expected an error containing \(fragments)", file: file, line: line)
+            XCTFail("expected a \(kind) error containing \(fragments)", file: file, line: line)
         } catch let error as VLQError {
-            let text = error.description
-            XCTAssertFalse(text.contains("\n"), "error is not one line: \(text)", file: file, line: line)
-            for fragment in fragments {
-                XCTAssertTrue(text.contains(fragment), "\"\(text)\" does not contain \"\(fragment)\"", file: file, line: line)
-            }
+            XCTAssertTrue(error.is(kind), "\(error.kind), not \(kind): \(error)", file: file, line: line)
+            assertOneLine(error, contains: fragments, file: file, line: line)
         } catch {
             XCTFail("expected a VLQError, got \(error)", file: file, line: line)
+        }
+    }
+
+    /// Asserts that `error` is a VLQError whose kind is one of `kinds`' cases: input damaged at random
+    /// may be refused for several reasons, but by the modules that read it, with their kinds.
+    func assertVLQError(
+        _ error: Error, kindIn kinds: [any ErrorKind.Type], contains fragments: [String] = [],
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
+        guard let error = error as? VLQError else {
+            return XCTFail("expected a VLQError, got \(type(of: error)): \(error)", file: file, line: line)
+        }
+        let kindType = ObjectIdentifier(type(of: error.kind))
+        XCTAssertTrue(
+            kinds.contains { ObjectIdentifier($0) == kindType }, "\(error.kind) is not of \(kinds): \(error)",
+            file: file, line: line)
+        assertOneLine(error, contains: fragments, file: file, line: line)
+    }
+
+    private func assertOneLine(_ error: VLQError, contains fragments: [String], file: StaticString, line: UInt) {
+        let text = error.description
+        XCTAssertFalse(text.contains("\n"), "error is not one line: \(text)", file: file, line: line)
+        for fragment in fragments {
+            XCTAssertTrue(
+                text.contains(fragment), "\"\(text)\" does not contain \"\(fragment)\"", file: file, line: line)
         }
     }
 }

@@ -15,10 +15,13 @@ final class TokenizerTests: XCTestCase {
     }
 
     static func referenceCases() throws -> [ReferenceCase] {
-        let json = try JSONValue.parse(try readBytes(Repo.root.appendingPathComponent("Tests/Fixtures/tiny-yivl-data/reference/cases.json").path))
+        let json = try JSONValue.parse(
+            try readBytes(Repo.root.appendingPathComponent("Tests/Fixtures/tiny-yivl-data/reference/cases.json").path))
         return try XCTUnwrap(json.arrayValue).map {
-            ReferenceCase(question: $0["question"]!.stringValue!, before: $0["tokens_before_image"]!.arrayValue!.map { $0.intValue! },
-                          after: $0["tokens_after_image"]!.arrayValue!.map { $0.intValue! })
+            ReferenceCase(
+                question: $0["question"]!.stringValue!,
+                before: $0["tokens_before_image"]!.arrayValue!.map { $0.intValue! },
+                after: $0["tokens_after_image"]!.arrayValue!.map { $0.intValue! })
         }
     }
 
@@ -45,8 +48,10 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testDecodeInvertsEncodeForEnglishChineseEmojiAndUnknownBytes() {
-        for text in ["A white square on a dark background.", "图片里有什么形状？", "emoji 🙂🚀 mixed 中文 text",
-                     "tabs\tand\nnewlines  and  spaces", "Ωμέγα ☃ \u{0001}", "###"] {
+        for text in [
+            "A white square on a dark background.", "图片里有什么形状？", "emoji 🙂🚀 mixed 中文 text",
+            "tabs\tand\nnewlines  and  spaces", "Ωμέγα ☃ \u{0001}", "###",
+        ] {
             let ids = Self.tokenizer.encode(text)
             XCTAssertEqual(Self.tokenizer.decode(ids), text, "ids \(ids)")
         }
@@ -65,6 +70,8 @@ final class TokenizerTests: XCTestCase {
     func testRejectsAFileThatIsNotASentencePieceModel() throws {
         let scratch = try Scratch()
         try writeBytes(Array("not a model".utf8), to: scratch.file("bad.model"))
-        assertVLQError(try Tokenizer(contentsOf: scratch.file("bad.model")), contains: ["bad.model", "not a SentencePiece model"])
+        assertVLQError(
+            try Tokenizer(contentsOf: scratch.file("bad.model")), kind: TokenizerError.notAModel,
+            contains: ["bad.model", "not a SentencePiece model"])
     }
 }
