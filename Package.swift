@@ -112,7 +112,7 @@ let package = Package(
             exclude: []
         ),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )
 
 // The libFuzzer driver links libFuzzer, which needs the sanitizer flags tools/fuzz.sh passes, so it is

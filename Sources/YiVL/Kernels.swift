@@ -15,8 +15,16 @@ public enum Kernels {
     public static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
         let tasks = min(activeProcessors, max(1, count / minimumPerTask))
         if tasks <= 1 { return body(0..<count) }
-        DispatchQueue.concurrentPerform(iterations: tasks) { t in
-            body((count * t / tasks)..<(count * (t + 1) / tasks))
+        concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
+    }
+
+    /// Runs `body(0..<tasks)` on the cores and returns when all are done. The body writes disjoint parts
+    /// of buffers it captures by pointer, which Swift cannot prove: its Sendable check is switched off
+    /// here, in one place, instead of at every caller.
+    public static func concurrently(_ tasks: Int, _ body: (Int) -> Void) {
+        withoutActuallyEscaping(body) { body in
+            let shared = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: tasks) { shared.value($0) }
         }
     }
 
@@ -155,11 +163,17 @@ public enum Kernels {
             }
         }
         if parallel {
-            DispatchQueue.concurrentPerform(iterations: workers) { run($0, workers) }
+            concurrently(workers) { run($0, workers) }
         } else {
             run(0, 1)
         }
     }
+}
+
+/// A value sent across threads on the caller's word that the threads use it safely.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// A heap buffer of floats with an owner, for activations.

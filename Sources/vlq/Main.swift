@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import VLQCore
 import Verification
@@ -45,13 +46,13 @@ func printError(_ line: String) {
     print(line, to: &stderr)
 }
 
-/// The C stderr stream, named apart from Swift's own `stderr` variables.
-var standardErrorStream: UnsafeMutablePointer<FILE> { stderr }
+/// Writes to stderr unbuffered, so that log lines, progress and errors keep their order.
+func writeToStandardError(_ string: String) {
+    FileHandle.standardError.write(Data(string.utf8))
+}
 
 struct StandardError: TextOutputStream {
-    mutating func write(_ string: String) {
-        fputs(string, standardErrorStream)
-    }
+    mutating func write(_ string: String) { writeToStandardError(string) }
 }
 
 struct VLQ: ParsableCommand {

@@ -60,10 +60,10 @@ final class ByteProgress {
                 ? "\(formatBytes(done))/\(formatBytes(total)) \(formatBytes(Int(rate)))/s"
                 : "\(done)/\(total) \(unit) \(fixed(rate, 2))/s"
             let line = "\(label) [\(bar)] \(Int(fraction * 100))% \(amounts) ETA \(formatDuration(eta))"
-            fputs("\r\u{1B}[K" + line, standardErrorStream)
+            writeToStandardError("\r\u{1B}[K" + line)
             if done == total && !finished {
                 finished = true
-                fputs("\n", standardErrorStream)
+                writeToStandardError("\n")
             }
         } else {
             // Log lines for small jobs would only be noise: they finish before anyone reads them.

@@ -9,7 +9,7 @@ import YiVL
 /// Every calibrated method must beat round-to-nearest on the layer output error, measured on
 /// activations held out from calibration (the tiny model's own activations on its calibration scenes).
 final class QuantizationMethodTests: XCTestCase {
-    static let split: (calibration: StatisticsCollector, heldOut: StatisticsCollector) = {
+    nonisolated(unsafe) static let split: (calibration: StatisticsCollector, heldOut: StatisticsCollector) = {
         let engine = EngineParityTests.folderEngine
         let set = try! CalibrationSet(path: Reference.data + "/calibration.jsonl")
         var first = set, second = set
