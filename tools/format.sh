@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Formats every tracked Swift file with .swift-format (swift-format ships with Swift 6 toolchains as
+# `swift format`). With --check it changes nothing: it lists the files swift-format would change and
+# the lines over 120 columns (long string literals, which swift-format does not break), and exits 1
+# when there is any; tools/test.sh runs it that way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mapfile -t files < <(git ls-files '*.swift')
+
+if [[ ${1:-} != --check ]]; then
+  exec swift format --in-place --parallel --configuration .swift-format "${files[@]}"
+fi
+
+# Format a copy and compare, so that the check never writes a source file.
+copy=$(mktemp -d)
+trap 'rm -rf "$copy"' EXIT
+tar cf - "${files[@]}" | tar xf - -C "$copy"
+swift format --in-place --parallel --configuration .swift-format "${files[@]/#/$copy/}"
+status=0
+for file in "${files[@]}"; do
+  if ! cmp -s "$file" "$copy/$file"; then
+    echo "format: $file differs from swift-format's layout (tools/format.sh formats it)"
+    status=1
+  fi
+done
+# Characters, not bytes (the sources hold a few non-ASCII characters), hence grep in a UTF-8 locale.
+if LC_ALL=C.UTF-8 grep -nP '^.{121,}' "${files[@]}" | sed 's/^\([^:]*:[0-9]*\):.*/format: \1 is over 120 columns/'; then
+  status=1
+fi
+if ((status == 0)); then echo "format: ${#files[@]} Swift files formatted, no line over 120 columns"; fi
+exit $status
