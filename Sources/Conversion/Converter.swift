@@ -94,9 +94,12 @@ public final class Converter {
         let checkpoint = try YiVLCheckpoint(folder: folder, visionTower: options.visionTower)
         for line in Converter.describeSources(checkpoint) { logger.notice("\(line)") }
         if !checkpoint.inShardVisionCopy.isEmpty {
+            let copied = checkpoint.inShardVisionCopy.count
             logger.notice(
-                "the root shards also carry a vision tower copy (\(checkpoint.inShardVisionCopy.count) tensors); using \(checkpoint.visionFolder) as Yi's loader does"
-            )
+                """
+                the root shards also carry a vision tower copy (\(copied) tensors); using \(checkpoint.visionFolder) \
+                as Yi's loader does
+                """)
         }
 
         let plan = checkpoint.tensors.map { t -> TensorRecord in
@@ -219,8 +222,10 @@ public final class Converter {
                     if counts.nonFinite > 0 {
                         nonFinite[info.name] = counts.nonFinite
                         logger.warning(
-                            "tensor \(info.name): \(counts.nonFinite) of \(info.elementCount) values are NaN or infinite"
-                        )
+                            """
+                            tensor \(info.name): \(counts.nonFinite) of \(info.elementCount) values are NaN or \
+                            infinite
+                            """)
                     }
                 } else {
                     if let visionName = copyByRootName[info.name] {
@@ -255,7 +260,12 @@ public final class Converter {
             comparison.differing.sort()
             if !comparison.differing.isEmpty || !comparison.unmatched.isEmpty {
                 logger.warning(
-                    "the vision tower copy in the root shards differs from \(checkpoint.visionFolder) beyond bf16 rounding: \(comparison.differing.count) tensors differ (max abs difference \(comparison.maxAbsDifference)), \(comparison.unmatched.count) missing or reshaped; the vision folder is used"
+                    """
+                    the vision tower copy in the root shards differs from \(checkpoint.visionFolder) beyond bf16 \
+                    rounding: \(comparison.differing.count) tensors differ (max abs difference \
+                    \(comparison.maxAbsDifference)), \(comparison.unmatched.count) missing or reshaped; the \
+                    vision folder is used
+                    """
                 )
             }
         }

@@ -111,7 +111,8 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             guard end - begin == expected else {
                 throw fail(
                     .malformedEntry,
-                    "tensor \(name): \(end - begin) bytes of data for shape \(shape) of \(dtypeName), which needs \(expected)"
+                    "tensor \(name): \(end - begin) bytes of data for shape \(shape) of \(dtypeName), which needs "
+                        + "\(expected)"
                 )
             }
             ranges.append((begin, end, name))
@@ -129,7 +130,8 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             if r.begin < expectedBegin {
                 throw fail(
                     .badDataOffsets,
-                    "tensor \(r.name): data_offsets [\(r.begin), \(r.end)] overlap the previous tensor, which ends at \(expectedBegin)"
+                    "tensor \(r.name): data_offsets [\(r.begin), \(r.end)] overlap the previous tensor, which ends at "
+                        + "\(expectedBegin)"
                 )
             }
             if r.begin > expectedBegin {
@@ -144,7 +146,8 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             if expectedBegin > dataSize {
                 throw fail(
                     .truncated,
-                    "tensor data ends at byte \(8 + n + expectedBegin) but the file has only \(bytes.count) bytes: truncated"
+                    "tensor data ends at byte \(8 + n + expectedBegin) but the file has only \(bytes.count) bytes: "
+                        + "truncated"
                 )
             }
             throw fail(

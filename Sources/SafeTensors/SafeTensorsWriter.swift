@@ -20,7 +20,9 @@ public struct SafeTensorsWriter {
         }
 
         public static func i64(_ name: String, _ shape: [Int], _ values: [Int]) -> Tensor {
-            Tensor(name: name, dtype: .i64, shape: shape, bytes: values.map { Int64($0).littleEndian }.withUnsafeBytes { Array($0) })
+            Tensor(
+                name: name, dtype: .i64, shape: shape,
+                bytes: values.map { Int64($0).littleEndian }.withUnsafeBytes { Array($0) })
         }
     }
 
@@ -43,9 +45,12 @@ public struct SafeTensorsWriter {
         var header: [String: JSONValue] = [:]
         var offset = 0
         for t in tensors {
-            precondition(t.bytes.count == t.shape.reduce(1, *) * t.dtype.byteSize, "tensor \(t.name) has the wrong byte count")
-            header[t.name] = ["dtype": .string(t.dtype.rawValue), "shape": .array(t.shape.map { .int(Int64($0)) }),
-                              "data_offsets": [.int(Int64(offset)), .int(Int64(offset + t.bytes.count))]]
+            precondition(
+                t.bytes.count == t.shape.reduce(1, *) * t.dtype.byteSize, "tensor \(t.name) has the wrong byte count")
+            header[t.name] = [
+                "dtype": .string(t.dtype.rawValue), "shape": .array(t.shape.map { .int(Int64($0)) }),
+                "data_offsets": [.int(Int64(offset)), .int(Int64(offset + t.bytes.count))],
+            ]
             offset += t.bytes.count
         }
         if !metadata.isEmpty { header["__metadata__"] = .object(metadata.mapValues { .string($0) }) }

@@ -54,7 +54,8 @@ public struct SentencePieceModel: Sendable {
             throw VLQError(
                 TokenizerError.unsupportedModel,
                 source,
-                "SentencePiece normalizer \"\(normalizerName)\" with a precompiled charsmap is not supported (Yi uses identity)"
+                "SentencePiece normalizer \"\(normalizerName)\" with a precompiled charsmap is not supported (Yi uses "
+                    + "identity)"
             )
         }
     }

@@ -225,7 +225,9 @@ private struct JSONParser {
         if position < bytes.count, bytes[position] == UInt8(ascii: "}") { position += 1; return .object(object) }
         while true {
             skipWhitespace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else {
+                throw fail("expected a string key")
+            }
             let keyStart = position
             let key = try parseString()
             skipWhitespace()

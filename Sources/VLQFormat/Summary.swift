@@ -18,9 +18,10 @@ extension VLQFile {
             guard !records.isEmpty else { return nil }
             var encodings: [String: Int] = [:]
             for r in records { encodings[r.encoding.name, default: 0] += 1 }
-            return ComponentSummary(component: component, tensors: records.count,
-                                    parameters: records.reduce(0) { $0 + $1.elementCount },
-                                    bytes: records.reduce(0) { $0 + $1.byteCount }, encodings: encodings)
+            return ComponentSummary(
+                component: component, tensors: records.count,
+                parameters: records.reduce(0) { $0 + $1.elementCount },
+                bytes: records.reduce(0) { $0 + $1.byteCount }, encodings: encodings)
         }
     }
 
@@ -30,9 +31,11 @@ extension VLQFile {
         let parameters = summaries.reduce(0) { $0 + $1.parameters }
         let bytes = summaries.reduce(0) { $0 + $1.bytes }
         func summary(_ name: String, _ tensors: Int, _ parameters: Int, _ bytes: Int) -> JSONValue {
-            ["name": .string(name), "tensors": .int(Int64(tensors)), "parameters": .int(Int64(parameters)),
-             "bytes": .int(Int64(bytes)),
-             "bits_per_weight": .double(parameters > 0 ? Double(bytes) * 8 / Double(parameters) : 0)]
+            [
+                "name": .string(name), "tensors": .int(Int64(tensors)), "parameters": .int(Int64(parameters)),
+                "bytes": .int(Int64(bytes)),
+                "bits_per_weight": .double(parameters > 0 ? Double(bytes) * 8 / Double(parameters) : 0),
+            ]
         }
         return [
             "file": .string(path),
@@ -42,21 +45,24 @@ extension VLQFile {
             "metadata_bytes": .int(Int64(header.metadataSize)),
             "metadata_compression": .string(header.metadataCompression == 1 ? "zstd" : "none"),
             "model": metadata["model"] ?? .null,
-            "components": .array(summaries.map { s in
-                var o = summary(s.component.name, s.tensors, s.parameters, s.bytes).objectValue!
-                o["encodings"] = .object(s.encodings.mapValues { .int(Int64($0)) })
-                return .object(o)
-            }),
+            "components": .array(
+                summaries.map { s in
+                    var o = summary(s.component.name, s.tensors, s.parameters, s.bytes).objectValue!
+                    o["encodings"] = .object(s.encodings.mapValues { .int(Int64($0)) })
+                    return .object(o)
+                }),
             "totals": summary("all", tensors.count, parameters, bytes),
-            "tensors": .array(tensors.map { r in
-                [
-                    "name": .string(r.name), "component": .string(r.component.name), "encoding": .string(r.encoding.name),
-                    "shape": .array(r.shape.map { .int(Int64($0)) }), "bytes": .int(Int64(r.byteCount)),
-                    "group_size": .int(Int64(r.groupSize)),
-                    "offset": .int(Int64(r.offset)), "xxh3": .string(hex64(r.checksum)),
-                    "source_dtype": .string(r.sourceDType.name),
-                ]
-            }),
+            "tensors": .array(
+                tensors.map { r in
+                    [
+                        "name": .string(r.name), "component": .string(r.component.name),
+                        "encoding": .string(r.encoding.name),
+                        "shape": .array(r.shape.map { .int(Int64($0)) }), "bytes": .int(Int64(r.byteCount)),
+                        "group_size": .int(Int64(r.groupSize)),
+                        "offset": .int(Int64(r.offset)), "xxh3": .string(hex64(r.checksum)),
+                        "source_dtype": .string(r.sourceDType.name),
+                    ]
+                }),
             "quantization": metadata["quantization"] ?? .null,
             "provenance": metadata["provenance"] ?? .null,
         ]

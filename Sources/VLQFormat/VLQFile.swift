@@ -191,7 +191,8 @@ public final class VLQFile: @unchecked Sendable {
                 throw VLQError(
                     BundleError.checksumMismatch,
                     path,
-                    "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): its data is corrupted"
+                    "tensor \(r.name): checksum mismatch (stored \(hex64(r.checksum)), computed \(hex64(digest))): "
+                        + "its data is corrupted"
                 )
             }
             if scanValues && r.encoding.isQuantized {

@@ -40,18 +40,24 @@ struct Convert: ParsableCommand {
             folder: model, output: output, progress: progress.update)
         let seconds = monotonicSeconds() - started
         if !report.ignoredTensors.isEmpty {
-            logger.info(
-                "skipped \(report.ignoredTensors.count) buffers that hold no weights (\(report.ignoredTensors.prefix(3).joined(separator: ", "))\(report.ignoredTensors.count > 3 ? ", ..." : ""))"
-            )
+            let named = report.ignoredTensors.prefix(3).joined(separator: ", ")
+            let more = report.ignoredTensors.count > 3 ? ", ..." : ""
+            logger.info("skipped \(report.ignoredTensors.count) buffers that hold no weights (\(named)\(more))")
         }
         if let copy = report.inShardVision, copy.differing.isEmpty, copy.unmatched.isEmpty {
             logger.info(
-                "the in-shard vision copy matches the vision folder within bf16 rounding (\(copy.tensors) tensors, max abs difference \(copy.maxAbsDifference))"
+                """
+                the in-shard vision copy matches the vision folder within bf16 rounding (\(copy.tensors) tensors, \
+                max abs difference \(copy.maxAbsDifference))
+                """
             )
         }
         let rate = Double(report.sourceBytes) / max(seconds, 1e-9)
         logger.notice(
-            "wrote \(output): \(report.tensorCount) tensors, \(formatBytes(report.outputBytes)) in \(fixed(seconds, 2)) s (\(formatBytes(Int(rate)))/s read)"
+            """
+            wrote \(output): \(report.tensorCount) tensors, \(formatBytes(report.outputBytes)) in \
+            \(fixed(seconds, 2)) s (\(formatBytes(Int(rate)))/s read)
+            """
         )
     }
 }

@@ -25,12 +25,15 @@ struct Inspect: ParsableCommand {
         }
         let m = try BundleMetadata(json: file.metadata, source: bundle)
         print(
-            "\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes"
+            "\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), "
+                + "\(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to "
+                + "\(file.header.alignment) bytes"
         )
         print("model: \(m.model.name) (\(m.model.architecture))")
         let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
         print(
-            "vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from hidden state \(v.selectedHiddenState)"
+            "vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from "
+                + "hidden state \(v.selectedHiddenState)"
         )
         print("projector: \(p.type) \(p.inputSize) -> \(p.hiddenSize)")
         print(
@@ -38,10 +41,12 @@ struct Inspect: ParsableCommand {
         if m.isQuantized {
             let q = m.quantization
             var line =
-                "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
+                "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method "
+                + "\(q["method"]?.stringValue ?? "?")"
             if let c = q["calibration"] {
                 line +=
-                    ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))"
+                    ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set "
+                    + "\(c["set_digest"]?.stringValue ?? "?"))"
             }
             let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }
             print(line)
@@ -123,7 +128,8 @@ struct Check: ParsableCommand {
         }
         let scanned = values ? ", every value finite" : ""
         print(
-            "\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums\(scanned) (\(formatBytes(total)) in \(fixed(seconds, 2)) s)"
+            "\(bundle): OK: structure, metadata and \(file.tensors.count) tensor checksums\(scanned) "
+                + "(\(formatBytes(total)) in \(fixed(seconds, 2)) s)"
         )
     }
 }

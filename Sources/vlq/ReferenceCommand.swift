@@ -8,7 +8,10 @@ struct ReferenceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reference",
         abstract: "Run the reference model over a set once and store its outputs for vlq verify (.vlqref).",
-        discussion: "Stored: vision features, projector output, logits of the text positions, greedy answers, and the hidden state after every layer for the first --layer-samples samples; zstd-compressed, with the set's and the model's digests."
+        discussion:
+            "Stored: vision features, projector output, logits of the text positions, greedy answers, and the hidden "
+            + "state after every layer for the first --layer-samples samples; zstd-compressed, with the set's "
+            + "and the model's digests."
     )
 
     @Argument(help: "The reference model: a .vlq bundle or a Hugging Face Yi-VL folder.")
@@ -32,8 +35,9 @@ struct ReferenceCommand: ParsableCommand {
         let logger = global.makeLogger("vlq.reference")
         let evaluation = try CalibrationSet(path: set)
         let progress = SampleProgress(label: "reference", logger: logger, enabled: !global.quiet)
-        let run = try ReferenceRun.run(engine: try YiVLEngine.open(model), set: evaluation, model: model, layerSamples: layerSamples,
-                                       maxTokens: maxTokens, progress: progress.update)
+        let run = try ReferenceRun.run(
+            engine: try YiVLEngine.open(model), set: evaluation, model: model, layerSamples: layerSamples,
+            maxTokens: maxTokens, progress: progress.update)
         try run.write(to: output)
         logger.notice("wrote \(output): \(run.samples.count) samples (set \(run.setDigest), model \(run.modelDigest))")
     }

@@ -71,10 +71,11 @@ final class ByteProgress {
             let decile = total > 0 ? done * 10 / total : 10
             guard decile > lastLoggedDecile else { return }
             lastLoggedDecile = decile
-            logger.info(
+            let amount =
                 unit == "bytes"
-                    ? "\(label): \(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)"
-                    : "\(label): \(done) of \(total) \(unit)")
+                ? "\(decile * 10)% (\(formatBytes(done)) of \(formatBytes(total)), \(formatBytes(Int(rate)))/s)"
+                : "\(done) of \(total) \(unit)"
+            logger.info("\(label): \(amount)")
         }
     }
 }

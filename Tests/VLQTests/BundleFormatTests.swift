@@ -14,7 +14,8 @@ final class BundleFormatTests: XCTestCase {
         _ = try Converter(options: options).convert(folder: Self.golden + "/micro", output: scratch.file("micro.vlq"))
         XCTAssertEqual(
             try readBytes(scratch.file("micro.vlq")), try readBytes(Self.golden + "/micro.vlq"),
-            "the writer no longer produces formats/golden/micro.vlq: a format change needs a version bump and tools/regenerate_golden.sh"
+            "the writer no longer produces formats/golden/micro.vlq: a format change needs a version bump and "
+                + "tools/regenerate_golden.sh"
         )
         options.dtype = .f16
         options.compressMetadata = false

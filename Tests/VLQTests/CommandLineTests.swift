@@ -31,7 +31,9 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(head["shape"], [1000, 256])
         XCTAssertEqual(head["bytes"]?.intValue, 512_000)
         XCTAssertEqual(json["totals"]?["tensors"]?.intValue, 118)
-        XCTAssertEqual(json["totals"]?["parameters"]?.intValue, tensors.compactMap { $0["shape"]?.arrayValue?.compactMap(\.intValue).reduce(1, *) }.reduce(0, +))
+        XCTAssertEqual(
+            json["totals"]?["parameters"]?.intValue,
+            tensors.compactMap { $0["shape"]?.arrayValue?.compactMap(\.intValue).reduce(1, *) }.reduce(0, +))
         XCTAssertEqual(json["totals"]?["bytes"]?.intValue, tensors.compactMap { $0["bytes"]?.intValue }.reduce(0, +))
 
         let text = try vlq("inspect", output)
@@ -57,7 +59,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", output, "-q").status, 0)
         var bytes = try readBytes(output)
         let listing = try JSONValue.parse(try vlq("inspect", output, "--json").stdout)
-        let victim = try XCTUnwrap(listing["tensors"]?.arrayValue?.first { $0["name"]?.stringValue == "model.mm_projector.3.weight" })
+        let victim = try XCTUnwrap(
+            listing["tensors"]?.arrayValue?.first { $0["name"]?.stringValue == "model.mm_projector.3.weight" })
         bytes[victim["offset"]!.intValue! + 17] ^= 0x80
         try writeBytes(bytes, to: output)
         let result = try vlq("check", output)
@@ -107,7 +110,8 @@ final class CommandLineTests: XCTestCase {
                 for name, t in header.items():
                     if name == "__metadata__":
                         continue
-                    raw = np.frombuffer(data, dtype=np.uint8, count=t["data_offsets"][1] - t["data_offsets"][0], offset=8 + n + t["data_offsets"][0])
+                    begin, end = t["data_offsets"]
+                    raw = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=8 + n + begin)
                     if t["dtype"] == "BF16":
                         values = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
                     else:
@@ -115,7 +119,9 @@ final class CommandLineTests: XCTestCase {
                     out[name] = values.reshape(t["shape"])
                 return out
             root = sys.argv[3]
-            source = load(root + "/model-00001-of-00002.safetensors") | load(root + "/model-00002-of-00002.safetensors") | load(root + "/vit/clip-vit-tiny-yivl-84/model.safetensors")
+            source = {}
+            for shard in ["model-00001-of-00002", "model-00002-of-00002", "vit/clip-vit-tiny-yivl-84/model"]:
+                source |= load(root + "/" + shard + ".safetensors")
             compared = 0
             for t in bundle.tensors:
                 view = bundle.tensor(t.name)
@@ -126,7 +132,9 @@ final class CommandLineTests: XCTestCase {
             print(f"compared {compared}")
             """
         try script.write(toFile: scratch.file("compare.py"), atomically: true, encoding: .utf8)
-        let compared = try python([scratch.file("compare.py"), Repo.root.appendingPathComponent("tools").path, output, Repo.tinyModel])
+        let compared = try python([
+            scratch.file("compare.py"), Repo.root.appendingPathComponent("tools").path, output, Repo.tinyModel,
+        ])
         XCTAssertEqual(compared.status, 0, compared.stderr)
         XCTAssertEqual(compared.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "compared 118")
     }

@@ -34,8 +34,10 @@ final class MalformedReferenceTests: XCTestCase {
     }
 
     /// The good reference with `edit` applied to its tensors and its per-sample metadata.
-    func edited(_ name: String,
-                _ edit: (inout SafeTensorsWriter, inout [[String: JSONValue]]) -> Void) throws -> String {
+    func edited(
+        _ name: String,
+        _ edit: (inout SafeTensorsWriter, inout [[String: JSONValue]]) -> Void
+    ) throws -> String {
         let file = try CompressedSafeTensors.read(Self.referencePath, format: "vlqref 1", kind: ".vlqref")
         var writer = SafeTensorsWriter()
         for t in file.tensors {
@@ -74,8 +76,9 @@ final class MalformedReferenceTests: XCTestCase {
         ]
         for (key, value, phrase) in cases {
             let path = try edited("counts.vlqref") { _, samples in samples[0][key] = value }
-            assertVLQError(try ReferenceRun.read(path), kind: VerificationError.invalidReference,
-                           contains: [path + ": " + phrase])
+            assertVLQError(
+                try ReferenceRun.read(path), kind: VerificationError.invalidReference,
+                contains: [path + ": " + phrase])
         }
     }
 
@@ -84,24 +87,27 @@ final class MalformedReferenceTests: XCTestCase {
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [2], [5, -1]))
         }
-        assertVLQError(try ReferenceRun.read(negative), kind: VerificationError.invalidReference,
-                       contains: [negative + ": s0.answer_ids holds token id -1"])
+        assertVLQError(
+            try ReferenceRun.read(negative), kind: VerificationError.invalidReference,
+            contains: [negative + ": s0.answer_ids holds token id -1"])
         let floats = try edited("floats.vlqref") { w, _ in
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.f32("s0.answer_ids", [2], [5, 6]))
         }
-        assertVLQError(try ReferenceRun.read(floats),
-                       kind: VerificationError.invalidReference,
-                       contains: [floats + ": missing s0.answer_ids, or it is not a 1-D I64"])
+        assertVLQError(
+            try ReferenceRun.read(floats),
+            kind: VerificationError.invalidReference,
+            contains: [floats + ": missing s0.answer_ids, or it is not a 1-D I64"])
 
         // Beyond the candidate's vocabulary: it indexed past a row of logits.
         let beyond = try edited("beyond.vlqref") { w, _ in
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [1], [5000]))
         }
-        assertVLQError(try compare(beyond),
-                       kind: VerificationError.referenceMismatch,
-                       contains: [beyond + ": sample 0: answer token id 5000 is outside the vocabulary of 1000"])
+        assertVLQError(
+            try compare(beyond),
+            kind: VerificationError.referenceMismatch,
+            contains: [beyond + ": sample 0: answer token id 5000 is outside the vocabulary of 1000"])
     }
 
     func testARunThatDoesNotFitTheSetIsAnError() throws {
@@ -110,9 +116,10 @@ final class MalformedReferenceTests: XCTestCase {
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [400], Array(repeating: 7, count: 400)))
         }
-        assertVLQError(try compare(long),
-                       kind: VerificationError.referenceMismatch,
-                       contains: [long + ": sample 0:", "for the prompt and 400 answer tokens"])
+        assertVLQError(
+            try compare(long),
+            kind: VerificationError.referenceMismatch,
+            contains: [long + ": sample 0:", "for the prompt and 400 answer tokens"])
 
         // Two samples for a one-sample set: the second indexed past the set.
         let two = try edited("two.vlqref") { w, samples in
@@ -122,8 +129,9 @@ final class MalformedReferenceTests: XCTestCase {
             samples.append(samples[0])
         }
         XCTAssertEqual(try ReferenceRun.read(two).samples.count, 2)
-        assertVLQError(try compare(two),
-                       kind: VerificationError.setMismatch, contains: [two + ": holds 2 samples, but the set has 1"])
+        assertVLQError(
+            try compare(two),
+            kind: VerificationError.setMismatch, contains: [two + ": holds 2 samples, but the set has 1"])
 
         // A second sample storing fewer layer states than the first: the sums are per layer.
         let uneven = try edited("uneven.vlqref") { w, samples in
@@ -135,9 +143,10 @@ final class MalformedReferenceTests: XCTestCase {
         }
         var twoSamples = Self.set
         twoSamples.samples += Self.set.samples
-        assertVLQError(try compare(uneven, set: twoSamples),
-                       kind: VerificationError.invalidReference,
-                       contains: [uneven + ": samples store the states of different numbers of layers"])
+        assertVLQError(
+            try compare(uneven, set: twoSamples),
+            kind: VerificationError.invalidReference,
+            contains: [uneven + ": samples store the states of different numbers of layers"])
     }
 
     func testVerifyReportsABadReferenceAsAnInputError() throws {
@@ -147,11 +156,14 @@ final class MalformedReferenceTests: XCTestCase {
             w.tensors.removeAll { $0.name == "s0.answer_ids" }
             w.add(.i64("s0.answer_ids", [1], [1 << 40]))
         }
-        let result = try vlq("verify", "--reference", beyond, "--candidate", scratch.file("fp.vlq"),
-                             "--set", Self.setPath, "--json", scratch.file("d.json"), "-q")
+        let result = try vlq(
+            "verify", "--reference", beyond, "--candidate", scratch.file("fp.vlq"),
+            "--set", Self.setPath, "--json", scratch.file("d.json"), "-q")
         XCTAssertEqual(result.status, 2, result.stderr)
-        XCTAssertEqual(result.stderr, "vlq: error: \(beyond): sample 0: answer token id 1099511627776 is outside "
-                       + "the vocabulary of 1000\n")
+        XCTAssertEqual(
+            result.stderr,
+            "vlq: error: \(beyond): sample 0: answer token id 1099511627776 is outside "
+                + "the vocabulary of 1000\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.file("d.json")))
     }
 }

@@ -21,14 +21,17 @@ final class QuantizeEndToEndTests: XCTestCase {
     func testInt8PresetCalibratedWithTheShippedScenesMeetsTheBar() throws {
         let scratch = try Scratch()
         let output = scratch.file("int8.vlq")
-        let result = try vlq("quantize", Repo.tinyModel, "-o", output, "--preset", "int8", "--method", "imatrix", "--set", Self.calibrationSet, "-q")
+        let result = try vlq(
+            "quantize", Repo.tinyModel, "-o", output, "--preset", "int8", "--method", "imatrix", "--set",
+            Self.calibrationSet, "-q")
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertEqual(scratch.listing(), ["int8.vlq"], "the temporary conversion is removed")
         XCTAssertEqual(try vlq("check", output).status, 0)
         let d = try drift(output)
         XCTAssertLessThanOrEqual(d.meanKLD, 2e-4)
         XCTAssertGreaterThanOrEqual(d.sameTopRate, 0.99)
-        let answers = try ExactMatch.run(try YiVLEngine.open(output), set: try CalibrationSet(path: Reference.data + "/eval.jsonl"))
+        let answers = try ExactMatch.run(
+            try YiVLEngine.open(output), set: try CalibrationSet(path: Reference.data + "/eval.jsonl"))
         XCTAssertEqual(answers.total, 200)
         XCTAssertGreaterThanOrEqual(answers.rate, 0.48 - 0.02)
 
@@ -36,12 +39,16 @@ final class QuantizeEndToEndTests: XCTestCase {
         let q = try XCTUnwrap(bundle.metadata["quantization"])
         XCTAssertEqual(q["method"]?.stringValue, "imatrix")
         XCTAssertEqual(q["calibration"]?["samples"]?.intValue, 32)
-        XCTAssertEqual(q["calibration"]?["set_digest"]?.stringValue, try CalibrationSet(path: Self.calibrationSet).digest)
-        XCTAssertEqual(bundle.record("vision_model.encoder.layers.0.mlp.fc1.weight")?.encoding, .q8, "the vision tower is quantized")
+        XCTAssertEqual(
+            q["calibration"]?["set_digest"]?.stringValue, try CalibrationSet(path: Self.calibrationSet).digest)
+        XCTAssertEqual(
+            bundle.record("vision_model.encoder.layers.0.mlp.fc1.weight")?.encoding, .q8,
+            "the vision tower is quantized")
         XCTAssertEqual(bundle.record("vision_model.embeddings.position_embedding.weight")?.encoding, .f32)
         XCTAssertEqual(bundle.record("model.norm.weight")?.encoding, .bf16)
-        XCTAssertEqual(q["tensors"]?["vision_model.encoder.layers.3.mlp.fc1.weight"]?["fallback"]?.stringValue,
-                       "no Linear-input statistics (an embedding lookup, or a layer the model never runs): rtn")
+        XCTAssertEqual(
+            q["tensors"]?["vision_model.encoder.layers.3.mlp.fc1.weight"]?["fallback"]?.stringValue,
+            "no Linear-input statistics (an embedding lookup, or a layer the model never runs): rtn")
     }
 
     func testInt4CalibratedMethodsBeatRoundToNearestAndGPTQBeatsLlamaCppQ4_0() throws {
@@ -53,7 +60,8 @@ final class QuantizeEndToEndTests: XCTestCase {
         var kld: [String: Double] = [:]
         for method in ["rtn", "gptq", "imatrix"] {
             let output = scratch.file("int4-\(method).vlq")
-            let result = try vlq("quantize", bundle, "-o", output, "--preset", "int4", "--method", method, "--stats", stats, "-q")
+            let result = try vlq(
+                "quantize", bundle, "-o", output, "--preset", "int4", "--method", method, "--stats", stats, "-q")
             XCTAssertEqual(result.status, 0, result.stderr)
             kld[method] = try drift(output).meanKLD
         }
@@ -74,17 +82,23 @@ final class QuantizeEndToEndTests: XCTestCase {
         second.samples = Array(all.samples.dropFirst(10))
         for (set, name) in [(first, "a"), (second, "b"), (all, "all")] {
             let c = try CalibrationRunner.collect(engine: engine, set: set, withGram: false)
-            try StatisticsFile(collector: c, setDigest: set.digest, samples: set.samples.count, model: "tiny").write(to: scratch.file(name + ".vlqstats"))
+            try StatisticsFile(collector: c, setDigest: set.digest, samples: set.samples.count, model: "tiny").write(
+                to: scratch.file(name + ".vlqstats"))
         }
-        let merged = try vlq("calibrate", "--merge", scratch.file("a.vlqstats"), scratch.file("b.vlqstats"), "-o", scratch.file("ab.vlqstats"))
+        let merged = try vlq(
+            "calibrate", "--merge", scratch.file("a.vlqstats"), scratch.file("b.vlqstats"), "-o",
+            scratch.file("ab.vlqstats"))
         XCTAssertEqual(merged.status, 0, merged.stderr)
-        let ab = try StatisticsFile.read(scratch.file("ab.vlqstats")), whole = try StatisticsFile.read(scratch.file("all.vlqstats"))
+        let ab = try StatisticsFile.read(scratch.file("ab.vlqstats")),
+            whole = try StatisticsFile.read(scratch.file("all.vlqstats"))
         XCTAssertEqual(ab.samples, 32)
         XCTAssertEqual(Set(ab.statistics.keys), Set(whole.statistics.keys))
         for (name, s) in whole.statistics {
             let m = ab.statistics[name]!
             XCTAssertEqual(m.rows, s.rows, name)
-            for j in 0..<s.columns { XCTAssertEqual(m.sumSquares[j], s.sumSquares[j], accuracy: 1e-9 * max(1, s.sumSquares[j]), name) }
+            for j in 0..<s.columns {
+                XCTAssertEqual(m.sumSquares[j], s.sumSquares[j], accuracy: 1e-9 * max(1, s.sumSquares[j]), name)
+            }
         }
     }
 
@@ -92,15 +106,19 @@ final class QuantizeEndToEndTests: XCTestCase {
         let scratch = try Scratch()
         let bundle = scratch.file("fp.vlq")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
-        try #"{"rules": [{"match": "*", "encoding": "q3"}]}"#.write(toFile: scratch.file("bad.json"), atomically: true, encoding: .utf8)
+        try #"{"rules": [{"match": "*", "encoding": "q3"}]}"#.write(
+            toFile: scratch.file("bad.json"), atomically: true, encoding: .utf8)
         let badRecipe = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--recipe", scratch.file("bad.json"))
         XCTAssertEqual(badRecipe.status, 2)
         XCTAssertTrue(badRecipe.stderr.contains("bad.json: rule 1: unknown encoding \"q3\""), badRecipe.stderr)
-        let uncalibrated = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "gptq")
+        let uncalibrated = try vlq(
+            "quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "gptq")
         XCTAssertEqual(uncalibrated.status, 2)
         XCTAssertTrue(uncalibrated.stderr.contains("--set"), uncalibrated.stderr)
         try writeBytes(Array("garbage".utf8), to: scratch.file("bad.vlqstats"))
-        let badStats = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "imatrix", "--stats", scratch.file("bad.vlqstats"))
+        let badStats = try vlq(
+            "quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "imatrix", "--stats",
+            scratch.file("bad.vlqstats"))
         XCTAssertEqual(badStats.status, 2)
         XCTAssertTrue(badStats.stderr.contains("bad.vlqstats: not a .vlqstats file"), badStats.stderr)
         XCTAssertEqual(try vlq("quantize", bundle, "-o", scratch.file("q8.vlq"), "--preset", "int8", "-q").status, 0)
@@ -121,15 +139,21 @@ extension QuantizeEndToEndTests {
         var set = try CalibrationSet(path: Self.calibrationSet)
         set.samples = Array(set.samples.prefix(6))
         let engine = try YiVLEngine.open(bundle)
-        let onePass = StoredStatistics(StatisticsFile(collector: try CalibrationRunner.collect(engine: engine, set: set, withGram: true),
-                                                      setDigest: set.digest, samples: 6, model: bundle))
+        let onePass = StoredStatistics(
+            StatisticsFile(
+                collector: try CalibrationRunner.collect(engine: engine, set: set, withGram: true),
+                setDigest: set.digest, samples: 6, model: bundle))
         let windowed = try WindowedStatistics(engine: engine, set: set, budget: 3 << 20)
         for method in [QuantizationMethod.gptq, .awq] {
             var recipe = Recipe.int4()
             recipe.method = method
             let pipeline = QuantizePipeline(options: .init(recipe: recipe))
-            _ = try pipeline.run(source: try VLQFile(path: bundle), output: scratch.file("one.vlq"), statistics: onePass, calibrationSource: nil)
-            _ = try pipeline.run(source: try VLQFile(path: bundle), output: scratch.file("windows.vlq"), statistics: windowed, calibrationSource: nil)
+            _ = try pipeline.run(
+                source: try VLQFile(path: bundle), output: scratch.file("one.vlq"), statistics: onePass,
+                calibrationSource: nil)
+            _ = try pipeline.run(
+                source: try VLQFile(path: bundle), output: scratch.file("windows.vlq"), statistics: windowed,
+                calibrationSource: nil)
             let a = try VLQFile(path: scratch.file("one.vlq")), b = try VLQFile(path: scratch.file("windows.vlq"))
             XCTAssertEqual(a.tensors.map(\.checksum), b.tensors.map(\.checksum), method.rawValue)
         }

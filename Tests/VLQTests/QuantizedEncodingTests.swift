@@ -17,20 +17,24 @@ final class QuantizedEncodingTests: XCTestCase {
         }
     }
 
-    static let cases: [(TensorEncoding, Int, Int, Int)] = [(.q8, 2, 64, 32), (.q4, 2, 64, 32), (.q4s, 2, 64, 32), (.q8, 3, 40, 40), (.q4, 1, 256, 128)]
+    static let cases: [(TensorEncoding, Int, Int, Int)] = [
+        (.q8, 2, 64, 32), (.q4, 2, 64, 32), (.q4s, 2, 64, 32), (.q8, 3, 40, 40), (.q4, 1, 256, 128),
+    ]
 
     static func vectors() -> JSONValue {
-        .array(cases.map { encoding, rows, columns, group in
-            let w = weights(rows: rows, columns: columns)
-            let m = MatrixQuantizer.roundToNearest(w, rows: rows, columns: columns, encoding: encoding, groupSize: group)
-            return [
-                "encoding": .string(encoding.name), "encoding_id": .int(Int64(encoding.rawValue)),
-                "shape": [.int(Int64(rows)), .int(Int64(columns))], "group_size": .int(Int64(group)),
-                "weights": .array(w.map { .double(Double($0)) }),
-                "bytes_hex": .string(m.bytes.map { String(format: "%02x", $0) }.joined()),
-                "decoded": .array(m.dequantized.map { .double(Double($0)) }),
-            ]
-        })
+        .array(
+            cases.map { encoding, rows, columns, group in
+                let w = weights(rows: rows, columns: columns)
+                let m = MatrixQuantizer.roundToNearest(
+                    w, rows: rows, columns: columns, encoding: encoding, groupSize: group)
+                return [
+                    "encoding": .string(encoding.name), "encoding_id": .int(Int64(encoding.rawValue)),
+                    "shape": [.int(Int64(rows)), .int(Int64(columns))], "group_size": .int(Int64(group)),
+                    "weights": .array(w.map { .double(Double($0)) }),
+                    "bytes_hex": .string(m.bytes.map { String(format: "%02x", $0) }.joined()),
+                    "decoded": .array(m.dequantized.map { .double(Double($0)) }),
+                ]
+            })
     }
 
     func testRoundToNearestReproducesTheGoldenBytesAndDecodedValues() throws {
@@ -38,13 +42,17 @@ final class QuantizedEncodingTests: XCTestCase {
             try Data((Self.vectors().serialized(pretty: true) + "\n").utf8).write(to: URL(fileURLWithPath: Self.path))
         }
         let golden = try JSONValue.parse(try readBytes(Self.path))
-        XCTAssertEqual(golden, Self.vectors(), "the quantizer or the encodings changed: a format change needs a version bump")
+        XCTAssertEqual(
+            golden, Self.vectors(), "the quantizer or the encodings changed: a format change needs a version bump")
         for v in try XCTUnwrap(golden.arrayValue) {
             let encoding = TensorEncoding(name: v["encoding"]!.stringValue!)!
             let shape = v["shape"]!.arrayValue!.map { $0.intValue! }
-            let layout = try XCTUnwrap(QuantizedLayout(encoding: encoding, shape: shape, groupSize: v["group_size"]!.intValue!))
+            let layout = try XCTUnwrap(
+                QuantizedLayout(encoding: encoding, shape: shape, groupSize: v["group_size"]!.intValue!))
             let hex = Array(v["bytes_hex"]!.stringValue!.utf8)
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+            let bytes = stride(from: 0, to: hex.count, by: 2).map {
+                UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)!
+            }
             XCTAssertEqual(bytes.count, layout.byteCount)
             var decoded = [Float](repeating: 0, count: shape[0] * shape[1])
             bytes.withUnsafeBytes { layout.dequantize($0, rows: 0..<shape[0], into: &decoded) }
@@ -94,7 +102,9 @@ final class QuantizedEncodingTests: XCTestCase {
         let prime = recipe.decide(name: "model.layers.0.mlp.down_proj.weight", component: .language, shape: [256, 130])
         XCTAssertEqual(prime.encoding, .f16)
         XCTAssertEqual(prime.fallback, "130 columns: no group divides the row -> f16")
-        let rowWise = Recipe(name: "row", method: nil, rules: [.init(component: nil, pattern: "*", target: .quantized(.q4, groupSize: nil), method: nil)])
+        let rowWise = Recipe(
+            name: "row", method: nil,
+            rules: [.init(component: nil, pattern: "*", target: .quantized(.q4, groupSize: nil), method: nil)])
         let odd33 = rowWise.decide(name: "w", component: .language, shape: [4, 33])
         XCTAssertEqual(odd33.encoding, .q8)
         XCTAssertEqual(odd33.groupSize, 33)
@@ -102,8 +112,10 @@ final class QuantizedEncodingTests: XCTestCase {
         let vector = recipe.decide(name: "model.norm.weight", component: .language, shape: [256])
         XCTAssertNil(vector.encoding)
         XCTAssertNil(vector.fallback)
-        let position = recipe.decide(name: "vision_model.embeddings.position_embedding.weight", component: .vision, shape: [37, 128])
+        let position = recipe.decide(
+            name: "vision_model.embeddings.position_embedding.weight", component: .vision, shape: [37, 128])
         XCTAssertNil(position.encoding)
-        XCTAssertEqual(Recipe.int8().decide(name: "lm_head.weight", component: .language, shape: [1000, 256]).encoding, .q8)
+        XCTAssertEqual(
+            Recipe.int8().decide(name: "lm_head.weight", component: .language, shape: [1000, 256]).encoding, .q8)
     }
 }

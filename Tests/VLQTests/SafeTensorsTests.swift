@@ -68,7 +68,8 @@ final class SafeTensorsTests: XCTestCase {
 
     func testRejectsDuplicateTensorNames() {
         let header =
-            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"#
+            + #""a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
         var b = SafeTensorsBuilder()
         b.add("a", shape: [2])
         assertVLQError(
@@ -81,7 +82,8 @@ final class SafeTensorsTests: XCTestCase {
         b.add("a", shape: [2])
         b.add("b", shape: [2])
         let header =
-            #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
+            #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"#
+            + #""b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
         assertVLQError(
             try open(b.bytes(header: header)), kind: SafeTensorsError.badDataOffsets, contains: ["tensor b", "overlap"])
     }
@@ -91,7 +93,8 @@ final class SafeTensorsTests: XCTestCase {
         b.add("a", shape: [2])
         b.add("b", shape: [2])
         let header =
-            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"#
+            + #""b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#
         assertVLQError(
             try open(b.bytes(header: header)), kind: SafeTensorsError.badDataOffsets, contains: ["tensor b", "hole"])
     }

@@ -5,7 +5,8 @@ import YiVL
 
 /// Paths and helpers shared by the tests.
 enum Repo {
-    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     static let tinyModel = root.appendingPathComponent("Tests/Fixtures/tiny-yivl").path
     static let goldenFolder = root.appendingPathComponent("formats/golden").path
     static let readerScript = root.appendingPathComponent("tools/vlq_reader.py").path
@@ -13,7 +14,8 @@ enum Repo {
     /// The `vlq` executable built alongside the test bundle.
     static var vlqBinary: String {
         let candidates = [
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vlq").path,
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vlq")
+                .path,
             Bundle.main.bundleURL.appendingPathComponent("vlq").path,
             root.appendingPathComponent(".build/debug/vlq").path,
         ]
@@ -48,7 +50,8 @@ final class Scratch {
         while let item = enumerator.nextObject() as? String {
             var isDirectory: ObjCBool = false
             FileManager.default.fileExists(atPath: folder + "/" + item, isDirectory: &isDirectory)
-            try FileManager.default.setAttributes([.posixPermissions: isDirectory.boolValue ? 0o755 : 0o644], ofItemAtPath: folder + "/" + item)
+            try FileManager.default.setAttributes(
+                [.posixPermissions: isDirectory.boolValue ? 0o755 : 0o644], ofItemAtPath: folder + "/" + item)
         }
     }
 
@@ -77,8 +80,9 @@ func run(_ executable: String, _ arguments: [String]) throws -> ProcessResult {
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     let errData = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return ProcessResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+    return ProcessResult(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData, as: UTF8.self))
 }
 
 func vlq(_ arguments: String...) throws -> ProcessResult {
@@ -103,7 +107,10 @@ struct SafeTensorsBuilder {
     mutating func add(_ name: String, dtype: String = "F32", shape: [Int], data: [UInt8]? = nil) {
         let count = shape.reduce(1, *)
         let size = count * (dtype == "F32" ? 4 : dtype == "I64" ? 8 : 2)
-        entries.append(Entry(name: name, dtype: dtype, shape: shape, data: data ?? (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }))
+        entries.append(
+            Entry(
+                name: name, dtype: dtype, shape: shape,
+                data: data ?? (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }))
     }
 
     /// The header JSON the entries imply, for tests to edit before `bytes(header:)`.
@@ -112,7 +119,8 @@ struct SafeTensorsBuilder {
         var parts: [String] = []
         for e in entries {
             let shape = e.shape.map(String.init).joined(separator: ",")
-            parts.append("\"\(e.name)\":{\"dtype\":\"\(e.dtype)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + e.data.count)]}")
+            let offsets = "[\(offset),\(offset + e.data.count)]"
+            parts.append("\"\(e.name)\":{\"dtype\":\"\(e.dtype)\",\"shape\":[\(shape)],\"data_offsets\":\(offsets)}")
             offset += e.data.count
         }
         return "{" + parts.joined(separator: ",") + "}"

@@ -175,7 +175,7 @@ struct TorchCheckpointBuilder {
             if tensor.parameter {
                 w.bool(true)
                 w.orderedDict()
-                w.op(0x87) // TUPLE3 (data, requires_grad, hooks)
+                w.op(0x87)  // TUPLE3 (data, requires_grad, hooks)
                 w.put()
                 w.reduce()
                 w.put()
@@ -209,7 +209,7 @@ struct TorchCheckpointBuilder {
         w.string(tensor.storageKey)
         w.string("cpu")
         w.int(tensor.storageElements)
-        w.op(0x74) // TUPLE
+        w.op(0x74)  // TUPLE
         w.put()
         w.persistentID()
         w.int(tensor.offset)

@@ -1,6 +1,6 @@
 import Calibration
-import Imaging
 import Foundation
+import Imaging
 import VLQCore
 import Verification
 import XCTest
@@ -11,8 +11,9 @@ final class VerifyTests: XCTestCase {
         let manifest = try String(contentsOfFile: Reference.data + "/eval.jsonl", encoding: .utf8)
         let lines = manifest.split(separator: "\n").prefix(count)
         let rewritten = lines.map { $0.replacingOccurrences(of: "\"eval/", with: "\"" + Reference.data + "/eval/") }
-        try (rewritten.joined(separator: "\n") + "\n").write(toFile: scratch.file(name), atomically: true,
-                                                             encoding: .utf8)
+        try (rewritten.joined(separator: "\n") + "\n").write(
+            toFile: scratch.file(name), atomically: true,
+            encoding: .utf8)
         return scratch.file(name)
     }
 
@@ -22,15 +23,17 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
         let set = try writeSet(scratch, count: 4)
         XCTAssertEqual(try vlq("reference", bundle, "--set", set, "-o", scratch.file("ref.vlqref"), "-q").status, 0)
-        let result = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", bundle, "--set", set,
-                             "--max-kld", "1e-9", "--min-same-top", "1", "--json", scratch.file("d.json"), "-q")
+        let result = try vlq(
+            "verify", "--reference", scratch.file("ref.vlqref"), "--candidate", bundle, "--set", set,
+            "--max-kld", "1e-9", "--min-same-top", "1", "--json", scratch.file("d.json"), "-q")
         XCTAssertEqual(result.status, 0, result.stderr)
         let json = try JSONValue.parse(try readBytes(scratch.file("d.json")))
         XCTAssertLessThan(json["run"]?["mean_kld"]?.doubleValue ?? 1, 1e-9)
         XCTAssertEqual(json["run"]?["answer_agreement"]?.doubleValue, 1)
         XCTAssertEqual(json["run"]?["decoder_layer_relative_l2"]?.arrayValue?.count, 4)
-        XCTAssertEqual(json["run"]?["vision_layer_relative_l2"]?.arrayValue?.count, 3,
-                       "features come from hidden state 3")
+        XCTAssertEqual(
+            json["run"]?["vision_layer_relative_l2"]?.arrayValue?.count, 3,
+            "features come from hidden state 3")
         let decoderDrift = try XCTUnwrap(json["run"]?["decoder_layer_relative_l2"]?.arrayValue)
         XCTAssertTrue(decoderDrift.allSatisfy { ($0.doubleValue ?? 1) < 1e-6 })
     }
@@ -42,13 +45,15 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(try vlq("quantize", bundle, "-o", int8, "--preset", "int8", "-q").status, 0)
         let set = try writeSet(scratch, count: 3)
         XCTAssertEqual(try vlq("reference", bundle, "--set", set, "-o", scratch.file("ref.vlqref"), "-q").status, 0)
-        let broken = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", set,
-                             "--max-kld", "1e-9", "-q")
+        let broken = try vlq(
+            "verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", set,
+            "--max-kld", "1e-9", "-q")
         XCTAssertEqual(broken.status, 1)
         XCTAssertTrue(broken.stderr.contains("bound broken: mean KLD"), broken.stderr)
         let other = try writeSet(scratch, count: 2, name: "other.jsonl")
-        let refused = try vlq("verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", other,
-                              "-q")
+        let refused = try vlq(
+            "verify", "--reference", scratch.file("ref.vlqref"), "--candidate", int8, "--set", other,
+            "-q")
         XCTAssertEqual(refused.status, 2)
         XCTAssertTrue(refused.stderr.contains("the reference was computed on another set"), refused.stderr)
         let usage = try vlq("verify", "--candidate", int8)
@@ -59,8 +64,9 @@ final class VerifyTests: XCTestCase {
         let scratch = try Scratch()
         let bundle = scratch.file("fp.vlq")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
-        let result = try vlq("verify", "--reference-dir", Reference.data + "/reference", "--candidate", bundle,
-                             "--max-kld", "1e-5", "--min-same-top", "1", "--min-cosine", "0.99999", "-q")
+        let result = try vlq(
+            "verify", "--reference-dir", Reference.data + "/reference", "--candidate", bundle,
+            "--max-kld", "1e-5", "--min-same-top", "1", "--min-cosine", "0.99999", "-q")
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stdout.contains("same top 100.00%"), result.stdout)
     }
@@ -74,46 +80,50 @@ extension VerifyTests {
         let bundle = scratch.file("fp.vlq")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
         for preset in ["int8", "int4"] {
-        let int4 = scratch.file(preset + ".vlq")
-        XCTAssertEqual(try vlq("quantize", bundle, "-o", int4, "--preset", preset, "-q").status, 0)
-        let verified = try vlq("verify", "--reference-dir", Reference.data + "/reference", "--candidate", int4,
-                               "--json", scratch.file("v.json"), "-q")
-        XCTAssertEqual(verified.status, 0, verified.stderr)
-        var outputs: [String] = []
-        for (i, c) in Reference.cases.enumerated() {
-            let out = scratch.file("case-\(i).safetensors")
-            let r = try vlq("logits", int4, "--pixel-values", c.file.path, "--prompt", c.question, "-o", out, "-q")
-            XCTAssertEqual(r.status, 0, r.stderr)
-            outputs.append(c.file.path + "=" + out)
-        }
-        let script = """
-            import json, struct, sys
-            import numpy as np
-            def load(path):
-                data = open(path, "rb").read()
-                n = struct.unpack("<Q", data[:8])[0]
-                t = json.loads(data[8:8 + n])["logits"]
-                a, b = t["data_offsets"]
-                return np.frombuffer(data[8 + n + a:8 + n + b], dtype=np.float32).reshape(t["shape"]).astype(np.float64)
-            klds, same = [], 0
-            for pair in sys.argv[1:]:
-                ref, cand = (load(p) for p in pair.split("="))
-                lr = ref - ref.max(1, keepdims=True); lr -= np.log(np.exp(lr).sum(1, keepdims=True))
-                lc = cand - cand.max(1, keepdims=True); lc -= np.log(np.exp(lc).sum(1, keepdims=True))
-                klds.extend((np.exp(lr) * (lr - lc)).sum(1).clip(0))
-                same += int((ref.argmax(1) == cand.argmax(1)).sum())
-            print(json.dumps({"mean_kld": float(np.mean(klds)), "same_top": same / len(klds), "positions": len(klds)}))
-            """
-        try script.write(toFile: scratch.file("kld.py"), atomically: true, encoding: .utf8)
-        let independent = try python([scratch.file("kld.py")] + outputs)
-        XCTAssertEqual(independent.status, 0, independent.stderr)
-        let mine = try JSONValue.parse(try readBytes(scratch.file("v.json")))["logits"]!
-        let theirs = try JSONValue.parse(independent.stdout)
-        XCTAssertEqual(mine["positions"]?.intValue, theirs["positions"]?.intValue)
-        XCTAssertEqual(mine["same_top"]!.doubleValue!, theirs["same_top"]!.doubleValue!, accuracy: 1e-12)
-        let theirKLD = theirs["mean_kld"]!.doubleValue!
-        XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirKLD, accuracy: 1e-6 * theirKLD + 1e-12)
-        XCTAssertGreaterThan(theirs["mean_kld"]!.doubleValue!, 1e-6, "\(preset) drifts measurably")
+            let int4 = scratch.file(preset + ".vlq")
+            XCTAssertEqual(try vlq("quantize", bundle, "-o", int4, "--preset", preset, "-q").status, 0)
+            let verified = try vlq(
+                "verify", "--reference-dir", Reference.data + "/reference", "--candidate", int4,
+                "--json", scratch.file("v.json"), "-q")
+            XCTAssertEqual(verified.status, 0, verified.stderr)
+            var outputs: [String] = []
+            for (i, c) in Reference.cases.enumerated() {
+                let out = scratch.file("case-\(i).safetensors")
+                let r = try vlq("logits", int4, "--pixel-values", c.file.path, "--prompt", c.question, "-o", out, "-q")
+                XCTAssertEqual(r.status, 0, r.stderr)
+                outputs.append(c.file.path + "=" + out)
+            }
+            let script = """
+                import json, struct, sys
+                import numpy as np
+                def load(path):
+                    data = open(path, "rb").read()
+                    n = struct.unpack("<Q", data[:8])[0]
+                    t = json.loads(data[8:8 + n])["logits"]
+                    a, b = t["data_offsets"]
+                    values = np.frombuffer(data[8 + n + a:8 + n + b], dtype=np.float32)
+                    return values.reshape(t["shape"]).astype(np.float64)
+                klds, same = [], 0
+                for pair in sys.argv[1:]:
+                    ref, cand = (load(p) for p in pair.split("="))
+                    lr = ref - ref.max(1, keepdims=True); lr -= np.log(np.exp(lr).sum(1, keepdims=True))
+                    lc = cand - cand.max(1, keepdims=True); lc -= np.log(np.exp(lc).sum(1, keepdims=True))
+                    klds.extend((np.exp(lr) * (lr - lc)).sum(1).clip(0))
+                    same += int((ref.argmax(1) == cand.argmax(1)).sum())
+                positions = len(klds)
+                summary = {"mean_kld": float(np.mean(klds)), "same_top": same / positions, "positions": positions}
+                print(json.dumps(summary))
+                """
+            try script.write(toFile: scratch.file("kld.py"), atomically: true, encoding: .utf8)
+            let independent = try python([scratch.file("kld.py")] + outputs)
+            XCTAssertEqual(independent.status, 0, independent.stderr)
+            let mine = try JSONValue.parse(try readBytes(scratch.file("v.json")))["logits"]!
+            let theirs = try JSONValue.parse(independent.stdout)
+            XCTAssertEqual(mine["positions"]?.intValue, theirs["positions"]?.intValue)
+            XCTAssertEqual(mine["same_top"]!.doubleValue!, theirs["same_top"]!.doubleValue!, accuracy: 1e-12)
+            let theirKLD = theirs["mean_kld"]!.doubleValue!
+            XCTAssertEqual(mine["mean_kld"]!.doubleValue!, theirKLD, accuracy: 1e-6 * theirKLD + 1e-12)
+            XCTAssertGreaterThan(theirs["mean_kld"]!.doubleValue!, 1e-6, "\(preset) drifts measurably")
         }
     }
 }
@@ -125,8 +135,9 @@ extension VerifyTests {
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
         XCTAssertEqual(try vlq("quantize", bundle, "-o", int8, "--preset", "int8", "-q").status, 0)
         let set = try writeSet(scratch, count: 3)
-        let result = try vlq("verify", "--reference", bundle, "--candidate", int8, "--set", set, "--rank-layers", "2",
-                             "--html", scratch.file("report.html"), "-q")
+        let result = try vlq(
+            "verify", "--reference", bundle, "--candidate", int8, "--set", set, "--rank-layers", "2",
+            "--html", scratch.file("report.html"), "-q")
         XCTAssertEqual(result.status, 0, result.stderr)
         let page = try String(contentsOfFile: scratch.file("report.html"), encoding: .utf8)
         XCTAssertTrue(page.hasPrefix("<!DOCTYPE html>"))
@@ -158,22 +169,30 @@ final class VerificationReportTests: XCTestCase {
         logits.add(reference: reference, candidate: candidate, vocab: 3)
         var comparison = ReferenceComparison()
         comparison.logits = logits
-        comparison.cases = [.init(name: "case-000.safetensors",
-                                  vision: FeatureDrift(reference: [1, 0], candidate: [1, 0]),
-                                  projector: FeatureDrift(reference: [1, 0], candidate: [1, 1]), logits: logits)]
+        comparison.cases = [
+            .init(
+                name: "case-000.safetensors",
+                vision: FeatureDrift(reference: [1, 0], candidate: [1, 0]),
+                projector: FeatureDrift(reference: [1, 0], candidate: [1, 1]), logits: logits)
+        ]
         return comparison
     }
 
     func testEachBrokenBoundIsAFailureWithItsValueAndLimit() throws {
-        var report = VerificationReport(candidate: "q.vlq", bounds: VerificationBounds(maxKLD: 1e-3, minSameTop: 0.5,
-                                                                                      minCosine: 0.9))
+        var report = VerificationReport(
+            candidate: "q.vlq",
+            bounds: VerificationBounds(
+                maxKLD: 1e-3, minSameTop: 0.5,
+                minCosine: 0.9))
         report.referenceFolder = .init(path: "reference", comparison: comparison())
         let c = report.referenceFolder!.comparison
-        XCTAssertEqual(report.failures, [
-            BoundFailure(bound: .maxKLD, value: c.logits.meanKLD, limit: 1e-3, set: nil),
-            BoundFailure(bound: .minSameTop, value: 0, limit: 0.5, set: nil),
-            BoundFailure(bound: .minCosine, value: c.minimumProjectorCosine, limit: 0.9, set: nil),
-        ])
+        XCTAssertEqual(
+            report.failures,
+            [
+                BoundFailure(bound: .maxKLD, value: c.logits.meanKLD, limit: 1e-3, set: nil),
+                BoundFailure(bound: .minSameTop, value: 0, limit: 0.5, set: nil),
+                BoundFailure(bound: .minCosine, value: c.minimumProjectorCosine, limit: 0.9, set: nil),
+            ])
         XCTAssertEqual(report.failures[1].message, "same top 0.0000 < 0.5")
         XCTAssertEqual(report.failureMessage, "bound broken: " + report.failures.map(\.message).joined(separator: "; "))
         let failure = try XCTUnwrap(report.failure)
