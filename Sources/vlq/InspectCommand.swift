@@ -1,4 +1,5 @@
 import ArgumentParser
+import Quantization
 import VLQCore
 import VLQFormat
 import YiVL
@@ -39,19 +40,14 @@ struct Inspect: ParsableCommand {
         print(
             "language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
         if m.isQuantized {
-            let q = m.quantization
-            var line =
-                "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method "
-                + "\(q["method"]?.stringValue ?? "?")"
-            if let c = q["calibration"] {
-                line +=
-                    ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set "
-                    + "\(c["set_digest"]?.stringValue ?? "?"))"
+            let record = try QuantizationRecord(json: .object(m.quantization), source: bundle)
+            var line = "quantization: recipe \(record.recipe.name), method \(record.method.rawValue)"
+            if let c = record.calibration {
+                line += ", calibrated on \(c.samples) samples (set \(c.setDigest))"
             }
-            let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }
             print(line)
-            for (name, t) in fallbacks.sorted(by: { $0.key < $1.key }) {
-                print("  fallback \(name): \(t["fallback"]!.stringValue!)")
+            for (name, tensor) in record.tensors.sorted(by: { $0.key < $1.key }) {
+                if let fallback = tensor.fallback { print("  fallback \(name): \(fallback)") }
             }
         } else {
             print("quantization: none")

@@ -71,6 +71,9 @@ final class QuantizeEndToEndTests: XCTestCase {
         let listing = try JSONValue.parse(try vlq("inspect", scratch.file("int4-gptq.vlq"), "--json").stdout)
         let language = listing["components"]?.arrayValue?.first { $0["name"]?.stringValue == "language" }
         XCTAssertLessThan(language?["bits_per_weight"]?.doubleValue ?? 99, 8)
+        // The text listing reads the bundle's quantization record: recipe, method, calibration.
+        let text = try vlq("inspect", scratch.file("int4-gptq.vlq"), "--summary").stdout
+        XCTAssertTrue(text.contains("quantization: recipe int4, method gptq, calibrated on "), text)
     }
 
     func testStatisticsAreSumsSoHalvesMergeIntoTheWhole() throws {
