@@ -96,11 +96,10 @@ public struct ReferenceComparison: Sendable {
                     "the candidate tokenizes the prompt differently from the reference "
                         + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
             }
-            let positions = prompt.before.count + candidate.imageTokenCount() + prompt.after.count
-            let stages = try candidate.prefill(
-                pixels: r.pixelValues, prompt: prompt,
-                cache: candidate.model.makeCache(capacity: positions))
-            let logits = try candidate.model.logits(stages.hidden)
+            let stages = try candidate.forward(
+                .image(r.pixelValues, prompt: prompt),
+                capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
+            let logits = stages.logits
             guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
                 throw VLQError(
                     r.name,

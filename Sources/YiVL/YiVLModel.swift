@@ -1,3 +1,4 @@
+import Numerics
 import VLQCore
 
 #if canImport(Glibc)
@@ -17,7 +18,7 @@ public final class YiVLModel: @unchecked Sendable {
     public let config: EngineConfig
     public let weights: WeightStore
     public var definition: ModelDefinition { weights.definition }
-    public weak var observer: LinearInputObserver?
+    weak var observer: LinearInputObserver?
 
     public init(weights: WeightStore) {
         self.config = weights.definition.config
@@ -69,7 +70,7 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Image features [patches, hidden] from pixel values [3, S, S]: the selected hidden state of the
     /// CLIP encoder with the class token dropped. `layerOutputs`, if given, receives every layer's output.
-    public func visionFeatures(pixels: [Float], layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
+    func visionFeatures(pixels: [Float], layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
         let v = config.vision
         let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
         guard pixels.count == v.channels * v.imageSize * v.imageSize else {
@@ -136,7 +137,7 @@ public final class YiVLModel: @unchecked Sendable {
     // MARK: Projector
 
     /// mlp2x_gelu_Norm: Linear, LayerNorm, GELU, Linear, LayerNorm.
-    public func project(_ features: [Float]) throws -> [Float] {
+    func project(_ features: [Float]) throws -> [Float] {
         let input = config.projectorInput, hidden = config.language.hiddenSize
         guard features.count % input == 0 else { throw VLQError(nil, "vision features are not a multiple of \(input)") }
         let rows = features.count / input
@@ -197,7 +198,7 @@ public final class YiVLModel: @unchecked Sendable {
     }
 
     /// Embedding rows for token ids.
-    public func embed(_ ids: [Int]) throws -> [Float] {
+    func embed(_ ids: [Int]) throws -> [Float] {
         let l = config.language
         var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
         try weights.withFloats(definition.language.embedTokens) { table in
@@ -238,7 +239,7 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Runs the decoder over `embeddings` [rows, hidden] that continue the cached sequence; returns the
     /// final-norm hidden states. `layerOutputs` receives every layer's output.
-    public func decode(
+    func decode(
         _ embeddings: [Float], cache: KVCache, layerOutputs: (([Float]) -> Void)? = nil
     ) throws -> [Float] {
         let l = config.language
@@ -281,7 +282,7 @@ public final class YiVLModel: @unchecked Sendable {
     }
 
     /// Logits [rows, vocab] of final hidden states [rows, hidden].
-    public func logits(_ hidden: [Float]) throws -> [Float] {
+    func logits(_ hidden: [Float]) throws -> [Float] {
         let l = config.language
         let rows = hidden.count / l.hiddenSize
         let out = FloatBuffer(rows * l.vocabSize)

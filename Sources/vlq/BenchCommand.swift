@@ -1,6 +1,7 @@
 import ArgumentParser
 import CBLAS
 import Calibration
+import Numerics
 import Quantization
 import VLQCore
 import VLQFormat
@@ -72,7 +73,7 @@ struct Bench: ParsableCommand {
         var cold = 0.0
         let prefillSeconds = try bestThrowing(repeats + 1) { first in
             let started = monotonicSeconds()
-            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens + decodeTokens))
+            _ = try engine.forward(.embeddings(embeddings, reserving: decodeTokens))
             if first { cold = monotonicSeconds() - started }
         }
         let prefillRate = flops / prefillSeconds / 1e9
@@ -81,12 +82,10 @@ struct Bench: ParsableCommand {
         )
 
         // Decode: one token at a time after the prefill, logits included.
-        let cache = engine.model.makeCache(capacity: tokens + decodeTokens)
-        _ = try engine.model.decode(embeddings, cache: cache)
-        let token = try engine.model.embed([1])
+        let cache = try engine.forward(.embeddings(embeddings, reserving: decodeTokens)).cache
         let started = monotonicSeconds()
         for _ in 0..<decodeTokens {
-            _ = try engine.model.logits(try engine.model.decode(token, cache: cache))
+            _ = try engine.forward(.tokens([1], continuing: cache), capture: .init(lastLogits: true))
         }
         let perToken = (monotonicSeconds() - started) / Double(decodeTokens)
         print(
@@ -95,7 +94,7 @@ struct Bench: ParsableCommand {
 
         // Vision tower on one image.
         let pixels = randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
-        let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.model.visionFeatures(pixels: pixels) }
+        let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.forward(.pixels(pixels)) }
         print(
             "vision tower, one \(c.vision.imageSize) px image (\(c.vision.selectedHiddenState) layers, \(c.vision.patchCount + 1) positions): \(fixed(visionSeconds, 3)) s"
         )
@@ -111,28 +110,21 @@ struct Bench: ParsableCommand {
     /// (imatrix), and with X^T X on the decoder (gptq, awq); then RTN and GPTQ on decoder layer 0.
     func benchQuantization(_ engine: YiVLEngine, pixels: [Float], embeddings: [Float]) throws {
         let c = engine.config
-        func forward() throws {
-            let features = try engine.model.visionFeatures(pixels: pixels)
-            _ = try engine.model.project(features)
-            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens))
+        func forward(_ observer: LinearInputObserver?) throws {
+            _ = try engine.forward(.pixels(pixels), capture: .init(projectorOutput: true, observer: observer))
+            _ = try engine.forward(.embeddings(embeddings), capture: .init(observer: observer))
         }
-        let plain = try bestThrowing(repeats) { _ in try forward() }
+        let plain = try bestThrowing(repeats) { _ in try forward(nil) }
         let diagonal = StatisticsCollector(definition: engine.model.definition, withGram: false)
-        engine.model.observer = diagonal
-        let withDiagonal = try bestThrowing(repeats) { _ in try forward() }
-        engine.model.observer = nil
+        let withDiagonal = try bestThrowing(repeats) { _ in try forward(diagonal) }
         print(
             "calibration, one sample (\(c.vision.patchCount + 1) vision positions, \(tokens) decoder tokens): forward \(fixed(plain, 2)) s; with E[x], E[x^2] statistics \(fixed(withDiagonal, 2)) s (+\(fixed(100 * (withDiagonal / plain - 1), 1))%)"
         )
         let gram = StatisticsCollector(definition: engine.model.definition, withGram: true)
-        engine.model.observer = gram
         let decoderOnly = try bestThrowing(2) { _ in
-            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens))
+            _ = try engine.forward(.embeddings(embeddings), capture: .init(observer: gram))
         }
-        engine.model.observer = nil
-        let decoderPlain = try bestThrowing(repeats) { _ in
-            _ = try engine.model.decode(embeddings, cache: engine.model.makeCache(capacity: tokens))
-        }
+        let decoderPlain = try bestThrowing(repeats) { _ in _ = try engine.forward(.embeddings(embeddings)) }
         print(
             "decoder prefill with X^T X statistics (gptq, awq): \(fixed(decoderOnly, 2)) s vs \(fixed(decoderPlain, 2)) s plain (+\(fixed(100 * (decoderOnly / decoderPlain - 1), 1))%)"
         )

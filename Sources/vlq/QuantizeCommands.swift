@@ -3,6 +3,7 @@ import Calibration
 import Conversion
 import Foundation
 import Logging
+import Numerics
 import Quantization
 import VLQCore
 import VLQFormat
@@ -78,7 +79,7 @@ struct Calibrate: ParsableCommand {
         let started = monotonicSeconds()
         let collector = try CalibrationRunner.collect(
             engine: engine, set: calibrationSet, withGram: !diagonalOnly,
-            gramBudget: defaultGramBudget, progress: progress.update)
+            gramBudget: MemoryBudget.gramStatistics, progress: progress.update)
         let samples = calibrationSet.samples.count
         let file = StatisticsFile(
             collector: collector, setDigest: calibrationSet.digest, samples: samples,
@@ -194,11 +195,11 @@ struct Quantize: ParsableCommand {
         guard need.statistics, let set else { return nil }
         let calibrationSet = try CalibrationSet(path: set)
         // Upcast weights and X^T X windows share the memory: a quarter each.
-        let engine = try YiVLEngine.open(source.path, cacheBudget: WeightStore.defaultCacheBudget / 2)
+        let engine = try YiVLEngine.open(source.path, cacheBudget: MemoryBudget.weightCache / 2)
         if need.gram {
             // X^T X of a large model may not fit at once: the quantization plan divides it into
             // windows, one calibration pass each.
-            let budget = gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget
+            let budget = gramBudgetMB.map { $0 << 20 } ?? MemoryBudget.gramStatistics
             return try WindowedStatistics(engine: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
         }
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)

@@ -96,19 +96,18 @@ struct Logits: ParsableCommand {
         let engine = try YiVLEngine.open(input.model)
         let pixels = try input.pixels(for: engine)
         let prompt = engine.prompt(question: input.prompt)
-        let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-        let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
-        let logits = try engine.model.logits(stages.hidden)
+        let stages = try engine.forward(
+            .image(pixels, prompt: prompt), capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
         let c = engine.config
         let features = stages.visionFeatures.count / c.vision.hiddenSize
         var file = SafeTensorsWriter()
-        file.add(.f32("pixel_values", [c.vision.channels, c.vision.imageSize, c.vision.imageSize], stages.pixelValues))
+        file.add(.f32("pixel_values", [c.vision.channels, c.vision.imageSize, c.vision.imageSize], pixels))
         file.add(.f32("vision_features", [features, c.vision.hiddenSize], stages.visionFeatures))
         file.add(.f32("projector_output", [features, c.language.hiddenSize], stages.projectorOutput))
-        file.add(.i64("input_ids", [stages.inputIds.count], stages.inputIds))
-        file.add(.f32("logits", [stages.sequenceLength, c.language.vocabSize], logits))
+        file.add(.i64("input_ids", [prompt.inputIds.count], prompt.inputIds))
+        file.add(.f32("logits", [stages.positions, c.language.vocabSize], stages.logits))
         file.metadata = ["producer": "vlq \(VLQVersion.string)", "model": input.model, "prompt": input.prompt]
         try file.write(to: output)
-        global.makeLogger("vlq.logits").info("wrote \(output): \(stages.sequenceLength) positions x \(c.language.vocabSize) logits")
+        global.makeLogger("vlq.logits").info("wrote \(output): \(stages.positions) positions x \(c.language.vocabSize) logits")
     }
 }
