@@ -72,12 +72,26 @@ public final class YiVLModel: @unchecked Sendable {
     /// CLIP encoder with the class token dropped. `layerOutputs`, if given, receives every layer's output.
     func visionFeatures(pixels: [Float], layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
         let v = config.vision
-        let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
+        let d = v.hiddenSize, n = v.patchCount + 1
         guard pixels.count == v.channels * v.imageSize * v.imageSize else {
             throw VLQError(
                 nil,
                 "pixel values hold \(pixels.count) floats, the tower takes \(v.channels)x\(v.imageSize)x\(v.imageSize)")
         }
+        let x = visionEmbeddings(pixels)
+        let scratch = VisionScratch(positions: n, width: d, intermediate: v.intermediateSize)
+        for layer in definition.usedVisionLayers {
+            visionLayer(layer, x, scratch)
+            layerOutputs?(x.array)
+        }
+        let skip = v.keepClassToken ? 0 : 1
+        return Array(UnsafeBufferPointer(start: x.pointer + skip * d, count: (n - skip) * d))
+    }
+
+    /// The tower's input [patches + 1, hidden]: class token and patch embeddings, plus positions, pre-norm.
+    private func visionEmbeddings(_ pixels: [Float]) -> FloatBuffer {
+        let v = config.vision
+        let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
         // Patch embedding as one GEMM: each patch flattened in the conv weight's (channel, row, col) order.
         let patchSize = v.channels * p * p
         let patches = FloatBuffer(v.patchCount * patchSize)
@@ -102,36 +116,48 @@ public final class YiVLModel: @unchecked Sendable {
         weights.withFloats(tower.classEmbedding) { c in x.pointer.update(from: c.baseAddress!, count: d) }
         weights.withFloats(tower.positionEmbedding) { pos in Kernels.add(x.pointer, pos.baseAddress!, count: n * d) }
         layerNorm(tower.preLayerNorm, x.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        return x
+    }
 
-        let h = FloatBuffer(n * d), qkv = FloatBuffer(3 * n * d), attended = FloatBuffer(n * d),
-            mlp = FloatBuffer(n * v.intermediateSize)
-        for layer in definition.usedVisionLayers {
-            h.pointer.update(from: x.pointer, count: n * d)
-            layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
-            let q = qkv.pointer, k = qkv.pointer + n * d, val = qkv.pointer + 2 * n * d
-            linear(layer.query, h.pointer, rows: n, into: q)
-            linear(layer.key, h.pointer, rows: n, into: k)
-            linear(layer.value, h.pointer, rows: n, into: val)
-            Kernels.attention(
-                q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
-                kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
-                firstQueryPosition: 0, out: attended.pointer, outStride: d)
-            linear(layer.output, attended.pointer, rows: n, into: h.pointer)
-            Kernels.add(x.pointer, h.pointer, count: n * d)
-            h.pointer.update(from: x.pointer, count: n * d)
-            layerNorm(layer.layerNorm2, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
-            linear(layer.fc1, h.pointer, rows: n, into: mlp.pointer)
-            if v.quickGELU {
-                Kernels.quickGELU(mlp.pointer, count: n * v.intermediateSize)
-            } else {
-                Kernels.gelu(mlp.pointer, count: n * v.intermediateSize)
-            }
-            linear(layer.fc2, mlp.pointer, rows: n, into: h.pointer)
-            Kernels.add(x.pointer, h.pointer, count: n * d)
-            layerOutputs?(x.array)
+    /// Activations one vision layer works in, allocated once per image.
+    private struct VisionScratch {
+        let h, qkv, attended, mlp: FloatBuffer
+
+        init(positions n: Int, width d: Int, intermediate: Int) {
+            h = FloatBuffer(n * d)
+            qkv = FloatBuffer(3 * n * d)
+            attended = FloatBuffer(n * d)
+            mlp = FloatBuffer(n * intermediate)
         }
-        let skip = v.keepClassToken ? 0 : 1
-        return Array(UnsafeBufferPointer(start: x.pointer + skip * d, count: (n - skip) * d))
+    }
+
+    /// One CLIP encoder layer over `x` [patches + 1, hidden], in place: pre-norm attention, pre-norm MLP.
+    private func visionLayer(_ layer: VisionLayer, _ x: FloatBuffer, _ scratch: VisionScratch) {
+        let v = config.vision
+        let d = v.hiddenSize, n = v.patchCount + 1
+        let h = scratch.h, qkv = scratch.qkv, attended = scratch.attended, mlp = scratch.mlp
+        h.pointer.update(from: x.pointer, count: n * d)
+        layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        let q = qkv.pointer, k = qkv.pointer + n * d, val = qkv.pointer + 2 * n * d
+        linear(layer.query, h.pointer, rows: n, into: q)
+        linear(layer.key, h.pointer, rows: n, into: k)
+        linear(layer.value, h.pointer, rows: n, into: val)
+        Kernels.attention(
+            q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
+            kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
+            firstQueryPosition: 0, out: attended.pointer, outStride: d)
+        linear(layer.output, attended.pointer, rows: n, into: h.pointer)
+        Kernels.add(x.pointer, h.pointer, count: n * d)
+        h.pointer.update(from: x.pointer, count: n * d)
+        layerNorm(layer.layerNorm2, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        linear(layer.fc1, h.pointer, rows: n, into: mlp.pointer)
+        if v.quickGELU {
+            Kernels.quickGELU(mlp.pointer, count: n * v.intermediateSize)
+        } else {
+            Kernels.gelu(mlp.pointer, count: n * v.intermediateSize)
+        }
+        linear(layer.fc2, mlp.pointer, rows: n, into: h.pointer)
+        Kernels.add(x.pointer, h.pointer, count: n * d)
     }
 
     // MARK: Projector
