@@ -53,7 +53,9 @@ let package = Package(
         // point is `YiVLEngine.forward`.
         .target(
             name: "YiVL",
-            dependencies: ["VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "Numerics"],
+            dependencies: [
+                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "Numerics",
+            ],
             swiftSettings: optimizedEvenInDebug),
 
         // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
@@ -73,7 +75,13 @@ let package = Package(
             name: "Verification",
             dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"],
             swiftSettings: optimizedEvenInDebug),
-        // Hugging Face folder -> .vlq bundle, streaming.
+        // The engine's speed on one model (vlq bench): prefill against raw sgemm, vision, decode,
+        // calibration and quantizer costs.
+        .target(
+            name: "Benchmarking",
+            dependencies: ["VLQCore", "VLQFormat", "Numerics", "YiVL", "Calibration", "Quantization", "CBLAS"],
+            swiftSettings: optimizedEvenInDebug),
+        // Hugging Face folder -> .vlq bundle, streaming; what a bundle's metadata says (vlq inspect).
         .target(
             name: "Conversion",
             dependencies: [
@@ -97,18 +105,20 @@ let package = Package(
         .executableTarget(
             name: "chat-example", dependencies: ["VLQ"], path: "Examples/ChatAboutAnImage",
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        // The command line: the library (run) and the tool modules, never the engine itself.
         .executableTarget(
             name: "vlq",
             dependencies: [
-                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Numerics", "YiVL", "Conversion", "Imaging",
-                "Tokenizer", "CBLAS", "Calibration", "Quantization", "Verification",
+                "VLQCore", "VLQFormat", "Numerics", "VLQ", "Conversion", "Calibration", "Quantization", "Verification",
+                "Benchmarking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "VLQTests",
             dependencies: [
-                "VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "Numerics",
+                "VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat",
+                "Numerics",
                 "YiVL",
                 "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets",
                 "vlq",

@@ -60,6 +60,16 @@ public enum CalibrationRunner {
     /// sample, when every input has been seen); a model too large for one pass is calibrated in windows
     /// by `WindowedStatistics` instead.
     public static func collect(
+        model: LazyModel, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
+        gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> StatisticsCollector {
+        try collect(
+            engine: try model.engine(), set: set, withGram: withGram, gramFor: gramFor, gramBudget: gramBudget,
+            progress: progress)
+    }
+
+    /// `collect(model:...)` with an engine already open.
+    public static func collect(
         engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
         gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }
     ) throws -> StatisticsCollector {

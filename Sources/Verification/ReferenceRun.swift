@@ -34,6 +34,16 @@ public struct ReferenceRun: Sendable {
     /// The .vlqref file it was read from, named in errors about its content.
     public var source: String?
 
+    /// Runs `model` over `set`; the run names it by its path.
+    public static func run(
+        model: LazyModel, set: CalibrationSet, layerSamples: Int = 4, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ReferenceRun {
+        try run(
+            engine: try model.engine(), set: set, model: model.path, layerSamples: layerSamples, maxTokens: maxTokens,
+            progress: progress)
+    }
+
     /// Runs `engine` over `set`.
     public static func run(
         engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
@@ -241,6 +251,15 @@ public struct RunComparison: Sendable {
         return r.isEmpty ? nil : r.reduce(0, +) / Double(r.count)
     }
 
+    /// `run(candidate:...)` over `candidate`, opened now if it was not yet.
+    public static func run(
+        candidate: LazyModel, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> RunComparison {
+        try run(
+            candidate: try candidate.engine(), reference: reference, set: set, maxTokens: maxTokens, progress: progress)
+    }
+
     public static func run(
         candidate: YiVLEngine, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
         progress: (Int, Int) -> Void = { _, _ in }
@@ -322,6 +341,17 @@ public enum LayerContribution {
         public var layer: String
         public var tensors: Int
         public var meanKLD: Double
+    }
+
+    /// `rank(reference:candidate:...)` over the two models, opened now (the reference first) if they were not yet.
+    public static func rank(
+        reference: LazyModel, candidate: LazyModel, run: ReferenceRun, set: CalibrationSet, samples: Int,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> [Entry] {
+        let referenceEngine = try reference.engine()
+        return try rank(
+            reference: referenceEngine, candidate: try candidate.engine(), run: run, set: set, samples: samples,
+            progress: progress)
     }
 
     public static func rank(

@@ -1,7 +1,7 @@
 import ArgumentParser
+import Conversion
 import VLQCore
 import VLQFormat
-import YiVL
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,34 +23,11 @@ struct Inspect: ParsableCommand {
             print(file.inspection.serialized(pretty: true))
             return
         }
-        let m = try BundleMetadata(json: file.metadata, source: bundle)
+        let modelLines = try BundleDescription.modelLines(of: file, source: bundle)
         print(
             "\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), \(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to \(file.header.alignment) bytes"
         )
-        print("model: \(m.model.name) (\(m.model.architecture))")
-        let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
-        print(
-            "vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from hidden state \(v.selectedHiddenState)"
-        )
-        print("projector: \(p.type) \(p.inputSize) -> \(p.hiddenSize)")
-        print(
-            "language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
-        if m.isQuantized {
-            let q = m.quantization
-            var line =
-                "quantization: recipe \(q["recipe"]?["name"]?.stringValue ?? "?"), method \(q["method"]?.stringValue ?? "?")"
-            if let c = q["calibration"] {
-                line +=
-                    ", calibrated on \(c["samples"]?.intValue ?? 0) samples (set \(c["set_digest"]?.stringValue ?? "?"))"
-            }
-            let fallbacks = (q["tensors"]?.objectValue ?? [:]).filter { $0.value["fallback"] != nil }
-            print(line)
-            for (name, t) in fallbacks.sorted(by: { $0.key < $1.key }) {
-                print("  fallback \(name): \(t["fallback"]!.stringValue!)")
-            }
-        } else {
-            print("quantization: none")
-        }
+        modelLines.forEach { print($0) }
         print("")
         print(
             padRight("component", 11) + padLeft("tensors", 8) + padLeft("parameters", 14) + padLeft("bytes", 13)

@@ -10,11 +10,15 @@ import Darwin
 
 @main
 struct Main {
-    static func main() {
+    static func main() async {
         TemporaryFiles.removeOnInterrupt()
         do {
             var command = try VLQ.parseAsRoot()
-            try command.run()
+            if var asynchronous = command as? AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch let failure as CheckFailure {
             printError(failure.message)
             exit(1)
