@@ -58,7 +58,8 @@ let package = Package(
             ],
             swiftSettings: optimizedEvenInDebug),
 
-        // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
+        // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files; LazyModel,
+        // the model by path that the tool modules take.
         .target(
             name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "Numerics", "YiVL", "CBLAS"],
             swiftSettings: optimizedEvenInDebug),
@@ -70,7 +71,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: optimizedEvenInDebug),
-        // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift.
+        // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift;
+        // reference runs and per-stage dumps (vlq logits).
         .target(
             name: "Verification",
             dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"],
