@@ -100,6 +100,9 @@ public struct EngineBenchmark {
     /// Decode: one token at a time after the prefill, logits included.
     func measureDecode(_ engine: YiVLEngine, embeddings: [Float], report: (String) -> Void) throws {
         let cache = try engine.forward(.embeddings(embeddings, reserving: decodeTokens)).cache
+        // The token embedding table is upcast on its first use: a throwaway step does that before the
+        // timing starts, as a real answer's prompt does before its decode.
+        _ = try engine.forward(.tokens([1]))
         let started = monotonicSeconds()
         for _ in 0..<decodeTokens {
             _ = try engine.forward(.tokens([1], continuing: cache), capture: .init(lastLogits: true))
