@@ -46,30 +46,44 @@ let package = Package(
         .target(name: "Tokenizer", dependencies: ["VLQCore"]),
         // Image decoding (PNG, JPEG) and Yi-VL's preprocessing, PIL-exact.
         .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"], swiftSettings: optimizedEvenInDebug),
-        // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine (OpenBLAS).
+        // The engine's numerics: kernels over OpenBLAS, activation buffers, the row-parallel loop, and
+        // the memory budgets of weight caches and X^T X statistics.
+        .target(name: "Numerics", dependencies: ["CBLAS"], swiftSettings: optimizedEvenInDebug),
+        // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine, whose one entry
+        // point is `YiVLEngine.forward`.
         .target(
             name: "YiVL",
-            dependencies: ["VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "CBLAS"],
+            dependencies: [
+                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "Numerics",
+            ],
             swiftSettings: optimizedEvenInDebug),
 
-        // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files.
+        // Calibration with images: sets, statistics of every Linear's inputs, .vlqstats files; LazyModel,
+        // the model by path that the tool modules take.
         .target(
-            name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "YiVL", "CBLAS"],
+            name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "Numerics", "YiVL", "CBLAS"],
             swiftSettings: optimizedEvenInDebug),
         // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes and the quantize pipeline.
         .target(
             name: "Quantization",
             dependencies: [
-                "VLQCore", "VLQFormat", "SafeTensors", "YiVL", "Calibration", "CBLAS",
+                "VLQCore", "VLQFormat", "SafeTensors", "Numerics", "YiVL", "Calibration", "CBLAS",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: optimizedEvenInDebug),
-        // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift.
+        // Accuracy drift of a candidate against a reference: KL divergence, same-top, feature drift;
+        // reference runs and per-stage dumps (vlq logits).
         .target(
             name: "Verification",
             dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"],
             swiftSettings: optimizedEvenInDebug),
-        // Hugging Face folder -> .vlq bundle, streaming.
+        // The engine's speed on one model (vlq bench): prefill against raw sgemm, vision, decode,
+        // calibration and quantizer costs.
+        .target(
+            name: "Benchmarking",
+            dependencies: ["VLQCore", "VLQFormat", "Numerics", "YiVL", "Calibration", "Quantization", "CBLAS"],
+            swiftSettings: optimizedEvenInDebug),
+        // Hugging Face folder -> .vlq bundle, streaming; what a bundle's metadata says (vlq inspect).
         .target(
             name: "Conversion",
             dependencies: [
@@ -93,18 +107,21 @@ let package = Package(
         .executableTarget(
             name: "chat-example", dependencies: ["VLQ"], path: "Examples/ChatAboutAnImage",
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        // The command line: the library (run) and the tool modules, never the engine itself.
         .executableTarget(
             name: "vlq",
             dependencies: [
-                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL", "Conversion", "Imaging", "Tokenizer",
-                "CBLAS", "Calibration", "Quantization", "Verification",
+                "VLQCore", "VLQFormat", "Numerics", "VLQ", "Conversion", "Calibration", "Quantization", "Verification",
+                "Benchmarking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "VLQTests",
             dependencies: [
-                "VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat", "YiVL",
+                "VLQCore", "TensorSource", "SafeTensors", "PyTorchCheckpoint", "CheckpointFiles", "VLQFormat",
+                "Numerics",
+                "YiVL",
                 "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets",
                 "vlq",
                 "VLQ", "chat-example",

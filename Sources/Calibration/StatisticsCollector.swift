@@ -1,19 +1,6 @@
 import VLQCore
 import YiVL
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-/// Half of this machine's memory, the default budget for X^T X accumulators.
-public var defaultGramBudget: Int {
-    if let text = getenv("VLQ_GRAM_BUDGET_MB"), let mb = Int(String(cString: text)) { return mb << 20 }
-    let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-    return pages > 0 && size > 0 ? Int(pages) * Int(size) / 4 : 4 << 30
-}
-
 /// Accumulates `InputStatistics` for every Linear as the engine runs.
 ///
 /// Linears fed the same input (q/k/v, gate/up: `ModelDefinition.sharedInputGroups`) share one entry:
@@ -73,21 +60,25 @@ public enum CalibrationRunner {
     /// sample, when every input has been seen); a model too large for one pass is calibrated in windows
     /// by `WindowedStatistics` instead.
     public static func collect(
+        model: LazyModel, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
+        gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> StatisticsCollector {
+        try collect(
+            engine: try model.engine(), set: set, withGram: withGram, gramFor: gramFor, gramBudget: gramBudget,
+            progress: progress)
+    }
+
+    /// `collect(model:...)` with an engine already open.
+    public static func collect(
         engine: YiVLEngine, set: CalibrationSet, withGram: Bool, gramFor: ((String) -> Bool)? = nil,
         gramBudget: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }
     ) throws -> StatisticsCollector {
         let collector = StatisticsCollector(definition: engine.model.definition, withGram: withGram, gramFor: gramFor)
-        engine.model.observer = collector
-        defer { engine.model.observer = nil }
         for (i, sample) in set.samples.enumerated() {
             let pixels = try engine.pixelValues(imagePath: sample.image)
-            var prompt = engine.prompt(question: sample.question)
-            if let answer = sample.answer { prompt.after += engine.tokenizer.encode(answer) }
-            let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-            let stages = try engine.prefill(
-                pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
             // The language-model head sees the final hidden states too.
-            _ = try engine.model.logits(stages.hidden)
+            _ = try engine.forward(
+                .image(pixels, prompt: sample.prompt(engine)), capture: .init(logitsFrom: 0, observer: collector))
             if i == 0, withGram, gramFor == nil, let budget = gramBudget, collector.gramBytesIfAll > budget {
                 throw VLQError(
                     CalibrationError.overBudget,
@@ -98,5 +89,15 @@ public enum CalibrationRunner {
             progress(i + 1, set.samples.count)
         }
         return collector
+    }
+}
+
+extension CalibrationSet.Sample {
+    /// The sample's prompt for `engine`, its answer (when it has one) after the question as
+    /// teacher-forced tokens: the sequence calibration and reference runs feed the model.
+    public func prompt(_ engine: YiVLEngine) -> YiVLEngine.Prompt {
+        var prompt = engine.prompt(question: question)
+        if let answer { prompt.after += engine.tokenizer.encode(answer) }
+        return prompt
     }
 }

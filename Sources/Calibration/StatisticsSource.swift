@@ -54,6 +54,13 @@ public final class WindowedStatistics: StatisticsSource {
         diagonal = try CalibrationRunner.collect(engine: engine, set: set, withGram: false)
     }
 
+    /// Over `model`, opened now if it was not yet.
+    public convenience init(
+        model: LazyModel, set: CalibrationSet, budget: Int, progress: @escaping (String) -> Void = { _ in }
+    ) throws {
+        try self.init(engine: try model.engine(), set: set, budget: budget, progress: progress)
+    }
+
     public var hasGram: Bool { true }
     public var setDigest: String { calibrationSet.digest }
     public var samples: Int { calibrationSet.samples.count }

@@ -22,26 +22,9 @@ public enum LinearQuantizer {
         method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
         activationOrder: Bool = false
     ) throws -> Output {
-        // The methods index the weight, the statistics and the scales by these sizes: mismatches must be
-        // errors here, not out-of-range reads below.
-        guard columns > 0, Checked.multiply(rows, columns) == w.count,
-            QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil
-        else {
-            throw VLQError(
-                QuantizationError.invalidGrouping,
-                nil,
-                "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
-                    + "in groups of \(groupSize)")
-        }
-        if let statistics, let problem = statistics.inconsistency(columns: columns) {
-            throw VLQError(
-                QuantizationError.statisticsMismatch, nil, "statistics for a weight of \(columns) columns: \(problem)")
-        }
-        if let awqScales, awqScales.count != columns {
-            throw VLQError(
-                QuantizationError.statisticsMismatch, nil,
-                "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
-        }
+        try checkSizes(
+            w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
+            awqScales: awqScales)
         switch method {
         case .rtn:
             return Output(
@@ -65,46 +48,77 @@ public enum LinearQuantizer {
                     w, rows: rows, columns: columns, encoding: encoding,
                     groupSize: groupSize, gram: gram))
         case .awq:
-            guard let statistics else {
-                throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics")
-            }
-            guard let s = awqScales else {
-                // Not foldable into a preceding op: only the output-aware clipping search.
-                if let g = statistics.gram,
-                    outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
-                {
-                    return Output(
-                        matrix: MatrixQuantizer.roundToNearest(
-                            w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: g))
-                }
+            guard let statistics else { throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics") }
+            return awq(
+                w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
+                scales: awqScales)
+        }
+    }
+
+    /// The methods index the weight, the statistics and the scales by these sizes: mismatches must be
+    /// errors here, not out-of-range reads below.
+    static func checkSizes(
+        _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        statistics: InputStatistics?, awqScales: [Float]?
+    ) throws {
+        guard columns > 0, Checked.multiply(rows, columns) == w.count,
+            QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil
+        else {
+            throw VLQError(
+                QuantizationError.invalidGrouping, nil,
+                "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
+                    + "in groups of \(groupSize)")
+        }
+        if let statistics, let problem = statistics.inconsistency(columns: columns) {
+            throw VLQError(QuantizationError.statisticsMismatch, nil, "statistics for a weight of \(columns) columns: \(problem)")
+        }
+        if let awqScales, awqScales.count != columns {
+            throw VLQError(QuantizationError.statisticsMismatch, nil, "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
+        }
+    }
+
+    /// AWQ: the weight scaled by the per-channel `scales` (folded into the preceding op), then each
+    /// group's clipping range searched; without scales (not foldable) only the clipping search.
+    static func awq(
+        _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        statistics: InputStatistics, scales: [Float]?
+    ) -> Output {
+        guard let s = scales else {
+            // Not foldable into a preceding op: only the output-aware clipping search.
+            if let g = statistics.gram,
+                outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
+            {
                 return Output(
                     matrix: MatrixQuantizer.roundToNearest(
-                        w, rows: rows, columns: columns, encoding: encoding,
-                        groupSize: groupSize, columnImportance: statistics.meanSquares))
+                        w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: g))
             }
-            var scaled = w
-            for r in 0..<rows { for j in 0..<columns { scaled[r * columns + j] *= s[j] } }
-            // The scaled layer sees inputs x / s: its Gram matrix is diag(1/s) G diag(1/s). Each group's
-            // clipping range is then searched against the output error (AWQ's auto-clip).
-            var m: QuantizedMatrix
-            if let g = statistics.gram,
-                LinearQuantizer.outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
-            {
-                var scaledGram = g
-                for i in 0..<columns {
-                    for j in 0..<columns { scaledGram[i * columns + j] /= Double(s[i]) * Double(s[j]) }
-                }
-                m = MatrixQuantizer.roundToNearest(
-                    scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: scaledGram)
-            } else {
-                let importance = zip(statistics.meanSquares, s).map { $0 / ($1 * $1) }
-                m = MatrixQuantizer.roundToNearest(
-                    scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
-                    columnImportance: importance)
-            }
-            // Report values in the unscaled frame, as the folded model computes them.
-            for r in 0..<rows { for j in 0..<columns { m.dequantized[r * columns + j] /= s[j] } }
-            return Output(matrix: m, channelScales: s)
+            return Output(
+                matrix: MatrixQuantizer.roundToNearest(
+                    w, rows: rows, columns: columns, encoding: encoding,
+                    groupSize: groupSize, columnImportance: statistics.meanSquares))
         }
+        var scaled = w
+        for r in 0..<rows { for j in 0..<columns { scaled[r * columns + j] *= s[j] } }
+        // The scaled layer sees inputs x / s: its Gram matrix is diag(1/s) G diag(1/s). Each group's
+        // clipping range is then searched against the output error (AWQ's auto-clip).
+        var m: QuantizedMatrix
+        if let g = statistics.gram,
+            LinearQuantizer.outputAwareClipAffordable(rows: rows, columns: columns, groupSize: groupSize)
+        {
+            var scaledGram = g
+            for i in 0..<columns {
+                for j in 0..<columns { scaledGram[i * columns + j] /= Double(s[i]) * Double(s[j]) }
+            }
+            m = MatrixQuantizer.roundToNearest(
+                scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, gram: scaledGram)
+        } else {
+            let importance = zip(statistics.meanSquares, s).map { $0 / ($1 * $1) }
+            m = MatrixQuantizer.roundToNearest(
+                scaled, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+                columnImportance: importance)
+        }
+        // Report values in the unscaled frame, as the folded model computes them.
+        for r in 0..<rows { for j in 0..<columns { m.dequantized[r * columns + j] /= s[j] } }
+        return Output(matrix: m, channelScales: s)
     }
 }

@@ -1,8 +1,8 @@
 import CBLAS
 import Calibration
+import Numerics
 import VLQCore
 import VLQFormat
-import YiVL
 
 /// A quantized weight matrix: its bytes in the bundle encoding, and the values they decode to.
 public struct QuantizedMatrix {

@@ -132,11 +132,11 @@ final class Conversation: @unchecked Sendable {
         if let running = current, running !== turn { interrupt(running) }
         try loadPixels()
         let started = monotonicSeconds()
-        let model = engine.model, context = engine.config.language.maxPositions
+        let context = engine.config.language.maxPositions
         var stats = TurnStats(
             reusedTokens: 0, promptTokens: 0, generatedTokens: 0, prefillSeconds: 0, decodeSeconds: 0,
             contextTokens: 0)
-        let hidden: [Float]
+        let logits: [Float]
         if let cache, imageEnd > 0 {
             let (dropped, ids) = continuation(question: turn.question)
             let kept = cache.length - dropped
@@ -145,7 +145,8 @@ final class Conversation: @unchecked Sendable {
             textIds.removeLast(dropped)
             reserve(cache, prompt: kept + ids.count, options: turn.options, context: context)
             do {
-                hidden = try model.decode(try model.embed(ids), cache: cache)
+                logits = try engine.forward(.tokens(ids, continuing: cache), capture: .init(lastLogits: true))
+                    .lastLogits
             } catch {
                 forgetEverything()
                 throw error
@@ -154,16 +155,17 @@ final class Conversation: @unchecked Sendable {
             (stats.reusedTokens, stats.promptTokens) = (kept, ids.count)
         } else {
             let prompt = engine.prompt(question: turn.question, system: system)
-            let imageEnd = prompt.before.count + engine.imageTokenCount(), positions = imageEnd + prompt.after.count
+            let imageEnd = engine.imageEnd(of: prompt), positions = imageEnd + prompt.after.count
             try checkContext(positions, context: context)
-            let cache = model.makeCache(capacity: 0)
+            let cache = engine.model.makeCache(capacity: 0)
             reserve(cache, prompt: positions, options: turn.options, context: context)
-            hidden = try engine.prefill(pixels: pixels!, prompt: prompt, cache: cache).hidden
+            logits = try engine.forward(
+                .image(pixels!, prompt: prompt, continuing: cache), capture: .init(lastLogits: true)
+            ).lastLogits
             (self.cache, self.imageEnd, textIds) = (cache, imageEnd, prompt.after)
             stats.promptTokens = positions
         }
         let cache = self.cache!
-        let logits = try model.logits(Array(hidden.suffix(engine.config.language.hiddenSize)))
         let options = YiVLEngine.GenerationOptions(
             maxTokens: min(turn.options.maxTokens, context - cache.length),
             temperature: turn.options.temperature, seed: turn.options.seed)

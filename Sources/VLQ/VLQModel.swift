@@ -35,6 +35,9 @@ public final class VLQModel: Sendable {
     public var contextLength: Int { engine.config.language.maxPositions }
     /// Positions one image takes in the context (1024 for Yi-VL's 448-pixel tower).
     public var imageTokenCount: Int { engine.imageTokenCount() }
+    /// The side of the square the vision tower takes, in pixels (448 for Yi-VL): images are resized to it,
+    /// and `VLQImage(pixelValues:)` holds 3 x `imageSize` x `imageSize` values.
+    public var imageSize: Int { engine.config.vision.imageSize }
     /// The system prompt a chat uses unless given another (the model's own, from its bundle).
     public var systemPrompt: String { engine.config.systemPrompt }
 
@@ -107,6 +110,7 @@ public struct VLQImage: Sendable {
         case file(String)
         case encoded([UInt8], name: String)
         case rgb(width: Int, height: Int, pixels: [UInt8])
+        case pixelValues([Float])
     }
 
     let source: Source
@@ -121,6 +125,10 @@ public struct VLQImage: Sendable {
     public init(width: Int, height: Int, rgb pixels: [UInt8]) {
         source = .rgb(width: width, height: height, pixels: pixels)
     }
+
+    /// Pixel values as the vision tower takes them, already resized and normalised: 3 x `imageSize` x
+    /// `imageSize` floats, channel by channel (e.g. a reference implementation's, to compare answers).
+    public init(pixelValues: [Float]) { source = .pixelValues(pixelValues) }
 
     /// The pixel values the vision tower takes.
     func pixelValues(_ preprocessing: ImagePreprocessing) throws -> [Float] {
@@ -138,6 +146,8 @@ public struct VLQImage: Sendable {
                     "\(pixels.count) bytes are not \(width)x\(height) RGB pixels")
             }
             return try preprocessing.pixelValues(RGBImage(width: width, height: height, pixels: pixels))
+        case .pixelValues(let values):
+            return values
         }
     }
 }

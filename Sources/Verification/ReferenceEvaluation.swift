@@ -93,6 +93,11 @@ public struct ReferenceComparison: Sendable {
     public var minimumVisionCosine: Double { cases.map(\.vision.cosine).min() ?? 1 }
     public var minimumProjectorCosine: Double { cases.map(\.projector.cosine).min() ?? 1 }
 
+    /// `run(candidate:references:)` over `candidate`, opened now if it was not yet.
+    public static func run(candidate: LazyModel, references: [ReferenceCase]) throws -> ReferenceComparison {
+        try run(candidate: try candidate.engine(), references: references)
+    }
+
     public static func run(candidate: YiVLEngine, references: [ReferenceCase]) throws -> ReferenceComparison {
         var result = ReferenceComparison()
         let vocab = candidate.config.language.vocabSize
@@ -105,11 +110,10 @@ public struct ReferenceComparison: Sendable {
                     "the candidate tokenizes the prompt differently from the reference "
                         + "(\(prompt.inputIds.count) vs \(r.inputIds.count) ids)")
             }
-            let positions = prompt.before.count + candidate.imageTokenCount() + prompt.after.count
-            let stages = try candidate.prefill(
-                pixels: r.pixelValues, prompt: prompt,
-                cache: candidate.model.makeCache(capacity: positions))
-            let logits = try candidate.model.logits(stages.hidden)
+            let stages = try candidate.forward(
+                .image(r.pixelValues, prompt: prompt),
+                capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
+            let logits = stages.logits
             guard logits.count == r.logits.count, r.logitsShape.last == vocab else {
                 throw VLQError(
                     VerificationError.referenceMismatch,
@@ -136,6 +140,13 @@ public struct ExactMatch: Sendable {
     public var total = 0
     public var answers: [String] = []
     public var rate: Double { total == 0 ? 0 : Double(correct) / Double(total) }
+
+    /// `run(_:set:...)` over `model`, opened now if it was not yet.
+    public static func run(
+        _ model: LazyModel, set: CalibrationSet, maxTokens: Int = 64, progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ExactMatch {
+        try run(try model.engine(), set: set, maxTokens: maxTokens, progress: progress)
+    }
 
     public static func run(
         _ engine: YiVLEngine, set: CalibrationSet, maxTokens: Int = 64,

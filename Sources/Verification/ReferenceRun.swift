@@ -34,6 +34,16 @@ public struct ReferenceRun: Sendable {
     /// The .vlqref file it was read from, named in errors about its content.
     public var source: String?
 
+    /// Runs `model` over `set`; the run names it by its path.
+    public static func run(
+        model: LazyModel, set: CalibrationSet, layerSamples: Int = 4, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ReferenceRun {
+        try run(
+            engine: try model.engine(), set: set, model: model.path, layerSamples: layerSamples, maxTokens: maxTokens,
+            progress: progress)
+    }
+
     /// Runs `engine` over `set`.
     public static func run(
         engine: YiVLEngine, set: CalibrationSet, model: String, layerSamples: Int = 4, maxTokens: Int = 64,
@@ -47,35 +57,35 @@ public struct ReferenceRun: Sendable {
         return ReferenceRun(samples: samples, setDigest: set.digest, model: model, modelDigest: modelDigest(engine))
     }
 
-    /// One sample through `engine`: the same computation for reference and candidate.
+    /// One sample through `engine`: the same computation for reference and candidate. The image stages
+    /// run once. Without an answer the teacher-forced sequence is the question's prompt and the greedy
+    /// answer continues its cache; with one, the decoder runs the question's prompt on the same features.
     public static func runSample(
         engine: YiVLEngine, sample: CalibrationSet.Sample, keepLayers: Bool, maxTokens: Int
     ) throws -> SampleReference {
         let pixels = try engine.pixelValues(imagePath: sample.image)
-        var prompt = engine.prompt(question: sample.question)
+        let question = engine.prompt(question: sample.question)
         let answerIds = sample.answer.map { engine.tokenizer.encode($0) } ?? []
-        let start = prompt.before.count + engine.imageTokenCount() - 1
-        prompt.after += answerIds
-        var visionLayers: [[Float]] = [], decoderLayers: [[Float]] = []
-        let features = try engine.model.visionFeatures(
-            pixels: pixels, layerOutputs: keepLayers ? { visionLayers.append($0) } : nil)
-        let projected = try engine.model.project(features)
-        var embeddings = try engine.model.embed(prompt.before)
-        embeddings += projected
-        embeddings += try engine.model.embed(prompt.after)
-        let positions = embeddings.count / engine.config.language.hiddenSize
-        let hidden = try engine.model.decode(
-            embeddings, cache: engine.model.makeCache(capacity: positions),
-            layerOutputs: keepLayers ? { decoderLayers.append($0) } : nil)
-        let d = engine.config.language.hiddenSize
-        let logits = try engine.model.logits(Array(hidden[(start * d)...]))
-        let greedy = try engine.generate(
-            pixels: pixels, question: sample.question, options: .init(maxTokens: maxTokens)
-        ).answer
+        var teacherForced = question
+        teacherForced.after += answerIds
+        let start = engine.imageEnd(of: question) - 1
+        let promptOnly = answerIds.isEmpty
+        let run = try engine.forward(
+            .image(pixels, prompt: teacherForced, reserving: promptOnly ? maxTokens : 0),
+            capture: .init(
+                visionFeatures: true, projectorOutput: true, visionLayers: keepLayers, decoderLayers: keepLayers,
+                logitsFrom: start, lastLogits: promptOnly))
+        let prompted =
+            promptOnly
+            ? run
+            : try engine.forward(
+                .imageFeatures(run.projectorOutput, prompt: question, reserving: maxTokens),
+                capture: .init(lastLogits: true))
+        let greedy = try engine.generate(continuing: prompted, options: .init(maxTokens: maxTokens)).answer
         return SampleReference(
             image: sample.image, question: sample.question, answer: sample.answer, answerIds: answerIds,
-            greedyAnswer: greedy, visionFeatures: features, projectorOutput: projected, logits: logits,
-            logitsStart: start, visionLayers: visionLayers, decoderLayers: decoderLayers)
+            greedyAnswer: greedy, visionFeatures: run.visionFeatures, projectorOutput: run.projectorOutput,
+            logits: run.logits, logitsStart: start, visionLayers: run.visionLayers, decoderLayers: run.decoderLayers)
     }
 
     /// What a reference file is tied to: the bundle's tensor table checksum, or for a Hugging Face
@@ -256,6 +266,15 @@ public struct RunComparison: Sendable {
         return r.isEmpty ? nil : r.reduce(0, +) / Double(r.count)
     }
 
+    /// `run(candidate:...)` over `candidate`, opened now if it was not yet.
+    public static func run(
+        candidate: LazyModel, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> RunComparison {
+        try run(
+            candidate: try candidate.engine(), reference: reference, set: set, maxTokens: maxTokens, progress: progress)
+    }
+
     public static func run(
         candidate: YiVLEngine, reference: ReferenceRun, set: CalibrationSet, maxTokens: Int = 64,
         progress: (Int, Int) -> Void = { _, _ in }
@@ -341,6 +360,17 @@ public enum LayerContribution {
         public var meanKLD: Double
     }
 
+    /// `rank(reference:candidate:...)` over the two models, opened now (the reference first) if they were not yet.
+    public static func rank(
+        reference: LazyModel, candidate: LazyModel, run: ReferenceRun, set: CalibrationSet, samples: Int,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> [Entry] {
+        let referenceEngine = try reference.engine()
+        return try rank(
+            reference: referenceEngine, candidate: try candidate.engine(), run: run, set: set, samples: samples,
+            progress: progress)
+    }
+
     public static func rank(
         reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
         progress: (Int, Int) -> Void = { _, _ in }
@@ -381,13 +411,8 @@ extension ReferenceRun {
     /// Only the logits of one sample (no generation, no layer states): the ranking's unit of work.
     static func runLogits(engine: YiVLEngine, sample: CalibrationSet.Sample) throws -> [Float] {
         let pixels = try engine.pixelValues(imagePath: sample.image)
-        var prompt = engine.prompt(question: sample.question)
-        let start = prompt.before.count + engine.imageTokenCount() - 1
-        prompt.after += sample.answer.map { engine.tokenizer.encode($0) } ?? []
-        let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-        let stages = try engine.prefill(
-            pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
-        let d = engine.config.language.hiddenSize
-        return try engine.model.logits(Array(stages.hidden[(start * d)...]))
+        let prompt = sample.prompt(engine)
+        let start = engine.imageEnd(of: prompt) - 1
+        return try engine.forward(.image(pixels, prompt: prompt), capture: .init(logitsFrom: start)).logits
     }
 }

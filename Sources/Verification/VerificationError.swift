@@ -10,6 +10,8 @@ public enum VerificationError: String, ErrorKind, Equatable {
     case referenceMismatch
     /// A drift bound the candidate breaks (a failed check).
     case boundBroken
+    /// A --pixel-values file without an F32 pixel_values tensor of the shape the model takes.
+    case invalidPixelValues
 
     public var exitStatus: ExitStatus { self == .boundBroken ? .checkFailed : .badInput }
 }

@@ -69,8 +69,7 @@ public final class AnswerGenerator {
         }
         answer = text
         let piece = newlyFinal(YiVLEngine.finalPrefix(text, stops: stops))
-        let model = engine.model
-        logits = try model.logits(try model.decode(try model.embed([next]), cache: cache))
+        logits = try engine.forward(.tokens([next], continuing: cache), capture: .init(lastLogits: true)).lastLogits
         cachedTokenCount = tokenIds.count
         return piece
     }

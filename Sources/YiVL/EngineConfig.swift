@@ -115,16 +115,14 @@ public struct EngineConfig: Sendable {
     public func validate(
         language languageSource: String, vision visionSource: String, preprocessor preprocessorSource: String
     ) throws {
-        func require(_ condition: Bool, _ source: String, _ reason: @autoclosure () -> String) throws {
-            if !condition { throw VLQError(ModelError.invalidHyperparameter, source, reason()) }
-        }
-        func within(_ value: Int, _ limit: Int, _ name: String, _ source: String) throws {
-            try require(value >= 1 && value <= limit, source, "\(name) is \(value); it must lie in 1...\(limit)")
-        }
-        func positive(_ value: Double, _ name: String, _ source: String) throws {
-            try require(value.isFinite && value > 0, source, "\(name) is \(value); it must be a positive number")
-        }
-        let v = vision, l = language
+        try validateVision(visionSource, language: languageSource)
+        try validateLanguage(languageSource)
+        try validatePreprocessing(preprocessorSource)
+    }
+
+    /// The tower's hyperparameters, and the selected layer and projector input (from the language config).
+    private func validateVision(_ visionSource: String, language languageSource: String) throws {
+        let v = vision
         try within(v.hiddenSize, Limits.width, "vision hidden_size", visionSource)
         try within(v.intermediateSize, Limits.intermediate, "vision intermediate_size", visionSource)
         try within(v.layers, Limits.layers, "vision num_hidden_layers", visionSource)
@@ -147,7 +145,10 @@ public struct EngineConfig: Sendable {
             projectorInput == v.hiddenSize, languageSource,
             "mm_hidden_size \(projectorInput) differs from the vision tower's hidden_size \(v.hiddenSize)")
         try positive(Double(projectorEps), "projector layer_norm_eps", languageSource)
+    }
 
+    private func validateLanguage(_ languageSource: String) throws {
+        let l = language
         try within(l.hiddenSize, Limits.width, "hidden_size", languageSource)
         try within(l.intermediateSize, Limits.intermediate, "intermediate_size", languageSource)
         try within(l.layers, Limits.layers, "num_hidden_layers", languageSource)
@@ -164,8 +165,10 @@ public struct EngineConfig: Sendable {
         try within(l.maxPositions, Limits.positions, "max_position_embeddings", languageSource)
         try positive(Double(l.rmsNormEps), "rms_norm_eps", languageSource)
         try positive(l.ropeTheta, "rope_theta", languageSource)
+    }
 
-        let p = preprocessing
+    private func validatePreprocessing(_ preprocessorSource: String) throws {
+        let p = preprocessing, v = vision
         try within(p.shortestEdge, Limits.imageSide, "shortest_edge", preprocessorSource)
         try within(p.cropHeight, Limits.imageSide, "crop height", preprocessorSource)
         try within(p.cropWidth, Limits.imageSide, "crop width", preprocessorSource)
@@ -178,4 +181,18 @@ public struct EngineConfig: Sendable {
         for value in p.std { try positive(value, "image_std", preprocessorSource) }
         try require(p.rescaleFactor.isFinite, preprocessorSource, "rescale_factor \(p.rescaleFactor) is not finite")
     }
+}
+
+// The checks `EngineConfig.validate` is made of; each names the file to blame.
+
+private func require(_ condition: Bool, _ source: String, _ reason: @autoclosure () -> String) throws {
+    if !condition { throw VLQError(ModelError.invalidHyperparameter, source, reason()) }
+}
+
+private func within(_ value: Int, _ limit: Int, _ name: String, _ source: String) throws {
+    try require(value >= 1 && value <= limit, source, "\(name) is \(value); it must lie in 1...\(limit)")
+}
+
+private func positive(_ value: Double, _ name: String, _ source: String) throws {
+    try require(value.isFinite && value > 0, source, "\(name) is \(value); it must be a positive number")
 }

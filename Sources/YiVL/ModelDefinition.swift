@@ -146,79 +146,13 @@ public struct ModelDefinition: Sendable {
     public init(_ config: EngineConfig, naming: CheckpointNaming = .yiVL) {
         self.config = config
         var b = Builder()
-        let v = config.vision
-        let d = v.hiddenSize
-        b.part = .vision
-        let vp = naming.vision
-        let classEmbedding = b.tensor(vp + "embeddings.class_embedding", [d])
-        let patchEmbedding = b.tensor(
-            vp + "embeddings.patch_embedding.weight", [d, v.channels, v.patchSize, v.patchSize])
-        let positionEmbedding = b.tensor(vp + "embeddings.position_embedding.weight", [v.patchCount + 1, d])
-        let preLayerNorm = b.layerNorm(vp + "pre_layrnorm", d)
-        var visionLayers: [VisionLayer] = []
-        for i in 0..<v.layers {
-            let p = vp + "encoder.layers.\(i)."
-            // Declared in the checkpoint's order (k, v, q, out): the bundle layout follows it.
-            let key = b.linear(p + "self_attn.k_proj", d, d, bias: true)
-            let value = b.linear(p + "self_attn.v_proj", d, d, bias: true)
-            let query = b.linear(p + "self_attn.q_proj", d, d, bias: true)
-            let output = b.linear(p + "self_attn.out_proj", d, d, bias: true)
-            let layerNorm1 = b.layerNorm(p + "layer_norm1", d)
-            let fc1 = b.linear(p + "mlp.fc1", v.intermediateSize, d, bias: true)
-            let fc2 = b.linear(p + "mlp.fc2", d, v.intermediateSize, bias: true)
-            let layerNorm2 = b.layerNorm(p + "layer_norm2", d)
-            visionLayers.append(
-                VisionLayer(
-                    index: i, layerNorm1: layerNorm1, query: query, key: key, value: value,
-                    output: output, layerNorm2: layerNorm2, fc1: fc1, fc2: fc2))
-        }
-        let postLayerNorm = b.layerNorm(vp + "post_layernorm", d)
-        vision = VisionTower(
-            classEmbedding: classEmbedding, patchEmbedding: patchEmbedding,
-            positionEmbedding: positionEmbedding, preLayerNorm: preLayerNorm, layers: visionLayers,
-            postLayerNorm: postLayerNorm)
-
-        let l = config.language
-        let h = l.hiddenSize
-        b.part = .projector
-        let names = naming.projectorLayers
-        let first = b.linear(names.first, h, config.projectorInput, bias: true)
-        let firstNorm = b.layerNorm(names.firstNorm, h)
-        let second = b.linear(names.second, h, h, bias: true)
-        let secondNorm = b.layerNorm(names.secondNorm, h)
-        projector = Projector(first: first, firstNorm: firstNorm, second: second, secondNorm: secondNorm)
-
-        b.part = .language
-        let lp = naming.language
-        let embedTokens = b.tensor(lp + "embed_tokens.weight", [l.vocabSize, h])
-        let attention = l.heads * l.headDim, kv = l.kvHeads * l.headDim
-        var decoderLayers: [DecoderLayer] = []
-        for i in 0..<l.layers {
-            let p = lp + "layers.\(i)."
-            let inputNorm = RMSNorm(weight: b.tensor(p + "input_layernorm.weight", [h]))
-            let query = b.linear(p + "self_attn.q_proj", attention, h, bias: false)
-            let key = b.linear(p + "self_attn.k_proj", kv, h, bias: false)
-            let value = b.linear(p + "self_attn.v_proj", kv, h, bias: false)
-            let output = b.linear(p + "self_attn.o_proj", h, attention, bias: false)
-            let postAttentionNorm = RMSNorm(weight: b.tensor(p + "post_attention_layernorm.weight", [h]))
-            let gate = b.linear(p + "mlp.gate_proj", l.intermediateSize, h, bias: false)
-            let up = b.linear(p + "mlp.up_proj", l.intermediateSize, h, bias: false)
-            let down = b.linear(p + "mlp.down_proj", h, l.intermediateSize, bias: false)
-            decoderLayers.append(
-                DecoderLayer(
-                    index: i, inputNorm: inputNorm, query: query, key: key, value: value,
-                    output: output, postAttentionNorm: postAttentionNorm, gate: gate, up: up,
-                    down: down))
-        }
-        let norm = RMSNorm(weight: b.tensor(lp + "norm.weight", [h]))
-        let head =
-            l.tiedEmbeddings
-            ? Linear(weight: embedTokens, bias: nil, outputs: l.vocabSize, inputs: h)
-            : b.linear(naming.head, l.vocabSize, h, bias: false)
-        language = LanguageModel(embedTokens: embedTokens, layers: decoderLayers, norm: norm, head: head)
+        vision = b.visionTower(config.vision, naming: naming)
+        projector = b.projector(config, naming: naming)
+        language = b.languageModel(config.language, naming: naming)
         tensors = b.tensors
         byName = Dictionary(uniqueKeysWithValues: b.tensors.enumerated().map { ($1.name, TensorHandle(index: $0)) })
-        labels = ModelDefinition.labels(b.tensors.count, vision, projector, language, tied: l.tiedEmbeddings)
+        labels = ModelDefinition.labels(
+            b.tensors.count, vision, projector, language, tied: config.language.tiedEmbeddings)
     }
 
     public func handle(named name: String) -> TensorHandle? { byName[name] }
@@ -303,6 +237,82 @@ public struct ModelDefinition: Sendable {
 
         mutating func layerNorm(_ prefix: String, _ width: Int) -> LayerNorm {
             LayerNorm(weight: tensor(prefix + ".weight", [width]), bias: tensor(prefix + ".bias", [width]))
+        }
+
+        mutating func visionTower(_ v: EngineConfig.Vision, naming: CheckpointNaming) -> VisionTower {
+            let d = v.hiddenSize
+            part = .vision
+            let vp = naming.vision
+            let classEmbedding = tensor(vp + "embeddings.class_embedding", [d])
+            let patchEmbedding = tensor(
+                vp + "embeddings.patch_embedding.weight", [d, v.channels, v.patchSize, v.patchSize])
+            let positionEmbedding = tensor(vp + "embeddings.position_embedding.weight", [v.patchCount + 1, d])
+            let preLayerNorm = layerNorm(vp + "pre_layrnorm", d)
+            var visionLayers: [VisionLayer] = []
+            for i in 0..<v.layers {
+                let p = vp + "encoder.layers.\(i)."
+                // Declared in the checkpoint's order (k, v, q, out): the bundle layout follows it.
+                let key = linear(p + "self_attn.k_proj", d, d, bias: true)
+                let value = linear(p + "self_attn.v_proj", d, d, bias: true)
+                let query = linear(p + "self_attn.q_proj", d, d, bias: true)
+                let output = linear(p + "self_attn.out_proj", d, d, bias: true)
+                let layerNorm1 = layerNorm(p + "layer_norm1", d)
+                let fc1 = linear(p + "mlp.fc1", v.intermediateSize, d, bias: true)
+                let fc2 = linear(p + "mlp.fc2", d, v.intermediateSize, bias: true)
+                let layerNorm2 = layerNorm(p + "layer_norm2", d)
+                visionLayers.append(
+                    VisionLayer(
+                        index: i, layerNorm1: layerNorm1, query: query, key: key, value: value,
+                        output: output, layerNorm2: layerNorm2, fc1: fc1, fc2: fc2))
+            }
+            let postLayerNorm = layerNorm(vp + "post_layernorm", d)
+            return VisionTower(
+                classEmbedding: classEmbedding, patchEmbedding: patchEmbedding,
+                positionEmbedding: positionEmbedding, preLayerNorm: preLayerNorm, layers: visionLayers,
+                postLayerNorm: postLayerNorm)
+        }
+
+        mutating func projector(_ config: EngineConfig, naming: CheckpointNaming) -> Projector {
+            let h = config.language.hiddenSize
+            part = .projector
+            let names = naming.projectorLayers
+            let first = linear(names.first, h, config.projectorInput, bias: true)
+            let firstNorm = layerNorm(names.firstNorm, h)
+            let second = linear(names.second, h, h, bias: true)
+            let secondNorm = layerNorm(names.secondNorm, h)
+            return Projector(first: first, firstNorm: firstNorm, second: second, secondNorm: secondNorm)
+        }
+
+        mutating func languageModel(_ l: EngineConfig.Language, naming: CheckpointNaming) -> LanguageModel {
+            let h = l.hiddenSize
+            part = .language
+            let lp = naming.language
+            let embedTokens = tensor(lp + "embed_tokens.weight", [l.vocabSize, h])
+            let attention = l.heads * l.headDim, kv = l.kvHeads * l.headDim
+            var decoderLayers: [DecoderLayer] = []
+            for i in 0..<l.layers {
+                let p = lp + "layers.\(i)."
+                let inputNorm = RMSNorm(weight: tensor(p + "input_layernorm.weight", [h]))
+                let query = linear(p + "self_attn.q_proj", attention, h, bias: false)
+                let key = linear(p + "self_attn.k_proj", kv, h, bias: false)
+                let value = linear(p + "self_attn.v_proj", kv, h, bias: false)
+                let output = linear(p + "self_attn.o_proj", h, attention, bias: false)
+                let postAttentionNorm = RMSNorm(weight: tensor(p + "post_attention_layernorm.weight", [h]))
+                let gate = linear(p + "mlp.gate_proj", l.intermediateSize, h, bias: false)
+                let up = linear(p + "mlp.up_proj", l.intermediateSize, h, bias: false)
+                let down = linear(p + "mlp.down_proj", h, l.intermediateSize, bias: false)
+                decoderLayers.append(
+                    DecoderLayer(
+                        index: i, inputNorm: inputNorm, query: query, key: key, value: value,
+                        output: output, postAttentionNorm: postAttentionNorm, gate: gate, up: up,
+                        down: down))
+            }
+            let norm = RMSNorm(weight: tensor(lp + "norm.weight", [h]))
+            let head =
+                l.tiedEmbeddings
+                ? Linear(weight: embedTokens, bias: nil, outputs: l.vocabSize, inputs: h)
+                : linear(naming.head, l.vocabSize, h, bias: false)
+            return LanguageModel(embedTokens: embedTokens, layers: decoderLayers, norm: norm, head: head)
         }
     }
 }

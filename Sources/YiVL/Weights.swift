@@ -1,3 +1,4 @@
+import Numerics
 import SafeTensors
 import VLQCore
 import VLQFormat
@@ -37,13 +38,6 @@ public final class WeightStore: @unchecked Sendable {
     private let keepAlive: [AnyObject]
     private let lock = NSLockLike()
 
-    /// Budget for upcast copies: half the machine's memory unless VLQ_WEIGHT_CACHE_MB says otherwise.
-    public static var defaultCacheBudget: Int {
-        if let text = getenv("VLQ_WEIGHT_CACHE_MB"), let mb = Int(String(cString: text)) { return mb << 20 }
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-        return pages > 0 && size > 0 ? Int(pages) * Int(size) / 2 : 8 << 30
-    }
-
     init(definition: ModelDefinition, entries: [Entry], keepAlive: [AnyObject], cacheBudget: Int) {
         precondition(entries.count == definition.tensors.count)
         self.definition = definition
@@ -55,7 +49,7 @@ public final class WeightStore: @unchecked Sendable {
 
     /// The bundle's table was checked against the definition (`EngineConfig.checkTable`).
     public convenience init(
-        bundle: VLQFile, definition: ModelDefinition, cacheBudget: Int = WeightStore.defaultCacheBudget
+        bundle: VLQFile, definition: ModelDefinition, cacheBudget: Int = MemoryBudget.weightCache
     ) {
         let entries = definition.tensors.map { tensor -> Entry in
             let r = bundle.record(tensor.name)!
@@ -76,7 +70,7 @@ public final class WeightStore: @unchecked Sendable {
 
     public convenience init(
         checkpoint: YiVLCheckpoint, definition: ModelDefinition,
-        cacheBudget: Int = WeightStore.defaultCacheBudget
+        cacheBudget: Int = MemoryBudget.weightCache
     ) {
         var byName: [String: Entry] = [:]
         var files: [AnyObject] = []

@@ -76,10 +76,47 @@ public final class YiVLCheckpoint: @unchecked Sendable {
         rootShards = try ShardSet(folder: model)
         visionShards = try ShardSet(folder: vision)
 
-        var problems = TensorProblems()
-        var tensors: [(ExpectedTensor, any TensorFile, TensorInfo)] = []
-        var claimedRoot = Set<String>(), claimedVision = Set<String>()
-        for expected in config.expectedTensors {
+        var match = TensorMatch()
+        match.claim(config.expectedTensors, root: rootShards, vision: visionShards)
+        match.sortUnclaimed(root: rootShards, vision: visionShards)
+        if let message = match.problems.message {
+            throw VLQError(ModelError.tensorMismatch, folder, "checkpoint does not match its configs: \(message)")
+        }
+        self.tensors = match.tensors
+        inShardVisionCopy = match.copy
+        ignoredTensors = match.ignored.sorted()
+    }
+
+    /// `folder/relative` without the `./` segments configs like to start with; absolute paths stay.
+    static func join(_ folder: String, _ relative: String) -> String {
+        if relative.hasPrefix("/") { return relative }
+        var rest = Substring(relative)
+        while rest.hasPrefix("./") { rest = rest.dropFirst(2) }
+        while rest.hasSuffix("/") { rest = rest.dropLast() }
+        let base = folder.hasSuffix("/") ? String(folder.dropLast()) : folder
+        return rest.isEmpty || rest == "." ? base : base + "/" + rest
+    }
+
+    static func requireFile(_ folder: ModelFolder, _ name: String, what: String) throws -> String {
+        let path = folder.path + "/" + name
+        guard FileSystem.exists(path) else { throw VLQError(CheckpointError.missingFile, folder.path, "missing \(name) (\(what))") }
+        try folder.checkReadable(path)
+        return path
+    }
+}
+
+/// The checkpoint's tensors sorted against the expected ones: matched, copies of vision tensors in the root
+/// shards, ignorable buffers, and problems.
+struct TensorMatch {
+    var tensors: [(expected: ExpectedTensor, file: any TensorFile, info: TensorInfo)] = []
+    var copy: [String: (file: any TensorFile, info: TensorInfo)] = [:]
+    var ignored: [String] = []
+    var problems = TensorProblems()
+    private var claimedRoot = Set<String>(), claimedVision = Set<String>()
+
+    /// Finds every expected tensor, the vision tower's in the vision shards, the rest in the root shards.
+    mutating func claim(_ expectedTensors: [ExpectedTensor], root rootShards: ShardSet, vision visionShards: ShardSet) {
+        for expected in expectedTensors {
             let source = expected.part == .vision ? visionShards : rootShards
             guard let (file, info) = source[expected.name] else {
                 problems.missing.append(expected.name)
@@ -98,8 +135,10 @@ public final class YiVLCheckpoint: @unchecked Sendable {
                 tensors.append((expected, file, info))
             }
         }
-        var copy: [String: (any TensorFile, TensorInfo)] = [:]
-        var ignored: [String] = []
+    }
+
+    /// The tensors no expected one claimed: ignorable buffers, vision copies in the root shards, or unexpected.
+    mutating func sortUnclaimed(root rootShards: ShardSet, vision visionShards: ShardSet) {
         for name in visionShards.tensorNames where !claimedVision.contains(name) {
             if IgnorableTensor.matches(name) { ignored.append(name) } else { problems.unexpected.append(name) }
         }
@@ -114,31 +153,6 @@ public final class YiVLCheckpoint: @unchecked Sendable {
                 problems.unexpected.append(name)
             }
         }
-        if let message = problems.message {
-            throw VLQError(ModelError.tensorMismatch, folder, "checkpoint does not match its configs: \(message)")
-        }
-        self.tensors = tensors
-        inShardVisionCopy = copy
-        ignoredTensors = ignored.sorted()
-    }
-
-    /// `folder/relative` without the `./` segments configs like to start with; absolute paths stay.
-    static func join(_ folder: String, _ relative: String) -> String {
-        if relative.hasPrefix("/") { return relative }
-        var rest = Substring(relative)
-        while rest.hasPrefix("./") { rest = rest.dropFirst(2) }
-        while rest.hasSuffix("/") { rest = rest.dropLast() }
-        let base = folder.hasSuffix("/") ? String(folder.dropLast()) : folder
-        return rest.isEmpty || rest == "." ? base : base + "/" + rest
-    }
-
-    static func requireFile(_ folder: ModelFolder, _ name: String, what: String) throws -> String {
-        let path = folder.path + "/" + name
-        guard FileSystem.exists(path) else {
-            throw VLQError(CheckpointError.missingFile, folder.path, "missing \(name) (\(what))")
-        }
-        try folder.checkReadable(path)
-        return path
     }
 }
 

@@ -1,4 +1,5 @@
 import Imaging
+import Numerics
 import SafeTensors
 import Tokenizer
 import VLQCore
@@ -24,7 +25,7 @@ public final class YiVLEngine: @unchecked Sendable {
     }
 
     /// Opens a `.vlq` bundle or a Hugging Face Yi-VL folder.
-    public static func open(_ path: String, cacheBudget: Int = WeightStore.defaultCacheBudget) throws -> YiVLEngine {
+    public static func open(_ path: String, cacheBudget: Int = MemoryBudget.weightCache) throws -> YiVLEngine {
         var st = stat()
         guard stat(path, &st) == 0 else { throw VLQError(CoreError.cannotOpen, path, "no such file or folder") }
         if (st.st_mode & S_IFMT) == S_IFDIR {
@@ -65,36 +66,16 @@ public final class YiVLEngine: @unchecked Sendable {
         return Prompt(before: tokenizer.encode(String(pieces[0])), after: tokenizer.encode(after))
     }
 
-    // MARK: Forward
+    // MARK: Image
 
     public func pixelValues(imagePath: String) throws -> [Float] {
         try config.preprocessing.pixelValues(path: imagePath)
     }
 
-    public struct Stages: Sendable {
-        public var pixelValues: [Float]
-        public var visionFeatures: [Float]
-        public var projectorOutput: [Float]
-        public var inputIds: [Int]
-        /// Last hidden state of every position of the spliced sequence, after the final norm.
-        public var hidden: [Float]
-        public var sequenceLength: Int
-    }
-
-    /// Vision tower, projector and the decoder over the spliced prompt; the cache is left holding the prompt.
-    public func prefill(pixels: [Float], prompt: Prompt, cache: YiVLModel.KVCache) throws -> Stages {
-        let features = try model.visionFeatures(pixels: pixels)
-        let projected = try model.project(features)
-        var embeddings = try model.embed(prompt.before)
-        embeddings += projected
-        embeddings += try model.embed(prompt.after)
-        let hidden = try model.decode(embeddings, cache: cache)
-        return Stages(
-            pixelValues: pixels, visionFeatures: features, projectorOutput: projected, inputIds: prompt.inputIds,
-            hidden: hidden, sequenceLength: embeddings.count / config.language.hiddenSize)
-    }
-
     public func imageTokenCount() -> Int { config.vision.patchCount + (config.vision.keepClassToken ? 1 : 0) }
+
+    /// Positions of `prompt`'s sequence up to the end of the image's rows.
+    public func imageEnd(of prompt: Prompt) -> Int { prompt.before.count + imageTokenCount() }
 
     // MARK: Generation
 
@@ -125,19 +106,32 @@ public final class YiVLEngine: @unchecked Sendable {
         onText: (String) -> Void = { _ in }
     ) throws -> Generation {
         let prompt = prompt(question: question)
-        let promptLength = prompt.before.count + imageTokenCount() + prompt.after.count
-        let cache = model.makeCache(capacity: promptLength + options.maxTokens)
         let started = monotonicSeconds()
-        let stages = try prefill(pixels: pixels, prompt: prompt, cache: cache)
-        let d = config.language.hiddenSize
-        let logits = try model.logits(Array(stages.hidden.suffix(d)))
-        let generator = AnswerGenerator(engine: self, cache: cache, logits: logits, options: options)
+        let prefill = try forward(
+            .image(pixels, prompt: prompt, reserving: options.maxTokens), capture: Capture(lastLogits: true))
+        return try generate(continuing: prefill, options: options, started: started, onText: onText)
+    }
+
+    /// Answers from a forward pass that captured `lastLogits`, continuing its cache (which must have room
+    /// for `options.maxTokens` more positions); its prefill is not counted in `prefillSeconds`.
+    public func generate(
+        continuing prefill: ForwardOutput, options: GenerationOptions = GenerationOptions(),
+        onText: (String) -> Void = { _ in }
+    ) throws -> Generation {
+        try generate(continuing: prefill, options: options, started: monotonicSeconds(), onText: onText)
+    }
+
+    private func generate(
+        continuing prefill: ForwardOutput, options: GenerationOptions, started: Double, onText: (String) -> Void
+    ) throws -> Generation {
+        let generator = AnswerGenerator(
+            engine: self, cache: prefill.cache!, logits: prefill.lastLogits, options: options)
         let prefillDone = monotonicSeconds()
         while let piece = try generator.step() {
             if !piece.isEmpty { onText(piece) }
         }
         return Generation(
-            answer: generator.answer, tokenIds: generator.tokenIds, promptTokens: promptLength,
+            answer: generator.answer, tokenIds: generator.tokenIds, promptTokens: prefill.positions,
             prefillSeconds: prefillDone - started, decodeSeconds: monotonicSeconds() - prefillDone)
     }
 

@@ -1,3 +1,4 @@
+import Numerics
 import VLQCore
 
 #if canImport(Glibc)
@@ -17,7 +18,7 @@ public final class YiVLModel: @unchecked Sendable {
     public let config: EngineConfig
     public let weights: WeightStore
     public var definition: ModelDefinition { weights.definition }
-    public weak var observer: LinearInputObserver?
+    weak var observer: LinearInputObserver?
 
     public init(weights: WeightStore) {
         self.config = weights.definition.config
@@ -69,15 +70,29 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Image features [patches, hidden] from pixel values [3, S, S]: the selected hidden state of the
     /// CLIP encoder with the class token dropped. `layerOutputs`, if given, receives every layer's output.
-    public func visionFeatures(pixels: [Float], layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
+    func visionFeatures(pixels: [Float], layerOutputs: (([Float]) -> Void)? = nil) throws -> [Float] {
         let v = config.vision
-        let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
+        let d = v.hiddenSize, n = v.patchCount + 1
         guard pixels.count == v.channels * v.imageSize * v.imageSize else {
             throw VLQError(
                 ModelError.invalidInput,
                 nil,
                 "pixel values hold \(pixels.count) floats, the tower takes \(v.channels)x\(v.imageSize)x\(v.imageSize)")
         }
+        let x = visionEmbeddings(pixels)
+        let scratch = VisionScratch(positions: n, width: d, intermediate: v.intermediateSize)
+        for layer in definition.usedVisionLayers {
+            visionLayer(layer, x, scratch)
+            layerOutputs?(x.array)
+        }
+        let skip = v.keepClassToken ? 0 : 1
+        return Array(UnsafeBufferPointer(start: x.pointer + skip * d, count: (n - skip) * d))
+    }
+
+    /// The tower's input [patches + 1, hidden]: class token and patch embeddings, plus positions, pre-norm.
+    private func visionEmbeddings(_ pixels: [Float]) -> FloatBuffer {
+        let v = config.vision
+        let d = v.hiddenSize, p = v.patchSize, side = v.patchesPerSide, n = v.patchCount + 1
         // Patch embedding as one GEMM: each patch flattened in the conv weight's (channel, row, col) order.
         let patchSize = v.channels * p * p
         let patches = FloatBuffer(v.patchCount * patchSize)
@@ -102,42 +117,54 @@ public final class YiVLModel: @unchecked Sendable {
         weights.withFloats(tower.classEmbedding) { c in x.pointer.update(from: c.baseAddress!, count: d) }
         weights.withFloats(tower.positionEmbedding) { pos in Kernels.add(x.pointer, pos.baseAddress!, count: n * d) }
         layerNorm(tower.preLayerNorm, x.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        return x
+    }
 
-        let h = FloatBuffer(n * d), qkv = FloatBuffer(3 * n * d), attended = FloatBuffer(n * d),
-            mlp = FloatBuffer(n * v.intermediateSize)
-        for layer in definition.usedVisionLayers {
-            h.pointer.update(from: x.pointer, count: n * d)
-            layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
-            let q = qkv.pointer, k = qkv.pointer + n * d, val = qkv.pointer + 2 * n * d
-            linear(layer.query, h.pointer, rows: n, into: q)
-            linear(layer.key, h.pointer, rows: n, into: k)
-            linear(layer.value, h.pointer, rows: n, into: val)
-            Kernels.attention(
-                q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
-                kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
-                firstQueryPosition: 0, out: attended.pointer, outStride: d)
-            linear(layer.output, attended.pointer, rows: n, into: h.pointer)
-            Kernels.add(x.pointer, h.pointer, count: n * d)
-            h.pointer.update(from: x.pointer, count: n * d)
-            layerNorm(layer.layerNorm2, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
-            linear(layer.fc1, h.pointer, rows: n, into: mlp.pointer)
-            if v.quickGELU {
-                Kernels.quickGELU(mlp.pointer, count: n * v.intermediateSize)
-            } else {
-                Kernels.gelu(mlp.pointer, count: n * v.intermediateSize)
-            }
-            linear(layer.fc2, mlp.pointer, rows: n, into: h.pointer)
-            Kernels.add(x.pointer, h.pointer, count: n * d)
-            layerOutputs?(x.array)
+    /// Activations one vision layer works in, allocated once per image.
+    private struct VisionScratch {
+        let h, qkv, attended, mlp: FloatBuffer
+
+        init(positions n: Int, width d: Int, intermediate: Int) {
+            h = FloatBuffer(n * d)
+            qkv = FloatBuffer(3 * n * d)
+            attended = FloatBuffer(n * d)
+            mlp = FloatBuffer(n * intermediate)
         }
-        let skip = v.keepClassToken ? 0 : 1
-        return Array(UnsafeBufferPointer(start: x.pointer + skip * d, count: (n - skip) * d))
+    }
+
+    /// One CLIP encoder layer over `x` [patches + 1, hidden], in place: pre-norm attention, pre-norm MLP.
+    private func visionLayer(_ layer: VisionLayer, _ x: FloatBuffer, _ scratch: VisionScratch) {
+        let v = config.vision
+        let d = v.hiddenSize, n = v.patchCount + 1
+        let h = scratch.h, qkv = scratch.qkv, attended = scratch.attended, mlp = scratch.mlp
+        h.pointer.update(from: x.pointer, count: n * d)
+        layerNorm(layer.layerNorm1, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        let q = qkv.pointer, k = qkv.pointer + n * d, val = qkv.pointer + 2 * n * d
+        linear(layer.query, h.pointer, rows: n, into: q)
+        linear(layer.key, h.pointer, rows: n, into: k)
+        linear(layer.value, h.pointer, rows: n, into: val)
+        Kernels.attention(
+            q: q, qStride: d, k: k, kStride: d, v: val, vStride: d, queries: n, keys: n, heads: v.heads,
+            kvHeads: v.heads, headDim: v.headDim, scale: 1 / Float(v.headDim).squareRoot(), causal: false,
+            firstQueryPosition: 0, out: attended.pointer, outStride: d)
+        linear(layer.output, attended.pointer, rows: n, into: h.pointer)
+        Kernels.add(x.pointer, h.pointer, count: n * d)
+        h.pointer.update(from: x.pointer, count: n * d)
+        layerNorm(layer.layerNorm2, h.pointer, rows: n, cols: d, eps: v.layerNormEps)
+        linear(layer.fc1, h.pointer, rows: n, into: mlp.pointer)
+        if v.quickGELU {
+            Kernels.quickGELU(mlp.pointer, count: n * v.intermediateSize)
+        } else {
+            Kernels.gelu(mlp.pointer, count: n * v.intermediateSize)
+        }
+        linear(layer.fc2, mlp.pointer, rows: n, into: h.pointer)
+        Kernels.add(x.pointer, h.pointer, count: n * d)
     }
 
     // MARK: Projector
 
     /// mlp2x_gelu_Norm: Linear, LayerNorm, GELU, Linear, LayerNorm.
-    public func project(_ features: [Float]) throws -> [Float] {
+    func project(_ features: [Float]) throws -> [Float] {
         let input = config.projectorInput, hidden = config.language.hiddenSize
         guard features.count % input == 0 else {
             throw VLQError(ModelError.invalidInput, nil, "vision features are not a multiple of \(input)")
@@ -200,7 +227,7 @@ public final class YiVLModel: @unchecked Sendable {
     }
 
     /// Embedding rows for token ids.
-    public func embed(_ ids: [Int]) throws -> [Float] {
+    func embed(_ ids: [Int]) throws -> [Float] {
         let l = config.language
         var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
         try weights.withFloats(definition.language.embedTokens) { table in
@@ -243,7 +270,7 @@ public final class YiVLModel: @unchecked Sendable {
 
     /// Runs the decoder over `embeddings` [rows, hidden] that continue the cached sequence; returns the
     /// final-norm hidden states. `layerOutputs` receives every layer's output.
-    public func decode(
+    func decode(
         _ embeddings: [Float], cache: KVCache, layerOutputs: (([Float]) -> Void)? = nil
     ) throws -> [Float] {
         let l = config.language
@@ -288,7 +315,7 @@ public final class YiVLModel: @unchecked Sendable {
     }
 
     /// Logits [rows, vocab] of final hidden states [rows, hidden].
-    public func logits(_ hidden: [Float]) throws -> [Float] {
+    func logits(_ hidden: [Float]) throws -> [Float] {
         let l = config.language
         let rows = hidden.count / l.hiddenSize
         let out = FloatBuffer(rows * l.vocabSize)

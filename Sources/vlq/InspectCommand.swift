@@ -2,7 +2,6 @@ import ArgumentParser
 import Quantization
 import VLQCore
 import VLQFormat
-import YiVL
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,34 +23,13 @@ struct Inspect: ParsableCommand {
             print(file.inspection.serialized(pretty: true))
             return
         }
-        let m = try BundleMetadata(json: file.metadata, source: bundle)
+        let modelLines = try BundleDescription.modelLines(of: file, source: bundle)
         print(
             "\(bundle): vlq format \(file.header.majorVersion).\(file.header.minorVersion), "
                 + "\(formatBytes(Int(file.header.fileSize))), \(file.tensors.count) tensors, data aligned to "
                 + "\(file.header.alignment) bytes"
         )
-        print("model: \(m.model.name) (\(m.model.architecture))")
-        let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
-        print(
-            "vision: \(v.layers) layers x \(v.hiddenSize), \(v.imageSize) px / patch \(v.patchSize), features from "
-                + "hidden state \(v.selectedHiddenState)"
-        )
-        print("projector: \(p.type) \(p.inputSize) -> \(p.hiddenSize)")
-        print(
-            "language: \(l.layers) layers x \(l.hiddenSize), \(l.heads) heads / \(l.kvHeads) kv, vocab \(l.vocabSize)")
-        if m.isQuantized {
-            let record = try QuantizationRecord(json: .object(m.quantization), source: bundle)
-            var line = "quantization: recipe \(record.recipe.name), method \(record.method.rawValue)"
-            if let c = record.calibration {
-                line += ", calibrated on \(c.samples) samples (set \(c.setDigest))"
-            }
-            print(line)
-            for (name, tensor) in record.tensors.sorted(by: { $0.key < $1.key }) {
-                if let fallback = tensor.fallback { print("  fallback \(name): \(fallback)") }
-            }
-        } else {
-            print("quantization: none")
-        }
+        modelLines.forEach { print($0) }
         print("")
         print(
             padRight("component", 11) + padLeft("tensors", 8) + padLeft("parameters", 14) + padLeft("bytes", 13)

@@ -12,11 +12,15 @@ import Darwin
 
 @main
 struct Main {
-    static func main() {
+    static func main() async {
         TemporaryFiles.removeOnInterrupt()
         do {
             var command = try VLQ.parseAsRoot()
-            try command.run()
+            if var asynchronous = command as? AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch let error as VLQError {
             printError(errorLine(error))
             exit(error.exitStatus.rawValue)

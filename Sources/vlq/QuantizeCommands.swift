@@ -3,10 +3,10 @@ import Calibration
 import Conversion
 import Foundation
 import Logging
+import Numerics
 import Quantization
 import VLQCore
 import VLQFormat
-import YiVL
 
 /// A model argument that may be a Hugging Face folder: converted to a temporary bundle beside
 /// `scratchBeside` first (removed afterwards), so every later step reads one format.
@@ -73,12 +73,11 @@ struct Calibrate: ParsableCommand {
             return
         }
         let calibrationSet = try CalibrationSet(path: set!)
-        let engine = try YiVLEngine.open(model!)
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
         let started = monotonicSeconds()
         let collector = try CalibrationRunner.collect(
-            engine: engine, set: calibrationSet, withGram: !diagonalOnly,
-            gramBudget: defaultGramBudget, progress: progress.update)
+            model: LazyModel(model!), set: calibrationSet, withGram: !diagonalOnly,
+            gramBudget: MemoryBudget.gramStatistics, progress: progress.update)
         let samples = calibrationSet.samples.count
         let file = StatisticsFile(
             collector: collector, setDigest: calibrationSet.digest, samples: samples,
@@ -196,16 +195,16 @@ struct Quantize: ParsableCommand {
         guard need.statistics, let set else { return nil }
         let calibrationSet = try CalibrationSet(path: set)
         // Upcast weights and X^T X windows share the memory: a quarter each.
-        let engine = try YiVLEngine.open(source.path, cacheBudget: WeightStore.defaultCacheBudget / 2)
+        let engine = LazyModel(source.path, cacheBudget: MemoryBudget.weightCache / 2)
         if need.gram {
             // X^T X of a large model may not fit at once: the quantization plan divides it into
             // windows, one calibration pass each.
-            let budget = gramBudgetMB.map { $0 << 20 } ?? defaultGramBudget
-            return try WindowedStatistics(engine: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
+            let budget = gramBudgetMB.map { $0 << 20 } ?? MemoryBudget.gramStatistics
+            return try WindowedStatistics(model: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
         }
         let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
         let collector = try CalibrationRunner.collect(
-            engine: engine, set: calibrationSet, withGram: false,
+            model: engine, set: calibrationSet, withGram: false,
             progress: progress.update)
         return StoredStatistics(
             StatisticsFile(

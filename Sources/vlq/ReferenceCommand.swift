@@ -2,7 +2,6 @@ import ArgumentParser
 import Calibration
 import VLQCore
 import Verification
-import YiVL
 
 struct ReferenceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,8 +35,8 @@ struct ReferenceCommand: ParsableCommand {
         let evaluation = try CalibrationSet(path: set)
         let progress = SampleProgress(label: "reference", logger: logger, enabled: !global.quiet)
         let run = try ReferenceRun.run(
-            engine: try YiVLEngine.open(model), set: evaluation, model: model, layerSamples: layerSamples,
-            maxTokens: maxTokens, progress: progress.update)
+            model: LazyModel(model), set: evaluation, layerSamples: layerSamples, maxTokens: maxTokens,
+            progress: progress.update)
         try run.write(to: output)
         logger.notice("wrote \(output): \(run.samples.count) samples (set \(run.setDigest), model \(run.modelDigest))")
     }

@@ -1,8 +1,9 @@
 import ArgumentParser
+import Calibration
 import Foundation
-import SafeTensors
+import VLQ
 import VLQCore
-import YiVL
+import Verification
 
 /// Options shared by the commands that run the model.
 struct ModelInput: ParsableArguments {
@@ -15,31 +16,21 @@ struct ModelInput: ParsableArguments {
     @Option(help: "The question about the image.")
     var prompt: String
 
-    @Option(name: .customLong("pixel-values"), help: "A safetensors file whose tensor pixel_values [3,S,S] replaces image decoding and preprocessing.")
+    @Option(
+        name: .customLong("pixel-values"),
+        help: "A safetensors file whose tensor pixel_values [3,S,S] replaces image decoding and preprocessing.")
     var pixelValues: String?
 
     func validate() throws {
-        guard (image == nil) != (pixelValues == nil) else { throw ValidationError("give exactly one of --image and --pixel-values") }
+        guard (image == nil) != (pixelValues == nil) else {
+            throw ValidationError("give exactly one of --image and --pixel-values")
+        }
     }
 
-    func pixels(for engine: YiVLEngine) throws -> [Float] {
-        if let image { return try engine.pixelValues(imagePath: image) }
-        let file = try SafeTensorsFile(path: pixelValues!)
-        let v = engine.config.vision
-        guard let info = file.info("pixel_values") else {
-            throw VLQError(CommandError.invalidPixelValues, pixelValues!, "no tensor named pixel_values")
-        }
-        let expected = [v.channels, v.imageSize, v.imageSize]
-        guard info.dtype == .f32, info.shape == expected || info.shape == [1] + expected else {
-            throw VLQError(
-                CommandError.invalidPixelValues, pixelValues!,
-                "pixel_values is \(info.dtype.rawValue) \(info.shape), the model takes F32 \(expected)")
-        }
-        return Array(file.data(info).bindMemory(to: Float.self))
-    }
+    var pixelSource: PixelSource { image.map { .image($0) } ?? .pixelValuesFile(pixelValues!) }
 }
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Answer a question about an image; prints only the answer on stdout.",
         discussion: "Greedy by default. Progress and timings go to stderr."
@@ -63,19 +54,36 @@ struct Run: ParsableCommand {
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
     }
 
-    func run() throws {
+    /// The answer comes through the library (`VLQModel.answer`), as an app's would.
+    func run() async throws {
         let logger = global.makeLogger("vlq.run")
         let started = monotonicSeconds()
-        let engine = try YiVLEngine.open(input.model)
-        let pixels = try input.pixels(for: engine)
+        let model = try VLQModel(contentsOf: input.model)
+        let image = try self.image(for: model)
         logger.debug("loaded \(input.model) in \(fixed(monotonicSeconds() - started, 2)) s")
-        let generation = try engine.generate(pixels: pixels, question: input.prompt,
-                                             options: .init(maxTokens: maxTokens, temperature: temperature, seed: seed)) { text in
-            FileHandle.standardOutput.write(Data(text.utf8))
+        let reply = model.answer(
+            image: image, question: input.prompt,
+            options: GenerationOptions(maxTokens: maxTokens, temperature: temperature, seed: seed))
+        for try await piece in reply {
+            FileHandle.standardOutput.write(Data(piece.utf8))
         }
         FileHandle.standardOutput.write(Data("\n".utf8))
-        let rate = Double(generation.tokenIds.count) / max(generation.decodeSeconds, 1e-9)
-        logger.info("prefill \(generation.promptTokens) positions in \(fixed(generation.prefillSeconds, 2)) s; \(generation.tokenIds.count) tokens in \(fixed(generation.decodeSeconds, 2)) s (\(fixed(rate, 1)) tokens/s)")
+        let stats = try await reply.turn.stats
+        let timing =
+            "prefill \(stats.promptTokens) positions in \(fixed(stats.prefillSeconds, 2)) s; "
+            + "\(stats.generatedTokens) tokens in \(fixed(stats.decodeSeconds, 2)) s "
+            + "(\(fixed(stats.tokensPerSecond, 1)) tokens/s)"
+        logger.info("\(timing)")
+    }
+
+    func image(for model: VLQModel) throws -> VLQImage {
+        switch input.pixelSource {
+        case .image(let path):
+            return VLQImage(contentsOf: path)
+        case .pixelValuesFile(let path):
+            let side = model.imageSize
+            return VLQImage(pixelValues: try PixelSource.readPixelValues(path, shape: [3, side, side]))
+        }
     }
 }
 
@@ -97,22 +105,8 @@ struct Logits: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        let engine = try YiVLEngine.open(input.model)
-        let pixels = try input.pixels(for: engine)
-        let prompt = engine.prompt(question: input.prompt)
-        let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-        let stages = try engine.prefill(pixels: pixels, prompt: prompt, cache: engine.model.makeCache(capacity: positions))
-        let logits = try engine.model.logits(stages.hidden)
-        let c = engine.config
-        let features = stages.visionFeatures.count / c.vision.hiddenSize
-        var file = SafeTensorsWriter()
-        file.add(.f32("pixel_values", [c.vision.channels, c.vision.imageSize, c.vision.imageSize], stages.pixelValues))
-        file.add(.f32("vision_features", [features, c.vision.hiddenSize], stages.visionFeatures))
-        file.add(.f32("projector_output", [features, c.language.hiddenSize], stages.projectorOutput))
-        file.add(.i64("input_ids", [stages.inputIds.count], stages.inputIds))
-        file.add(.f32("logits", [stages.sequenceLength, c.language.vocabSize], logits))
-        file.metadata = ["producer": "vlq \(VLQVersion.string)", "model": input.model, "prompt": input.prompt]
-        try file.write(to: output)
-        global.makeLogger("vlq.logits").info("wrote \(output): \(stages.sequenceLength) positions x \(c.language.vocabSize) logits")
+        let (positions, vocabulary) = try StageDump.write(
+            model: LazyModel(input.model), pixels: input.pixelSource, question: input.prompt, to: output)
+        global.makeLogger("vlq.logits").info("wrote \(output): \(positions) positions x \(vocabulary) logits")
     }
 }

@@ -4,7 +4,6 @@ import Foundation
 import Logging
 import VLQCore
 import Verification
-import YiVL
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -75,23 +74,23 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("vlq.verify")
-        var candidateEngine = LazyEngine(path: candidate)
+        let candidateModel = LazyModel(candidate)
         let bounds = VerificationBounds(maxKLD: maxKLD, minSameTop: minSameTop, minCosine: minCosine)
         var report = VerificationReport(candidate: candidate, bounds: bounds)
         print(report.candidateLine)
         if let referenceDir {
             let references = try ReferenceCase.load(folder: referenceDir)
-            let comparison = try ReferenceComparison.run(candidate: try candidateEngine.get(), references: references)
+            let comparison = try ReferenceComparison.run(candidate: candidateModel, references: references)
             report.referenceFolder = .init(path: referenceDir, comparison: comparison)
             report.referenceFolder!.lines.forEach { print($0) }
         }
         if let set, let reference {
-            try measureRun(reference: reference, set: set, into: &report, candidate: &candidateEngine, logger: logger)
+            try measureRun(reference: reference, set: set, into: &report, candidate: candidateModel, logger: logger)
         } else if let set {
             let evaluation = try CalibrationSet(path: set)
             let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
             let result = try ExactMatch.run(
-                try candidateEngine.get(), set: evaluation, maxTokens: maxTokens,
+                candidateModel, set: evaluation, maxTokens: maxTokens,
                 progress: progress.update)
             report.answers = .init(set: set, result: result)
             report.answers!.lines.forEach { print($0) }
@@ -109,7 +108,7 @@ struct Verify: ParsableCommand {
     /// --rank-layers each quantized layer's own drift.
     func measureRun(
         reference: String, set: String, into report: inout VerificationReport,
-        candidate: inout LazyEngine, logger: Logging.Logger
+        candidate: LazyModel, logger: Logging.Logger
     ) throws {
         let evaluation = try CalibrationSet(path: set)
         let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
@@ -119,11 +118,11 @@ struct Verify: ParsableCommand {
         } else {
             // The reference runs first and is released before the candidate is opened.
             stored = try ReferenceRun.run(
-                engine: try YiVLEngine.open(reference), set: evaluation, model: reference,
-                layerSamples: layerSamples, maxTokens: maxTokens, progress: progress.update)
+                model: LazyModel(reference), set: evaluation, layerSamples: layerSamples, maxTokens: maxTokens,
+                progress: progress.update)
         }
         let comparison = try RunComparison.run(
-            candidate: try candidate.get(), reference: stored, set: evaluation,
+            candidate: candidate, reference: stored, set: evaluation,
             maxTokens: maxTokens, progress: progress.update)
         report.run = .init(reference: reference, set: set, setDigest: evaluation.digest, comparison: comparison)
         report.run!.lines.forEach { print($0) }
@@ -132,26 +131,9 @@ struct Verify: ParsableCommand {
             throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref")
         }
         let entries = try LayerContribution.rank(
-            reference: try YiVLEngine.open(reference),
-            candidate: try candidate.get(), run: stored, set: evaluation,
+            reference: LazyModel(reference), candidate: candidate, run: stored, set: evaluation,
             samples: rankSamples, progress: progress.update)
         report.layerRanking = .init(samples: rankSamples, entries: entries)
         report.layerRanking!.lines.forEach { print($0) }
-    }
-}
-
-/// The candidate, opened on first use: with --reference MODEL the reference runs and is released
-/// first, so the two models are never in memory together.
-struct LazyEngine {
-    let path: String
-    private var opened: YiVLEngine?
-
-    init(path: String) { self.path = path }
-
-    mutating func get() throws -> YiVLEngine {
-        if let opened { return opened }
-        let engine = try YiVLEngine.open(path)
-        opened = engine
-        return engine
     }
 }

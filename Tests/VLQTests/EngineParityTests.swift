@@ -39,13 +39,12 @@ final class EngineParityTests: XCTestCase {
         for engine in [Self.folderEngine, Self.bundleEngine] {
             for c in Reference.cases {
                 let pixels = c.floats("pixel_values")
-                let cache = engine.model.makeCache(capacity: 512)
-                let stages = try engine.prefill(pixels: pixels, prompt: engine.prompt(question: c.question), cache: cache)
+                let stages = try engine.forward(.image(pixels, prompt: engine.prompt(question: c.question)),
+                                                capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
                 assertClose(stages.visionFeatures, c.floats("vision_features"), "\(engine.source) \(c.image) vision_features")
                 assertClose(stages.projectorOutput, c.floats("projector_output"), "\(engine.source) \(c.image) projector_output")
-                let logits = try engine.model.logits(stages.hidden)
-                XCTAssertEqual([stages.sequenceLength, engine.config.language.vocabSize], c.shape("logits"))
-                assertClose(logits, c.floats("logits"), "\(engine.source) \(c.image) logits")
+                XCTAssertEqual([stages.positions, engine.config.language.vocabSize], c.shape("logits"))
+                assertClose(stages.logits, c.floats("logits"), "\(engine.source) \(c.image) logits")
             }
         }
     }
@@ -54,10 +53,10 @@ final class EngineParityTests: XCTestCase {
         let engine = Self.folderEngine
         let vocab = engine.config.language.vocabSize
         for c in Reference.cases {
-            let cache = engine.model.makeCache(capacity: 512)
-            let stages = try engine.prefill(pixels: try engine.pixelValues(imagePath: c.image), prompt: engine.prompt(question: c.question), cache: cache)
-            let logits = try engine.model.logits(stages.hidden), reference = c.floats("logits")
-            for position in 0..<stages.sequenceLength {
+            let stages = try engine.forward(.image(try engine.pixelValues(imagePath: c.image), prompt: engine.prompt(question: c.question)),
+                                            capture: .init(logitsFrom: 0))
+            let logits = stages.logits, reference = c.floats("logits")
+            for position in 0..<stages.positions {
                 let row = Array(logits[(position * vocab)..<((position + 1) * vocab)])
                 let referenceRow = Array(reference[(position * vocab)..<((position + 1) * vocab)])
                 XCTAssertEqual(row.indices.max { row[$0] < row[$1] }, referenceRow.indices.max { referenceRow[$0] < referenceRow[$1] },

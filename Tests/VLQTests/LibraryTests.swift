@@ -31,14 +31,9 @@ final class LibraryTests: XCTestCase {
         let engine = Self.model.engine
         var prompt = engine.prompt(question: "")
         prompt.after = turn.promptTextIds
-        let positions = prompt.before.count + engine.imageTokenCount() + prompt.after.count
-        let cache = engine.model.makeCache(capacity: positions + maxTokens)
-        let stages = try engine.prefill(pixels: try engine.pixelValues(imagePath: image), prompt: prompt, cache: cache)
-        let logits = try engine.model.logits(Array(stages.hidden.suffix(engine.config.language.hiddenSize)))
-        let generator = AnswerGenerator(engine: engine, cache: cache, logits: logits,
-                                        options: .init(maxTokens: maxTokens))
-        while try generator.step() != nil {}
-        return generator.answer
+        let prefill = try engine.forward(.image(try engine.pixelValues(imagePath: image), prompt: prompt, reserving: maxTokens),
+                                         capture: .init(lastLogits: true))
+        return try engine.generate(continuing: prefill, options: .init(maxTokens: maxTokens)).answer
     }
 
     func testAnAnswerStreamsTransformersGreedyAnswerForEveryReferenceCase() async throws {

@@ -10,26 +10,6 @@ import Darwin
 /// The numeric building blocks of the forward pass. Matrices are row-major f32; products go
 /// through OpenBLAS, element-wise work accumulates in double where PyTorch's result depends on it.
 public enum Kernels {
-    /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
-    @inline(__always)
-    public static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
-        let tasks = min(activeProcessors, max(1, count / minimumPerTask))
-        if tasks <= 1 { return body(0..<count) }
-        concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
-    }
-
-    /// Runs `body(0..<tasks)` on the cores and returns when all are done. The body writes disjoint parts
-    /// of buffers it captures by pointer, which Swift cannot prove: its Sendable check is switched off
-    /// here, in one place, instead of at every caller.
-    public static func concurrently(_ tasks: Int, _ body: (Int) -> Void) {
-        withoutActuallyEscaping(body) { body in
-            let shared = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: tasks) { shared.value($0) }
-        }
-    }
-
-    static let activeProcessors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-
     /// y[m, n] = x[m, k] * w[n, k]^T (+ bias[n]): a PyTorch Linear with weight [out, in].
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, inputs k: Int, weight w: UnsafePointer<Float>,
@@ -168,31 +148,4 @@ public enum Kernels {
             run(0, 1)
         }
     }
-}
-
-/// A value sent across threads on the caller's word that the threads use it safely.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}
-
-/// A heap buffer of floats with an owner, for activations.
-public final class FloatBuffer: @unchecked Sendable {
-    public let count: Int
-    public let pointer: UnsafeMutablePointer<Float>
-
-    public init(_ count: Int) {
-        self.count = count
-        pointer = .allocate(capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
-    }
-
-    public convenience init(_ values: [Float]) {
-        self.init(values.count)
-        values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
-    }
-
-    deinit { pointer.deallocate() }
-
-    public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
 }

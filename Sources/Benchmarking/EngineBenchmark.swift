@@ -1,0 +1,204 @@
+import CBLAS
+import Calibration
+import Numerics
+import Quantization
+import VLQCore
+import VLQFormat
+import YiVL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The engine's speed on one model (`vlq bench`): decoder prefill GFLOP/s next to raw sgemm, vision
+/// tower time, decode tokens/s, peak RSS, and optionally the cost of calibration statistics and of
+/// quantizing one decoder layer. Weights may be random: only speed is measured.
+public struct EngineBenchmark {
+    /// Prompt length for the prefill measurement.
+    public var tokens: Int
+    /// Tokens decoded after the prefill.
+    public var decodeTokens: Int
+    /// Repetitions of each measurement; the best is reported.
+    public var repeats: Int
+    /// Also measure calibration overhead and GPTQ / RTN time per decoder layer.
+    public var quantization: Bool
+
+    public init(tokens: Int = 512, decodeTokens: Int = 16, repeats: Int = 2, quantization: Bool = false) {
+        self.tokens = tokens
+        self.decodeTokens = decodeTokens
+        self.repeats = repeats
+        self.quantization = quantization
+    }
+
+    /// Measures the model at `path`; each line of figures goes to `report` as soon as it is measured.
+    public func run(model path: String, report: (String) -> Void) throws {
+        let engine = try YiVLEngine.open(path)
+        let c = engine.config, l = c.language
+        report("model: \(path)")
+        let shapes =
+            "shapes: language \(l.layers) layers x \(l.hiddenSize) (ffn \(l.intermediateSize), "
+            + "\(l.heads)/\(l.kvHeads) heads), vision \(c.vision.selectedHiddenState) of \(c.vision.layers) layers x "
+            + "\(c.vision.hiddenSize) at \(c.vision.imageSize) px; OpenBLAS threads \(openblas_get_num_threads())"
+        report(shapes)
+        let sgemmRate = measureSgemm(l, report: report)
+        let embeddings = randomValues(tokens * l.hiddenSize)
+        try measurePrefill(engine, embeddings: embeddings, sgemmRate: sgemmRate, report: report)
+        try measureDecode(engine, embeddings: embeddings, report: report)
+        let pixels = randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
+        try measureVision(engine, pixels: pixels, report: report)
+        if quantization {
+            let gram = try measureCalibration(engine, pixels: pixels, embeddings: embeddings, report: report)
+            try measureQuantizers(engine, gram: gram, report: report)
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        report("peak RSS: \(usage.ru_maxrss / 1024) MiB")
+    }
+
+    /// Raw sgemm at the decoder's largest shape: [tokens, hidden] x [hidden, ffn]. Returns GFLOP/s.
+    func measureSgemm(_ l: EngineConfig.Language, report: (String) -> Void) -> Double {
+        let a = FloatBuffer(randomValues(tokens * l.hiddenSize)),
+            b = FloatBuffer(randomValues(l.intermediateSize * l.hiddenSize))
+        let out = FloatBuffer(tokens * l.intermediateSize)
+        let sgemmSeconds = best(repeats + 1) {
+            Kernels.linear(
+                a.pointer, rows: tokens, inputs: l.hiddenSize, weight: b.pointer, outputs: l.intermediateSize,
+                bias: nil, into: out.pointer)
+        }
+        let sgemmRate = 2 * Double(tokens * l.hiddenSize * l.intermediateSize) / sgemmSeconds / 1e9
+        report(
+            "sgemm [\(tokens)x\(l.hiddenSize)] x [\(l.hiddenSize)x\(l.intermediateSize)]: "
+                + "\(fixed(sgemmRate, 1)) GFLOP/s")
+        return sgemmRate
+    }
+
+    /// Decoder prefill; the first run also upcasts bf16 weights into the cache.
+    func measurePrefill(
+        _ engine: YiVLEngine, embeddings: [Float], sgemmRate: Double, report: (String) -> Void
+    ) throws {
+        let l = engine.config.language
+        let linearParameters =
+            l.hiddenSize * (2 * l.heads * l.headDim + 2 * l.kvHeads * l.headDim) + 3 * l.hiddenSize * l.intermediateSize
+        let flops =
+            Double(l.layers)
+            * (2 * Double(tokens) * Double(linearParameters) + 4 * Double(tokens * tokens * l.heads * l.headDim))
+        var cold = 0.0
+        let prefillSeconds = try bestThrowing(repeats + 1) { first in
+            let started = monotonicSeconds()
+            _ = try engine.forward(.embeddings(embeddings, reserving: decodeTokens))
+            if first { cold = monotonicSeconds() - started }
+        }
+        let prefillRate = flops / prefillSeconds / 1e9
+        report(
+            "prefill \(tokens) tokens through \(l.layers) decoder layers: \(fixed(prefillSeconds, 3)) s = "
+                + "\(fixed(prefillRate, 1)) GFLOP/s = \(fixed(100 * prefillRate / sgemmRate, 0))% of sgemm "
+                + "(first run, with bf16 upcast: \(fixed(cold, 3)) s)")
+    }
+
+    /// Decode: one token at a time after the prefill, logits included.
+    func measureDecode(_ engine: YiVLEngine, embeddings: [Float], report: (String) -> Void) throws {
+        let cache = try engine.forward(.embeddings(embeddings, reserving: decodeTokens)).cache
+        // The token embedding table is upcast on its first use: a throwaway step does that before the
+        // timing starts, as a real answer's prompt does before its decode.
+        _ = try engine.forward(.tokens([1]))
+        let started = monotonicSeconds()
+        for _ in 0..<decodeTokens {
+            _ = try engine.forward(.tokens([1], continuing: cache), capture: .init(lastLogits: true))
+        }
+        let perToken = (monotonicSeconds() - started) / Double(decodeTokens)
+        report(
+            "decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, "
+                + "\(engine.config.language.layers) layers + lm_head)")
+    }
+
+    /// The vision tower on one image.
+    func measureVision(_ engine: YiVLEngine, pixels: [Float], report: (String) -> Void) throws {
+        let v = engine.config.vision
+        let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.forward(.pixels(pixels)) }
+        report(
+            "vision tower, one \(v.imageSize) px image (\(v.selectedHiddenState) layers, "
+                + "\(v.patchCount + 1) positions): \(fixed(visionSeconds, 3)) s")
+    }
+
+    /// One sample's forward (vision tower, projector, decoder prefill) plain, with diagonal statistics
+    /// (imatrix), and the decoder prefill with X^T X (gptq, awq). Returns the X^T X statistics.
+    func measureCalibration(
+        _ engine: YiVLEngine, pixels: [Float], embeddings: [Float], report: (String) -> Void
+    ) throws -> StatisticsCollector {
+        let c = engine.config
+        func forward(_ observer: LinearInputObserver?) throws {
+            _ = try engine.forward(.pixels(pixels), capture: .init(projectorOutput: true, observer: observer))
+            _ = try engine.forward(.embeddings(embeddings), capture: .init(observer: observer))
+        }
+        let plain = try bestThrowing(repeats) { _ in try forward(nil) }
+        let diagonal = StatisticsCollector(definition: engine.model.definition, withGram: false)
+        let withDiagonal = try bestThrowing(repeats) { _ in try forward(diagonal) }
+        report(
+            "calibration, one sample (\(c.vision.patchCount + 1) vision positions, \(tokens) decoder tokens): "
+                + "forward \(fixed(plain, 2)) s; with E[x], E[x^2] statistics \(fixed(withDiagonal, 2)) s "
+                + "(+\(fixed(100 * (withDiagonal / plain - 1), 1))%)")
+        let gram = StatisticsCollector(definition: engine.model.definition, withGram: true)
+        let decoderOnly = try bestThrowing(2) { _ in
+            _ = try engine.forward(.embeddings(embeddings), capture: .init(observer: gram))
+        }
+        let decoderPlain = try bestThrowing(repeats) { _ in _ = try engine.forward(.embeddings(embeddings)) }
+        report(
+            "decoder prefill with X^T X statistics (gptq, awq): \(fixed(decoderOnly, 2)) s vs "
+                + "\(fixed(decoderPlain, 2)) s plain (+\(fixed(100 * (decoderOnly / decoderPlain - 1), 1))%)")
+        return gram
+    }
+
+    /// RTN (int8, int4) and GPTQ (int4, with `gram`'s statistics) on decoder layer 0.
+    func measureQuantizers(_ engine: YiVLEngine, gram: StatisticsCollector, report: (String) -> Void) throws {
+        let definition = engine.model.definition
+        let layer = definition.language.layers[0]
+        var parameters = 0
+        var rtnSeconds: [TensorEncoding: Double] = [:]
+        var gptqSeconds = 0.0
+        for linear in layer.linears {
+            let name = definition.name(linear.weight)
+            let w = engine.model.weights.floats(linear.weight), shape = engine.model.weights.shape(linear.weight)
+            parameters += w.count
+            for encoding in [TensorEncoding.q8, .q4] {
+                let t = monotonicSeconds()
+                _ = MatrixQuantizer.roundToNearest(
+                    w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: 128)
+                rtnSeconds[encoding, default: 0] += monotonicSeconds() - t
+            }
+            guard let stats = gram.statistics(for: name), let g = stats.gram else { continue }
+            let t = monotonicSeconds()
+            _ = try GPTQ().quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: g)
+            gptqSeconds += monotonicSeconds() - t
+        }
+        let int8 = rtnSeconds[.q8]!, int4 = rtnSeconds[.q4]!, millions = Double(parameters) / 1e6
+        report(
+            "decoder layer 0 (\(parameters / 1_000_000)M weights): RTN int8 \(fixed(int8, 2)) s = "
+                + "\(fixed(millions / int8, 1))M weights/s; RTN int4 \(fixed(int4, 2)) s = "
+                + "\(fixed(millions / int4, 1))M weights/s; GPTQ int4 g128 \(fixed(gptqSeconds, 1)) s per layer")
+    }
+
+    func randomValues(_ n: Int) -> [Float] {
+        var random = SplitMix64(seed: 42)
+        return (0..<n).map { _ in Float(random.nextDouble() * 2 - 1) * 0.5 }
+    }
+
+    func best(_ n: Int, _ body: () -> Void) -> Double {
+        (0..<n).map { _ in
+            let t = monotonicSeconds()
+            body()
+            return monotonicSeconds() - t
+        }.min()!
+    }
+
+    func bestThrowing(_ n: Int, _ body: (Bool) throws -> Void) throws -> Double {
+        var times: [Double] = []
+        for i in 0..<n {
+            let t = monotonicSeconds()
+            try body(i == 0)
+            times.append(monotonicSeconds() - t)
+        }
+        return (n > 1 ? Array(times.dropFirst()) : times).min()!
+    }
+}

@@ -1,0 +1,38 @@
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension Kernels {
+    /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
+    /// Inlinable: the weight store's and the quantizer's row loops run through it as if it were theirs.
+    @inlinable @inline(__always)
+    public static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
+        let tasks = min(activeProcessors, max(1, count / minimumPerTask))
+        if tasks <= 1 { return body(0..<count) }
+        concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
+    }
+
+    /// Runs `body(0..<tasks)` on the cores and returns when all are done. The body writes disjoint parts
+    /// of buffers it captures by pointer, which Swift cannot prove: its Sendable check is switched off
+    /// here, in one place, instead of at every caller.
+    public static func concurrently(_ tasks: Int, _ body: (Int) -> Void) {
+        withoutActuallyEscaping(body) { body in
+            let shared = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: tasks) { shared.value($0) }
+        }
+    }
+
+    /// Cores online, at least 1.
+    @usableFromInline
+    static let activeProcessors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+}
+
+/// A value sent across threads on the caller's word that the threads use it safely.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
