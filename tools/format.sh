@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Formats every tracked Swift file with .swift-format (swift-format ships with Swift 6 toolchains as
-# `swift format`). With --check it changes nothing: it lists the files swift-format would change and
-# the lines over 120 columns (long string literals, which swift-format does not break), and exits 1
-# when there is any; tools/test.sh runs it that way.
+# `swift format`). With --check it changes nothing: it lists the files swift-format would change, the
+# lines over 120 columns (long string literals, which swift-format does not break) and the functions
+# of the engine, calibration, quantization and verification modules over 60 lines
+# (tools/function_lengths.py), and exits 1 when there is any; tools/test.sh runs it that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mapfile -t files < <(git ls-files '*.swift')
+if ! swift format --version >/dev/null 2>&1; then
+  echo "format: 'swift format' is missing; it ships with Swift 6 toolchains (swift.org/install)" >&2
+  exit 2
+fi
 
 if [[ ${1:-} != --check ]]; then
   exec swift format --in-place --parallel --configuration .swift-format "${files[@]}"
@@ -27,5 +32,11 @@ done
 if LC_ALL=C.UTF-8 grep -nP '^.{121,}' "${files[@]}" | sed 's/^\([^:]*:[0-9]*\):.*/format: \1 is over 120 columns/'; then
   status=1
 fi
-if ((status == 0)); then echo "format: ${#files[@]} Swift files formatted, no line over 120 columns"; fi
+# The engine and the quantization and verification pipelines keep functions short enough to read whole.
+if ! python3 tools/function_lengths.py --max 60 Sources/{Numerics,YiVL,Calibration,Quantization,Verification}; then
+  status=1
+fi
+if ((status == 0)); then
+  echo "format: ${#files[@]} Swift files formatted, no line over 120 columns, no engine function over 60 lines"
+fi
 exit $status

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: every fuzz target for a few seconds (tools/fuzz.sh), then the unit tests and the
+# The test suite: the layout check (tools/format.sh --check: swift-format's layout, no line over 120
+# columns), every fuzz target for a few seconds (tools/fuzz.sh), then the unit tests and the
 # end-to-end tests on the tiny Yi-VL fixtures. What CI runs. The fuzzers go first so that the test
 # runner's summary closes the output.
 #
@@ -10,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 source tools/ensure-deps.sh
+# Style first: it takes seconds and says exactly which file to run tools/format.sh on.
+tools/format.sh --check
 swift build --build-tests
 
 fuzz_seconds=${VLQ_FUZZ_SECONDS:-$(($# ? 0 : 3))}

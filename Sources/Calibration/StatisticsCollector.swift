@@ -83,7 +83,9 @@ public enum CalibrationRunner {
                 throw VLQError(
                     CalibrationError.overBudget,
                     nil,
-                    "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which calibrates in windows of layers"
+                    "the X^T X statistics of this model need \(collector.gramBytesIfAll >> 20) MiB, over the budget "
+                        + "of \(budget >> 20) MiB: use --diagonal-only (imatrix), or quantize --set directly, which "
+                        + "calibrates in windows of layers"
                 )
             }
             progress(i + 1, set.samples.count)

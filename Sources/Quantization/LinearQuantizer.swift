@@ -48,7 +48,9 @@ public enum LinearQuantizer {
                     w, rows: rows, columns: columns, encoding: encoding,
                     groupSize: groupSize, gram: gram))
         case .awq:
-            guard let statistics else { throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics") }
+            guard let statistics else {
+                throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics")
+            }
             return awq(
                 w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
                 scales: awqScales)
@@ -70,10 +72,13 @@ public enum LinearQuantizer {
                     + "in groups of \(groupSize)")
         }
         if let statistics, let problem = statistics.inconsistency(columns: columns) {
-            throw VLQError(QuantizationError.statisticsMismatch, nil, "statistics for a weight of \(columns) columns: \(problem)")
+            throw VLQError(
+                QuantizationError.statisticsMismatch, nil, "statistics for a weight of \(columns) columns: \(problem)")
         }
         if let awqScales, awqScales.count != columns {
-            throw VLQError(QuantizationError.statisticsMismatch, nil, "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
+            throw VLQError(
+                QuantizationError.statisticsMismatch, nil,
+                "\(awqScales.count) AWQ scales for a weight of \(columns) columns")
         }
     }
 

@@ -27,8 +27,10 @@ public enum MatrixQuantizer {
     /// Quantizes `w` [rows, columns] group by group. `columnImportance` (E[x^2] per input column)
     /// turns on the weighted search and least-squares refinement.
     /// With `gram` (X^T X of the inputs), each group's range is chosen by the output error it causes.
-    public static func roundToNearest(_ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
-                                      columnImportance: [Float]? = nil, gram: [Double]? = nil) -> QuantizedMatrix {
+    public static func roundToNearest(
+        _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        columnImportance: [Float]? = nil, gram: [Double]? = nil
+    ) -> QuantizedMatrix {
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
         let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
         var codes = [Int8](repeating: 0, count: rows * columns)
@@ -37,64 +39,95 @@ public enum MatrixQuantizer {
         var values = [Float](repeating: 0, count: rows * columns)
         // Rows are independent: they are spread over the cores, each writing its own rows.
         codes.withUnsafeMutableBufferPointer { codesBuffer in
-        scales.withUnsafeMutableBufferPointer { scalesBuffer in
-        biases.withUnsafeMutableBufferPointer { biasesBuffer in
-        values.withUnsafeMutableBufferPointer { valuesBuffer in
-        let codesOut = codesBuffer.baseAddress!, scalesOut = scalesBuffer.baseAddress!
-        let biasesOut = biasesBuffer.baseAddress!, valuesOut = valuesBuffer.baseAddress!
-        w.withUnsafeBufferPointer { wp in
-          Kernels.parallelRows(rows, minimumPerTask: 16) { range in
-            var quantizer = quantizer
-            var importance = [Float](repeating: 1, count: groupSize)
-            for r in range {
-                let row = wp.baseAddress! + r * columns
-                var sigma2: Float = 0
-                if columnImportance != nil {
-                    for j in 0..<columns { sigma2 += row[j] * row[j] }
-                    sigma2 = 2 * sigma2 / Float(columns)
-                }
-                for g in 0..<layout.groupsPerRow {
-                    let start = g * groupSize
-                    if let ci = columnImportance {
-                        // llama.cpp's weighting: E[x^2] times sqrt(sigma^2 + w^2).
-                        for j in 0..<groupSize { importance[j] = ci[start + j] * (sigma2 + row[start + j] * row[start + j]).squareRoot() }
-                    }
-                    let fit = importance.withUnsafeBufferPointer { a in
-                        if let gram {
-                            return gram.withUnsafeBufferPointer { g in
-                                quantizer.gram = GroupQuantizer.GramBlock(pointer: g.baseAddress! + start * columns + start, stride: columns)
-                                return quantizer.fit(row + start, count: groupSize)
+            scales.withUnsafeMutableBufferPointer { scalesBuffer in
+                biases.withUnsafeMutableBufferPointer { biasesBuffer in
+                    values.withUnsafeMutableBufferPointer { valuesBuffer in
+                        let out = RowOutputs(
+                            codes: codesBuffer.baseAddress!, scales: scalesBuffer.baseAddress!,
+                            biases: biasesBuffer.baseAddress!, values: valuesBuffer.baseAddress!)
+                        w.withUnsafeBufferPointer { wp in
+                            Kernels.parallelRows(rows, minimumPerTask: 16) { range in
+                                var quantizer = quantizer
+                                var importance = [Float](repeating: 1, count: groupSize)
+                                for r in range {
+                                    quantizeRow(
+                                        r, of: wp.baseAddress!, columns: columns, layout: layout,
+                                        quantizer: &quantizer, importance: &importance,
+                                        columnImportance: columnImportance, gram: gram, into: out)
+                                }
                             }
                         }
-                        return quantizer.fit(row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
-                    }
-                    scalesOut[r * layout.groupsPerRow + g] = fit.scale
-                    biasesOut[r * layout.groupsPerRow + g] = fit.bias
-                    for j in start..<(start + groupSize) {
-                        codesOut[r * columns + j] = quantizer.storedCode(row[j], fit)
-                        valuesOut[r * columns + j] = quantizer.dequantized(row[j], fit)
                     }
                 }
             }
-          }
         }
+        return QuantizedMatrix(
+            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
+            dequantized: values)
+    }
+
+    /// Where `quantizeRow` writes: each row its own part of the codes, group parameters and values.
+    struct RowOutputs {
+        let codes: UnsafeMutablePointer<Int8>
+        let scales: UnsafeMutablePointer<Float16>
+        let biases: UnsafeMutablePointer<Float16>
+        let values: UnsafeMutablePointer<Float>
+    }
+
+    /// Row `r` of `w`, group by group: the range search (weighted by `columnImportance`, or against the
+    /// output error with `gram`), then the stored codes and what they dequantize to.
+    static func quantizeRow(
+        _ r: Int, of w: UnsafePointer<Float>, columns: Int, layout: QuantizedLayout,
+        quantizer: inout GroupQuantizer, importance: inout [Float], columnImportance: [Float]?, gram: [Double]?,
+        into out: RowOutputs
+    ) {
+        let groupSize = layout.groupSize
+        let row = w + r * columns
+        var sigma2: Float = 0
+        if columnImportance != nil {
+            for j in 0..<columns { sigma2 += row[j] * row[j] }
+            sigma2 = 2 * sigma2 / Float(columns)
         }
+        for g in 0..<layout.groupsPerRow {
+            let start = g * groupSize
+            if let ci = columnImportance {
+                // llama.cpp's weighting: E[x^2] times sqrt(sigma^2 + w^2).
+                for j in 0..<groupSize {
+                    importance[j] = ci[start + j] * (sigma2 + row[start + j] * row[start + j]).squareRoot()
+                }
+            }
+            let fit = importance.withUnsafeBufferPointer { a in
+                if let gram {
+                    return gram.withUnsafeBufferPointer { g in
+                        quantizer.gram = GroupQuantizer.GramBlock(
+                            pointer: g.baseAddress! + start * columns + start, stride: columns)
+                        return quantizer.fit(row + start, count: groupSize)
+                    }
+                }
+                return quantizer.fit(
+                    row + start, count: groupSize, importance: columnImportance != nil ? a.baseAddress : nil)
+            }
+            out.scales[r * layout.groupsPerRow + g] = fit.scale
+            out.biases[r * layout.groupsPerRow + g] = fit.bias
+            for j in start..<(start + groupSize) {
+                out.codes[r * columns + j] = quantizer.storedCode(row[j], fit)
+                out.values[r * columns + j] = quantizer.dequantized(row[j], fit)
+            }
         }
-        }
-        }
-        return QuantizedMatrix(layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
-                               dequantized: values)
     }
 
     /// Output error of replacing `w` by `approximation` on inputs with Gram matrix `gram`:
     /// sum over rows of d G d^T, d the row difference (optionally on a subset of rows).
-    public static func outputError(_ w: [Float], _ approximation: [Float], rows: Int, columns: Int, gram: [Double], rowStride: Int = 1) -> Double {
+    public static func outputError(
+        _ w: [Float], _ approximation: [Float], rows: Int, columns: Int, gram: [Double], rowStride: Int = 1
+    ) -> Double {
         var total = 0.0
         var d = [Double](repeating: 0, count: columns), gd = [Double](repeating: 0, count: columns)
         for r in stride(from: 0, to: rows, by: rowStride) {
             for j in 0..<columns { d[j] = Double(approximation[r * columns + j] - w[r * columns + j]) }
             gram.withUnsafeBufferPointer { g in
-                cblas_dsymv(CblasRowMajor, CblasUpper, Int32(columns), 1, g.baseAddress, Int32(columns), d, 1, 0, &gd, 1)
+                cblas_dsymv(
+                    CblasRowMajor, CblasUpper, Int32(columns), 1, g.baseAddress, Int32(columns), d, 1, 0, &gd, 1)
             }
             for j in 0..<columns { total += d[j] * gd[j] }
         }

@@ -175,56 +175,7 @@ public struct Recipe: Sendable, Equatable {
         guard let rules = json["rules"]?.arrayValue, !rules.isEmpty else {
             throw VLQError(QuantizationError.invalidRecipe, source, "a recipe needs a non-empty \"rules\" array")
         }
-        self.rules = try rules.enumerated().map { i, r in
-            let at = "rule \(i + 1)"
-            guard let pattern = r["match"]?.stringValue else {
-                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"match\"")
-            }
-            var component: Component?
-            if let c = r["component"]?.stringValue {
-                guard let found = Component.allCases.first(where: { $0.name == c }) else {
-                    throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown component \"\(c)\"")
-                }
-                component = found
-            }
-            guard let encodingName = r["encoding"]?.stringValue else {
-                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"encoding\"")
-            }
-            let target: Target
-            switch encodingName {
-            case "keep", "float": target = .keep
-            default:
-                guard let e = TensorEncoding(name: encodingName) else {
-                    throw VLQError(
-                        QuantizationError.invalidRecipe, source, "\(at): unknown encoding \"\(encodingName)\"")
-                }
-                if e.isQuantized {
-                    var group: Int? = 128
-                    if let g = r["group_size"] {
-                        if g.stringValue == "row" {
-                            group = nil
-                        } else if let n = g.intValue, Recipe.standardGroupSizes.contains(n) {
-                            group = n
-                        } else {
-                            throw VLQError(
-                                QuantizationError.invalidRecipe, source,
-                                "\(at): group_size must be 32, 64, 128, 256 or \"row\"")
-                        }
-                    }
-                    target = .quantized(e, groupSize: group)
-                } else {
-                    target = .float(e)
-                }
-            }
-            var method: QuantizationMethod?
-            if let m = r["method"]?.stringValue {
-                guard let found = QuantizationMethod(rawValue: m) else {
-                    throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown method \"\(m)\"")
-                }
-                method = found
-            }
-            return Rule(component: component, pattern: pattern, target: target, method: method)
-        }
+        self.rules = try rules.enumerated().map { i, r in try Rule(json: r, at: "rule \(i + 1)", source: source) }
     }
 
     public var json: JSONValue {
@@ -246,5 +197,64 @@ public struct Recipe: Sendable, Equatable {
                     return .object(o)
                 }),
         ]
+    }
+}
+
+extension Recipe.Rule {
+    /// One element of a recipe's "rules"; `at` ("rule 3") names it in errors.
+    init(json r: JSONValue, at: String, source: String) throws {
+        guard let pattern = r["match"]?.stringValue else {
+            throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"match\"")
+        }
+        var component: Component?
+        if let c = r["component"]?.stringValue {
+            guard let found = Component.allCases.first(where: { $0.name == c }) else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown component \"\(c)\"")
+            }
+            component = found
+        }
+        guard let encodingName = r["encoding"]?.stringValue else {
+            throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"encoding\"")
+        }
+        let target = try Recipe.Target(encodingName: encodingName, json: r, at: at, source: source)
+        var method: QuantizationMethod?
+        if let m = r["method"]?.stringValue {
+            guard let found = QuantizationMethod(rawValue: m) else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "\(at): unknown method \"\(m)\"")
+            }
+            method = found
+        }
+        self.init(component: component, pattern: pattern, target: target, method: method)
+    }
+}
+
+extension Recipe.Target {
+    /// A rule's "encoding" (with its "group_size" for quantized encodings): keep, a float type, or a code.
+    init(encodingName: String, json r: JSONValue, at: String, source: String) throws {
+        switch encodingName {
+        case "keep", "float": self = .keep
+        default:
+            guard let e = TensorEncoding(name: encodingName) else {
+                throw VLQError(
+                    QuantizationError.invalidRecipe, source, "\(at): unknown encoding \"\(encodingName)\"")
+            }
+            if e.isQuantized {
+                var group: Int? = 128
+                if let g = r["group_size"] {
+                    if g.stringValue == "row" {
+                        group = nil
+                    } else if let n = g.intValue, Recipe.standardGroupSizes.contains(n) {
+                        group = n
+                    } else {
+                        throw VLQError(
+                            QuantizationError.invalidRecipe, source,
+                            "\(at): group_size must be 32, 64, 128, 256 or \"row\"")
+                    }
+                }
+                self = .quantized(e, groupSize: group)
+            } else {
+                self = .float(e)
+            }
+        }
     }
 }

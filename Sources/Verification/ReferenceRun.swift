@@ -127,47 +127,12 @@ public struct ReferenceRun: Sendable {
         guard let metaText = file.metadata["samples"], let meta = try? JSONValue.parse(metaText).arrayValue else {
             throw VLQError(VerificationError.invalidReference, path, "the .vlqref metadata lacks its samples")
         }
-        // Safetensors offsets need not be aligned: tensors are read with unaligned loads.
-        func floats(_ name: String) throws -> [Float] {
-            guard let info = file.info(name), info.dtype == .f32, info.shape.count == 1 else {
-                throw VLQError(
-                    VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D F32 tensor")
-            }
-            let data = file.data(info)
-            return (0..<(data.count / 4)).map {
-                Float(bitPattern: UInt32(littleEndian: data.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)))
-            }
-        }
-        func tokenIds(_ name: String) throws -> [Int] {
-            guard let info = file.info(name), info.dtype == .i64, info.shape.count == 1 else {
-                throw VLQError(
-                    VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D I64 tensor")
-            }
-            let data = file.data(info)
-            return try (0..<(data.count / 8)).map {
-                let id = Int64(littleEndian: data.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))
-                guard id >= 0 else {
-                    throw VLQError(VerificationError.invalidReference, path, "\(name) holds token id \(id)")
-                }
-                return Int(id)
-            }
-        }
-        // Counts from the metadata decide how many tensors are read: each must be a count of tensors
-        // the file can hold, not a range to allocate.
-        func count(_ m: JSONValue, _ key: String, sample: Int) throws -> Int {
-            guard let value = m[key] else { return 0 }
-            guard let n = value.intValue, n >= 0, n <= file.tensors.count else {
-                throw VLQError(
-                    VerificationError.invalidReference, path,
-                    "sample \(sample): \(key) \(value.serialized()) is not a count of its tensors")
-            }
-            return n
-        }
+        let reader = TensorReader(file: file, path: path)
         var samples: [SampleReference] = []
         for (i, m) in meta.enumerated() {
             let p = "s\(i)."
-            let visionLayers = try count(m, "vision_layers", sample: i)
-            let decoderLayers = try count(m, "decoder_layers", sample: i)
+            let visionLayers = try reader.count(m, "vision_layers", sample: i)
+            let decoderLayers = try reader.count(m, "decoder_layers", sample: i)
             let logitsStart = m["logits_start"]?.intValue ?? 0
             guard logitsStart >= 0 else {
                 throw VLQError(
@@ -177,12 +142,13 @@ public struct ReferenceRun: Sendable {
                 SampleReference(
                     image: m["image"]?.stringValue ?? "", question: m["question"]?.stringValue ?? "",
                     answer: m["answer"]?.stringValue,
-                    answerIds: try tokenIds(p + "answer_ids"), greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
-                    visionFeatures: try floats(p + "vision_features"),
-                    projectorOutput: try floats(p + "projector_output"),
-                    logits: try floats(p + "logits"), logitsStart: logitsStart,
-                    visionLayers: try (0..<visionLayers).map { try floats(p + "vision_layer.\($0)") },
-                    decoderLayers: try (0..<decoderLayers).map { try floats(p + "decoder_layer.\($0)") }))
+                    answerIds: try reader.tokenIds(p + "answer_ids"),
+                    greedyAnswer: m["greedy_answer"]?.stringValue ?? "",
+                    visionFeatures: try reader.floats(p + "vision_features"),
+                    projectorOutput: try reader.floats(p + "projector_output"),
+                    logits: try reader.floats(p + "logits"), logitsStart: logitsStart,
+                    visionLayers: try (0..<visionLayers).map { try reader.floats(p + "vision_layer.\($0)") },
+                    decoderLayers: try (0..<decoderLayers).map { try reader.floats(p + "decoder_layer.\($0)") }))
         }
         return ReferenceRun(
             samples: samples, setDigest: file.metadata["set_digest"] ?? "", model: file.metadata["model"] ?? "",
@@ -414,5 +380,50 @@ extension ReferenceRun {
         let prompt = sample.prompt(engine)
         let start = engine.imageEnd(of: prompt) - 1
         return try engine.forward(.image(pixels, prompt: prompt), capture: .init(logitsFrom: start)).logits
+    }
+}
+
+/// Reads a .vlqref's tensors, every failure an error naming the file.
+private struct TensorReader {
+    let file: SafeTensorsFile
+    let path: String
+
+    // Safetensors offsets need not be aligned: tensors are read with unaligned loads.
+    func floats(_ name: String) throws -> [Float] {
+        guard let info = file.info(name), info.dtype == .f32, info.shape.count == 1 else {
+            throw VLQError(
+                VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D F32 tensor")
+        }
+        let data = file.data(info)
+        return (0..<(data.count / 4)).map {
+            Float(bitPattern: UInt32(littleEndian: data.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)))
+        }
+    }
+
+    func tokenIds(_ name: String) throws -> [Int] {
+        guard let info = file.info(name), info.dtype == .i64, info.shape.count == 1 else {
+            throw VLQError(
+                VerificationError.invalidReference, path, "missing \(name), or it is not a 1-D I64 tensor")
+        }
+        let data = file.data(info)
+        return try (0..<(data.count / 8)).map {
+            let id = Int64(littleEndian: data.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))
+            guard id >= 0 else {
+                throw VLQError(VerificationError.invalidReference, path, "\(name) holds token id \(id)")
+            }
+            return Int(id)
+        }
+    }
+
+    /// Counts from the metadata decide how many tensors are read: each must be a count of tensors
+    /// the file can hold, not a range to allocate.
+    func count(_ m: JSONValue, _ key: String, sample: Int) throws -> Int {
+        guard let value = m[key] else { return 0 }
+        guard let n = value.intValue, n >= 0, n <= file.tensors.count else {
+            throw VLQError(
+                VerificationError.invalidReference, path,
+                "sample \(sample): \(key) \(value.serialized()) is not a count of its tensors")
+        }
+        return n
     }
 }

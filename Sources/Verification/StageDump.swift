@@ -26,10 +26,13 @@ public enum PixelSource: Sendable {
     /// (or `[1] + expected`).
     public static func readPixelValues(_ path: String, shape expected: [Int]) throws -> [Float] {
         let file = try SafeTensorsFile(path: path)
-        guard let info = file.info("pixel_values") else { throw VLQError(VerificationError.invalidPixelValues, path, "no tensor named pixel_values") }
+        guard let info = file.info("pixel_values") else {
+            throw VLQError(VerificationError.invalidPixelValues, path, "no tensor named pixel_values")
+        }
         guard info.dtype == .f32, info.shape == expected || info.shape == [1] + expected else {
             throw VLQError(
-                VerificationError.invalidPixelValues, path, "pixel_values is \(info.dtype.rawValue) \(info.shape), the model takes F32 \(expected)")
+                VerificationError.invalidPixelValues, path,
+                "pixel_values is \(info.dtype.rawValue) \(info.shape), the model takes F32 \(expected)")
         }
         return Array(file.data(info).bindMemory(to: Float.self))
     }

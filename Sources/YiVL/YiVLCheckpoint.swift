@@ -99,7 +99,9 @@ public final class YiVLCheckpoint: @unchecked Sendable {
 
     static func requireFile(_ folder: ModelFolder, _ name: String, what: String) throws -> String {
         let path = folder.path + "/" + name
-        guard FileSystem.exists(path) else { throw VLQError(CheckpointError.missingFile, folder.path, "missing \(name) (\(what))") }
+        guard FileSystem.exists(path) else {
+            throw VLQError(CheckpointError.missingFile, folder.path, "missing \(name) (\(what))")
+        }
         try folder.checkReadable(path)
         return path
     }

@@ -189,7 +189,8 @@ public struct YiVLConfig: Sendable {
         preprocessorJSON = preprocessor.json
         try root.require(
             multimodal.hiddenSize == self.vision.hiddenSize,
-            "mm_hidden_size \(multimodal.hiddenSize) differs from the vision tower's hidden_size \(self.vision.hiddenSize)"
+            "mm_hidden_size \(multimodal.hiddenSize) differs from the vision tower's hidden_size "
+                + "\(self.vision.hiddenSize)"
         )
         let selected = selectedHiddenState
         try root.require(
@@ -198,7 +199,8 @@ public struct YiVLConfig: Sendable {
         try preprocessor.require(
             self.preprocessor.cropHeight == self.vision.imageSize
                 && self.preprocessor.cropWidth == self.vision.imageSize,
-            "crop_size \(self.preprocessor.cropHeight)x\(self.preprocessor.cropWidth) differs from the tower's image_size \(self.vision.imageSize)"
+            "crop_size \(self.preprocessor.cropHeight)x\(self.preprocessor.cropWidth) differs from the tower's "
+                + "image_size \(self.vision.imageSize)"
         )
         try EngineConfig(self).validate(language: root.path, vision: vision.path, preprocessor: preprocessor.path)
     }

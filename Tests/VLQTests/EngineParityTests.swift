@@ -1,6 +1,6 @@
 import Conversion
-import SafeTensors
 import Foundation
+import SafeTensors
 import VLQCore
 import XCTest
 import YiVL
@@ -21,12 +21,16 @@ final class EngineParityTests: XCTestCase {
     }
 
     /// max |a - b| <= 1e-3 (1 + max |reference|), the parity bound.
-    func assertClose(_ actual: [Float], _ reference: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertClose(
+        _ actual: [Float], _ reference: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(actual.count, reference.count, what, file: file, line: line)
         guard actual.count == reference.count else { return }
         let scale = reference.reduce(0) { max($0, abs($1)) }
         let difference = maxAbsDifference(actual, reference)
-        XCTAssertLessThanOrEqual(difference, 1e-3 * (1 + scale), "\(what): max abs difference \(difference), scale \(scale)", file: file, line: line)
+        XCTAssertLessThanOrEqual(
+            difference, 1e-3 * (1 + scale), "\(what): max abs difference \(difference), scale \(scale)", file: file,
+            line: line)
     }
 
     func testTokenIdsEqualTheReference() {
@@ -39,10 +43,14 @@ final class EngineParityTests: XCTestCase {
         for engine in [Self.folderEngine, Self.bundleEngine] {
             for c in Reference.cases {
                 let pixels = c.floats("pixel_values")
-                let stages = try engine.forward(.image(pixels, prompt: engine.prompt(question: c.question)),
-                                                capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
-                assertClose(stages.visionFeatures, c.floats("vision_features"), "\(engine.source) \(c.image) vision_features")
-                assertClose(stages.projectorOutput, c.floats("projector_output"), "\(engine.source) \(c.image) projector_output")
+                let stages = try engine.forward(
+                    .image(pixels, prompt: engine.prompt(question: c.question)),
+                    capture: .init(visionFeatures: true, projectorOutput: true, logitsFrom: 0))
+                assertClose(
+                    stages.visionFeatures, c.floats("vision_features"), "\(engine.source) \(c.image) vision_features")
+                assertClose(
+                    stages.projectorOutput, c.floats("projector_output"), "\(engine.source) \(c.image) projector_output"
+                )
                 XCTAssertEqual([stages.positions, engine.config.language.vocabSize], c.shape("logits"))
                 assertClose(stages.logits, c.floats("logits"), "\(engine.source) \(c.image) logits")
             }
@@ -53,14 +61,17 @@ final class EngineParityTests: XCTestCase {
         let engine = Self.folderEngine
         let vocab = engine.config.language.vocabSize
         for c in Reference.cases {
-            let stages = try engine.forward(.image(try engine.pixelValues(imagePath: c.image), prompt: engine.prompt(question: c.question)),
-                                            capture: .init(logitsFrom: 0))
+            let stages = try engine.forward(
+                .image(try engine.pixelValues(imagePath: c.image), prompt: engine.prompt(question: c.question)),
+                capture: .init(logitsFrom: 0))
             let logits = stages.logits, reference = c.floats("logits")
             for position in 0..<stages.positions {
                 let row = Array(logits[(position * vocab)..<((position + 1) * vocab)])
                 let referenceRow = Array(reference[(position * vocab)..<((position + 1) * vocab)])
-                XCTAssertEqual(row.indices.max { row[$0] < row[$1] }, referenceRow.indices.max { referenceRow[$0] < referenceRow[$1] },
-                               "\(c.image) position \(position)")
+                XCTAssertEqual(
+                    row.indices.max { row[$0] < row[$1] },
+                    referenceRow.indices.max { referenceRow[$0] < referenceRow[$1] },
+                    "\(c.image) position \(position)")
             }
         }
     }
@@ -68,8 +79,9 @@ final class EngineParityTests: XCTestCase {
     func testGreedyAnswersEqualTheReferenceFromFolderAndBundle() throws {
         for engine in [Self.folderEngine, Self.bundleEngine] {
             for c in Reference.cases {
-                let generation = try engine.generate(pixels: try engine.pixelValues(imagePath: c.image), question: c.question,
-                                                     options: .init(maxTokens: 64))
+                let generation = try engine.generate(
+                    pixels: try engine.pixelValues(imagePath: c.image), question: c.question,
+                    options: .init(maxTokens: 64))
                 XCTAssertEqual(generation.answer, c.greedyAnswer, "\(engine.source) \(c.image)")
             }
         }
@@ -106,7 +118,8 @@ final class RunCommandTests: XCTestCase {
             XCTAssertLessThanOrEqual(maxAbsDifference(ours, theirs), 1e-3 * (1 + scale), name)
         }
         XCTAssertEqual(file.info("input_ids")?.dtype, .i64)
-        XCTAssertEqual(file.data(file.info("input_ids")!).bindMemory(to: Int64.self).map { Int($0) }, c.ints("input_ids"))
+        XCTAssertEqual(
+            file.data(file.info("input_ids")!).bindMemory(to: Int64.self).map { Int($0) }, c.ints("input_ids"))
     }
 
     func testPixelValuesFileBypassesTheImagePipeline() throws {
@@ -120,9 +133,13 @@ final class RunCommandTests: XCTestCase {
         var wrong = SafeTensorsWriter()
         wrong.add(.f32("pixel_values", [3, 10, 10], [Float](repeating: 0, count: 300)))
         try wrong.write(to: scratch.file("wrong.safetensors"))
-        let mismatched = try vlq("run", Repo.tinyModel, "--pixel-values", scratch.file("wrong.safetensors"), "--prompt", "x")
+        let mismatched = try vlq(
+            "run", Repo.tinyModel, "--pixel-values", scratch.file("wrong.safetensors"), "--prompt", "x")
         XCTAssertEqual(mismatched.status, 2)
-        XCTAssertTrue(mismatched.stderr.contains("wrong.safetensors: pixel_values is F32 [3, 10, 10], the model takes F32 [3, 84, 84]"), mismatched.stderr)
+        XCTAssertTrue(
+            mismatched.stderr.contains(
+                "wrong.safetensors: pixel_values is F32 [3, 10, 10], the model takes F32 [3, 84, 84]"),
+            mismatched.stderr)
     }
 
     func testACorruptImageIsOneLineExitTwo() throws {
@@ -132,20 +149,24 @@ final class RunCommandTests: XCTestCase {
         let result = try vlq("run", Repo.tinyModel, "--image", scratch.file("broken.jpg"), "--prompt", "x")
         XCTAssertEqual(result.status, 2)
         XCTAssertEqual(result.stdout, "")
-        XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(scratch.file("broken.jpg")): corrupt or unsupported JPEG"), result.stderr)
+        XCTAssertTrue(
+            result.stderr.hasPrefix("vlq: error: \(scratch.file("broken.jpg")): corrupt or unsupported JPEG"),
+            result.stderr)
     }
 
     /// Photographs of every kind the decoders meet (RGB, gray, RGBA, palette-free PNGs, large JPEGs),
     /// with the shipped bilingual questions: the engine answers without failing.
     func testTheEngineRunsOnRealPhotographs() throws {
         let engine = EngineParityTests.folderEngine
-        let manifest = try String(contentsOfFile: Repo.root.appendingPathComponent("calibration/default.jsonl").path, encoding: .utf8)
+        let manifest = try String(
+            contentsOfFile: Repo.root.appendingPathComponent("calibration/default.jsonl").path, encoding: .utf8)
         var answered = 0
         for line in manifest.split(separator: "\n") {
             let row = try JSONValue.parse(String(line))
             let image = Repo.root.appendingPathComponent("calibration/" + row["image"]!.stringValue!).path
-            let generation = try engine.generate(pixels: try engine.pixelValues(imagePath: image), question: row["question"]!.stringValue!,
-                                                 options: .init(maxTokens: 8))
+            let generation = try engine.generate(
+                pixels: try engine.pixelValues(imagePath: image), question: row["question"]!.stringValue!,
+                options: .init(maxTokens: 8))
             XCTAssertLessThanOrEqual(generation.tokenIds.count, 8)
             answered += 1
         }

@@ -1,8 +1,9 @@
 import Conversion
 import Foundation
-@testable import VLQ
 import XCTest
 import YiVL
+
+@testable import VLQ
 
 /// The VLQ library as an app uses it: one-shot answers and chats over the tiny bundle, checked
 /// against transformers' greedy answers and against the same prompts run without the cache.
@@ -31,8 +32,9 @@ final class LibraryTests: XCTestCase {
         let engine = Self.model.engine
         var prompt = engine.prompt(question: "")
         prompt.after = turn.promptTextIds
-        let prefill = try engine.forward(.image(try engine.pixelValues(imagePath: image), prompt: prompt, reserving: maxTokens),
-                                         capture: .init(lastLogits: true))
+        let prefill = try engine.forward(
+            .image(try engine.pixelValues(imagePath: image), prompt: prompt, reserving: maxTokens),
+            capture: .init(lastLogits: true))
         return try engine.generate(continuing: prefill, options: .init(maxTokens: maxTokens)).answer
     }
 
@@ -69,16 +71,18 @@ final class LibraryTests: XCTestCase {
         for k in 1..<turns.count {
             let stats = turns[k].stats, earlier = turns[k - 1].stats
             // Everything up to the previous answer stays: system text, image, earlier prompts.
-            XCTAssertGreaterThanOrEqual(stats.reusedTokens, earlier.reusedTokens + earlier.promptTokens,
-                                        "turn \(k + 1)")
+            XCTAssertGreaterThanOrEqual(
+                stats.reusedTokens, earlier.reusedTokens + earlier.promptTokens,
+                "turn \(k + 1)")
             // The prefill ran at most the follow-up text: previous answer, separator, question.
             let followUp = " \(turns[k - 1].answer)\n### Human: \(questions[k])\n### Assistant:"
             let followUpTokens = tokenizer.encode(followUp, dummyPrefix: false).count
             XCTAssertLessThanOrEqual(stats.promptTokens, followUpTokens, "turn \(k + 1)")
             XCTAssertLessThan(stats.promptTokens, turns[0].stats.promptTokens / 4, "turn \(k + 1)")
             let uncached = stats.reusedTokens + stats.promptTokens + stats.generatedTokens - stats.contextTokens
-            XCTAssertTrue((0...1).contains(uncached),
-                          "the cache holds every generated token but one that completed the stop string")
+            XCTAssertTrue(
+                (0...1).contains(uncached),
+                "the cache holds every generated token but one that completed the stop string")
             // The cached keys and values give the answer a full prefill of the same tokens gives.
             let fromScratch = try answerFromScratch(to: turns[k], image: c.image, maxTokens: 24)
             XCTAssertEqual(turns[k].answer, fromScratch, "turn \(k + 1)")
@@ -89,8 +93,9 @@ final class LibraryTests: XCTestCase {
     func testTheFollowUpTextContinuesYisConversationFormat() {
         let first = YiVLChat.prompt(question: "Q1", system: "S")
         let followUp = YiVLChat.followUpTemplate.replacing("{answer}", with: "A1").replacing("{question}", with: "Q2")
-        XCTAssertEqual(first + followUp,
-                       "S\n\n### Human: <image_placeholder>\nQ1\n### Assistant: A1\n### Human: Q2\n### Assistant:")
+        XCTAssertEqual(
+            first + followUp,
+            "S\n\n### Human: <image_placeholder>\nQ1\n### Assistant: A1\n### Human: Q2\n### Assistant:")
     }
 
     func testAFollowUpKeepsTheAnswerTokensThatSpellTheAnswerAndTokenizesTheRestMidString() {
@@ -102,23 +107,27 @@ final class LibraryTests: XCTestCase {
 
         // The usual case: every answer token stays; the line break the cache may hold is replaced.
         for cached in [generated, generated + [13]] {
-            let (keep, text) = Conversation.followUp(answer: answer, cachedIds: cached, question: "Why?",
-                                                     tokenizer: tokenizer)
+            let (keep, text) = Conversation.followUp(
+                answer: answer, cachedIds: cached, question: "Why?",
+                tokenizer: tokenizer)
             XCTAssertEqual(keep, generated.count)
             XCTAssertEqual(text, separator)
         }
         // Tokens that do not spell " " + answer (here a doubled leading space) are dropped, and a cut is
         // never left after a space: the answer is tokenized again as Yi's whole-text tokenization has it.
         let doubled = ids(["▁"]) + generated
-        let (keep, text) = Conversation.followUp(answer: answer, cachedIds: doubled, question: "Why?",
-                                                 tokenizer: tokenizer)
+        let (keep, text) = Conversation.followUp(
+            answer: answer, cachedIds: doubled, question: "Why?",
+            tokenizer: tokenizer)
         XCTAssertEqual(keep, 0)
         XCTAssertEqual(text, " " + answer + separator)
-        XCTAssertEqual(Array(tokenizer.encode(text, dummyPrefix: false).prefix(generated.count)), generated,
-                       "mid-string, without the dummy-prefix space, the answer tokenizes as generated")
+        XCTAssertEqual(
+            Array(tokenizer.encode(text, dummyPrefix: false).prefix(generated.count)), generated,
+            "mid-string, without the dummy-prefix space, the answer tokenizes as generated")
         // An answer cut inside a word (the turn was stopped) keeps the tokens before that word.
-        let (cutKeep, cutText) = Conversation.followUp(answer: "A white squ", cachedIds: Array(generated.prefix(3)),
-                                                       question: "Why?", tokenizer: tokenizer)
+        let (cutKeep, cutText) = Conversation.followUp(
+            answer: "A white squ", cachedIds: Array(generated.prefix(3)),
+            question: "Why?", tokenizer: tokenizer)
         XCTAssertEqual(cutKeep, 2)
         XCTAssertEqual(cutText, " squ" + separator)
     }
@@ -200,8 +209,9 @@ final class LibraryTests: XCTestCase {
     func testAnUnreadableImageFailsWhereTheChatOpens() throws {
         let scratch = try Scratch()
         try writeBytes(Array("not an image".utf8), to: scratch.file("x.png"))
-        assertVLQError(try Self.model.chat(image: scratch.file("x.png")),
-                       kind: ImageError.notAnImage, contains: ["x.png", "not a PNG or JPEG image"])
+        assertVLQError(
+            try Self.model.chat(image: scratch.file("x.png")),
+            kind: ImageError.notAnImage, contains: ["x.png", "not a PNG or JPEG image"])
     }
 
     /// The example app: a bundle and an image on its command line, two questions, two streamed answers.

@@ -15,18 +15,23 @@ final class QuantizationMethodTests: XCTestCase {
         var first = set, second = set
         first.samples = Array(set.samples.prefix(24))
         second.samples = Array(set.samples.suffix(8))
-        return (try! CalibrationRunner.collect(engine: engine, set: first, withGram: true),
-                try! CalibrationRunner.collect(engine: engine, set: second, withGram: true))
+        return (
+            try! CalibrationRunner.collect(engine: engine, set: first, withGram: true),
+            try! CalibrationRunner.collect(engine: engine, set: second, withGram: true)
+        )
     }()
 
     func heldOutError(_ name: String, _ w: [Float], _ q: [Float], rows: Int, columns: Int) -> Double {
-        MatrixQuantizer.outputError(w, q, rows: rows, columns: columns, gram: Self.split.heldOut.statistics(for: name)!.gram!)
+        MatrixQuantizer.outputError(
+            w, q, rows: rows, columns: columns, gram: Self.split.heldOut.statistics(for: name)!.gram!)
     }
 
     func testCollectsStatisticsAtEveryLinearSharingInputs() {
         let c = Self.split.calibration
         XCTAssertNotNil(c.statistics(for: "vision_model.encoder.layers.0.self_attn.q_proj.weight"))
-        XCTAssertEqual(c.aliases["vision_model.encoder.layers.0.self_attn.k_proj.weight"], "vision_model.encoder.layers.0.self_attn.q_proj.weight")
+        XCTAssertEqual(
+            c.aliases["vision_model.encoder.layers.0.self_attn.k_proj.weight"],
+            "vision_model.encoder.layers.0.self_attn.q_proj.weight")
         XCTAssertEqual(c.aliases["model.layers.3.mlp.up_proj.weight"], "model.layers.3.mlp.gate_proj.weight")
         XCTAssertNotNil(c.statistics(for: "model.mm_projector.0.weight"))
         XCTAssertNotNil(c.statistics(for: "lm_head.weight"))
@@ -50,18 +55,25 @@ final class QuantizationMethodTests: XCTestCase {
             let rows = shape[0], columns = shape[1]
             let stats = try XCTUnwrap(Self.split.calibration.statistics(for: name))
             func error(_ method: QuantizationMethod, scales: [Float]? = nil) throws -> Double {
-                let out = try LinearQuantizer.quantize(w, rows: rows, columns: columns, encoding: encoding, groupSize: group,
-                                                       method: method, statistics: stats, awqScales: scales)
+                let out = try LinearQuantizer.quantize(
+                    w, rows: rows, columns: columns, encoding: encoding, groupSize: group,
+                    method: method, statistics: stats, awqScales: scales)
                 return heldOutError(name, w, out.matrix.dequantized, rows: rows, columns: columns)
             }
             let rtn = try error(.rtn)
-            let awqScales = AWQ().searchScales(weights: [w], rows: [rows], columns: columns, statistics: stats,
-                                               encoding: encoding, groupSize: group).scales
-            let results = ["imatrix": try error(.imatrix), "gptq": try error(.gptq), "awq": try error(.awq, scales: awqScales)]
+            let awqScales = AWQ().searchScales(
+                weights: [w], rows: [rows], columns: columns, statistics: stats,
+                encoding: encoding, groupSize: group
+            ).scales
+            let results = [
+                "imatrix": try error(.imatrix), "gptq": try error(.gptq), "awq": try error(.awq, scales: awqScales),
+            ]
             for (method, e) in results {
                 XCTAssertLessThan(e, rtn, "\(name) \(encoding.name) g\(group): \(method) \(e) vs rtn \(rtn)")
             }
-            print("held-out output error \(name) \(encoding.name) g\(group): rtn \(rtn) " + results.keys.sorted().map { "\($0) \(results[$0]!)" }.joined(separator: " "))
+            print(
+                "held-out output error \(name) \(encoding.name) g\(group): rtn \(rtn) "
+                    + results.keys.sorted().map { "\($0) \(results[$0]!)" }.joined(separator: " "))
         }
     }
 
@@ -71,9 +83,11 @@ final class QuantizationMethodTests: XCTestCase {
         let w = try weights.floats(named: name), shape = try weights.shape(named: name)
         let stats = try XCTUnwrap(Self.split.calibration.statistics(for: name))
         let rtn = MatrixQuantizer.roundToNearest(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128)
-        let ordered = try GPTQ(activationOrder: true).quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: stats.gram!)
-        XCTAssertLessThan(heldOutError(name, w, ordered.dequantized, rows: shape[0], columns: shape[1]),
-                          heldOutError(name, w, rtn.dequantized, rows: shape[0], columns: shape[1]))
+        let ordered = try GPTQ(activationOrder: true).quantize(
+            w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: stats.gram!)
+        XCTAssertLessThan(
+            heldOutError(name, w, ordered.dequantized, rows: shape[0], columns: shape[1]),
+            heldOutError(name, w, rtn.dequantized, rows: shape[0], columns: shape[1]))
     }
 
     func testPackedBytesDecodeToTheValuesTheQuantizerReports() throws {
