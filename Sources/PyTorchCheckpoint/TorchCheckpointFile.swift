@@ -11,7 +11,7 @@ import VLQCore
 /// The top-level object must be a dict (or OrderedDict) of tensors. A nested dict
 /// (`{"state_dict": ...}`, `{"model": ...}`) or any other value under a key is refused, naming the
 /// key: flattening would invent tensor names, and skipping would silently drop weights.
-public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
+public final class TorchCheckpointFile: MappedFileFormat, TensorFile, @unchecked Sendable {
     public let path: String
     public let mapped: MappedFile
     public var formatName: String { "pytorch" }
@@ -21,9 +21,6 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
     /// The version torch's own reader (caffe2 `PyTorchStreamReader`) accepts at most.
     static let newestArchiveVersion = 10
 
-    public convenience init(path: String) throws {
-        try self.init(mapped: try MappedFile(path: path))
-    }
 
     public init(mapped: MappedFile) throws {
         let path = mapped.path

@@ -108,7 +108,7 @@ public final class QuantizePipeline {
     }
 
     func refuseQuantized(_ source: VLQFile) throws {
-        if let q = source.metadata["quantization"]?.objectValue, !q.isEmpty {
+        if try BundleMetadata(json: source.metadata, source: source.path).isQuantized {
             throw VLQError(
                 QuantizationError.alreadyQuantized,
                 source.path,

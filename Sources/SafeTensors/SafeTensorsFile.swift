@@ -8,7 +8,7 @@ import VLQCore
 /// the limit and the file, a JSON object header, known dtypes, offsets that tile the data area with
 /// no hole or overlap, byte lengths equal to shape x dtype size, and a data area that ends exactly at
 /// the end of the file.
-public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
+public final class SafeTensorsFile: MappedFileFormat, TensorFile, @unchecked Sendable {
     public var formatName: String { "safetensors" }
     public static let maxHeaderLength = 100_000_000
 
@@ -20,9 +20,6 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
     public let tensors: [TensorInfo]
     private let byName: [String: Int]
 
-    public convenience init(path: String) throws {
-        try self.init(mapped: try MappedFile(path: path))
-    }
 
     /// A safetensors file already in memory (`mapped.path` names it in errors).
     public init(mapped: MappedFile) throws {

@@ -98,3 +98,17 @@ public final class MappedFile: @unchecked Sendable {
 public func systemError(_ code: Int32 = errno) -> String {
     String(cString: strerror(code))
 }
+
+/// A file format read over a `MappedFile` (safetensors, PyTorch checkpoints, .vlq bundles): reading from
+/// memory is the one initializer to write, and opening a path comes with it, so fuzzers and readers of
+/// decompressed bytes go through the same validation as files.
+public protocol MappedFileFormat {
+    /// Reads and validates the whole structure; errors name `mapped.path`.
+    init(mapped: MappedFile) throws
+}
+
+extension MappedFileFormat {
+    public init(path: String) throws {
+        try self.init(mapped: try MappedFile(path: path))
+    }
+}

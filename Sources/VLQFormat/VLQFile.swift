@@ -6,7 +6,7 @@ import VLQCore
 /// inside the data region, no overlaps, lengths consistent with shapes and encodings) and the
 /// metadata's checksum, so that using any tensor afterwards cannot read outside the mapping. Tensor
 /// checksums are verified by `verifyChecksums`, which reads every byte (`vlq check`).
-public final class VLQFile: @unchecked Sendable {
+public final class VLQFile: MappedFileFormat, @unchecked Sendable {
     public let path: String
     public let mapped: MappedFile
     public let header: VLQHeader
@@ -15,9 +15,6 @@ public final class VLQFile: @unchecked Sendable {
     public let metadata: JSONValue
     private let indexByName: [String: Int]
 
-    public convenience init(path: String) throws {
-        try self.init(mapped: try MappedFile(path: path))
-    }
 
     /// A bundle already in memory or mapped (`mapped.path` names it in errors): what `init(path:)`
     /// opens, and what the fuzzer feeds.
