@@ -21,7 +21,6 @@ public final class TorchCheckpointFile: MappedFileFormat, TensorFile, @unchecked
     /// The version torch's own reader (caffe2 `PyTorchStreamReader`) accepts at most.
     static let newestArchiveVersion = 10
 
-
     public init(mapped: MappedFile) throws {
         let path = mapped.path
         self.path = path

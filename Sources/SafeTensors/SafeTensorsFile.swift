@@ -20,7 +20,6 @@ public final class SafeTensorsFile: MappedFileFormat, TensorFile, @unchecked Sen
     public let tensors: [TensorInfo]
     private let byName: [String: Int]
 
-
     /// A safetensors file already in memory (`mapped.path` names it in errors).
     public init(mapped: MappedFile) throws {
         let path = mapped.path

@@ -15,7 +15,6 @@ public final class VLQFile: MappedFileFormat, @unchecked Sendable {
     public let metadata: JSONValue
     private let indexByName: [String: Int]
 
-
     /// A bundle already in memory or mapped (`mapped.path` names it in errors): what `init(path:)`
     /// opens, and what the fuzzer feeds.
     public init(mapped: MappedFile) throws {
