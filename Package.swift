@@ -63,7 +63,8 @@ let package = Package(
         .target(
             name: "Calibration", dependencies: ["VLQCore", "SafeTensors", "Numerics", "YiVL", "CBLAS"],
             swiftSettings: optimizedEvenInDebug),
-        // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes and the quantize pipeline.
+        // Group quantization (rtn, imatrix, AWQ, GPTQ), recipes, the quantize pipeline, and what a bundle says
+        // about its model and quantization (vlq inspect).
         .target(
             name: "Quantization",
             dependencies: [
@@ -83,11 +84,11 @@ let package = Package(
             name: "Benchmarking",
             dependencies: ["VLQCore", "VLQFormat", "Numerics", "YiVL", "Calibration", "Quantization", "CBLAS"],
             swiftSettings: optimizedEvenInDebug),
-        // Hugging Face folder -> .vlq bundle, streaming; what a bundle's metadata says (vlq inspect).
+        // Hugging Face folder -> .vlq bundle, streaming.
         .target(
             name: "Conversion",
             dependencies: [
-                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "YiVL",
+                "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Imaging", "YiVL",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // What each fuzz target does with one input (tools/fuzz.sh); the regression tests replay saved

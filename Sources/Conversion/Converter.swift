@@ -1,4 +1,5 @@
 import CheckpointFiles
+import Imaging
 import Logging
 import SafeTensors
 import VLQCore
@@ -421,7 +422,7 @@ public final class Converter {
                 "generation": smallFiles["generation_config.json"] ?? .null, "tokenizer": tokenizerConfig ?? .null,
                 "special_tokens_map": specialTokensMap ?? .null,
             ],
-            preprocessing: EngineConfig(config).preprocessing,
+            preprocessing: ImagePreprocessing(config),
             chat: BundleMetadata.Chat(config),
             tokenizer: tokenizer,
             generation: BundleMetadata.Generation(

@@ -34,49 +34,16 @@ public struct EngineConfig: Sendable {
     public var template: String = YiVLChat.template
     public var stopStrings: [String] = YiVLChat.stopStrings
 
+    /// From a Hugging Face folder's configs, through the same sections a bundle's metadata holds: the
+    /// hyperparameters are mapped to the engine's view in one place, whichever way the model came.
     public init(_ c: YiVLConfig) {
-        let v = c.vision, l = c.language
-        vision = Vision(
-            hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
-            imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
-            layerNormEps: Float(v.layerNormEps), quickGELU: v.hiddenAct == "quick_gelu",
-            selectedHiddenState: c.selectedHiddenState, keepClassToken: c.multimodal.selectFeature == "cls_patch")
-        projectorInput = c.multimodal.hiddenSize
-        language = Language(
-            hiddenSize: l.hiddenSize, intermediateSize: l.intermediateSize, layers: l.layers, heads: l.heads,
-            kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps), ropeTheta: l.ropeTheta,
-            tiedEmbeddings: l.tieWordEmbeddings)
-        language.maxPositions = l.maxPositionEmbeddings
-        var p = ImagePreprocessing()
-        let pc = c.preprocessor
-        p.aspectRatio = c.multimodal.imageAspectRatio
-        p.convertRGB = pc.doConvertRGB
-        p.padColor = pc.padColor.map { UInt8(clamping: $0) }
-        p.resize = pc.doResize
-        p.shortestEdge = pc.shortestEdge
-        p.filter = Resampler.Filter(pilNumber: pc.resample) ?? .bicubic
-        p.centerCrop = pc.doCenterCrop
-        p.cropHeight = pc.cropHeight
-        p.cropWidth = pc.cropWidth
-        p.rescale = pc.doRescale
-        p.rescaleFactor = pc.rescaleFactor
-        p.normalize = pc.doNormalize
-        p.mean = pc.mean
-        p.std = pc.std
-        preprocessing = p
+        // Yi-VL's chat template and system prompt (YiVLChat) are the defaults: no config file holds them.
+        self.init(architecture: BundleMetadata.Architecture(c), preprocessing: ImagePreprocessing(c))
     }
 
-    /// From a bundle's metadata (formats/VLQ-BUNDLE.md, section 6).
-    public init(metadata json: JSONValue, source: String) throws {
-        try self.init(BundleMetadata(json: json, source: source), source: source)
-    }
-
-    /// From the architecture, preprocessing and chat sections of a bundle's metadata.
-    public init(_ m: BundleMetadata, source: String) throws {
-        let v = m.architecture.vision, p = m.architecture.projector, l = m.architecture.language
-        guard p.type == "mlp2x_gelu_Norm" else {
-            throw VLQError(ModelError.invalidMetadata, source, "metadata: projector type \(p.type) is not supported")
-        }
+    /// The engine's view of a bundle's architecture and preprocessing sections.
+    init(architecture a: BundleMetadata.Architecture, preprocessing: ImagePreprocessing) {
+        let v = a.vision, p = a.projector, l = a.language
         vision = Vision(
             hiddenSize: v.hiddenSize, intermediateSize: v.intermediateSize, layers: v.layers, heads: v.heads,
             imageSize: v.imageSize, patchSize: v.patchSize, channels: v.channels,
@@ -89,7 +56,21 @@ public struct EngineConfig: Sendable {
             kvHeads: l.kvHeads, vocabSize: l.vocabSize, rmsNormEps: Float(l.rmsNormEps),
             ropeTheta: l.ropeTheta, tiedEmbeddings: l.tieWordEmbeddings)
         language.maxPositions = l.maxPositionEmbeddings
-        preprocessing = m.preprocessing
+        self.preprocessing = preprocessing
+    }
+
+    /// From a bundle's metadata (formats/VLQ-BUNDLE.md, section 6).
+    public init(metadata json: JSONValue, source: String) throws {
+        try self.init(BundleMetadata(json: json, source: source), source: source)
+    }
+
+    /// From the architecture, preprocessing and chat sections of a bundle's metadata.
+    public init(_ m: BundleMetadata, source: String) throws {
+        let p = m.architecture.projector
+        guard p.type == "mlp2x_gelu_Norm" else {
+            throw VLQError(ModelError.invalidMetadata, source, "metadata: projector type \(p.type) is not supported")
+        }
+        self.init(architecture: m.architecture, preprocessing: m.preprocessing)
         systemPrompt = m.chat.system
         template = m.chat.template
         stopStrings = m.chat.stop

@@ -1,3 +1,4 @@
+import Imaging
 import VLQCore
 
 /// The Yi-VL sections of a bundle's metadata (formats/VLQ-BUNDLE.md, "Metadata") from a checkpoint's
@@ -18,6 +19,28 @@ extension BundleMetadata.Architecture {
             kvHeads: l.kvHeads, headDim: l.headDim, vocabSize: l.vocabSize, rmsNormEps: l.rmsNormEps,
             ropeTheta: l.ropeTheta, maxPositionEmbeddings: l.maxPositionEmbeddings,
             hiddenAct: l.hiddenAct, tieWordEmbeddings: l.tieWordEmbeddings)
+    }
+}
+
+extension ImagePreprocessing {
+    /// The preprocessing section from preprocessor_config.json and the model config's aspect ratio.
+    public init(_ c: YiVLConfig) {
+        self.init()
+        let pc = c.preprocessor
+        aspectRatio = c.multimodal.imageAspectRatio
+        convertRGB = pc.doConvertRGB
+        padColor = pc.padColor.map { UInt8(clamping: $0) }
+        resize = pc.doResize
+        shortestEdge = pc.shortestEdge
+        filter = Resampler.Filter(pilNumber: pc.resample) ?? .bicubic
+        centerCrop = pc.doCenterCrop
+        cropHeight = pc.cropHeight
+        cropWidth = pc.cropWidth
+        rescale = pc.doRescale
+        rescaleFactor = pc.rescaleFactor
+        normalize = pc.doNormalize
+        mean = pc.mean
+        std = pc.std
     }
 }
 

@@ -46,6 +46,16 @@ final class MalformedModelTests: XCTestCase {
             contains: [vit + "config.json", "image_size is 4611686018427387904"])
     }
 
+    func testZeroHeadsInAFolderConfigAreRefusedBeforeAnyWidthIsDividedByThem() throws {
+        let model = try scratch.copyOfTinyModel()
+        try editConfig(model, "config.json") {
+            $0.replacingOccurrences(of: "\"num_attention_heads\": 8", with: "\"num_attention_heads\": 0")
+        }
+        assertVLQError(
+            try YiVLCheckpoint(folder: model), kind: ModelError.invalidConfig,
+            contains: ["model/config.json", "\"num_attention_heads\" is 0, must be at least 1"])
+    }
+
     func testASelectLayerThatWouldOverflowWithAHugeTowerIsRefused() throws {
         let model = try scratch.copyOfTinyModel()
         try editConfig(model, "vit/clip-vit-tiny-yivl-84/config.json") {
