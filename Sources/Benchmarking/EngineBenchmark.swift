@@ -34,6 +34,8 @@ public struct EngineBenchmark {
 
     /// Measures the model at `path`; each line of figures goes to `report` as soon as it is measured.
     public func run(model path: String, report: (String) -> Void) throws {
+        // Measured before the model is loaded, so that its buffer never adds to the peak RSS reported.
+        let bandwidth = MemoryBandwidth.measureRead(bytes: 256 << 20)
         let engine = try YiVLEngine.open(path)
         let c = engine.config, l = c.language
         report("model: \(path)")
@@ -45,7 +47,7 @@ public struct EngineBenchmark {
         let sgemmRate = measureSgemm(l, report: report)
         let embeddings = randomValues(tokens * l.hiddenSize)
         try measurePrefill(engine, embeddings: embeddings, sgemmRate: sgemmRate, report: report)
-        try measureDecode(engine, embeddings: embeddings, report: report)
+        try measureDecode(engine, embeddings: embeddings, bandwidth: bandwidth, report: report)
         let pixels = randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
         try measureVision(engine, pixels: pixels, report: report)
         if quantization {
@@ -97,8 +99,11 @@ public struct EngineBenchmark {
                 + "(first run, with bf16 upcast: \(fixed(cold, 3)) s)")
     }
 
-    /// Decode: one token at a time after the prefill, logits included.
-    func measureDecode(_ engine: YiVLEngine, embeddings: [Float], report: (String) -> Void) throws {
+    /// Decode: one token at a time after the prefill, logits included; next to its limit, the bytes of
+    /// weights a step reads (as stored) over the read `bandwidth`.
+    func measureDecode(
+        _ engine: YiVLEngine, embeddings: [Float], bandwidth: Double, report: (String) -> Void
+    ) throws {
         let cache = try engine.forward(.embeddings(embeddings, reserving: decodeTokens)).cache
         // The token embedding table is upcast on its first use: a throwaway step does that before the
         // timing starts, as a real answer's prompt does before its decode.
@@ -111,6 +116,14 @@ public struct EngineBenchmark {
         report(
             "decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, "
                 + "\(engine.config.language.layers) layers + lm_head)")
+        // The limit a step that reads its weights once, as stored, could reach on this machine.
+        let weights = engine.model.weights
+        let stepBytes = Set(weights.definition.language.decodeStepTensors).reduce(0) { $0 + weights.storedBytes($1) }
+        let limit = Double(stepBytes) / bandwidth
+        report(
+            "decode limit: \(formatBytes(stepBytes)) of weights per token as stored / read bandwidth "
+                + "\(fixed(bandwidth / 1e9, 1)) GB/s = \(fixed(limit * 1000, 1)) ms/token; measured "
+                + "\(fixed(100 * limit / perToken, 0))% of the limit")
     }
 
     /// The vision tower on one image.

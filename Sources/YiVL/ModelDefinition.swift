@@ -110,6 +110,17 @@ public struct LanguageModel: Sendable {
     public let layers: [DecoderLayer]  // model.layers.N
     public let norm: RMSNorm  // model.norm
     public let head: Linear  // lm_head, or the embeddings when tied
+
+    /// What one decoding step reads in full: every layer's norms and Linears, the final norm and the
+    /// head (of the embedding table, one row).
+    public var decodeStepTensors: [TensorHandle] {
+        var handles = [norm.weight] + [head.weight] + (head.bias.map { [$0] } ?? [])
+        for layer in layers {
+            handles += [layer.inputNorm.weight, layer.postAttentionNorm.weight]
+            handles += layer.linears.flatMap { [$0.weight] + ($0.bias.map { [$0] } ?? []) }
+        }
+        return handles
+    }
 }
 
 /// The names a checkpoint flavour gives the three parts' tensors. Yi-VL's (the original LLaVA code's)

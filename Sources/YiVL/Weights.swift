@@ -114,6 +114,9 @@ public final class WeightStore: @unchecked Sendable {
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
 
+    /// The tensor's size as stored (bundle encoding or checkpoint dtype), not as upcast in the cache.
+    public func storedBytes(_ handle: TensorHandle) -> Int { entries[handle.index].bytes.count }
+
     /// Runs `body` with the tensor's values as f32, in place when stored as f32.
     public func withFloats<R>(_ handle: TensorHandle, _ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
         let e = entries[handle.index]
