@@ -26,9 +26,9 @@ extension Kernels {
         }
     }
 
-    /// Cores online, at least 1.
+    /// The threads loops split over (ComputeThreads: all cores unless `--threads` says fewer).
     @usableFromInline
-    static let activeProcessors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    static var activeProcessors: Int { ComputeThreads.count }
 }
 
 /// A value sent across threads on the caller's word that the threads use it safely.

@@ -30,7 +30,10 @@ struct Bench: ParsableCommand {
                 + "and GPTQ / RTN time per decoder layer."))
     var quantization = false
 
+    @OptionGroup var compute: ComputeOptions
+
     func run() throws {
+        compute.apply()
         let benchmark = EngineBenchmark(
             tokens: tokens, decodeTokens: decodeTokens, repeats: repeats, quantization: quantization)
         try benchmark.run(model: model) { print($0) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Numerics
 import VLQCore
 import Verification
 
@@ -84,5 +85,22 @@ struct GlobalOptions: ParsableArguments {
         var logger = Logger(label: label) { _ in PlainLogHandler() }
         logger.logLevel = quiet ? .warning : (verbose ? .debug : .info)
         return logger
+    }
+}
+
+/// Options of the commands that compute (run the model, calibrate, quantize, verify, bench).
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Threads for the engine, calibration and quantizers (default: every core).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, !(1...ComputeThreads.limit).contains(threads) {
+            throw ValidationError("--threads must lie in 1...\(ComputeThreads.limit)")
+        }
+    }
+
+    /// Applies the choice before any work starts.
+    func apply() {
+        if let threads { ComputeThreads.use(threads) }
     }
 }

@@ -53,6 +53,8 @@ struct Calibrate: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func validate() throws {
         if merge.isEmpty {
             guard model != nil, set != nil else { throw ValidationError("give a model and --set, or --merge FILES") }
@@ -64,6 +66,7 @@ struct Calibrate: ParsableCommand {
     }
 
     func run() throws {
+        compute.apply()
         let logger = global.makeLogger("vlq.calibrate")
         if !merge.isEmpty {
             var merged = try StatisticsFile.read(merge[0])
@@ -139,6 +142,8 @@ struct Quantize: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func validate() throws {
         guard (preset == nil) != (recipe == nil) else {
             throw ValidationError("give exactly one of --preset and --recipe")
@@ -147,6 +152,7 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
+        compute.apply()
         let logger = global.makeLogger("vlq.quantize")
         var chosen: Recipe
         if let preset {

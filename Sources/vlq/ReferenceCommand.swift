@@ -30,7 +30,10 @@ struct ReferenceCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func run() throws {
+        compute.apply()
         let logger = global.makeLogger("vlq.reference")
         let evaluation = try CalibrationSet(path: set)
         let progress = SampleProgress(label: "reference", logger: logger, enabled: !global.quiet)

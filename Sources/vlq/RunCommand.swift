@@ -49,6 +49,8 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func validate() throws {
         guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
@@ -56,6 +58,7 @@ struct Run: AsyncParsableCommand {
 
     /// The answer comes through the library (`VLQModel.answer`), as an app's would.
     func run() async throws {
+        compute.apply()
         let logger = global.makeLogger("vlq.run")
         let started = monotonicSeconds()
         let model = try VLQModel(contentsOf: input.model)
@@ -104,7 +107,10 @@ struct Logits: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func run() throws {
+        compute.apply()
         let (positions, vocabulary) = try StageDump.write(
             model: LazyModel(input.model), pixels: input.pixelSource, question: input.prompt, to: output)
         global.makeLogger("vlq.logits").info("wrote \(output): \(positions) positions x \(vocabulary) logits")

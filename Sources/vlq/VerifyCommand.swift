@@ -64,6 +64,8 @@ struct Verify: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @OptionGroup var compute: ComputeOptions
+
     func validate() throws {
         guard referenceDir != nil || set != nil else { throw ValidationError("give --reference-dir, --set, or both") }
         if reference != nil && set == nil { throw ValidationError("--reference needs --set") }
@@ -73,6 +75,7 @@ struct Verify: ParsableCommand {
     }
 
     func run() throws {
+        compute.apply()
         let logger = global.makeLogger("vlq.verify")
         let candidateModel = LazyModel(candidate)
         let bounds = VerificationBounds(maxKLD: maxKLD, minSameTop: minSameTop, minCosine: minCosine)

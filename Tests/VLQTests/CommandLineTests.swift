@@ -83,6 +83,7 @@ final class CommandLineTests: XCTestCase {
     func testUsageErrorsExitTwo() throws {
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", "/tmp/x.vlq", "--dtype", "int3").status, 2)
         XCTAssertEqual(try vlq("frobnicate").status, 2)
+        XCTAssertEqual(try vlq("bench", Repo.tinyModel, "--threads", "0").status, 2)
     }
 
     /// tools/vlq_reader.py, written from the spec with numpy only, reads what Swift writes.
