@@ -11,13 +11,11 @@ final class LibraryTests: XCTestCase {
     static let bundlePath: String = {
         let path = NSTemporaryDirectory() + "vlq-library-\(getpid()).vlq"
         _ = try! Converter(options: ConvertOptions()).convert(folder: Repo.tinyModel, output: path)
+        // Other test classes use this bundle after this class's tearDown: it goes when the process ends.
+        atexit { unlink(NSTemporaryDirectory() + "vlq-library-\(getpid()).vlq") }
         return path
     }()
     static let model = try! VLQModel(contentsOf: bundlePath)
-
-    override class func tearDown() {
-        try? FileManager.default.removeItem(atPath: bundlePath)
-    }
 
     /// Iterates `reply` to its end: the pieces as streamed, then the finished turn.
     func collect(_ reply: ChatReply) async throws -> (pieces: [String], turn: ChatTurn) {
