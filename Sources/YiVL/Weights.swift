@@ -141,6 +141,24 @@ public final class WeightStore: @unchecked Sendable {
         return try values.withUnsafeBufferPointer(body)
     }
 
+    /// Rows `indices` of a 2-D tensor as f32, one after another into `out`: a quantized table (the token
+    /// embedding) decodes only those rows, not the whole table on each decode step.
+    public func rows(_ handle: TensorHandle, _ indices: [Int], into out: UnsafeMutablePointer<Float>) {
+        let e = entries[handle.index]
+        if case .quantized(let layout) = e.storage {
+            for (i, r) in indices.enumerated() {
+                layout.dequantize(e.bytes, rows: r..<(r + 1), into: out + i * layout.columns)
+            }
+            return
+        }
+        let columns = e.shape.last ?? 1
+        withFloats(handle) { table in
+            for (i, r) in indices.enumerated() {
+                (out + i * columns).update(from: table.baseAddress! + r * columns, count: columns)
+            }
+        }
+    }
+
     /// y = W x for one input row, straight from 16-bit or quantized storage (DecodeKernels): decoding
     /// is bound by memory bandwidth, and this streams a half (bf16) or a quarter (q8) of the f32 bytes.
     /// Tensors whose f32 copy is cached use it instead: reading their stored pages again would keep
