@@ -152,6 +152,21 @@ public final class WeightStore: @unchecked Sendable {
             return
         }
         let columns = e.shape.last ?? 1
+        if case .f32 = e.storage {
+        } else if lock.withLock({ cache[handle.index] == nil }) {
+            // 16-bit and not cached: upcasting only these rows, not the whole table.
+            let halves = e.bytes.bindMemory(to: UInt16.self)
+            let isBF16: Bool
+            if case .bf16 = e.storage { isBF16 = true } else { isBF16 = false }
+            for (i, r) in indices.enumerated() {
+                for c in 0..<columns {
+                    let bits = UInt16(littleEndian: halves[r * columns + c])
+                    out[i * columns + c] =
+                        isBF16 ? Float(bitPattern: UInt32(bits) << 16) : Float(Float16(bitPattern: bits))
+                }
+            }
+            return
+        }
         withFloats(handle) { table in
             for (i, r) in indices.enumerated() {
                 (out + i * columns).update(from: table.baseAddress! + r * columns, count: columns)
