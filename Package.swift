@@ -26,6 +26,9 @@ let package = Package(
         .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg62-turbo-dev"])]),
         // libpng/libjpeg report errors by longjmp; this C layer keeps that away from Swift.
         .target(name: "CImageCodecs", dependencies: ["CPNG", "CJPEG"]),
+        // Decode's matrix-vector kernels on 16-bit and quantized weights (AVX2 chosen at run time, or
+        // scalar), optimised in debug builds too: the end-to-end tests decode with them.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
 
         // Shared primitives: JSON, mapped files, atomic output, checksums, compression, errors.
         .target(name: "VLQCore", dependencies: ["CZstd", "CXXHash"]),
@@ -55,6 +58,7 @@ let package = Package(
             name: "YiVL",
             dependencies: [
                 "VLQCore", "SafeTensors", "CheckpointFiles", "VLQFormat", "Tokenizer", "Imaging", "Numerics",
+                "CKernels",
             ],
             swiftSettings: optimizedEvenInDebug),
 

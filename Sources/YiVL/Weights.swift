@@ -141,154 +141,63 @@ public final class WeightStore: @unchecked Sendable {
         return try values.withUnsafeBufferPointer(body)
     }
 
-    /// y = W x for one input row, straight from 16-bit or quantized storage: decoding is bound by
-    /// memory bandwidth, and this streams a half (bf16) or a quarter (q8) of the f32 bytes (measured
-    /// at Yi-VL-6B shapes: 194 ms bf16, 164 ms q8, against 327 ms per token for f32). Tensors whose f32
-    /// copy is cached use it instead: reading their stored pages again would keep both resident (a
-    /// 6B model then reached 24 GB of RSS). The stored pages are released after each use. Returns
-    /// false when the caller should use the f32 path.
+    /// Rows `indices` of a 2-D tensor as f32, one after another into `out`: a quantized table (the token
+    /// embedding) decodes only those rows, not the whole table on each decode step.
+    public func rows(_ handle: TensorHandle, _ indices: [Int], into out: UnsafeMutablePointer<Float>) {
+        let e = entries[handle.index]
+        if case .quantized(let layout) = e.storage {
+            for (i, r) in indices.enumerated() {
+                layout.dequantize(e.bytes, rows: r..<(r + 1), into: out + i * layout.columns)
+            }
+            return
+        }
+        let columns = e.shape.last ?? 1
+        if case .f32 = e.storage {
+        } else if lock.withLock({ cache[handle.index] == nil }) {
+            // 16-bit and not cached: upcasting only these rows, not the whole table.
+            let halves = e.bytes.bindMemory(to: UInt16.self)
+            let isBF16: Bool
+            if case .bf16 = e.storage { isBF16 = true } else { isBF16 = false }
+            for (i, r) in indices.enumerated() {
+                for c in 0..<columns {
+                    let bits = UInt16(littleEndian: halves[r * columns + c])
+                    out[i * columns + c] =
+                        isBF16 ? Float(bitPattern: UInt32(bits) << 16) : Float(Float16(bitPattern: bits))
+                }
+            }
+            return
+        }
+        withFloats(handle) { table in
+            for (i, r) in indices.enumerated() {
+                (out + i * columns).update(from: table.baseAddress! + r * columns, count: columns)
+            }
+        }
+    }
+
+    /// y = W x for one input row, straight from 16-bit or quantized storage (DecodeKernels): decoding
+    /// is bound by memory bandwidth, and this streams a half (bf16) or a quarter (q8) of the f32 bytes.
+    /// Tensors whose f32 copy is cached use it instead: reading their stored pages again would keep
+    /// both resident (a 6B model then reached 24 GB of RSS). The stored pages are not released here:
+    /// each decode step reads them again, and releasing them made every step fault the whole model in
+    /// from the page cache (they are clean file pages, which the kernel reclaims under pressure).
+    /// Returns false when the caller should use the f32 path.
     public func matrixVector(
         _ handle: TensorHandle, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
     ) -> Bool {
         let e = entries[handle.index]
         guard e.shape.count == 2, lock.withLock({ cache[handle.index] == nil }) else { return false }
-        defer { e.release() }
-        let rows = e.shape[0], cols = e.shape[1]
-        let halves = e.bytes.bindMemory(to: UInt16.self)
+        let base = e.bytes.baseAddress!
         switch e.storage {
         case .f32:
             return false
-        case .bf16, .f16:
-            let isBF16: Bool
-            if case .bf16 = e.storage { isBF16 = true } else { isBF16 = false }
-            Kernels.parallelRows(rows, minimumPerTask: 64) { range in
-                for r in range {
-                    let row = UnsafeBufferPointer(rebasing: halves[(r * cols)..<((r + 1) * cols)])
-                    y[r] = isBF16 ? WeightStore.dotBF16(row, x, cols) : WeightStore.dotF16(row, x, cols)
-                }
-            }
+        case .bf16:
+            DecodeKernels.halves(base, isBF16: true, rows: e.shape[0], columns: e.shape[1], x, into: y)
+        case .f16:
+            DecodeKernels.halves(base, isBF16: false, rows: e.shape[0], columns: e.shape[1], x, into: y)
         case .quantized(let layout):
-            // Dot products straight on the packed codes: one byte (q8) or half a byte (q4) streams per
-            // weight, and each group's scale multiplies its partial sum once.
-            let base = e.bytes.baseAddress!
-            Kernels.parallelRows(rows, minimumPerTask: 64) { range in
-                for r in range { y[r] = WeightStore.quantizedDot(layout, base, row: r, x) }
-            }
+            DecodeKernels.quantized(layout, base, x, into: y)
         }
         return true
-    }
-
-    @inline(__always)
-    static func dotBF16(_ w: UnsafeBufferPointer<UInt16>, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc = SIMD8<Float>(repeating: 0)
-        var i = 0
-        let base = UnsafeRawPointer(w.baseAddress!)
-        let xs = UnsafeRawPointer(x)
-        while i + 8 <= n {
-            let bits =
-                SIMD8<UInt32>(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
-                &<< 16
-            let wv = unsafeBitCast(bits, to: SIMD8<Float>.self)
-            acc += wv * xs.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-            i += 8
-        }
-        var sum = acc.sum()
-        while i < n {
-            sum += Float(bitPattern: UInt32(w[i]) << 16) * x[i]
-            i += 1
-        }
-        return sum
-    }
-
-    @inline(__always)
-    static func halfToFloat(_ p: UnsafeRawPointer, _ index: Int) -> Float {
-        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self))))
-    }
-
-    static func quantizedDot(
-        _ layout: QuantizedLayout, _ data: UnsafeRawPointer, row r: Int, _ x: UnsafePointer<Float>
-    ) -> Float {
-        let cols = layout.columns, g = layout.groupSize, groups = layout.groupsPerRow
-        let xs = UnsafeRawPointer(x)
-        var total: Float = 0
-        switch layout.encoding {
-        case .q8:
-            let codes = data + r * cols
-            for k in 0..<groups {
-                var acc = SIMD8<Float>(repeating: 0)
-                var j = k * g
-                let end = j + g
-                while j + 8 <= end {
-                    let q = SIMD8<Int32>(
-                        truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j, as: SIMD8<Int8>.self))
-                    acc += SIMD8<Float>(q) * xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-                    j += 8
-                }
-                var partial = acc.sum()
-                while j < end {
-                    partial += Float(Int8(bitPattern: codes.load(fromByteOffset: j, as: UInt8.self))) * x[j]
-                    j += 1
-                }
-                total += partial * halfToFloat(data + layout.scalesOffset, r * groups + k)
-            }
-        default:
-            // value = n * scale + bias (q4s: bias = -8 scale): sum = scale * sum(n x) + bias * sum(x).
-            let codes = data + r * cols / 2
-            for k in 0..<groups {
-                var acc = SIMD8<Float>(repeating: 0), xsum = SIMD8<Float>(repeating: 0)
-                var j = k * g
-                let end = j + g
-                while j + 8 <= end {
-                    let packed = SIMD4<UInt32>(
-                        truncatingIfNeeded: codes.loadUnaligned(fromByteOffset: j / 2, as: SIMD4<UInt8>.self))
-                    let low = packed & 0x0F, high = packed &>> 4
-                    let n = SIMD8<Float>(
-                        Float(low[0]), Float(high[0]), Float(low[1]), Float(high[1]),
-                        Float(low[2]), Float(high[2]), Float(low[3]), Float(high[3]))
-                    let xv = xs.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-                    acc += n * xv
-                    xsum += xv
-                    j += 8
-                }
-                var partial = acc.sum(), sumX = xsum.sum()
-                while j < end {
-                    let byte = codes.load(fromByteOffset: j / 2, as: UInt8.self)
-                    partial += Float(j % 2 == 0 ? byte & 0x0F : byte >> 4) * x[j]
-                    sumX += x[j]
-                    j += 1
-                }
-                let scale = halfToFloat(data + layout.scalesOffset, r * groups + k)
-                let bias = layout.biasesOffset.map { halfToFloat(data + $0, r * groups + k) } ?? -8 * scale
-                total += scale * partial + bias * sumX
-            }
-        }
-        return total
-    }
-
-    @inline(__always)
-    static func dotF32(_ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc = SIMD8<Float>(repeating: 0)
-        var i = 0
-        let a = UnsafeRawPointer(w), b = UnsafeRawPointer(x)
-        while i + 8 <= n {
-            acc +=
-                a.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-                * b.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-            i += 8
-        }
-        var sum = acc.sum()
-        while i < n {
-            sum += w[i] * x[i]
-            i += 1
-        }
-        return sum
-    }
-
-    @inline(__always)
-    static func dotF16(_ w: UnsafeBufferPointer<UInt16>, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
-        var sum: Float = 0
-        for i in 0..<n { sum += Float(Float16(bitPattern: w[i])) * x[i] }
-        return sum
     }
 
     /// A copy of the tensor as f32. The stored pages are released afterwards: callers of this (the

@@ -229,17 +229,12 @@ public final class YiVLModel: @unchecked Sendable {
     /// Embedding rows for token ids.
     func embed(_ ids: [Int]) throws -> [Float] {
         let l = config.language
-        var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
-        try weights.withFloats(definition.language.embedTokens) { table in
-            for (i, id) in ids.enumerated() {
-                guard id >= 0, id < l.vocabSize else {
-                    throw VLQError(
-                        ModelError.tokenOutOfVocabulary, nil,
-                        "token id \(id) is outside the vocabulary of \(l.vocabSize)")
-                }
-                for c in 0..<l.hiddenSize { out[i * l.hiddenSize + c] = table[id * l.hiddenSize + c] }
-            }
+        for id in ids where id < 0 || id >= l.vocabSize {
+            throw VLQError(
+                ModelError.tokenOutOfVocabulary, nil, "token id \(id) is outside the vocabulary of \(l.vocabSize)")
         }
+        var out = [Float](repeating: 0, count: ids.count * l.hiddenSize)
+        out.withUnsafeMutableBufferPointer { weights.rows(definition.language.embedTokens, ids, into: $0.baseAddress!) }
         return out
     }
 

@@ -1,0 +1,46 @@
+// Matrix-vector kernels for decode (WeightStore.matrixVector): y[r] = sum_j W[r, j] x[j] for rows
+// [row_begin, row_end), straight from the stored 16-bit or quantized weights, with f32 activations.
+// Exact for the stored values up to float summation order: the weights are unpacked to f32 and
+// multiplied by float FMA; activations are never quantized. On x86-64 an AVX2+FMA+F16C version is
+// chosen at run time (__builtin_cpu_supports), on arm64 NEON; elsewhere a portable scalar loop.
+#ifndef VLQ_KERNELS_H
+#define VLQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// bf16 weights [rows, cols], row-major.
+void vlq_matvec_bf16(const uint16_t *w, size_t cols, const float *x, float *y, size_t row_begin, size_t row_end);
+
+/// IEEE f16 weights [rows, cols], row-major.
+void vlq_matvec_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_t row_begin, size_t row_end);
+
+/// q8: one signed byte per weight [rows, cols]; f16 scales [rows, cols / group]; value = code * scale.
+void vlq_matvec_q8(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const float *x, float *y,
+                   size_t row_begin, size_t row_end);
+
+/// q4 / q4s: two codes 0...15 per byte (element 2j low nibble, 2j+1 high); f16 scales and, for q4, f16
+/// biases [rows, cols / group] (biases NULL: q4s, bias = -8 * scale); value = code * scale + bias.
+/// `group_sums` holds sum(x) over each group's columns (vlq_group_sums); `group` is even.
+void vlq_matvec_q4(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols, size_t group,
+                   const float *x, const float *group_sums, float *y, size_t row_begin, size_t row_end);
+
+/// sums[k] = sum of x[k * group ..< (k + 1) * group], for k in 0 ..< cols / group.
+void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums);
+
+/// Tests: nonzero runs the portable kernels from now on, zero goes back to choosing by the CPU. Not
+/// while kernels run on other threads.
+void vlq_kernels_use_portable(int portable);
+
+/// Which implementation runs: "avx2", "neon" or "scalar".
+const char *vlq_kernels_isa(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
