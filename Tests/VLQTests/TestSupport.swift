@@ -49,7 +49,7 @@ final class Scratch {
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: folder)
         while let item = enumerator.nextObject() as? String {
             var isDirectory: ObjCBool = false
-            FileManager.default.fileExists(atPath: folder + "/" + item, isDirectory: &isDirectory)
+            _ = FileManager.default.fileExists(atPath: folder + "/" + item, isDirectory: &isDirectory)
             try FileManager.default.setAttributes(
                 [.posixPermissions: isDirectory.boolValue ? 0o755 : 0o644], ofItemAtPath: folder + "/" + item)
         }
