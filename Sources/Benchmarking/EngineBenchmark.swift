@@ -170,26 +170,33 @@ public struct EngineBenchmark {
         var parameters = 0
         var rtnSeconds: [TensorEncoding: Double] = [:]
         var gptqSeconds = 0.0
+        var smallestGroup = 128
         for linear in layer.linears {
             let name = definition.name(linear.weight)
             let w = engine.model.weights.floats(linear.weight), shape = engine.model.weights.shape(linear.weight)
+            // Groups of 128 as the presets use, or the largest that fits a narrower layer (small models).
+            guard let groupSize = [128, 64, 32, 16, 8, 2].first(where: { shape[1] % $0 == 0 }) else { continue }
+            smallestGroup = min(smallestGroup, groupSize)
             parameters += w.count
             for encoding in [TensorEncoding.q8, .q4] {
                 let t = monotonicSeconds()
                 _ = MatrixQuantizer.roundToNearest(
-                    w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: 128)
+                    w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: groupSize)
                 rtnSeconds[encoding, default: 0] += monotonicSeconds() - t
             }
             guard let stats = gram.statistics(for: name), let g = stats.gram else { continue }
             let t = monotonicSeconds()
-            _ = try GPTQ().quantize(w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: 128, gram: g)
+            _ = try GPTQ().quantize(
+                w, rows: shape[0], columns: shape[1], encoding: .q4, groupSize: groupSize, gram: g)
             gptqSeconds += monotonicSeconds() - t
         }
-        let int8 = rtnSeconds[.q8]!, int4 = rtnSeconds[.q4]!, millions = Double(parameters) / 1e6
+        let int8 = rtnSeconds[.q8, default: 0], int4 = rtnSeconds[.q4, default: 0]
+        let millions = Double(parameters) / 1e6
+        let groups = smallestGroup == 128 ? "128" : "\(smallestGroup)-128"
         report(
             "decoder layer 0 (\(parameters / 1_000_000)M weights): RTN int8 \(fixed(int8, 2)) s = "
                 + "\(fixed(millions / int8, 1))M weights/s; RTN int4 \(fixed(int4, 2)) s = "
-                + "\(fixed(millions / int4, 1))M weights/s; GPTQ int4 g128 \(fixed(gptqSeconds, 1)) s per layer")
+                + "\(fixed(millions / int4, 1))M weights/s; GPTQ int4 g\(groups) \(fixed(gptqSeconds, 1)) s per layer")
     }
 
     func randomValues(_ n: Int) -> [Float] {

@@ -31,4 +31,15 @@ final class BenchmarkTests: XCTestCase {
         let rate = MemoryBandwidth.measureRead(bytes: 8 << 20, repeats: 2)
         XCTAssertTrue(rate.isFinite && rate > 0, "\(rate)")
     }
+
+    /// Bench runs on any bundle, however narrow its layers (micro.vlq's are 32 columns wide, narrower
+    /// than the group of 128 the quantizer timings use on real shapes).
+    func testBenchWithQuantizerTimingsRunsOnTheSmallestBundle() throws {
+        let result = try vlq(
+            "bench", Repo.goldenFolder + "/micro.vlq", "--quantization", "--repeats", "1", "--tokens", "16",
+            "--decode-tokens", "2")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("decode limit:"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("GPTQ int4 g32-128"), result.stdout)
+    }
 }
