@@ -4,8 +4,10 @@ public enum YiVLChat {
         "This is a chat between an inquisitive human and an AI assistant. Assume the role of the AI assistant. Read "
         + "all the images carefully, and respond to the human's questions with informative, helpful, detailed "
         + "and polite answers. "
-        + "这是一个好奇的人类和一个人工智能助手之间的对话。假设你扮演这个AI助手的角色。"
-        + "仔细阅读所有的图像，并对人类的问题做出信息丰富、有帮助、详细的和礼貌的回答。"
+        + "这是一个好奇的人类和一个人工智能助手之"
+        + "间的对话。假设你扮演这个AI助手的角色。"
+        + "仔细阅读所有的图像，并对人类的问题做出"
+        + "信息丰富、有帮助、详细的和礼貌的回答。"
     public static let imagePlaceholder = "<image_placeholder>"
     /// `{system}` and `{question}` are replaced; the prompt is split at the image placeholder and each
     /// piece tokenized on its own.
