@@ -34,7 +34,8 @@ echo "| --- | --- | --- | --- | --- | --- |"
 row "fp32 bundle (bf16 LLM, as shipped)" "$work/fp.vlq"
 for preset in int8 int4; do
   for method in rtn imatrix awq gptq; do
-    $vlq quantize "$work/fp.vlq" -o "$work/$preset-$method.vlq" --preset $preset --method $method --stats "$work/tiny.vlqstats" -q
+    calibration=(--stats "$work/tiny.vlqstats"); [ $method = rtn ] && calibration=()
+    $vlq quantize "$work/fp.vlq" -o "$work/$preset-$method.vlq" --preset $preset --method $method "${calibration[@]}" -q
     row "$preset $method" "$work/$preset-$method.vlq"
   done
 done

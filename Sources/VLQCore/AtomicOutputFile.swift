@@ -28,7 +28,7 @@ public final class AtomicOutputFile {
                 CoreError.cannotWrite, targetPath, "cannot create a temporary file in \(directory): \(systemError())")
         }
         self.fd = fd
-        temporaryPath = String(cString: template)
+        temporaryPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         fchmod(fd, 0o644)
         registrySlot = TemporaryFiles.register(temporaryPath)
     }

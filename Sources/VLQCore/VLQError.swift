@@ -88,6 +88,9 @@ public enum CoreError: String, ErrorKind, Equatable {
     case cannotRead
     /// Creating, writing, syncing or renaming an output failed.
     case cannotWrite
+    /// An output path that names a folder, lies in a folder that does not exist, or is one of the inputs:
+    /// refused before any work.
+    case unusableOutput
     /// A file of JSON (a config, an index, a recipe, a line of a set) that does not parse.
     case malformedJSON
     /// A zstd frame that does not decode, or not to the size it claims.

@@ -153,7 +153,9 @@ public struct VerificationReport: Sendable {
     }
 
     /// The broken bounds as the error verify throws (`VerificationError.boundBroken`: exit 1); nil when all hold.
-    public var failure: VLQError? { failureMessage.map { VLQError(VerificationError.boundBroken, nil, $0) } }
+    public var failure: VLQError? {
+        failureMessage.map { VLQError(VerificationError.boundBroken, candidate, $0) }
+    }
 
     /// The last line when no bound broke: that all hold, or empty when none were given.
     public var verdict: String { failures.isEmpty && !bounds.isEmpty ? "all bounds hold" : "" }

@@ -31,6 +31,7 @@ struct Convert: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
+        try OutputPath.check(output, inputs: [model])
         let logger = global.makeLogger("vlq.convert")
         var options = ConvertOptions(dtype: dtype, visionTower: visionTower)
         options.compressMetadata = metadataCompression == .zstd

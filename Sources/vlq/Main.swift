@@ -15,8 +15,13 @@ import Darwin
 struct Main {
     static func main() async {
         TemporaryFiles.removeOnInterrupt()
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let unknown = UnknownSubcommand(arguments) {
+            printError("vlq: error: \(unknown)")
+            exit(2)
+        }
         do {
-            var command = try VLQ.parseAsRoot()
+            var command = try VLQ.parseAsRoot(arguments)
             if var asynchronous = command as? AsyncParsableCommand {
                 try await asynchronous.run()
             } else {
@@ -26,24 +31,31 @@ struct Main {
             printError(errorLine(error))
             exit(error.exitStatus.rawValue)
         } catch {
-            // Usage errors (and --help, whose "error" exits 0) are ArgumentParser's to print.
+            // --help and --version arrive as "errors" that exit 0: ArgumentParser prints them.
             let code = VLQ.exitCode(for: error)
             if code == .success || code.rawValue == 0 {
                 VLQ.exit(withError: error)
             }
-            let message = VLQ.fullMessage(for: error)
-            if !message.isEmpty { printError(message) }
-            exit(code == .validationFailure ? 2 : code.rawValue)
+            printError(usageErrorLine(VLQ.message(for: error), arguments: arguments))
+            exit(2)
         }
     }
 }
 
-/// The one line printed for an error: a broken bound as verify's verdict, a check that found a problem
-/// as the check's, anything else as an error. The exit status is the error's own.
+/// The one line printed for an error, `vlq: error: <file>: <what is wrong>`, whatever its kind; the exit
+/// status tells a failed check (1) from bad input (2).
 func errorLine(_ error: VLQError) -> String {
-    if error.is(VerificationError.boundBroken) { return "vlq: verify: \(error)" }
-    if error.exitStatus == .checkFailed { return "vlq: check failed: \(error)" }
-    return "vlq: error: \(error)"
+    "vlq: error: \(error)"
+}
+
+/// ArgumentParser's message (it may span lines, e.g. a list of choices) on one line, with where to look.
+func usageErrorLine(_ message: String, arguments: [String]) -> String {
+    let oneLine = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty }.joined(separator: " ")
+    let subcommand = arguments.first.flatMap { VLQ.subcommandNames.contains($0) ? $0 : nil }
+    let help = subcommand.map { "vlq \($0) --help" } ?? "vlq --help"
+    let text = oneLine.first.map { $0.lowercased() + oneLine.dropFirst() } ?? "invalid usage"
+    return "vlq: error: \(text) (see \(help))"
 }
 
 func printError(_ line: String) {
@@ -103,4 +115,53 @@ struct ComputeOptions: ParsableArguments {
     func apply() {
         if let threads { ComputeThreads.use(threads) }
     }
+}
+
+extension VLQ {
+    /// Every subcommand's name, as typed.
+    static var subcommandNames: [String] {
+        configuration.subcommands.map { $0._commandName }
+    }
+}
+
+/// A first argument that names no subcommand, with the nearest name when one is close: ArgumentParser
+/// would otherwise read it as the root command's argument and complain about the options after it
+/// ("Unknown option '-o'" for `vlq conver M -o x`).
+struct UnknownSubcommand: CustomStringConvertible {
+    let typed: String
+    let suggestion: String?
+
+    init?(_ arguments: [String]) {
+        guard let first = arguments.first, !first.hasPrefix("-"), first != "help",
+            !VLQ.subcommandNames.contains(first)
+        else { return nil }
+        typed = first
+        let ranked = VLQ.subcommandNames.map { (name: $0, distance: editDistance(first, $0)) }
+            .filter { $0.distance <= max(2, first.count / 3) || $0.name.hasPrefix(first) }
+            .min { $0.distance < $1.distance }
+        suggestion = ranked?.name
+    }
+
+    var description: String {
+        let known = VLQ.subcommandNames.joined(separator: ", ")
+        if let suggestion {
+            return "unknown subcommand '\(typed)'; did you mean '\(suggestion)'? (subcommands: \(known))"
+        }
+        return "unknown subcommand '\(typed)' (subcommands: \(known))"
+    }
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions of one character each cost 1.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...max(b.count, 1) where !b.isEmpty {
+            let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
+        }
+        previous = current
+    }
+    return a.isEmpty ? b.count : previous[b.count]
 }

@@ -66,6 +66,7 @@ struct Calibrate: ParsableCommand {
     }
 
     func run() throws {
+        try OutputPath.check(output, inputs: merge + [model, set].compactMap { $0 })
         compute.apply()
         let logger = global.makeLogger("vlq.calibrate")
         if !merge.isEmpty {
@@ -116,7 +117,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "A recipe JSON file (see formats/RECIPES.md).")
     var recipe: String?
 
-    @Option(help: "rtn, imatrix, awq or gptq (default: the recipe's, else rtn).")
+    @Option(help: "rtn, imatrix, awq or gptq (default: the recipe's; else gptq with --set or --stats, rtn without).")
     var method: QuantizationMethod?
 
     @Option(help: "Calibration set: a JSONL manifest or a folder of images.")
@@ -152,6 +153,7 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
+        try OutputPath.check(output, inputs: [model, recipe, set, stats].compactMap { $0 })
         compute.apply()
         let logger = global.makeLogger("vlq.quantize")
         var chosen: Recipe
@@ -166,6 +168,7 @@ struct Quantize: ParsableCommand {
             chosen = try Recipe(json: json, source: recipe!)
         }
         if let method { chosen.method = method }
+        chooseMethodForCalibration(&chosen, logger: logger)
         let need = QuantizationPlan.needs(chosen)
         if need.statistics && set == nil && stats == nil {
             throw ValidationError(
@@ -190,6 +193,20 @@ struct Quantize: ParsableCommand {
             + "(\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) "
             + "in \(fixed(monotonicSeconds() - started, 1)) s"
         logger.notice("\(wrote)")
+    }
+
+    /// Calibration given without a method gets the calibrated method with the least drift in the README's
+    /// table (gptq) rather than rtn, which would ignore it; rtn asked for together with calibration is warned
+    /// about (a script may pass the same calibration to every method).
+    func chooseMethodForCalibration(_ recipe: inout Recipe, logger: Logging.Logger) {
+        guard let given = set.map({ _ in "--set" }) ?? stats.map({ _ in "--stats" }) else { return }
+        if recipe.method == nil {
+            recipe.method = .gptq
+            logger.notice("\(given) given and no --method: quantizing with gptq (--method picks another)")
+        }
+        if !QuantizationPlan.needs(recipe).statistics {
+            logger.warning("method rtn uses no calibration: \(given) is ignored (imatrix, awq and gptq use it)")
+        }
     }
 
     /// The statistics the recipe's methods read: from --stats, or calibrated now with --set.

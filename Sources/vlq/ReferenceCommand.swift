@@ -33,6 +33,7 @@ struct ReferenceCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
+        try OutputPath.check(output, inputs: [model, set])
         compute.apply()
         let logger = global.makeLogger("vlq.reference")
         let evaluation = try CalibrationSet(path: set)

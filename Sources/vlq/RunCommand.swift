@@ -110,6 +110,7 @@ struct Logits: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
+        try OutputPath.check(output, inputs: [input.model] + [input.image, input.pixelValues].compactMap { $0 })
         compute.apply()
         let (positions, vocabulary) = try StageDump.write(
             model: LazyModel(input.model), pixels: input.pixelSource, question: input.prompt, to: output)

@@ -72,20 +72,29 @@ struct Verify: ParsableCommand {
         if let rankSamples, rankSamples < 1 {
             throw ValidationError("--rank-layers needs a positive number of samples")
         }
+        // Ranking quantizes each layer into the reference model's weights: a stored run has none.
+        if rankSamples != nil, reference == nil || reference!.hasSuffix(".vlqref") {
+            throw ValidationError("--rank-layers needs --reference to be a model (bundle or folder), not a .vlqref")
+        }
+        if json == "-" && html == "-" { throw ValidationError("only one of --json and --html can go to stdout") }
     }
 
     func run() throws {
+        let inputs = [candidate] + [referenceDir, reference, set].compactMap { $0 }
+        for output in [json, html].compactMap({ $0 }) where output != "-" {
+            try OutputPath.check(output, inputs: inputs)
+        }
         compute.apply()
         let logger = global.makeLogger("vlq.verify")
         let candidateModel = LazyModel(candidate)
         let bounds = VerificationBounds(maxKLD: maxKLD, minSameTop: minSameTop, minCosine: minCosine)
         var report = VerificationReport(candidate: candidate, bounds: bounds)
-        print(report.candidateLine)
+        say(report.candidateLine)
         if let referenceDir {
             let references = try ReferenceCase.load(folder: referenceDir)
             let comparison = try ReferenceComparison.run(candidate: candidateModel, references: references)
             report.referenceFolder = .init(path: referenceDir, comparison: comparison)
-            report.referenceFolder!.lines.forEach { print($0) }
+            report.referenceFolder!.lines.forEach { say($0) }
         }
         if let set, let reference {
             try measureRun(reference: reference, set: set, into: &report, candidate: candidateModel, logger: logger)
@@ -96,15 +105,29 @@ struct Verify: ParsableCommand {
                 candidateModel, set: evaluation, maxTokens: maxTokens,
                 progress: progress.update)
             report.answers = .init(set: set, result: result)
-            report.answers!.lines.forEach { print($0) }
+            report.answers!.lines.forEach { say($0) }
         }
-        if let json { try Data(report.json.serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json)) }
-        if let html {
-            try Data(report.html.utf8).write(to: URL(fileURLWithPath: html))
-            logger.info("wrote \(html)")
-        }
+        if let json { try write(report.json.serialized(pretty: true) + "\n", to: json, logger: logger) }
+        if let html { try write(report.html, to: html, logger: logger) }
         if let failure = report.failure { throw failure }
-        print(report.verdict)
+        say(report.verdict)
+    }
+
+    /// The report's lines: on stdout, unless the JSON or HTML goes there.
+    func say(_ line: String) {
+        if json == "-" || html == "-" { printError(line) } else { print(line) }
+    }
+
+    /// `-` is stdout; a file appears whole or not at all.
+    func write(_ text: String, to path: String, logger: Logging.Logger) throws {
+        if path == "-" {
+            FileHandle.standardOutput.write(Data(text.utf8))
+            return
+        }
+        let file = try AtomicOutputFile(targetPath: path)
+        try file.write(Array(text.utf8), at: 0)
+        try file.commit()
+        logger.info("wrote \(path)")
     }
 
     /// The candidate against the reference model (run first, or read from a .vlqref) on `set`, and with
@@ -128,15 +151,12 @@ struct Verify: ParsableCommand {
             candidate: candidate, reference: stored, set: evaluation,
             maxTokens: maxTokens, progress: progress.update)
         report.run = .init(reference: reference, set: set, setDigest: evaluation.digest, comparison: comparison)
-        report.run!.lines.forEach { print($0) }
+        report.run!.lines.forEach { say($0) }
         guard let rankSamples else { return }
-        guard !reference.hasSuffix(".vlqref") else {
-            throw ValidationError("--rank-layers needs --reference to be a model, not a .vlqref")
-        }
         let entries = try LayerContribution.rank(
             reference: LazyModel(reference), candidate: candidate, run: stored, set: evaluation,
             samples: rankSamples, progress: progress.update)
         report.layerRanking = .init(samples: rankSamples, entries: entries)
-        report.layerRanking!.lines.forEach { print($0) }
+        report.layerRanking!.lines.forEach { say($0) }
     }
 }

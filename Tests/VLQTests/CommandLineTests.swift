@@ -66,7 +66,7 @@ final class CommandLineTests: XCTestCase {
         let result = try vlq("check", output)
         XCTAssertEqual(result.status, 1)
         XCTAssertTrue(result.stderr.contains("tensor model.mm_projector.3.weight: checksum mismatch"), result.stderr)
-        XCTAssertTrue(result.stderr.hasPrefix("vlq: check failed: \(output): "), result.stderr)
+        XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(output): "), result.stderr)
 
         // A bundle that cannot be opened is bad input (CoreError.cannotOpen), not a check that failed.
         let absent = scratch.file("missing.vlq")

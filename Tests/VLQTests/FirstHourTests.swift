@@ -1,0 +1,107 @@
+import Foundation
+import VLQCore
+import XCTest
+
+/// A new user's first hour (issue 11): each test is one friction point found by trying vlq as someone
+/// coming from llama.cpp, mlx_lm or llm-compressor would, and what vlq does about it now.
+final class FirstHourTests: XCTestCase {
+    /// Every error is one line: `vlq: error: ...`.
+    func assertOneErrorLine(_ result: ProcessResult, status: Int32 = 2, contains text: String,
+                            file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(result.status, status, result.stderr, file: file, line: line)
+        let lines = result.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, result.stderr, file: file, line: line)
+        XCTAssertTrue(result.stderr.hasPrefix("vlq: error: "), result.stderr, file: file, line: line)
+        XCTAssertTrue(result.stderr.contains(text), result.stderr, file: file, line: line)
+    }
+
+    // 1. `--rank-layers` with a stored reference ran the whole evaluation before failing.
+    func testRankingLayersAgainstAStoredReferenceIsAUsageErrorBeforeAnyWork() throws {
+        let scratch = try Scratch()
+        let result = try vlq(
+            "verify", "--reference", scratch.file("ref.vlqref"), "--candidate", scratch.file("c.vlq"),
+            "--set", scratch.file("eval.jsonl"), "--rank-layers", "8", "--json", scratch.file("d.json"))
+        assertOneErrorLine(result, contains: "--rank-layers needs --reference to be a model")
+        XCTAssertEqual(result.stdout, "", "nothing was evaluated")
+    }
+
+    // 2. Calibration given to a preset without a method was silently ignored (rtn).
+    func testCalibrationWithoutAMethodQuantizesWithGPTQAndSaysSo() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), output = scratch.file("int4.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let set = scratch.file("calibration.jsonl")
+        let manifest = try String(contentsOfFile: Reference.data + "/calibration.jsonl", encoding: .utf8)
+        let rows = manifest.split(separator: "\n").prefix(2).map {
+            $0.replacingOccurrences(of: "\"calibration/", with: "\"" + Reference.data + "/calibration/")
+        }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: set, atomically: true, encoding: .utf8)
+        let result = try vlq("quantize", bundle, "-o", output, "--preset", "int4", "--set", set)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stderr.contains("no --method: quantizing with gptq"), result.stderr)
+        XCTAssertTrue(try vlq("inspect", output).stdout.contains("method gptq"))
+
+        let ignored = try vlq("quantize", bundle, "-o", scratch.file("rtn.vlq"), "--preset", "int8",
+                              "--method", "rtn", "--set", set, "-q")
+        XCTAssertEqual(ignored.status, 0, ignored.stderr)
+        XCTAssertTrue(ignored.stderr.contains("method rtn uses no calibration: --set is ignored"), ignored.stderr)
+    }
+
+    // 3. `quantize m.vlq -o m.vlq` replaced its own input.
+    func testAnOutputThatIsAnInputIsRefusedAndTheInputKept() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("m.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let before = try readBytes(bundle)
+        assertOneErrorLine(
+            try vlq("quantize", bundle, "-o", bundle, "--preset", "int8"), contains: "\(bundle): is also an input")
+        // The same file under another name is the same file.
+        let link = scratch.file("link.vlq")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: bundle)
+        assertOneErrorLine(try vlq("quantize", bundle, "-o", link, "--preset", "int8"), contains: "is also an input")
+        XCTAssertEqual(try readBytes(bundle), before)
+    }
+
+    // 6. `vlq conver M -o x` said "Unknown option '-o'".
+    func testAMistypedSubcommandGetsASuggestion() throws {
+        assertOneErrorLine(
+            try vlq("conver", Repo.tinyModel, "-o", "/tmp/x.vlq"),
+            contains: "unknown subcommand 'conver'; did you mean 'convert'?")
+        assertOneErrorLine(try vlq("quantise", "m.vlq"), contains: "did you mean 'quantize'?")
+        assertOneErrorLine(try vlq("frobnicate"), contains: "unknown subcommand 'frobnicate' (subcommands: convert,")
+    }
+
+    // 7. Usage errors took three lines, a failed check and a broken bound had their own prefixes.
+    func testUsageErrorsAreOneLineNamingTheHelpToRead() throws {
+        assertOneErrorLine(try vlq("convert", Repo.tinyModel), contains: "(see vlq convert --help)")
+        assertOneErrorLine(
+            try vlq("convert", Repo.tinyModel, "-o", "/tmp/x.vlq", "--dtype", "int3"), contains: "int3")
+        assertOneErrorLine(try vlq("bench", Repo.tinyModel, "--threads", "0"), contains: "--threads")
+        XCTAssertEqual(try vlq("--help").status, 0)
+        XCTAssertEqual(try vlq("convert", "--help").status, 0)
+    }
+
+    // 10. `convert -o <existing folder>` failed only after the whole conversion.
+    func testAFolderAsOutputIsRefusedBeforeConverting() throws {
+        let scratch = try Scratch()
+        assertOneErrorLine(
+            try vlq("convert", Repo.tinyModel, "-o", scratch.path), contains: "\(scratch.path): is a folder")
+        assertOneErrorLine(
+            try vlq("convert", Repo.tinyModel, "-o", scratch.file("absent/x.vlq")), contains: "does not exist")
+        XCTAssertEqual(scratch.listing(), [])
+    }
+
+    // 11 (part). `--json -` wrote a file named "-".
+    func testVerifyWritesItsJSONToStdoutWithTheLinesOnStderr() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let result = try vlq(
+            "verify", "--reference-dir", Reference.data + "/reference", "--candidate", bundle, "--json", "-", "-q")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let json = try JSONValue.parse(Array(result.stdout.utf8))
+        XCTAssertNotNil(json["candidate"], result.stdout)
+        XCTAssertTrue(result.stderr.contains("candidate"), result.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "-"))
+    }
+}
