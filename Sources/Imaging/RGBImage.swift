@@ -57,7 +57,7 @@ public enum ImageDecoder {
             throw VLQError(ImageError.notAnImage, source, "not a PNG or JPEG image")
         }
         guard status == 0 else {
-            let reason = String(cString: message)
+            let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             throw VLQError(
                 ImageError.corruptImage, source,
                 "corrupt or unsupported \(format): \(reason.isEmpty ? "decoder error" : reason)")

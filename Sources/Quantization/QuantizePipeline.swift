@@ -20,6 +20,8 @@ public final class QuantizePipeline {
         /// Tensors with NaN or infinite values that the recipe would quantize: refused (false), or kept
         /// in their float encoding and recorded as a fallback (true).
         public var keepNonFiniteInFloat = false
+        /// The recipe file, for errors about its rules (nil: a preset).
+        public var recipeSource: String?
         public init(recipe: Recipe, method: QuantizationMethod? = nil) {
             self.recipe = recipe
             self.method = method
@@ -61,6 +63,8 @@ public final class QuantizePipeline {
     /// tensors with non-finite values to quantize.
     public func preflight(source: VLQFile) throws {
         try refuseQuantized(source)
+        try recipe.checkEveryRuleApplies(
+            to: source.tensors.map { ($0.name, $0.component) }, source: options.recipeSource ?? "recipe \(recipe.name)")
         // Kept tensors are warned about once, by `run`.
         guard !options.keepNonFiniteInFloat else { return }
         let recipe = self.recipe

@@ -50,11 +50,7 @@ public struct Recipe: Sendable, Equatable {
     }
 
     public func decide(name: String, component: Component, shape: [Int]) -> Decision {
-        guard
-            let rule = rules.first(where: {
-                ($0.component == nil || $0.component == component) && Recipe.glob($0.pattern, name)
-            })
-        else {
+        guard let rule = rules.first(where: { $0.matches(name, component) }) else {
             return Decision(encoding: nil, groupSize: 0, method: nil, fallback: nil)
         }
         switch rule.target {
@@ -163,6 +159,10 @@ public struct Recipe: Sendable, Equatable {
     }
 
     public init(json: JSONValue, source: String) throws {
+        guard let fields = json.objectValue else {
+            throw VLQError(QuantizationError.invalidRecipe, source, "a recipe is a JSON object with \"rules\"")
+        }
+        try Recipe.refuseUnknownKeys(fields, allowed: ["name", "method", "rules"], at: "the recipe", source: source)
         name = json["name"]?.stringValue ?? "custom"
         if let m = json["method"]?.stringValue {
             guard let method = QuantizationMethod(rawValue: m) else {
@@ -200,9 +200,61 @@ public struct Recipe: Sendable, Equatable {
     }
 }
 
+extension Recipe {
+    /// A misspelt key ("groupsize") would otherwise be ignored and its rule run with the default.
+    static func refuseUnknownKeys(
+        _ fields: [String: JSONValue], allowed: [String], at: String, source: String
+    ) throws {
+        for key in fields.keys.sorted() where !allowed.contains(key) {
+            let hint = Suggestion.nearest(to: key, among: allowed).map { "; did you mean \"\($0)\"?" } ?? ""
+            throw VLQError(
+                QuantizationError.invalidRecipe, source,
+                "\(at): unknown key \"\(key)\"\(hint) (known: \(allowed.joined(separator: ", ")))")
+        }
+    }
+
+    /// Refuses rules that decide no tensor of the model: a pattern matching nothing (a typo such as
+    /// "model.layer.*"), or a rule every tensor of which an earlier rule already decides (first match wins,
+    /// so it could never apply). `source` names the recipe in the error.
+    public func checkEveryRuleApplies(to tensors: [(name: String, component: Component)], source: String) throws {
+        var decides = [Bool](repeating: false, count: rules.count)
+        var shadowedBy = [Int?](repeating: nil, count: rules.count)
+        for tensor in tensors {
+            let matching = rules.indices.filter { rules[$0].matches(tensor.name, tensor.component) }
+            guard let first = matching.first else { continue }
+            decides[first] = true
+            for later in matching.dropFirst() where shadowedBy[later] == nil { shadowedBy[later] = first }
+        }
+        for i in rules.indices where !decides[i] {
+            let rule = "rule \(i + 1) (\(rules[i].summary))"
+            guard let earlier = shadowedBy[i] else {
+                throw VLQError(QuantizationError.invalidRecipe, source, "\(rule) matches no tensor of the model")
+            }
+            throw VLQError(
+                QuantizationError.invalidRecipe, source,
+                "\(rule) never applies: rule \(earlier + 1) (\(rules[earlier].summary)) decides every tensor it matches"
+            )
+        }
+    }
+}
+
 extension Recipe.Rule {
+    func matches(_ name: String, _ component: Component) -> Bool {
+        (self.component == nil || self.component == component) && Recipe.glob(pattern, name)
+    }
+
+    /// How errors name the rule: its component and pattern.
+    var summary: String {
+        (component.map { "component \"\($0.name)\", " } ?? "") + "match \"\(pattern)\""
+    }
+
     /// One element of a recipe's "rules"; `at` ("rule 3") names it in errors.
     init(json r: JSONValue, at: String, source: String) throws {
+        guard let fields = r.objectValue else {
+            throw VLQError(QuantizationError.invalidRecipe, source, "\(at): a rule is a JSON object")
+        }
+        try Recipe.refuseUnknownKeys(
+            fields, allowed: ["match", "component", "encoding", "group_size", "method"], at: at, source: source)
         guard let pattern = r["match"]?.stringValue else {
             throw VLQError(QuantizationError.invalidRecipe, source, "\(at): needs \"match\"")
         }

@@ -14,7 +14,8 @@ public enum OutputPath {
         guard let target = FileSystem.realPath(output) else { return }
         for input in inputs where FileSystem.realPath(input) == target {
             throw VLQError(
-                CoreError.unusableOutput, output, "is also an input (\(input)); sources are never written, choose another")
+                CoreError.unusableOutput, output,
+                "is also an input (\(input)); sources are never written, choose another")
         }
     }
 }

@@ -136,10 +136,7 @@ struct UnknownSubcommand: CustomStringConvertible {
             !VLQ.subcommandNames.contains(first)
         else { return nil }
         typed = first
-        let ranked = VLQ.subcommandNames.map { (name: $0, distance: editDistance(first, $0)) }
-            .filter { $0.distance <= max(2, first.count / 3) || $0.name.hasPrefix(first) }
-            .min { $0.distance < $1.distance }
-        suggestion = ranked?.name
+        suggestion = Suggestion.nearest(to: first, among: VLQ.subcommandNames)
     }
 
     var description: String {
@@ -149,19 +146,4 @@ struct UnknownSubcommand: CustomStringConvertible {
         }
         return "unknown subcommand '\(typed)' (subcommands: \(known))"
     }
-}
-
-/// Levenshtein distance: insertions, deletions and substitutions of one character each cost 1.
-func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
-    var previous = Array(0...b.count)
-    for i in 1...max(a.count, 1) where !a.isEmpty {
-        var current = [i] + Array(repeating: 0, count: b.count)
-        for j in 1...max(b.count, 1) where !b.isEmpty {
-            let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
-        }
-        previous = current
-    }
-    return a.isEmpty ? b.count : previous[b.count]
 }

@@ -181,6 +181,7 @@ struct Quantize: ParsableCommand {
         var options = QuantizePipeline.Options(recipe: chosen)
         options.activationOrder = activationOrder
         options.keepNonFiniteInFloat = keepNonFinite
+        options.recipeSource = recipe
         let pipeline = QuantizePipeline(options: options, logger: logger)
         try pipeline.preflight(source: source)
         let statistics = try statisticsSource(for: source, needs: need, logger: logger)

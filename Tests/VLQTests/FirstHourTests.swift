@@ -6,8 +6,10 @@ import XCTest
 /// coming from llama.cpp, mlx_lm or llm-compressor would, and what vlq does about it now.
 final class FirstHourTests: XCTestCase {
     /// Every error is one line: `vlq: error: ...`.
-    func assertOneErrorLine(_ result: ProcessResult, status: Int32 = 2, contains text: String,
-                            file: StaticString = #filePath, line: UInt = #line) {
+    func assertOneErrorLine(
+        _ result: ProcessResult, status: Int32 = 2, contains text: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(result.status, status, result.stderr, file: file, line: line)
         let lines = result.stderr.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, result.stderr, file: file, line: line)
@@ -41,8 +43,9 @@ final class FirstHourTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("no --method: quantizing with gptq"), result.stderr)
         XCTAssertTrue(try vlq("inspect", output).stdout.contains("method gptq"))
 
-        let ignored = try vlq("quantize", bundle, "-o", scratch.file("rtn.vlq"), "--preset", "int8",
-                              "--method", "rtn", "--set", set, "-q")
+        let ignored = try vlq(
+            "quantize", bundle, "-o", scratch.file("rtn.vlq"), "--preset", "int8",
+            "--method", "rtn", "--set", set, "-q")
         XCTAssertEqual(ignored.status, 0, ignored.stderr)
         XCTAssertTrue(ignored.stderr.contains("method rtn uses no calibration: --set is ignored"), ignored.stderr)
     }
@@ -103,5 +106,53 @@ final class FirstHourTests: XCTestCase {
         XCTAssertNotNil(json["candidate"], result.stdout)
         XCTAssertTrue(result.stderr.contains("candidate"), result.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "-"))
+    }
+}
+
+/// 4. Recipe typos passed: unknown keys were ignored and a glob matching nothing quantized nothing.
+final class StrictRecipeTests: XCTestCase {
+    func quantize(with recipe: String, _ scratch: Scratch, bundle: String) throws -> ProcessResult {
+        try recipe.write(toFile: scratch.file("recipe.json"), atomically: true, encoding: .utf8)
+        return try vlq("quantize", bundle, "-o", scratch.file("out.vlq"), "--recipe", scratch.file("recipe.json"))
+    }
+
+    func testMisspeltKeysPatternsMatchingNothingAndShadowedRulesAreRefusedNamingTheRule() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let recipe = scratch.file("recipe.json")
+        let cases: [(json: String, error: String)] = [
+            (
+                #"{"rules": [{"match": "model.layers.*", "encoding": "q4", "groupsize": 64}]}"#,
+                #"rule 1: unknown key "groupsize"; did you mean "group_size"?"#
+            ),
+            (
+                #"{"name": "x", "metod": "gptq", "rules": [{"match": "*", "encoding": "q8"}]}"#,
+                #"did you mean "method"?"#
+            ),
+            (
+                #"{"rules": [{"match": "model.layer.*", "encoding": "q4"}, {"match": "*", "encoding": "q8"}]}"#,
+                #"rule 1 (match "model.layer.*") matches no tensor of the model"#
+            ),
+            (
+                #"{"rules": [{"match": "*", "encoding": "q8"}, {"component": "language", "match": "*", "encoding": "q4"}]}"#,
+                #"rule 2 (component "language", match "*") never applies: rule 1 (match "*") decides every tensor"#
+            ),
+        ]
+        for c in cases {
+            let result = try quantize(with: c.json, scratch, bundle: bundle)
+            XCTAssertEqual(result.status, 2, c.json)
+            XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(recipe): "), result.stderr)
+            XCTAssertTrue(result.stderr.contains(c.error), "\(c.json)\n\(result.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.file("out.vlq")))
+        }
+        // The shipped variants and the presets decide every rule on the real layout.
+        let folder = Repo.root.appendingPathComponent("formats/recipes").path
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder).sorted() {
+            let result = try vlq(
+                "quantize", bundle, "-o", scratch.file(name + ".vlq"), "--recipe", folder + "/" + name,
+                "--method", "rtn", "-q")
+            XCTAssertEqual(result.status, 0, "\(name): \(result.stderr)")
+        }
     }
 }
