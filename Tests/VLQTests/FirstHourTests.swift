@@ -135,7 +135,8 @@ final class StrictRecipeTests: XCTestCase {
                 #"rule 1 (match "model.layer.*") matches no tensor of the model"#
             ),
             (
-                #"{"rules": [{"match": "*", "encoding": "q8"}, {"component": "language", "match": "*", "encoding": "q4"}]}"#,
+                #"{"rules": [{"match": "*", "encoding": "q8"}, "#
+                    + #"{"component": "language", "match": "*", "encoding": "q4"}]}"#,
                 #"rule 2 (component "language", match "*") never applies: rule 1 (match "*") decides every tensor"#
             ),
         ]
