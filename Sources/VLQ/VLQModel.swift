@@ -44,6 +44,13 @@ public final class VLQModel: Sendable {
     let engine: YiVLEngine
     let executor = ModelExecutor()
 
+    /// Positions a first turn's prompt takes (system prompt, image and question) before its answer: the
+    /// answer has `contextLength` minus this, which a caller can check before any work.
+    public func promptLength(question: String, system: String? = nil) -> Int {
+        let prompt = engine.prompt(question: question, system: system)
+        return engine.imageEnd(of: prompt) + prompt.after.count
+    }
+
     /// Opens a `.vlq` bundle or a Hugging Face Yi-VL folder; throws a `VLQError` naming what is wrong.
     public init(contentsOf path: String) throws {
         self.path = path

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Calibration
 import Foundation
+import Logging
 import VLQ
 import VLQCore
 import Verification
@@ -10,10 +11,10 @@ struct ModelInput: ParsableArguments {
     @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder.")
     var model: String
 
-    @Option(help: "The image (PNG or JPEG).")
-    var image: String?
+    @Option(name: .customLong("image"), help: "The image (PNG or JPEG).")
+    var images: [String] = []
 
-    @Option(help: "The question about the image.")
+    @Option(help: "The question about the image; - reads it from stdin.")
     var prompt: String
 
     @Option(
@@ -21,10 +22,28 @@ struct ModelInput: ParsableArguments {
         help: "A safetensors file whose tensor pixel_values [3,S,S] replaces image decoding and preprocessing.")
     var pixelValues: String?
 
+    /// One image per question: a second --image would otherwise silently replace the first.
+    var image: String? { images.first }
+
     func validate() throws {
+        guard images.count <= 1 else {
+            throw ValidationError("give one --image (vlq chat switches images with /image)")
+        }
         guard (image == nil) != (pixelValues == nil) else {
             throw ValidationError("give exactly one of --image and --pixel-values")
         }
+        guard !prompt.allSatisfy(\.isWhitespace) else { throw ValidationError("--prompt is empty") }
+    }
+
+    /// The question: `--prompt -` reads all of stdin (a trailing newline dropped).
+    func question() throws -> String {
+        guard prompt == "-" else { return prompt }
+        let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        let question = text.hasSuffix("\n") ? String(text.dropLast()) : text
+        guard !question.allSatisfy(\.isWhitespace) else {
+            throw VLQError(CoreError.cannotRead, "stdin", "the question (--prompt -) is empty")
+        }
+        return question
     }
 
     var pixelSource: PixelSource { image.map { .image($0) } ?? .pixelValuesFile(pixelValues!) }
@@ -61,22 +80,46 @@ struct Run: AsyncParsableCommand {
         compute.apply()
         let logger = global.makeLogger("vlq.run")
         let started = monotonicSeconds()
+        let question = try input.question()
         let model = try VLQModel(contentsOf: input.model)
         let image = try self.image(for: model)
         logger.debug("loaded \(input.model) in \(fixed(monotonicSeconds() - started, 2)) s")
+        let tokens = try answerLength(model, question: question, logger: logger)
         let reply = model.answer(
-            image: image, question: input.prompt,
-            options: GenerationOptions(maxTokens: maxTokens, temperature: temperature, seed: seed))
+            image: image, question: question,
+            options: GenerationOptions(maxTokens: tokens, temperature: temperature, seed: seed))
         for try await piece in reply {
             FileHandle.standardOutput.write(Data(piece.utf8))
         }
         FileHandle.standardOutput.write(Data("\n".utf8))
-        let stats = try await reply.turn.stats
+        let turn = try await reply.turn
+        if turn.finish == .contextFull {
+            logger.warning("the answer stopped at the model's context (\(model.contextLength) positions)")
+        }
+        let stats = turn.stats
         let timing =
             "prefill \(stats.promptTokens) positions in \(fixed(stats.prefillSeconds, 2)) s; "
             + "\(stats.generatedTokens) tokens in \(fixed(stats.decodeSeconds, 2)) s "
             + "(\(fixed(stats.tokensPerSecond, 1)) tokens/s)"
         logger.info("\(timing)")
+    }
+
+    /// --max-tokens, clipped (with a warning) to what the model's context leaves after the prompt; a prompt
+    /// that leaves no room is refused before the image is even encoded.
+    func answerLength(_ model: VLQModel, question: String, logger: Logging.Logger) throws -> Int {
+        let positions = model.promptLength(question: question), context = model.contextLength
+        guard positions < context else {
+            throw VLQError(
+                ModelError.contextExceeded, input.model,
+                "the prompt takes \(positions) positions (image and question) and the model's context is \(context)"
+                    + ": shorten the question")
+        }
+        guard maxTokens > context - positions else { return maxTokens }
+        let clipped =
+            "--max-tokens \(maxTokens) clipped to \(context - positions): the prompt takes \(positions) of the model's "
+            + "\(context) positions"
+        logger.warning("\(clipped)")
+        return context - positions
     }
 
     func image(for model: VLQModel) throws -> VLQImage {
@@ -113,7 +156,7 @@ struct Logits: ParsableCommand {
         try OutputPath.check(output, inputs: [input.model] + [input.image, input.pixelValues].compactMap { $0 })
         compute.apply()
         let (positions, vocabulary) = try StageDump.write(
-            model: LazyModel(input.model), pixels: input.pixelSource, question: input.prompt, to: output)
+            model: LazyModel(input.model), pixels: input.pixelSource, question: try input.question(), to: output)
         global.makeLogger("vlq.logits").info("wrote \(output): \(positions) positions x \(vocabulary) logits")
     }
 }

@@ -157,3 +157,46 @@ final class StrictRecipeTests: XCTestCase {
         }
     }
 }
+
+/// 5 and 13: prompts past the context ran into garbage; stdin, a second image and an empty prompt.
+final class RunInputTests: XCTestCase {
+    let image = Reference.data + "/eval/" + "eval-000.png"
+
+    func testAPromptPastTheContextIsRefusedBeforeAnyWorkAndMaxTokensIsClippedWithAWarning() throws {
+        let long = String(repeating: "describe the shapes ", count: 1300)
+        let refused = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", long)
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.stderr.hasPrefix("vlq: error: \(Repo.tinyModel): the prompt takes "), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("and the model's context is 4096"), refused.stderr)
+        XCTAssertEqual(refused.stdout, "")
+
+        let nearlyFull = String(repeating: "describe the shapes ", count: 740)
+        let clipped = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", nearlyFull, "--max-tokens", "4000")
+        XCTAssertEqual(clipped.status, 0, clipped.stderr)
+        XCTAssertTrue(clipped.stderr.contains("--max-tokens 4000 clipped to "), clipped.stderr)
+    }
+
+    func testTheQuestionMayComeFromStdinAndEmptyQuestionsOrTwoImagesAreRefused() throws {
+        let direct = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", "What shapes are in the image?", "-q")
+        XCTAssertEqual(direct.status, 0, direct.stderr)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
+        process.arguments = ["run", Repo.tinyModel, "--image", image, "--prompt", "-", "-q"]
+        let input = Pipe(), output = Pipe()
+        (process.standardInput, process.standardOutput) = (input, output)
+        try process.run()
+        input.fileHandleForWriting.write(Data("What shapes are in the image?\n".utf8))
+        try input.fileHandleForWriting.close()
+        let answer = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertEqual(answer, direct.stdout)
+
+        let empty = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", "  ")
+        XCTAssertEqual(empty.status, 2)
+        XCTAssertTrue(empty.stderr.contains("--prompt is empty"), empty.stderr)
+        let twoImages = try vlq("run", Repo.tinyModel, "--image", image, "--image", image, "--prompt", "What?")
+        XCTAssertEqual(twoImages.status, 2)
+        XCTAssertTrue(twoImages.stderr.contains("give one --image"), twoImages.stderr)
+    }
+}
