@@ -17,3 +17,8 @@ enum MetadataCompressionChoice: String, CaseIterable, ExpressibleByArgument {
 enum Preset: String, CaseIterable, ExpressibleByArgument {
     case int8, int4
 }
+
+/// How long steps show their progress (`--progress`).
+enum ProgressChoice: String, CaseIterable, ExpressibleByArgument {
+    case auto, always, never
+}

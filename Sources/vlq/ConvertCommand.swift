@@ -35,7 +35,7 @@ struct Convert: ParsableCommand {
         let logger = global.makeLogger("vlq.convert")
         var options = ConvertOptions(dtype: dtype, visionTower: visionTower)
         options.compressMetadata = metadataCompression == .zstd
-        let progress = ByteProgress(label: "convert", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("convert", logger: logger)
         let started = monotonicSeconds()
         let report = try Converter(options: options, logger: logger).convert(
             folder: model, output: output, progress: progress.update)

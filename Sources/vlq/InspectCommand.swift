@@ -84,7 +84,7 @@ struct Check: ParsableCommand {
             throw error.failingCheck()
         }
         let total = file.tensors.reduce(0) { $0 + $1.byteCount }
-        let progress = ByteProgress(label: "check", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("check", logger: logger)
         let started = monotonicSeconds()
         let nonFinite: [(name: String, nonFinite: Int)]
         do {

@@ -90,8 +90,22 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Log details to stderr.")
     var verbose = false
 
-    @Flag(name: .shortAndLong, help: "Log only warnings and errors; no progress bar.")
+    @Flag(name: .shortAndLong, help: "Log only warnings and errors; no progress.")
     var quiet = false
+
+    @Option(help: "auto (a bar on a terminal, a line per tenth when piped), always (a bar) or never.")
+    var progress: ProgressChoice = .auto
+
+    /// Progress of one long step, as --progress and --quiet ask.
+    func progress(_ label: String, logger: Logger, unit: String = "bytes") -> ByteProgress {
+        let style: ByteProgress.Style
+        switch (quiet, progress) {
+        case (true, _), (_, .never): style = .none
+        case (_, .always): style = .bar
+        case (_, .auto): style = isatty(2) == 1 ? .bar : .lines
+        }
+        return ByteProgress(label: label, logger: logger, style: style, unit: unit)
+    }
 
     func makeLogger(_ label: String) -> Logger {
         var logger = Logger(label: label) { _ in PlainLogHandler() }

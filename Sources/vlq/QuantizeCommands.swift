@@ -77,7 +77,7 @@ struct Calibrate: ParsableCommand {
             return
         }
         let calibrationSet = try CalibrationSet(path: set!)
-        let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("calibrate", logger: logger, unit: "samples")
         let started = monotonicSeconds()
         let collector = try CalibrationRunner.collect(
             model: LazyModel(model!), set: calibrationSet, withGram: !diagonalOnly,
@@ -185,9 +185,10 @@ struct Quantize: ParsableCommand {
         let pipeline = QuantizePipeline(options: options, logger: logger)
         try pipeline.preflight(source: source)
         let statistics = try statisticsSource(for: source, needs: need, logger: logger)
+        let progress = global.progress("quantize", logger: logger, unit: "tensors")
         let report = try pipeline.run(
             source: source, output: output, statistics: statistics,
-            calibrationSource: stats ?? set)
+            calibrationSource: stats ?? set, progress: progress.update)
         for (name, reason) in report.fallbacks { logger.info("fallback \(name): \(reason)") }
         let wrote =
             "wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized "
@@ -226,7 +227,7 @@ struct Quantize: ParsableCommand {
             let budget = gramBudgetMB.map { $0 << 20 } ?? MemoryBudget.gramStatistics
             return try WindowedStatistics(model: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
         }
-        let progress = SampleProgress(label: "calibrate", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("calibrate", logger: logger, unit: "samples")
         let collector = try CalibrationRunner.collect(
             model: engine, set: calibrationSet, withGram: false,
             progress: progress.update)
@@ -235,14 +236,4 @@ struct Quantize: ParsableCommand {
                 collector: collector, setDigest: calibrationSet.digest,
                 samples: calibrationSet.samples.count, model: model))
     }
-}
-
-/// Per-sample progress for calibration: a redrawn counter on a terminal, a line per tenth otherwise.
-final class SampleProgress {
-    let inner: ByteProgress
-    init(label: String, logger: Logging.Logger, enabled: Bool) {
-        inner = ByteProgress(label: label, logger: logger, enabled: enabled)
-        inner.unit = "samples"
-    }
-    func update(_ done: Int, _ total: Int) { inner.update(done, total) }
 }

@@ -37,7 +37,7 @@ struct ReferenceCommand: ParsableCommand {
         compute.apply()
         let logger = global.makeLogger("vlq.reference")
         let evaluation = try CalibrationSet(path: set)
-        let progress = SampleProgress(label: "reference", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("reference", logger: logger, unit: "samples")
         let run = try ReferenceRun.run(
             model: LazyModel(model), set: evaluation, layerSamples: layerSamples, maxTokens: maxTokens,
             progress: progress.update)

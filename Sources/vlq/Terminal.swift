@@ -23,7 +23,8 @@ struct PlainLogHandler: LogHandler {
     }
 }
 
-/// Byte progress: a redrawn bar (bytes, rate, ETA) on a terminal, a log line every 10% otherwise.
+/// Progress of bytes or counted items: a redrawn bar (amount, rate, ETA) on a terminal, a log line every
+/// 10% otherwise (`--progress` chooses).
 final class ByteProgress {
     let label: String
     let logger: Logger
@@ -36,11 +37,15 @@ final class ByteProgress {
     /// "bytes", or a count noun such as "samples" (then totals are shown as counts).
     var unit = "bytes"
 
-    init(label: String, logger: Logger, enabled: Bool) {
+    /// How progress shows: a redrawn bar, a log line per tenth, or not at all.
+    enum Style { case bar, lines, none }
+
+    init(label: String, logger: Logger, style: Style, unit: String = "bytes") {
         self.label = label
         self.logger = logger
-        interactive = enabled && isatty(2) == 1
-        if !enabled { lastLoggedDecile = 100 }
+        self.unit = unit
+        interactive = style == .bar
+        if style == .none { lastLoggedDecile = 100 }
     }
 
     func update(_ done: Int, _ total: Int) {

@@ -100,7 +100,7 @@ struct Verify: ParsableCommand {
             try measureRun(reference: reference, set: set, into: &report, candidate: candidateModel, logger: logger)
         } else if let set {
             let evaluation = try CalibrationSet(path: set)
-            let progress = SampleProgress(label: "answers", logger: logger, enabled: !global.quiet)
+            let progress = global.progress("answers", logger: logger, unit: "samples")
             let result = try ExactMatch.run(
                 candidateModel, set: evaluation, maxTokens: maxTokens,
                 progress: progress.update)
@@ -137,7 +137,7 @@ struct Verify: ParsableCommand {
         candidate: LazyModel, logger: Logging.Logger
     ) throws {
         let evaluation = try CalibrationSet(path: set)
-        let progress = SampleProgress(label: "verify", logger: logger, enabled: !global.quiet)
+        let progress = global.progress("verify", logger: logger, unit: "samples")
         let stored: ReferenceRun
         if reference.hasSuffix(".vlqref") {
             stored = try ReferenceRun.read(reference)

@@ -84,6 +84,24 @@ final class FirstHourTests: XCTestCase {
         XCTAssertEqual(try vlq("convert", "--help").status, 0)
     }
 
+    // 8. Quantizing showed no progress.
+    func testQuantizeShowsProgressAsABarALineOrNotAtAll() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let quantize = { (choice: String) in
+            try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--progress", choice)
+        }
+        let bar = try quantize("always")
+        XCTAssertTrue(bar.stderr.contains("quantize [") && bar.stderr.contains("tensors"), bar.stderr)
+        XCTAssertTrue(bar.stderr.contains("ETA"), bar.stderr)
+        let piped = try quantize("auto")
+        XCTAssertTrue(piped.stderr.contains("vlq: info: quantize: 118 of 118 tensors"), piped.stderr)
+        let none = try quantize("never")
+        XCTAssertFalse(none.stderr.contains("quantize:") || none.stderr.contains("quantize ["), none.stderr)
+        XCTAssertEqual(none.status, 0)
+    }
+
     // 10. `convert -o <existing folder>` failed only after the whole conversion.
     func testAFolderAsOutputIsRefusedBeforeConverting() throws {
         let scratch = try Scratch()
