@@ -103,13 +103,7 @@ public final class Converter {
                 """)
         }
 
-        let plan = checkpoint.tensors.map { t -> TensorRecord in
-            let source = Converter.encoding(of: t.info.dtype)!
-            return TensorRecord(
-                name: t.expected.name, encoding: options.dtype.encoding ?? source,
-                component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
-                shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
-        }
+        let plan = Converter.plan(checkpoint, dtype: options.dtype)
         try Converter.refuseToOverwriteSources(output, checkpoint: checkpoint)
         let writer = try VLQWriter(path: output, plan: plan, alignment: options.alignment)
         do {
@@ -118,6 +112,18 @@ public final class Converter {
         } catch {
             writer.abandon()
             throw error
+        }
+    }
+
+    /// The table convert writes for `checkpoint`: every expected tensor, in the checkpoint's order, in the
+    /// encoding `dtype` asks for (keep: its source type); offsets and checksums are the writer's.
+    public static func plan(_ checkpoint: YiVLCheckpoint, dtype: OutputDType) -> [TensorRecord] {
+        checkpoint.tensors.map { t -> TensorRecord in
+            let source = Converter.encoding(of: t.info.dtype)!
+            return TensorRecord(
+                name: t.expected.name, encoding: dtype.encoding ?? source,
+                component: Component(rawValue: UInt8(t.expected.part.rawValue))!,
+                shape: t.expected.shape, sourceDType: SourceDType(rawValue: UInt8(source.rawValue)) ?? .unknown)
         }
     }
 

@@ -11,10 +11,11 @@ public struct ComponentSummary: Equatable, Sendable {
     public var encodings: [String: Int]
 }
 
-extension VLQFile {
-    public var componentSummaries: [ComponentSummary] {
+extension ComponentSummary {
+    /// Per component (in component order, empty ones left out) of `records`, whose byte counts are set.
+    public static func of(_ records: [TensorRecord]) -> [ComponentSummary] {
         Component.allCases.compactMap { component in
-            let records = tensors.filter { $0.component == component }
+            let records = records.filter { $0.component == component }
             guard !records.isEmpty else { return nil }
             var encodings: [String: Int] = [:]
             for r in records { encodings[r.encoding.name, default: 0] += 1 }
@@ -24,6 +25,10 @@ extension VLQFile {
                 bytes: records.reduce(0) { $0 + $1.byteCount }, encodings: encodings)
         }
     }
+}
+
+extension VLQFile {
+    public var componentSummaries: [ComponentSummary] { ComponentSummary.of(tensors) }
 
     /// Everything `vlq inspect --json` prints.
     public var inspection: JSONValue {

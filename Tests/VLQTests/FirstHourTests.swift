@@ -102,6 +102,40 @@ final class FirstHourTests: XCTestCase {
         XCTAssertEqual(none.status, 0)
     }
 
+    // 12. `inspect` and `check` refused a Hugging Face folder that run and quantize accept.
+    func testInspectAndCheckTakeAHuggingFaceFolderAndListWhatConvertWouldWrite() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let folder = try JSONValue.parse(Array(try vlq("inspect", Repo.tinyModel, "--json").stdout.utf8))
+        let converted = try JSONValue.parse(Array(try vlq("inspect", bundle, "--json").stdout.utf8))
+        let fields = { (listing: JSONValue) in
+            (listing["tensors"]?.arrayValue ?? []).map { t in
+                ["name", "component", "encoding", "bytes"].map { t[$0].map { "\($0)" } ?? "-" }.joined(separator: " ")
+            }
+        }
+        XCTAssertEqual(fields(folder).count, 118)
+        XCTAssertEqual(fields(folder), fields(converted))
+        XCTAssertEqual(folder["totals"]?["bytes"], converted["totals"]?["bytes"])
+        let text = try vlq("inspect", Repo.tinyModel, "--summary")
+        XCTAssertTrue(
+            text.stdout.contains("Hugging Face Yi-VL folder, 3 weight files; convert would write:"), text.stdout)
+
+        for model in [Repo.tinyModel, Repo.tinyModel + "-bin"] {
+            let checked = try vlq("check", model, "--values")
+            XCTAssertEqual(checked.status, 0, checked.stderr)
+            XCTAssertTrue(checked.stdout.contains("OK: 3 weight files, 118 tensors"), checked.stdout)
+        }
+        // A shard cut short is a failed check naming the file.
+        let damaged = try scratch.copyOfTinyModel()
+        let shard = damaged + "/vit/clip-vit-tiny-yivl-84/model.safetensors"
+        let bytes = try readBytes(shard)
+        try writeBytes(Array(bytes.prefix(bytes.count - 100)), to: shard)
+        let result = try vlq("check", damaged)
+        XCTAssertEqual(result.status, 1, result.stderr)
+        XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(shard): "), result.stderr)
+    }
+
     // 10. `convert -o <existing folder>` failed only after the whole conversion.
     func testAFolderAsOutputIsRefusedBeforeConverting() throws {
         let scratch = try Scratch()
