@@ -79,7 +79,7 @@ struct VLQ: ParsableCommand {
         discussion: "Exit codes: 0 success, 1 a check found a problem, 2 bad input or usage.",
         version: VLQVersion.string,
         subcommands: [
-            Convert.self, Inspect.self, Check.self, Run.self, Logits.self, Calibrate.self, Quantize.self,
+            Convert.self, Inspect.self, Check.self, Run.self, Chat.self, Logits.self, Calibrate.self, Quantize.self,
             ReferenceCommand.self, Verify.self, Bench.self,
         ]
     )
