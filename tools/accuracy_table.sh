@@ -24,7 +24,7 @@ listing = json.loads(subprocess.run([".build/release/vlq", "inspect", bundle, "-
 linear = [t for t in listing["tensors"] if t["name"].startswith("model.layers.") and len(t["shape"]) == 2]
 bits = 8 * sum(t["bytes"] for t in linear) / sum(t["shape"][0] * t["shape"][1] for t in linear)
 total = listing["totals"]["bits_per_weight"]
-l = r["logits"]
+l = r["comparisons"][0]["logits"]  # the reference folder's cases (formats/VERIFY-REPORT.md)
 print(f"| {name} | {l['mean_kld']:.2e} | {100 * l['same_top']:.2f}% | {100 * r['exact_match']['rate']:.1f}% | {bits:.2f} | {total:.2f} |")
 PY
 }

@@ -324,6 +324,13 @@ public enum LayerContribution {
         public var layer: String
         public var tensors: Int
         public var meanKLD: Double
+        /// Weights in the layer's quantized tensors, and their bytes as the candidate stores them.
+        public var parameters = 0
+        public var storedBytes = 0
+
+        /// Bytes the bundle would grow by with this layer in q8 group 128 (8 bits and an f16 scale per
+        /// 128 weights) instead: what keeping it in higher precision costs.
+        public var q8ExtraBytes: Int { parameters + parameters / 64 - storedBytes }
     }
 
     /// `rank(reference:candidate:...)` over the two models, opened now (the reference first) if they were not yet.
@@ -365,7 +372,12 @@ public enum LayerContribution {
                 }
                 drift.add(reference: r.logits, candidate: c, vocab: vocab)
             }
-            entries.append(Entry(layer: key, tensors: names.count, meanKLD: drift.meanKLD))
+            let weightsOf = candidate.model.weights
+            entries.append(
+                Entry(
+                    layer: key, tensors: names.count, meanKLD: drift.meanKLD,
+                    parameters: names.reduce(0) { $0 + weightsOf.shape($1).reduce(1, *) },
+                    storedBytes: names.reduce(0) { $0 + weightsOf.storedBytes($1) }))
             progress(i + 1, layers.count)
         }
         return entries.sorted { $0.meanKLD > $1.meanKLD }

@@ -48,6 +48,30 @@ public struct BoundFailure: Sendable, Equatable {
     }
 }
 
+/// A bound given, the figure it was checked against and whether it held.
+public struct BoundCheck: Sendable, Equatable {
+    public var figure: BoundFailure
+    public var passed: Bool
+
+    init(_ bound: BoundFailure.Bound, value: Double, limit: Double, set: String?, passed: Bool) {
+        figure = BoundFailure(bound: bound, value: value, limit: limit, set: set)
+        self.passed = passed
+    }
+
+    /// What held or broke, e.g. "mean KLD 1.20e-04 <= 0.001 on eval.jsonl".
+    public var message: String {
+        guard passed else { return figure.message }
+        let f = figure
+        let held: String
+        switch f.bound {
+        case .maxKLD: held = "mean KLD \(scientific(f.value)) <= \(f.limit)"
+        case .minSameTop: held = "same top \(fixed(f.value, 4)) >= \(f.limit)"
+        case .minCosine: held = "projector cosine \(fixed(f.value, 6)) >= \(f.limit)"
+        }
+        return held + (f.set.map { " on \($0)" } ?? "")
+    }
+}
+
 /// Everything a verification measured, the bounds it was given and which of them broke. Its parts are
 /// filled in as they are measured; `json` and `html` render the whole, the `lines` of each part the
 /// text the command prints.
@@ -110,35 +134,40 @@ public struct VerificationReport: Sendable {
         self.bounds = bounds
     }
 
-    /// The bounds broken, the reference folder's figures first, then the run's.
-    public var failures: [BoundFailure] {
-        var failures: [BoundFailure] = []
+    /// Every bound given, checked against every comparison that measured it: the reference folder's
+    /// figures first, then the run's. A bound broken is one that did not pass.
+    public var boundChecks: [BoundCheck] {
+        var checks: [BoundCheck] = []
         if let c = referenceFolder?.comparison {
-            failures += check(
+            checks += check(
                 meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
                 worstCosine: c.minimumProjectorCosine, on: nil)
         }
         if let run {
             let c = run.comparison
-            failures += check(
+            checks += check(
                 meanKLD: c.logits.meanKLD, sameTop: c.logits.sameTopRate,
                 worstCosine: c.samples.map(\.projector.cosine).min(), on: run.set)
         }
-        return failures
+        return checks
     }
 
-    private func check(meanKLD: Double, sameTop: Double, worstCosine: Double?, on set: String?) -> [BoundFailure] {
-        var failures: [BoundFailure] = []
-        if let limit = bounds.maxKLD, meanKLD > limit {
-            failures.append(BoundFailure(bound: .maxKLD, value: meanKLD, limit: limit, set: set))
+    /// The bounds broken.
+    public var failures: [BoundFailure] { boundChecks.filter { !$0.passed }.map(\.figure) }
+
+    private func check(meanKLD: Double, sameTop: Double, worstCosine: Double?, on set: String?) -> [BoundCheck] {
+        var checks: [BoundCheck] = []
+        if let limit = bounds.maxKLD {
+            checks.append(BoundCheck(.maxKLD, value: meanKLD, limit: limit, set: set, passed: meanKLD <= limit))
         }
-        if let limit = bounds.minSameTop, sameTop < limit {
-            failures.append(BoundFailure(bound: .minSameTop, value: sameTop, limit: limit, set: set))
+        if let limit = bounds.minSameTop {
+            checks.append(BoundCheck(.minSameTop, value: sameTop, limit: limit, set: set, passed: sameTop >= limit))
         }
-        if let limit = bounds.minCosine, let worstCosine, worstCosine < limit {
-            failures.append(BoundFailure(bound: .minCosine, value: worstCosine, limit: limit, set: set))
+        if let limit = bounds.minCosine, let worstCosine {
+            checks.append(
+                BoundCheck(.minCosine, value: worstCosine, limit: limit, set: set, passed: worstCosine >= limit))
         }
-        return failures
+        return checks
     }
 
     /// KL divergence at every position: the run's when there is one, else the reference folder's.
@@ -157,8 +186,15 @@ public struct VerificationReport: Sendable {
         failureMessage.map { VLQError(VerificationError.boundBroken, candidate, $0) }
     }
 
-    /// The last line when no bound broke: that all hold, or empty when none were given.
-    public var verdict: String { failures.isEmpty && !bounds.isEmpty ? "all bounds hold" : "" }
+    /// The outcome in a word: "pass" (every bound given held), "fail", or "no bounds given".
+    public var outcome: String { bounds.isEmpty ? "no bounds given" : failures.isEmpty ? "pass" : "fail" }
+
+    /// The last line when no bound broke: that all hold, or that none were given (nothing was gated);
+    /// empty when one broke (verify then exits 1 with `failure`).
+    public var verdict: String {
+        if bounds.isEmpty { return "no bounds given: nothing gated (--max-kld, --min-same-top, --min-cosine)" }
+        return failures.isEmpty ? "all bounds hold" : ""
+    }
 }
 
 /// Scientific notation with three significant digits, for small drift figures.

@@ -2,84 +2,136 @@ import VLQCore
 
 // MARK: JSON
 
-extension VerificationReport {
-    /// Every figure (`vlq verify --json`): `candidate`, `failures`, and per part measured
-    /// `reference_dir` with `logits` and `cases`, `run`, `layer_ranking`, `exact_match`.
-    public var json: JSONValue {
-        var report: [String: JSONValue] = ["candidate": .string(candidate)]
-        if let referenceFolder {
-            report["reference_dir"] = .string(referenceFolder.path)
-            report["logits"] = referenceFolder.comparison.logits.summaryJSON
-            report["cases"] = .array(referenceFolder.comparison.cases.map(\.json))
-        }
-        if let run { report["run"] = run.json }
-        if let layerRanking {
-            report["layer_ranking"] = .array(
-                layerRanking.entries.map {
-                    ["layer": .string($0.layer), "tensors": .int(Int64($0.tensors)), "mean_kld": .double($0.meanKLD)]
-                })
-        }
-        if let answers {
-            let r = answers.result
-            report["exact_match"] = [
-                "correct": .int(Int64(r.correct)), "total": .int(Int64(r.total)),
-                "rate": .double(r.rate),
-            ]
-        }
-        report["failures"] = .array(failures.map { .string($0.message) })
-        return .object(report)
-    }
-}
+/// The verify JSON's version: formats/VERIFY-REPORT.md describes this layout.
+public let verifyReportSchema = "vlq-verify/1"
 
-extension LogitDrift {
-    var summaryJSON: JSONValue {
-        [
-            "mean_kld": .double(meanKLD), "median_kld": .double(medianKLD), "p99_kld": .double(p99KLD),
-            "max_kld": .double(maxKLD), "same_top": .double(sameTopRate),
-            "rms_top_probability_delta": .double(rmsTopProbabilityDelta), "positions": .int(Int64(positions)),
+extension VerificationReport {
+    /// Every figure (`vlq verify --json`), in one layout whatever the mode (formats/VERIFY-REPORT.md): the
+    /// verdict and each bound checked; one entry in `comparisons` per reference compared against (the
+    /// reference folder's cases, the run on a set), each with the same sections; `exact_match` of the
+    /// candidate alone on a set; `layer_ranking`. Absent parts are null, never missing.
+    public var json: JSONValue {
+        var comparisons: [JSONValue] = []
+        if let referenceFolder { comparisons.append(referenceFolder.json) }
+        if let run { comparisons.append(run.json) }
+        return [
+            "schema": .string(verifyReportSchema),
+            "candidate": .string(candidate),
+            "verdict": .string(outcome),
+            "bounds": .array(
+                boundChecks.map { c in
+                    [
+                        "bound": .string(c.figure.bound.rawValue), "limit": .double(c.figure.limit),
+                        "measured": .double(c.figure.value), "set": c.figure.set.map { .string($0) } ?? .null,
+                        "passed": .bool(c.passed), "message": .string(c.message),
+                    ]
+                }),
+            "failures": .array(failures.map { .string($0.message) }),
+            "comparisons": .array(comparisons),
+            "exact_match": answers.map { a -> JSONValue in
+                [
+                    "set": .string(a.set), "correct": .int(Int64(a.result.correct)),
+                    "total": .int(Int64(a.result.total)), "rate": .double(a.result.rate),
+                ]
+            } ?? .null,
+            "layer_ranking": layerRanking.map { r -> JSONValue in
+                [
+                    "samples": .int(Int64(r.samples)),
+                    "layers": .array(
+                        r.entries.map {
+                            [
+                                "layer": .string($0.layer), "tensors": .int(Int64($0.tensors)),
+                                "mean_kld": .double($0.meanKLD), "parameters": .int(Int64($0.parameters)),
+                                "stored_bytes": .int(Int64($0.storedBytes)),
+                                "q8_extra_bytes": .int(Int64($0.q8ExtraBytes)),
+                            ]
+                        }),
+                ]
+            } ?? .null,
         ]
     }
 }
 
-extension ReferenceComparison.CaseResult {
-    var json: JSONValue {
+extension LogitDrift {
+    /// `positions`: which next-token predictions the figures are over, and why those.
+    func summaryJSON(positionSet: String) -> JSONValue {
         [
-            "name": .string(name), "vision_cosine": .double(vision.cosine),
-            "vision_relative_l2": .double(vision.relativeL2),
-            "projector_cosine": .double(projector.cosine), "projector_relative_l2": .double(projector.relativeL2),
-            "mean_kld": .double(logits.meanKLD), "same_top": .double(logits.sameTopRate),
+            "mean_kld": .double(meanKLD), "median_kld": .double(medianKLD), "p99_kld": .double(p99KLD),
+            "max_kld": .double(maxKLD), "same_top": .double(sameTopRate),
+            "rms_top_probability_delta": .double(rmsTopProbabilityDelta), "positions": .int(Int64(positions)),
+            "position_set": .string(positionSet),
+        ]
+    }
+}
+
+extension VerificationReport.ReferenceFolder {
+    static let positionSet =
+        "every position of each case's spliced sequence (system text, image, question), as the reference's "
+        + "per-stage files hold logits for all of them"
+
+    var json: JSONValue {
+        let c = comparison
+        let samples = c.cases.sorted { $0.logits.meanKLD > $1.logits.meanKLD }.map { r -> JSONValue in
+            [
+                "name": .string(r.name), "image": .null, "mean_kld": .double(r.logits.meanKLD),
+                "same_top": .double(r.logits.sameTopRate), "vision_cosine": .double(r.vision.cosine),
+                "vision_relative_l2": .double(r.vision.relativeL2), "projector_cosine": .double(r.projector.cosine),
+                "projector_relative_l2": .double(r.projector.relativeL2), "reference_answer": .null,
+                "candidate_answer": .null, "expected_answer": .null, "perplexity_ratio": .null,
+            ]
+        }
+        return [
+            "reference": ["kind": "reference-dir", "path": .string(path), "set": .null, "set_digest": .null],
+            "logits": c.logits.summaryJSON(positionSet: Self.positionSet),
+            "stages": [
+                "min_projector_cosine": .double(c.minimumProjectorCosine),
+                "vision_layer_relative_l2": [], "decoder_layer_relative_l2": [],
+            ],
+            "answers": ["agreement": .null, "perplexity_ratio": .null, "exact_match": .null],
+            "samples": .array(samples),
         ]
     }
 }
 
 extension VerificationReport.Run {
+    static let positionSet =
+        "the text positions from the last image position on (question, and a set's answer teacher-forced): "
+        + "the predictions of text tokens; image positions predict no text"
+
     var json: JSONValue {
         let c = comparison, l = c.logits
-        var section: [String: JSONValue] = [
-            "reference": .string(reference), "set": .string(set), "set_digest": .string(setDigest),
-            "mean_kld": .double(l.meanKLD), "median_kld": .double(l.medianKLD), "p99_kld": .double(l.p99KLD),
-            "max_kld": .double(l.maxKLD), "same_top": .double(l.sameTopRate),
-            "rms_top_probability_delta": .double(l.rmsTopProbabilityDelta),
-            "answer_agreement": .double(c.answerAgreement),
-            "vision_layer_relative_l2": .array(c.visionLayerDrift.map { .double($0) }),
-            "decoder_layer_relative_l2": .array(c.decoderLayerDrift.map { .double($0) }),
-            "samples": .array(c.samples.map(\.json)),
+        let kind = reference.hasSuffix(".vlqref") ? "vlqref" : "model"
+        return [
+            "reference": [
+                "kind": .string(kind), "path": .string(reference), "set": .string(set),
+                "set_digest": .string(setDigest),
+            ],
+            "logits": l.summaryJSON(positionSet: Self.positionSet),
+            "stages": [
+                "min_projector_cosine": c.samples.map(\.projector.cosine).min().map { .double($0) } ?? .null,
+                "vision_layer_relative_l2": .array(c.visionLayerDrift.map { .double($0) }),
+                "decoder_layer_relative_l2": .array(c.decoderLayerDrift.map { .double($0) }),
+            ],
+            "answers": [
+                "agreement": .double(c.answerAgreement),
+                "perplexity_ratio": c.meanPerplexityRatio.map { .double($0) } ?? .null,
+                "exact_match": c.exactMatch.map {
+                    ["reference": .double($0.reference), "candidate": .double($0.candidate)]
+                }
+                    ?? .null,
+            ],
+            "samples": .array(c.samples.sorted { $0.logits.meanKLD > $1.logits.meanKLD }.map(\.json)),
         ]
-        if let p = c.meanPerplexityRatio { section["perplexity_ratio"] = .double(p) }
-        if let e = c.exactMatch {
-            section["exact_match"] = ["reference": .double(e.reference), "candidate": .double(e.candidate)]
-        }
-        return .object(section)
     }
 }
 
 extension RunComparison.Sample {
     var json: JSONValue {
         [
-            "image": .string(image), "vision_cosine": .double(vision.cosine),
-            "vision_relative_l2": .double(vision.relativeL2),
-            "projector_cosine": .double(projector.cosine), "projector_relative_l2": .double(projector.relativeL2),
+            "name": .string(String(image.split(separator: "/").last ?? "")), "image": .string(image),
             "mean_kld": .double(logits.meanKLD), "same_top": .double(logits.sameTopRate),
+            "vision_cosine": .double(vision.cosine), "vision_relative_l2": .double(vision.relativeL2),
+            "projector_cosine": .double(projector.cosine), "projector_relative_l2": .double(projector.relativeL2),
             "reference_answer": .string(referenceAnswer), "candidate_answer": .string(candidateAnswer),
             "expected_answer": expectedAnswer.map { .string($0) } ?? .null,
             "perplexity_ratio": perplexityRatio.map { .double($0) } ?? .null,

@@ -101,7 +101,8 @@ struct Chat: AsyncParsableCommand {
             state.image = argument
             logger.info("now about \(argument); earlier turns forgotten")
         case "/help":
-            writeToStandardError("/image PATH  talk about another image\n/reset       forget the turns\n/quit        end\n")
+            writeToStandardError(
+                "/image PATH  talk about another image\n/reset       forget the turns\n/quit        end\n")
         default:
             let known = ["/image", "/reset", "/help", "/quit"]
             let hint = Suggestion.nearest(to: parts[0], among: known).map { "; did you mean \($0)?" } ?? ""
@@ -122,10 +123,12 @@ struct Chat: AsyncParsableCommand {
         let line =
             "turn: \(stats.reusedTokens) positions reused from the cache, \(stats.promptTokens) prefilled in "
             + "\(fixed(stats.prefillSeconds, 2)) s; \(stats.generatedTokens) tokens at "
-            + "\(fixed(stats.tokensPerSecond, 1)) tokens/s; context \(stats.contextTokens) of \(state.model.contextLength)"
+            + "\(fixed(stats.tokensPerSecond, 1)) tokens/s; context \(stats.contextTokens) of "
+            + "\(state.model.contextLength)"
         logger.info("\(line)")
         if turn.finish == .contextFull {
-            logger.warning("the conversation reached the model's context (\(state.model.contextLength) positions): /reset")
+            logger.warning(
+                "the conversation reached the model's context (\(state.model.contextLength) positions): /reset")
         }
     }
 }

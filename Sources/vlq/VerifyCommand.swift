@@ -76,6 +76,10 @@ struct Verify: ParsableCommand {
         if rankSamples != nil, reference == nil || reference!.hasSuffix(".vlqref") {
             throw ValidationError("--rank-layers needs --reference to be a model (bundle or folder), not a .vlqref")
         }
+        let bounded = maxKLD != nil || minSameTop != nil || minCosine != nil
+        if bounded && referenceDir == nil && reference == nil {
+            throw ValidationError("--max-kld, --min-same-top and --min-cosine need --reference-dir or --reference")
+        }
         if json == "-" && html == "-" { throw ValidationError("only one of --json and --html can go to stdout") }
     }
 

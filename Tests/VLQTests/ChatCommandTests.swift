@@ -27,7 +27,8 @@ final class ChatCommandTests: XCTestCase {
         stderr.split(separator: "\n").compactMap { line in
             guard line.hasPrefix("vlq: info: turn: ") else { return nil }
             let words = line.split(separator: " ")
-            guard let reused = Int(words[3]), let p = words.firstIndex(of: "prefilled"), let prefilled = Int(words[p - 1])
+            guard let reused = Int(words[3]), let p = words.firstIndex(of: "prefilled"),
+                let prefilled = Int(words[p - 1])
             else { return nil }
             return (reused, prefilled)
         }
