@@ -157,8 +157,8 @@ public enum HTMLReport {
     static func casesTable(_ cases: [ReferenceComparison.CaseResult]) -> String {
         var body =
             "<h2>Reference cases, worst first (by mean KLD)</h2>\n<table class=samples><tr><th>case</th>"
-            + "<th>vision cos</th><th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th><th>mean KLD</th>"
-            + "<th>same top</th></tr>\n"
+            + "<th>vision cos</th><th>vision rel. L2</th><th>projector cos</th><th>projector rel. L2</th>"
+            + "<th>mean KLD</th><th>same top</th></tr>\n"
         for c in cases.sorted(by: { $0.logits.meanKLD > $1.logits.meanKLD }) {
             body += "<tr><td>\(escape(c.name))</td><td>\(fixed(c.vision.cosine, 6))</td>"
             body += "<td>\(number(c.vision.relativeL2))</td>"
