@@ -8,6 +8,8 @@ public enum CalibrationError: String, ErrorKind, Equatable {
     case invalidStatistics
     /// Statistics that do not belong together or to this model: other layers or column counts.
     case statisticsMismatch
+    /// Statistics of the same calibration set merged twice: its samples would count double.
+    case sameSetTwice
     /// Statistics that would need more memory than the budget allows.
     case overBudget
 }

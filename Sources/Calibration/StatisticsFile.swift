@@ -129,6 +129,11 @@ public struct StatisticsFile {
 
     /// Sums two runs over the same model (for example halves of a large set on two machines).
     public mutating func merge(_ other: StatisticsFile, subject: String) throws {
+        if let repeated = other.setDigests.first(where: setDigests.contains) {
+            throw VLQError(
+                CalibrationError.sameSetTwice, subject,
+                "holds statistics of set \(repeated), already merged: its samples would count twice")
+        }
         guard Set(statistics.keys) == Set(other.statistics.keys) else {
             throw VLQError(
                 CalibrationError.statisticsMismatch, subject,

@@ -189,12 +189,22 @@ struct Quantize: ParsableCommand {
         let report = try pipeline.run(
             source: source, output: output, statistics: statistics,
             calibrationSource: stats ?? set, progress: progress.update)
-        for (name, reason) in report.fallbacks { logger.info("fallback \(name): \(reason)") }
+        logFallbacks(report.fallbacks, logger: logger)
         let wrote =
             "wrote \(output): \(report.quantized) of \(report.tensors) tensors quantized "
             + "(\(chosen.name), \(chosen.method?.rawValue ?? "rtn")), \(formatBytes(report.outputBytes)) "
             + "in \(fixed(monotonicSeconds() - started, 1)) s"
         logger.notice("\(wrote)")
+    }
+
+    /// One line per reason: the seven Linears of a vision layer the model never runs share one.
+    func logFallbacks(_ fallbacks: [(name: String, reason: String)], logger: Logging.Logger) {
+        let byReason = Dictionary(grouping: fallbacks, by: \.reason)
+        for (reason, tensors) in byReason.sorted(by: { $0.value[0].name < $1.value[0].name }) {
+            let names = tensors.map(\.name)
+            let listed = names.count <= 2 ? names.joined(separator: ", ") : "\(names.count) tensors (\(names[0]), ...)"
+            logger.info("fallback \(listed): \(reason)")
+        }
     }
 
     /// Calibration given without a method gets the calibrated method with the least drift in the README's

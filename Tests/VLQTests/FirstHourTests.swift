@@ -136,6 +136,32 @@ final class FirstHourTests: XCTestCase {
         XCTAssertTrue(result.stderr.hasPrefix("vlq: error: \(shard): "), result.stderr)
     }
 
+    // Polish: merging a file with itself double-counted; a layer never run printed a fallback per tensor.
+    func testMergingTheSameSetTwiceIsRefusedAndFallbacksShareALine() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), stats = scratch.file("a.vlqstats")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let set = scratch.file("set.jsonl")
+        let manifest = try String(contentsOfFile: Reference.data + "/calibration.jsonl", encoding: .utf8)
+        let rows = manifest.split(separator: "\n").prefix(2).map {
+            $0.replacingOccurrences(of: "\"calibration/", with: "\"" + Reference.data + "/calibration/")
+        }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: set, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try vlq("calibrate", bundle, "--set", set, "-o", stats, "-q").status, 0)
+        try FileManager.default.copyItem(atPath: stats, toPath: scratch.file("copy.vlqstats"))
+        assertOneErrorLine(
+            try vlq("calibrate", "--merge", stats, scratch.file("copy.vlqstats"), "-o", scratch.file("m.vlqstats")),
+            contains: "already merged: its samples would count twice")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.file("m.vlqstats")))
+
+        let quantized = try vlq(
+            "quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--stats", stats, "--progress", "never"
+        )
+        XCTAssertEqual(quantized.status, 0, quantized.stderr)
+        let fallbacks = quantized.stderr.split(separator: "\n").filter { $0.contains("fallback") }
+        XCTAssertEqual(fallbacks.count, 1, quantized.stderr)
+    }
+
     // 10. `convert -o <existing folder>` failed only after the whole conversion.
     func testAFolderAsOutputIsRefusedBeforeConverting() throws {
         let scratch = try Scratch()
