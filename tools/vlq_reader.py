@@ -4,13 +4,13 @@
     python3 tools/vlq_reader.py check  model.vlq          # structure + every tensor checksum
     python3 tools/vlq_reader.py list   model.vlq          # name, encoding, shape, bytes
     python3 tools/vlq_reader.py metadata model.vlq        # the metadata JSON
-    python3 tools/vlq_reader.py dump   model.vlq NAME     # a tensor's values (as float32)
+    python3 tools/vlq_reader.py dump   model.vlq NAME     # a tensor's values as float32 (--full: all)
 
-As a library:
+As a library (`pip install -e tools/`, then `import vlq_reader`):
 
     b = VLQBundle("model.vlq")
-    w = b.tensor("model.layers.0.mlp.up_proj.weight")    # numpy view into the mmap, no copy
-    x = b.tensor_f32("model.norm.weight")                 # decoded to float32 (a copy)
+    x = b.tensor("model.norm.weight")                     # float32 (f32: a view; bf16/f16/quantized: decoded)
+    w = b.tensor("model.layers.0.mlp.up_proj.weight", raw=True)   # the stored elements, a view into the mmap
 
 Checksums are XXH3-64. The `xxhash` module is used when installed, else libxxhash through ctypes,
 else the pure numpy implementation below (slow on gigabytes, fine for small bundles).
@@ -429,9 +429,12 @@ class VLQBundle:
         t = self.entry(name)
         return self.buffer[t.offset:t.offset + t.size]
 
-    def tensor(self, name):
-        """A read-only numpy view of the stored elements (bf16 as uint16 bit patterns), no copy.
-        For quantized encodings: the raw bytes (uint8); tensor_f32 decodes them."""
+    def tensor(self, name, raw=False):
+        """The tensor's values as float32 (f32 tensors: a read-only view into the mmap; bf16, f16 and
+        quantized ones: decoded, a copy). raw=True gives the stored elements as a view instead, no copy:
+        bf16 as uint16 bit patterns, quantized encodings as their bytes (uint8)."""
+        if not raw:
+            return self.tensor_f32(name)
         t = self.entry(name)
         if t.encoding in QUANTIZED.values():
             return np.frombuffer(self.buffer, dtype=np.uint8, count=t.size, offset=t.offset)
@@ -439,10 +442,13 @@ class VLQBundle:
         return np.frombuffer(self.buffer, dtype=dtype, count=t.size // width, offset=t.offset).reshape(t.shape)
 
     def tensor_f32(self, name):
+        """The tensor decoded to float32 (a view for f32 tensors)."""
         t = self.entry(name)
         if t.encoding in QUANTIZED.values():
             return dequantize(self.raw(name), t.encoding, t.shape, t.group_size)
-        values = self.tensor(name)
+        values = self.tensor(name, raw=True)
+        if t.encoding == "f32":
+            return values
         if t.encoding == "bf16":
             return (values.astype(np.uint32) << 16).view(np.float32)
         return values.astype(np.float32)
@@ -459,17 +465,30 @@ class VLQBundle:
 
 def main(argv):
     import argparse
+    import signal
 
+    # `| head` closes the pipe early: end quietly as other command-line tools do, not with a traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["check", "list", "metadata", "dump"])
-    parser.add_argument("bundle")
-    parser.add_argument("name", nargs="?")
-    parser.add_argument("--hash", default="auto", choices=["auto", "xxhash", "libxxhash", "numpy"],
-                        help="XXH3 implementation (default: the fastest available)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def command(name, help):
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("bundle", help="the .vlq file")
+        return sub
+
+    check = command("check", "verify the structure and every tensor checksum")
+    check.add_argument("--hash", default="auto", choices=["auto", "xxhash", "libxxhash", "numpy"],
+                       help="XXH3 implementation (default: the fastest available)")
+    command("list", "one JSON line per tensor: name, encoding, shape, bytes, xxh3")
+    command("metadata", "the metadata JSON")
+    dump = command("dump", "a tensor's values as float32")
+    dump.add_argument("name", help="the tensor's name (see list)")
+    dump.add_argument("--full", action="store_true", help="print every value instead of the first and last")
+    dump.add_argument("--raw", action="store_true", help="the stored elements (bf16 bits, quantized bytes)")
     args = parser.parse_args(argv)
     try:
         global pick_hasher
-        if args.hash != "auto":
+        if getattr(args, "hash", "auto") != "auto":
             chosen = pick_hasher(args.hash)
             pick_hasher = lambda implementation="auto": chosen  # noqa: E731
         bundle = VLQBundle(args.bundle)
@@ -482,16 +501,24 @@ def main(argv):
         elif args.command == "metadata":
             print(json.dumps(bundle.metadata, indent=2, ensure_ascii=False, sort_keys=True))
         elif args.command == "dump":
-            if not args.name:
-                parser.error("dump needs a tensor name")
-            np.set_printoptions(threshold=64)
-            print(bundle.tensor_f32(args.name))
-    except (VLQFormatError, KeyError, UnicodeDecodeError, struct.error) as error:
-        message = error.args[0] if isinstance(error, KeyError) else str(error)
+            np.set_printoptions(threshold=sys.maxsize if args.full else 64)
+            values = bundle.tensor(args.name, raw=args.raw)
+            print(values)
+            if not args.full and values.size > 64:
+                print(f"({values.size} values, {values.dtype}; --full prints every one)", file=sys.stderr)
+    except (VLQFormatError, KeyError, UnicodeDecodeError, struct.error, OSError) as error:
+        if isinstance(error, OSError):
+            message = f"{error.filename}: {error.strerror}"
+        else:
+            message = error.args[0] if isinstance(error, KeyError) else str(error)
         print(f"vlq_reader: error: {message}", file=sys.stderr)
         return 1
     return 0
 
 
-if __name__ == "__main__":
+def _entry():
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    _entry()

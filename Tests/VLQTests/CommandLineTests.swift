@@ -125,9 +125,10 @@ final class CommandLineTests: XCTestCase {
                 source |= load(root + "/" + shard + ".safetensors")
             compared = 0
             for t in bundle.tensors:
-                view = bundle.tensor(t.name)
+                view = bundle.tensor(t.name, raw=True)
                 assert not view.flags.owndata, t.name
-                assert np.array_equal(bundle.tensor_f32(t.name), source[t.name]), t.name
+                assert bundle.tensor(t.name).dtype == np.float32, t.name
+                assert np.array_equal(bundle.tensor(t.name), source[t.name]), t.name
                 compared += 1
             assert bundle.metadata["chat"]["image_token_index"] == -200
             print(f"compared {compared}")
@@ -138,6 +139,30 @@ final class CommandLineTests: XCTestCase {
         ])
         XCTAssertEqual(compared.status, 0, compared.stderr)
         XCTAssertEqual(compared.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "compared 118")
+    }
+
+    /// Its command line as one expects of a tool: help per subcommand, quiet when piped into `head`, every
+    /// value on request, float32 unless the stored elements are asked for.
+    func testThePythonReaderCommandLine() throws {
+        let scratch = try Scratch()
+        let output = scratch.file("tiny.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", output, "-q").status, 0)
+        let help = try python([Repo.readerScript, "dump", "--help"])
+        XCTAssertTrue(help.stdout.contains("--full") && help.stdout.contains("--raw"), help.stdout)
+        let name = "model.layers.0.mlp.up_proj.weight"
+        let elided = try python([Repo.readerScript, "dump", output, name])
+        XCTAssertTrue(elided.stdout.contains("..."), elided.stdout)
+        XCTAssertTrue(elided.stderr.contains("--full prints every one"), elided.stderr)
+        let full = try python([Repo.readerScript, "dump", output, name, "--full"])
+        XCTAssertFalse(full.stdout.contains("..."))
+        let raw = try python([Repo.readerScript, "dump", output, name, "--raw"])
+        XCTAssertTrue(raw.stderr.contains("uint16"), raw.stderr)
+        let piped = try VLQTests.run(
+            "/bin/sh", ["-c", "python3 '\(Repo.readerScript)' dump '\(output)' \(name) --full | head -1"])
+        XCTAssertEqual(piped.stderr, "", "no BrokenPipe traceback")
+        let missing = try python([Repo.readerScript, "check", scratch.file("absent.vlq")])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.hasPrefix("vlq_reader: error: "), missing.stderr)
     }
 
     func testThePythonReaderRejectsADamagedBundle() throws {
