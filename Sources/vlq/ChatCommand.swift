@@ -46,6 +46,7 @@ struct Chat: AsyncParsableCommand {
 
     func validate() throws {
         guard images.count == 1 else { throw ValidationError("give one --image (/image PATH switches later)") }
+        if images[0] == "-" { throw ValidationError("--image - cannot be used with chat: stdin carries the turns") }
         guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
         if let system, system.allSatisfy(\.isWhitespace) { throw ValidationError("--system is empty") }

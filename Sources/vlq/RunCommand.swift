@@ -11,7 +11,7 @@ struct ModelInput: ParsableArguments {
     @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder.")
     var model: String
 
-    @Option(name: .customLong("image"), help: "The image (PNG or JPEG).")
+    @Option(name: .customLong("image"), help: "The image (PNG or JPEG); - reads it from stdin (vlq run).")
     var images: [String] = []
 
     @Option(help: "The question about the image; - reads it from stdin.")
@@ -33,6 +33,22 @@ struct ModelInput: ParsableArguments {
             throw ValidationError("give exactly one of --image and --pixel-values")
         }
         guard !prompt.allSatisfy(\.isWhitespace) else { throw ValidationError("--prompt is empty") }
+        if image == "-" && prompt == "-" { throw ValidationError("only one of --image and --prompt can read stdin") }
+    }
+
+    /// The most bytes `--image -` reads: far above any photograph, small enough to hold.
+    static let stdinImageLimit = 256 << 20
+
+    /// `--image -`: the encoded image on stdin.
+    func imageFromStandardInput() throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 20), !chunk.isEmpty {
+            bytes += chunk
+            guard bytes.count <= Self.stdinImageLimit else {
+                throw VLQError(CoreError.cannotRead, "stdin", "the image (--image -) is over 256 MiB")
+            }
+        }
+        return bytes
     }
 
     /// The question: `--prompt -` reads all of stdin (a trailing newline dropped).
@@ -124,6 +140,8 @@ struct Run: AsyncParsableCommand {
 
     func image(for model: VLQModel) throws -> VLQImage {
         switch input.pixelSource {
+        case .image("-"):
+            return VLQImage(encoded: try input.imageFromStandardInput(), name: "stdin")
         case .image(let path):
             return VLQImage(contentsOf: path)
         case .pixelValuesFile(let path):
@@ -151,6 +169,10 @@ struct Logits: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if input.image == "-" { throw ValidationError("--image - is for vlq run; logits takes a file") }
+    }
 
     func run() throws {
         try OutputPath.check(output, inputs: [input.model] + [input.image, input.pixelValues].compactMap { $0 })

@@ -270,6 +270,23 @@ final class RunInputTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 0)
         XCTAssertEqual(answer, direct.stdout)
 
+        let imageProcess = Process()
+        imageProcess.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
+        imageProcess.arguments = [
+            "run", Repo.tinyModel, "--image", "-", "--prompt", "What shapes are in the image?", "-q",
+        ]
+        let imageInput = Pipe(), imageOutput = Pipe()
+        (imageProcess.standardInput, imageProcess.standardOutput) = (imageInput, imageOutput)
+        try imageProcess.run()
+        imageInput.fileHandleForWriting.write(try Data(contentsOf: URL(fileURLWithPath: image)))
+        try imageInput.fileHandleForWriting.close()
+        let fromStdin = String(decoding: imageOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        imageProcess.waitUntilExit()
+        XCTAssertEqual(imageProcess.terminationStatus, 0)
+        XCTAssertEqual(fromStdin, direct.stdout, "--image - reads the same image from stdin")
+        let bothFromStdin = try vlq("run", Repo.tinyModel, "--image", "-", "--prompt", "-")
+        XCTAssertEqual(bothFromStdin.status, 2)
+
         let empty = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", "  ")
         XCTAssertEqual(empty.status, 2)
         XCTAssertTrue(empty.stderr.contains("--prompt is empty"), empty.stderr)
