@@ -42,23 +42,30 @@ public final class WindowedStatistics: StatisticsSource {
     var window: StatisticsCollector?
     public private(set) var passes = 1
     let progress: (String) -> Void
+    /// Samples done in the current pass: (pass, done, total).
+    let sampleProgress: (Int, Int, Int) -> Void
 
     public init(
         engine: YiVLEngine, set: CalibrationSet, budget: Int,
-        progress: @escaping (String) -> Void = { _ in }
+        progress: @escaping (String) -> Void = { _ in },
+        sampleProgress: @escaping (Int, Int, Int) -> Void = { _, _, _ in }
     ) throws {
         self.engine = engine
         self.calibrationSet = set
         self.budget = budget
         self.progress = progress
-        diagonal = try CalibrationRunner.collect(engine: engine, set: set, withGram: false)
+        self.sampleProgress = sampleProgress
+        diagonal = try CalibrationRunner.collect(
+            engine: engine, set: set, withGram: false, progress: { sampleProgress(1, $0, $1) })
     }
 
     /// Over `model`, opened now if it was not yet.
     public convenience init(
-        model: LazyModel, set: CalibrationSet, budget: Int, progress: @escaping (String) -> Void = { _ in }
+        model: LazyModel, set: CalibrationSet, budget: Int, progress: @escaping (String) -> Void = { _ in },
+        sampleProgress: @escaping (Int, Int, Int) -> Void = { _, _, _ in }
     ) throws {
-        try self.init(engine: try model.engine(), set: set, budget: budget, progress: progress)
+        try self.init(
+            engine: try model.engine(), set: set, budget: budget, progress: progress, sampleProgress: sampleProgress)
     }
 
     public var hasGram: Bool { true }
@@ -83,9 +90,9 @@ public final class WindowedStatistics: StatisticsSource {
         window = nil  // free the previous window before allocating the next
         passes += 1
         progress("calibration pass \(passes): X^T X for \(known.count) inputs from \(first) (\(bytes >> 20) MiB)")
-        let wanted = Set(known)
+        let wanted = Set(known), pass = passes
         window = try CalibrationRunner.collect(
             engine: engine, set: calibrationSet, withGram: true,
-            gramFor: { wanted.contains($0) })
+            gramFor: { wanted.contains($0) }, progress: { self.sampleProgress(pass, $0, $1) })
     }
 }

@@ -235,7 +235,16 @@ struct Quantize: ParsableCommand {
             // X^T X of a large model may not fit at once: the quantization plan divides it into
             // windows, one calibration pass each.
             let budget = gramBudgetMB.map { $0 << 20 } ?? MemoryBudget.gramStatistics
-            return try WindowedStatistics(model: engine, set: calibrationSet, budget: budget) { logger.info("\($0)") }
+            // A bar per calibration pass: the first collects the sums, each later one a window of X^T X.
+            var bar: (pass: Int, progress: ByteProgress)?
+            return try WindowedStatistics(
+                model: engine, set: calibrationSet, budget: budget, progress: { logger.info("\($0)") },
+                sampleProgress: { pass, done, total in
+                    if bar?.pass != pass {
+                        bar = (pass, global.progress("calibration pass \(pass)", logger: logger, unit: "samples"))
+                    }
+                    bar!.progress.update(done, total)
+                })
         }
         let progress = global.progress("calibrate", logger: logger, unit: "samples")
         let collector = try CalibrationRunner.collect(

@@ -41,6 +41,7 @@ final class FirstHourTests: XCTestCase {
         let result = try vlq("quantize", bundle, "-o", output, "--preset", "int4", "--set", set)
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stderr.contains("no --method: quantizing with gptq"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("calibration pass 1: 2 of 2 samples"), "calibration shows progress")
         XCTAssertTrue(try vlq("inspect", output).stdout.contains("method gptq"))
 
         let ignored = try vlq(
