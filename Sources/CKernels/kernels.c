@@ -278,13 +278,28 @@ static void q4_block_x(const float *x, size_t cols, float *blocked) {
 
 #define Q4_NIBBLES(v, shift) _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, shift), mask))
 
+// 64 codes at p (32 bytes) times blocked x at q, into two sums: lanes 0-3 hold codes 0-31, lanes 4-7 codes 32-63.
+VLQ_AVX2 static ALWAYS_INLINE void q4_block64(const uint8_t *p, const float *q, __m256 a[2]) {
+    const __m256i mask = _mm256_set1_epi32(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    __m256 n0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+    __m256 n7 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
+    a[0] = _mm256_fmadd_ps(n0, _mm256_loadu_ps(q), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 4), _mm256_loadu_ps(q + 8), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 8), _mm256_loadu_ps(q + 16), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 12), _mm256_loadu_ps(q + 24), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 16), _mm256_loadu_ps(q + 32), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 20), _mm256_loadu_ps(q + 40), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 24), _mm256_loadu_ps(q + 48), a[0]);
+    a[1] = _mm256_fmadd_ps(n7, _mm256_loadu_ps(q + 56), a[1]);
+}
+
 // Groups of a multiple of 64, x blocked (q4_block_x): one 32-byte load and one shift and mask per 8 codes.
 VLQ_AVX2 static ALWAYS_INLINE void q4_blocked_rows(const uint8_t *codes, const uint16_t *scales,
                                                    const uint16_t *biases, size_t cols, size_t group,
                                                    const float *xb, const float *sums, float *y, size_t r,
                                                    const int R) {
     size_t groups = cols / group;
-    const __m256i mask = _mm256_set1_epi32(0x0F);
     __m256 total[ROW_BLOCK];
     float tail[ROW_BLOCK];
     for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
@@ -292,24 +307,37 @@ VLQ_AVX2 static ALWAYS_INLINE void q4_blocked_rows(const uint8_t *codes, const u
         __m256 a[ROW_BLOCK][2];
         for (int i = 0; i < R; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
         for (size_t j = k * group, stop = j + group; j < stop; j += 64) {
-            const float *q = xb + j;
-            for (int i = 0; i < R; i++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(codes + ((r + i) * cols + j) / 2));
-                __m256 n0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
-                __m256 n7 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
-                a[i][0] = _mm256_fmadd_ps(n0, _mm256_loadu_ps(q), a[i][0]);
-                a[i][1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 4), _mm256_loadu_ps(q + 8), a[i][1]);
-                a[i][0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 8), _mm256_loadu_ps(q + 16), a[i][0]);
-                a[i][1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 12), _mm256_loadu_ps(q + 24), a[i][1]);
-                a[i][0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 16), _mm256_loadu_ps(q + 32), a[i][0]);
-                a[i][1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 20), _mm256_loadu_ps(q + 40), a[i][1]);
-                a[i][0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 24), _mm256_loadu_ps(q + 48), a[i][0]);
-                a[i][1] = _mm256_fmadd_ps(n7, _mm256_loadu_ps(q + 56), a[i][1]);
-            }
+            for (int i = 0; i < R; i++) q4_block64(codes + ((r + i) * cols + j) / 2, xb + j, a[i]);
         }
         for (int i = 0; i < R; i++)
             q4_close_group(_mm256_add_ps(a[i][0], a[i][1]), scales, biases, (r + i) * groups + k, sums[k], &total[i],
                            &tail[i]);
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Groups of 32, x blocked: each 32-byte load holds two groups, lanes 0-3 the first and lanes 4-7 the second.
+VLQ_AVX2 static ALWAYS_INLINE void q4_blocked_pairs_rows(const uint8_t *codes, const uint16_t *scales,
+                                                         const uint16_t *biases, size_t cols, const float *xb,
+                                                         const float *sums, float *y, size_t r, const int R) {
+    size_t groups = cols / 32;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k += 2) {
+        __m256 a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) {
+            a[i][0] = a[i][1] = _mm256_setzero_ps();
+            q4_block64(codes + ((r + i) * cols + 32 * k) / 2, xb + 32 * k, a[i]);
+        }
+        for (int i = 0; i < R; i++) {
+            size_t g = (r + i) * groups + k;
+            float s0 = half_scalar(scales[g]), s1 = half_scalar(scales[g + 1]);
+            float b0 = biases ? half_scalar(biases[g]) : -8 * s0, b1 = biases ? half_scalar(biases[g + 1]) : -8 * s1;
+            __m256 scale = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+            total[i] = _mm256_fmadd_ps(_mm256_add_ps(a[i][0], a[i][1]), scale, total[i]);
+            tail[i] += b0 * sums[k] + b1 * sums[k + 1];
+        }
     }
     for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
 }
@@ -325,15 +353,22 @@ VLQ_AVX2 static void q4_blocked_avx2(const uint8_t *codes, const uint16_t *scale
     if (!xb) abort();
     q4_block_x(x, cols, xb);
     size_t r = begin;
-    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
-        q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, ROW_BLOCK);
-    for (; r < end; r++) q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, 1);
+    if (group == 32) {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_blocked_pairs_rows(codes, scales, biases, cols, xb, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_blocked_pairs_rows(codes, scales, biases, cols, xb, sums, y, r, 1);
+    } else {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, 1);
+    }
     if (xb != on_stack) free(xb);
 }
 
 VLQ_AVX2 static void q4_avx2(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
                              size_t group, const float *x, const float *sums, float *y, size_t begin, size_t end) {
-    if (group % 64 == 0) return q4_blocked_avx2(codes, scales, biases, cols, group, x, sums, y, begin, end);
+    if (group % 64 == 0 || (group == 32 && cols % 64 == 0))
+        return q4_blocked_avx2(codes, scales, biases, cols, group, x, sums, y, begin, end);
     if (group % 16) return q4_scalar(codes, scales, biases, cols, group, x, sums, y, begin, end);
     size_t r = begin;
     for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
