@@ -1,5 +1,9 @@
 // Decode matrix-vector kernels (include/vlq_kernels.h). Each group's scale multiplies that group's
 // partial sum once; q4's bias multiplies the group's sum of x once (value = code * scale + bias).
+// The vector kernels take ROW_BLOCK rows per pass: each load of x then serves four rows, and four
+// rows' independent sums keep the FMA units busy (one row's chain of FMAs waits on its latency).
+// No software prefetch: the rows are sequential streams the hardware prefetches, and _mm_prefetch
+// 256 or 1024 bytes ahead measured 5-25% slower (tools/decode_kernel_bench.c).
 #include "vlq_kernels.h"
 
 #include <string.h>
@@ -100,10 +104,16 @@ static void q4_scalar(const uint8_t *codes, const uint16_t *scales, const uint16
     }
 }
 
+// Rows per pass of the vector kernels.
+enum { ROW_BLOCK = 4 };
+
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
+
 // MARK: x86-64: AVX2, FMA, F16C.
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <stdlib.h>
 #define VLQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 VLQ_AVX2 static inline float hsum(__m256 v) {
@@ -126,24 +136,34 @@ VLQ_AVX2 static inline float half_scalar(uint16_t h) {
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
+// R (1 or ROW_BLOCK, a constant once inlined) rows from r on; 16 columns per step, two sums per row.
 #define HALF_ROWS(name, load, convert)                                                                            \
-    VLQ_AVX2 static void name(const uint16_t *w, size_t cols, const float *x, float *y, size_t begin, size_t end) {  \
-        for (size_t r = begin; r < end; r++) {                                                                    \
-            const uint16_t *row = w + r * cols;                                                                   \
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),                 \
-                   a3 = _mm256_setzero_ps();                                                                      \
-            size_t j = 0;                                                                                         \
-            for (; j + 32 <= cols; j += 32) {                                                                     \
-                a0 = _mm256_fmadd_ps(load(row + j), _mm256_loadu_ps(x + j), a0);                                  \
-                a1 = _mm256_fmadd_ps(load(row + j + 8), _mm256_loadu_ps(x + j + 8), a1);                          \
-                a2 = _mm256_fmadd_ps(load(row + j + 16), _mm256_loadu_ps(x + j + 16), a2);                        \
-                a3 = _mm256_fmadd_ps(load(row + j + 24), _mm256_loadu_ps(x + j + 24), a3);                        \
+    VLQ_AVX2 static ALWAYS_INLINE void name##_rows(const uint16_t *w, size_t cols, const float *x, float *y,      \
+                                                   size_t r, const int R) {                                      \
+        __m256 a[ROW_BLOCK][2];                                                                                   \
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();                                      \
+        size_t j = 0;                                                                                             \
+        for (; j + 16 <= cols; j += 16) {                                                                         \
+            __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);                                  \
+            for (int i = 0; i < R; i++) {                                                                         \
+                const uint16_t *p = w + (r + i) * cols + j;                                                       \
+                a[i][0] = _mm256_fmadd_ps(load(p), x0, a[i][0]);                                                  \
+                a[i][1] = _mm256_fmadd_ps(load(p + 8), x1, a[i][1]);                                              \
             }                                                                                                     \
-            for (; j + 8 <= cols; j += 8) a0 = _mm256_fmadd_ps(load(row + j), _mm256_loadu_ps(x + j), a0);        \
-            float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));                         \
-            for (; j < cols; j++) s += convert(row[j]) * x[j];                                                    \
-            y[r] = s;                                                                                             \
         }                                                                                                         \
+        for (; j + 8 <= cols; j += 8)                                                                             \
+            for (int i = 0; i < R; i++)                                                                           \
+                a[i][0] = _mm256_fmadd_ps(load(w + (r + i) * cols + j), _mm256_loadu_ps(x + j), a[i][0]);         \
+        for (int i = 0; i < R; i++) {                                                                             \
+            float s = hsum(_mm256_add_ps(a[i][0], a[i][1]));                                                      \
+            for (size_t t = j; t < cols; t++) s += convert(w[(r + i) * cols + t]) * x[t];                         \
+            y[r + i] = s;                                                                                         \
+        }                                                                                                         \
+    }                                                                                                             \
+    VLQ_AVX2 static void name(const uint16_t *w, size_t cols, const float *x, float *y, size_t begin, size_t end) { \
+        size_t r = begin;                                                                                         \
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK) name##_rows(w, cols, x, y, r, ROW_BLOCK);                    \
+        for (; r < end; r++) name##_rows(w, cols, x, y, r, 1);                                                    \
     }
 
 HALF_ROWS(bf16_avx2, load_bf16, bf16_to_float)
@@ -153,8 +173,34 @@ VLQ_AVX2 static inline __m256 load_q8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-VLQ_AVX2 static void q8_avx2(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const float *x,
-                             float *y, size_t begin, size_t end) {
+// Groups of a multiple of 16.
+VLQ_AVX2 static ALWAYS_INLINE void q8_rows(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
+                                           const float *x, float *y, size_t r, const int R) {
+    size_t groups = cols / group;
+    __m256 total[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps();
+    for (size_t k = 0; k < groups; k++) {
+        __m256 a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+        for (size_t j = k * group, stop = j + group; j < stop; j += 16) {
+            __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+            for (int i = 0; i < R; i++) {
+                const int8_t *p = codes + (r + i) * cols + j;
+                a[i][0] = _mm256_fmadd_ps(load_q8(p), x0, a[i][0]);
+                a[i][1] = _mm256_fmadd_ps(load_q8(p + 8), x1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < R; i++) {
+            __m256 scale = _mm256_set1_ps(half_scalar(scales[(r + i) * groups + k]));
+            total[i] = _mm256_fmadd_ps(_mm256_add_ps(a[i][0], a[i][1]), scale, total[i]);
+        }
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]);
+}
+
+// Any group size: one row at a time, the group's tail in scalar code.
+VLQ_AVX2 static void q8_any_group_avx2(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
+                                       const float *x, float *y, size_t begin, size_t end) {
     size_t groups = cols / group;
     for (size_t r = begin; r < end; r++) {
         const int8_t *row = codes + r * cols;
@@ -162,75 +208,180 @@ VLQ_AVX2 static void q8_avx2(const int8_t *codes, const uint16_t *scales, size_t
         float tail = 0;
         for (size_t k = 0; k < groups; k++) {
             size_t j = k * group, stop = j + group;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (; j + 16 <= stop; j += 16) {
-                a0 = _mm256_fmadd_ps(load_q8(row + j), _mm256_loadu_ps(x + j), a0);
-                a1 = _mm256_fmadd_ps(load_q8(row + j + 8), _mm256_loadu_ps(x + j + 8), a1);
-            }
-            for (; j + 8 <= stop; j += 8) a0 = _mm256_fmadd_ps(load_q8(row + j), _mm256_loadu_ps(x + j), a0);
-            float scale = half_scalar(scales[r * groups + k]);
-            total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(scale), total);
-            if (j < stop) {
-                float partial = 0;
-                for (; j < stop; j++) partial += (float)row[j] * x[j];
-                tail += partial * scale;
-            }
+            __m256 a = _mm256_setzero_ps();
+            for (; j + 8 <= stop; j += 8) a = _mm256_fmadd_ps(load_q8(row + j), _mm256_loadu_ps(x + j), a);
+            float scale = half_scalar(scales[r * groups + k]), partial = 0;
+            total = _mm256_fmadd_ps(a, _mm256_set1_ps(scale), total);
+            for (; j < stop; j++) partial += (float)row[j] * x[j];
+            tail += partial * scale;
         }
         y[r] = hsum(total) + tail;
     }
 }
 
-// 16 codes from 8 bytes, in element order (low nibble first), as two vectors of 8 floats.
-VLQ_AVX2 static inline void load_q4x16(const uint8_t *p, __m256 *w0, __m256 *w1) {
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m128i b = _mm_loadl_epi64((const __m128i *)p);
-    __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
-    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
-    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8)));
+VLQ_AVX2 static void q8_avx2(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const float *x,
+                             float *y, size_t begin, size_t end) {
+    if (group % 16) return q8_any_group_avx2(codes, scales, cols, group, x, y, begin, end);
+    size_t r = begin;
+    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK) q8_rows(codes, scales, cols, group, x, y, r, ROW_BLOCK);
+    for (; r < end; r++) q8_rows(codes, scales, cols, group, x, y, r, 1);
 }
 
-VLQ_AVX2 static inline __m256 load_q4x8(const uint8_t *p) {
-    const __m128i mask = _mm_set1_epi8(0x0F);
+// q4 sums: each row's group partial times its scale, plus the group's bias times the group's sum of x.
+VLQ_AVX2 static ALWAYS_INLINE void q4_close_group(__m256 partial, const uint16_t *scales, const uint16_t *biases,
+                                                  size_t g, float sum, __m256 *total, float *tail) {
+    float scale = half_scalar(scales[g]);
+    float bias = biases ? half_scalar(biases[g]) : -8 * scale;
+    *total = _mm256_fmadd_ps(partial, _mm256_set1_ps(scale), *total);
+    *tail += bias * sum;
+}
+
+// 8 codes from 4 bytes, in element order: the bytes' dword in every lane, lane l shifted right by 4 l.
+VLQ_AVX2 static inline __m256 q4x8(const uint8_t *p) {
     uint32_t four;
     memcpy(&four, p, 4);
-    __m128i b = _mm_cvtsi32_si128((int)four);
-    __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)four), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0x0F)));
+}
+
+// Groups of a multiple of 16, x in element order.
+VLQ_AVX2 static ALWAYS_INLINE void q4_rows(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases,
+                                           size_t cols, size_t group, const float *x, const float *sums, float *y,
+                                           size_t r, const int R) {
+    size_t groups = cols / group;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k++) {
+        __m256 a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+        for (size_t j = k * group, stop = j + group; j < stop; j += 16) {
+            __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+            for (int i = 0; i < R; i++) {
+                const uint8_t *p = codes + ((r + i) * cols + j) / 2;
+                a[i][0] = _mm256_fmadd_ps(q4x8(p), x0, a[i][0]);
+                a[i][1] = _mm256_fmadd_ps(q4x8(p + 4), x1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < R; i++)
+            q4_close_group(_mm256_add_ps(a[i][0], a[i][1]), scales, biases, (r + i) * groups + k, sums[k], &total[i],
+                           &tail[i]);
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Codes k of 8 in every dword of a 32-byte load (64 codes): (dwords >> 4 k) & 15, whose lane d is element
+// 8 d + k. x is permuted to match once per call: blocked[64 b + 8 k + d] = x[64 b + 8 d + k]. No shuffle
+// per code then, which made unpacking in element order (q4_rows) about a quarter slower.
+static void q4_block_x(const float *x, size_t cols, float *blocked) {
+    for (size_t b = 0; b + 64 <= cols; b += 64)
+        for (int k = 0; k < 8; k++)
+            for (int d = 0; d < 8; d++) blocked[b + 8 * k + d] = x[b + 8 * d + k];
+}
+
+#define Q4_NIBBLES(v, shift) _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, shift), mask))
+
+// 64 codes at p (32 bytes) times blocked x at q, into two sums: lanes 0-3 hold codes 0-31, lanes 4-7 codes 32-63.
+VLQ_AVX2 static ALWAYS_INLINE void q4_block64(const uint8_t *p, const float *q, __m256 a[2]) {
+    const __m256i mask = _mm256_set1_epi32(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    __m256 n0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+    __m256 n7 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
+    a[0] = _mm256_fmadd_ps(n0, _mm256_loadu_ps(q), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 4), _mm256_loadu_ps(q + 8), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 8), _mm256_loadu_ps(q + 16), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 12), _mm256_loadu_ps(q + 24), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 16), _mm256_loadu_ps(q + 32), a[0]);
+    a[1] = _mm256_fmadd_ps(Q4_NIBBLES(v, 20), _mm256_loadu_ps(q + 40), a[1]);
+    a[0] = _mm256_fmadd_ps(Q4_NIBBLES(v, 24), _mm256_loadu_ps(q + 48), a[0]);
+    a[1] = _mm256_fmadd_ps(n7, _mm256_loadu_ps(q + 56), a[1]);
+}
+
+// Groups of a multiple of 64, x blocked (q4_block_x): one 32-byte load and one shift and mask per 8 codes.
+VLQ_AVX2 static ALWAYS_INLINE void q4_blocked_rows(const uint8_t *codes, const uint16_t *scales,
+                                                   const uint16_t *biases, size_t cols, size_t group,
+                                                   const float *xb, const float *sums, float *y, size_t r,
+                                                   const int R) {
+    size_t groups = cols / group;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k++) {
+        __m256 a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+        for (size_t j = k * group, stop = j + group; j < stop; j += 64) {
+            for (int i = 0; i < R; i++) q4_block64(codes + ((r + i) * cols + j) / 2, xb + j, a[i]);
+        }
+        for (int i = 0; i < R; i++)
+            q4_close_group(_mm256_add_ps(a[i][0], a[i][1]), scales, biases, (r + i) * groups + k, sums[k], &total[i],
+                           &tail[i]);
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Groups of 32, x blocked: each 32-byte load holds two groups, lanes 0-3 the first and lanes 4-7 the second.
+VLQ_AVX2 static ALWAYS_INLINE void q4_blocked_pairs_rows(const uint8_t *codes, const uint16_t *scales,
+                                                         const uint16_t *biases, size_t cols, const float *xb,
+                                                         const float *sums, float *y, size_t r, const int R) {
+    size_t groups = cols / 32;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k += 2) {
+        __m256 a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) {
+            a[i][0] = a[i][1] = _mm256_setzero_ps();
+            q4_block64(codes + ((r + i) * cols + 32 * k) / 2, xb + 32 * k, a[i]);
+        }
+        for (int i = 0; i < R; i++) {
+            size_t g = (r + i) * groups + k;
+            float s0 = half_scalar(scales[g]), s1 = half_scalar(scales[g + 1]);
+            float b0 = biases ? half_scalar(biases[g]) : -8 * s0, b1 = biases ? half_scalar(biases[g + 1]) : -8 * s1;
+            __m256 scale = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+            total[i] = _mm256_fmadd_ps(_mm256_add_ps(a[i][0], a[i][1]), scale, total[i]);
+            tail[i] += b0 * sums[k] + b1 * sums[k + 1];
+        }
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Blocked x for rows this wide lives on the stack (64 KiB), wider ones on the heap.
+enum { Q4_STACK_COLUMNS = 16384 };
+
+VLQ_AVX2 static void q4_blocked_avx2(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases,
+                                     size_t cols, size_t group, const float *x, const float *sums, float *y,
+                                     size_t begin, size_t end) {
+    float on_stack[Q4_STACK_COLUMNS];
+    float *xb = cols <= Q4_STACK_COLUMNS ? on_stack : malloc(cols * sizeof(float));
+    if (!xb) abort();
+    q4_block_x(x, cols, xb);
+    size_t r = begin;
+    if (group == 32) {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_blocked_pairs_rows(codes, scales, biases, cols, xb, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_blocked_pairs_rows(codes, scales, biases, cols, xb, sums, y, r, 1);
+    } else {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_blocked_rows(codes, scales, biases, cols, group, xb, sums, y, r, 1);
+    }
+    if (xb != on_stack) free(xb);
 }
 
 VLQ_AVX2 static void q4_avx2(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
                              size_t group, const float *x, const float *sums, float *y, size_t begin, size_t end) {
-    size_t groups = cols / group;
-    for (size_t r = begin; r < end; r++) {
-        const uint8_t *row = codes + r * cols / 2;
-        __m256 total = _mm256_setzero_ps();
-        float tail = 0;
-        for (size_t k = 0; k < groups; k++) {
-            size_t j = k * group, stop = j + group;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), w0, w1;
-            for (; j + 16 <= stop; j += 16) {
-                load_q4x16(row + j / 2, &w0, &w1);
-                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + j), a0);
-                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + j + 8), a1);
-            }
-            for (; j + 8 <= stop; j += 8) a0 = _mm256_fmadd_ps(load_q4x8(row + j / 2), _mm256_loadu_ps(x + j), a0);
-            float scale = half_scalar(scales[r * groups + k]);
-            float bias = biases ? half_scalar(biases[r * groups + k]) : -8 * scale;
-            total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(scale), total);
-            float partial = 0;
-            for (; j < stop; j += 2) {
-                uint8_t b = row[j / 2];
-                partial += (float)(b & 0x0F) * x[j] + (float)(b >> 4) * x[j + 1];
-            }
-            tail += partial * scale + bias * sums[k];
-        }
-        y[r] = hsum(total) + tail;
-    }
+    if (group % 64 == 0 || (group == 32 && cols % 64 == 0))
+        return q4_blocked_avx2(codes, scales, biases, cols, group, x, sums, y, begin, end);
+    if (group % 16) return q4_scalar(codes, scales, biases, cols, group, x, sums, y, begin, end);
+    size_t r = begin;
+    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+        q4_rows(codes, scales, biases, cols, group, x, sums, y, r, ROW_BLOCK);
+    for (; r < end; r++) q4_rows(codes, scales, biases, cols, group, x, sums, y, r, 1);
 }
 
 static int known = -1;
 
-static int has_avx2(void) {
+static int use_vector(void) {
     if (known < 0) {
         __builtin_cpu_init();
         known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -238,38 +389,171 @@ static int has_avx2(void) {
     return known;
 }
 void vlq_kernels_use_portable(int portable) {
-    known = -1;
-    if (portable) known = 0;
+    known = portable ? 0 : -1;
 }
+#define VECTOR_ISA "avx2"
+#define bf16_vector bf16_avx2
+#define f16_vector f16_avx2
+#define q8_vector q8_avx2
+#define q4_vector q4_avx2
+
+// MARK: arm64: NEON (always present there).
+
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+
+static inline float32x4_t load_bf16x4(const uint16_t *p) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+
+static inline float32x4_t load_f16x4(const uint16_t *p) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
+// R (1 or ROW_BLOCK, a constant once inlined) rows from r on; 8 columns per step, two sums per row.
+#define HALF_ROWS(name, load, convert)                                                                            \
+    static ALWAYS_INLINE void name##_rows(const uint16_t *w, size_t cols, const float *x, float *y, size_t r,     \
+                                          const int R) {                                                         \
+        float32x4_t a[ROW_BLOCK][2];                                                                              \
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = vdupq_n_f32(0);                                           \
+        size_t j = 0;                                                                                             \
+        for (; j + 8 <= cols; j += 8) {                                                                           \
+            float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                                         \
+            for (int i = 0; i < R; i++) {                                                                         \
+                const uint16_t *p = w + (r + i) * cols + j;                                                       \
+                a[i][0] = vfmaq_f32(a[i][0], load(p), x0);                                                        \
+                a[i][1] = vfmaq_f32(a[i][1], load(p + 4), x1);                                                    \
+            }                                                                                                     \
+        }                                                                                                         \
+        for (int i = 0; i < R; i++) {                                                                             \
+            float s = vaddvq_f32(vaddq_f32(a[i][0], a[i][1]));                                                    \
+            for (size_t t = j; t < cols; t++) s += convert(w[(r + i) * cols + t]) * x[t];                         \
+            y[r + i] = s;                                                                                         \
+        }                                                                                                         \
+    }                                                                                                             \
+    static void name(const uint16_t *w, size_t cols, const float *x, float *y, size_t begin, size_t end) {        \
+        size_t r = begin;                                                                                         \
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK) name##_rows(w, cols, x, y, r, ROW_BLOCK);                    \
+        for (; r < end; r++) name##_rows(w, cols, x, y, r, 1);                                                    \
+    }
+
+HALF_ROWS(bf16_neon, load_bf16x4, bf16_to_float)
+HALF_ROWS(f16_neon, load_f16x4, f16_to_float)
+
+// Groups of a multiple of 8: 8 codes widened to two vectors of 4 floats.
+static ALWAYS_INLINE void q8_rows(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
+                                  const float *x, float *y, size_t r, const int R) {
+    size_t groups = cols / group;
+    float32x4_t total[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = vdupq_n_f32(0);
+    for (size_t k = 0; k < groups; k++) {
+        float32x4_t a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = vdupq_n_f32(0);
+        for (size_t j = k * group, stop = j + group; j < stop; j += 8) {
+            float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);
+            for (int i = 0; i < R; i++) {
+                int16x8_t c = vmovl_s8(vld1_s8(codes + (r + i) * cols + j));
+                a[i][0] = vfmaq_f32(a[i][0], vcvtq_f32_s32(vmovl_s16(vget_low_s16(c))), x0);
+                a[i][1] = vfmaq_f32(a[i][1], vcvtq_f32_s32(vmovl_s16(vget_high_s16(c))), x1);
+            }
+        }
+        for (int i = 0; i < R; i++)
+            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), f16_to_float(scales[(r + i) * groups + k]));
+    }
+    for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(total[i]);
+}
+
+static void q8_neon(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const float *x, float *y,
+                    size_t begin, size_t end) {
+    if (group % 8) return q8_scalar(codes, scales, cols, group, x, y, begin, end);
+    size_t r = begin;
+    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK) q8_rows(codes, scales, cols, group, x, y, r, ROW_BLOCK);
+    for (; r < end; r++) q8_rows(codes, scales, cols, group, x, y, r, 1);
+}
+
+// Groups of a multiple of 16: 8 bytes' low and high nibbles zipped back into element order.
+static ALWAYS_INLINE void q4_rows(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                                  size_t group, const float *x, const float *sums, float *y, size_t r, const int R) {
+    size_t groups = cols / group;
+    float32x4_t total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = vdupq_n_f32(0), tail[i] = 0;
+    for (size_t k = 0; k < groups; k++) {
+        float32x4_t a[ROW_BLOCK][2];
+        for (int i = 0; i < R; i++) a[i][0] = a[i][1] = vdupq_n_f32(0);
+        for (size_t j = k * group, stop = j + group; j < stop; j += 16) {
+            float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4), x2 = vld1q_f32(x + j + 8),
+                        x3 = vld1q_f32(x + j + 12);
+            for (int i = 0; i < R; i++) {
+                uint8x8_t b = vld1_u8(codes + ((r + i) * cols + j) / 2);
+                uint8x8x2_t n = vzip_u8(vand_u8(b, vdup_n_u8(0x0F)), vshr_n_u8(b, 4));
+                uint16x8_t lo = vmovl_u8(n.val[0]), hi = vmovl_u8(n.val[1]);
+                a[i][0] = vfmaq_f32(a[i][0], vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo))), x0);
+                a[i][1] = vfmaq_f32(a[i][1], vcvtq_f32_u32(vmovl_u16(vget_high_u16(lo))), x1);
+                a[i][0] = vfmaq_f32(a[i][0], vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi))), x2);
+                a[i][1] = vfmaq_f32(a[i][1], vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi))), x3);
+            }
+        }
+        for (int i = 0; i < R; i++) {
+            size_t g = (r + i) * groups + k;
+            float scale = f16_to_float(scales[g]);
+            float bias = biases ? f16_to_float(biases[g]) : -8 * scale;
+            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), scale);
+            tail[i] += bias * sums[k];
+        }
+    }
+    for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(total[i]) + tail[i];
+}
+
+static void q4_neon(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols, size_t group,
+                    const float *x, const float *sums, float *y, size_t begin, size_t end) {
+    if (group % 16) return q4_scalar(codes, scales, biases, cols, group, x, sums, y, begin, end);
+    size_t r = begin;
+    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+        q4_rows(codes, scales, biases, cols, group, x, sums, y, r, ROW_BLOCK);
+    for (; r < end; r++) q4_rows(codes, scales, biases, cols, group, x, sums, y, r, 1);
+}
+
+static int portable_only = 0;
+
+static int use_vector(void) { return !portable_only; }
+void vlq_kernels_use_portable(int portable) { portable_only = portable != 0; }
+#define VECTOR_ISA "neon"
+#define bf16_vector bf16_neon
+#define f16_vector f16_neon
+#define q8_vector q8_neon
+#define q4_vector q4_neon
+
 #else
-static int has_avx2(void) { return 0; }
+static int use_vector(void) { return 0; }
 void vlq_kernels_use_portable(int portable) { (void)portable; }
+#define VECTOR_ISA "scalar"
+#define bf16_vector bf16_scalar
+#define f16_vector f16_scalar
+#define q8_vector q8_scalar
+#define q4_vector q4_scalar
 #endif
 
 // MARK: Entry points.
 
-#if defined(__x86_64__)
-#define DISPATCH(fast, slow, ...) (has_avx2() ? fast(__VA_ARGS__) : slow(__VA_ARGS__))
-#else
-#define DISPATCH(fast, slow, ...) slow(__VA_ARGS__)
-#endif
+#define DISPATCH(name, ...) (use_vector() ? name##_vector(__VA_ARGS__) : name##_scalar(__VA_ARGS__))
 
 void vlq_matvec_bf16(const uint16_t *w, size_t cols, const float *x, float *y, size_t row_begin, size_t row_end) {
-    DISPATCH(bf16_avx2, bf16_scalar, w, cols, x, y, row_begin, row_end);
+    DISPATCH(bf16, w, cols, x, y, row_begin, row_end);
 }
 
 void vlq_matvec_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_t row_begin, size_t row_end) {
-    DISPATCH(f16_avx2, f16_scalar, w, cols, x, y, row_begin, row_end);
+    DISPATCH(f16, w, cols, x, y, row_begin, row_end);
 }
 
 void vlq_matvec_q8(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const float *x, float *y,
                    size_t row_begin, size_t row_end) {
-    DISPATCH(q8_avx2, q8_scalar, codes, scales, cols, group, x, y, row_begin, row_end);
+    DISPATCH(q8, codes, scales, cols, group, x, y, row_begin, row_end);
 }
 
 void vlq_matvec_q4(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols, size_t group,
                    const float *x, const float *group_sums, float *y, size_t row_begin, size_t row_end) {
-    DISPATCH(q4_avx2, q4_scalar, codes, scales, biases, cols, group, x, group_sums, y, row_begin, row_end);
+    DISPATCH(q4, codes, scales, biases, cols, group, x, group_sums, y, row_begin, row_end);
 }
 
 void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums) {
@@ -281,5 +565,5 @@ void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums) {
 }
 
 const char *vlq_kernels_isa(void) {
-    return has_avx2() ? "avx2" : "scalar";
+    return use_vector() ? VECTOR_ISA : "scalar";
 }

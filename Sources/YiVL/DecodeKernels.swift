@@ -9,7 +9,7 @@ import VLQFormat
 /// multiplies its partial sum once (q4: scale * sum(n x) + bias * sum(x)). Rows are split over the
 /// cores (Kernels.parallelRows).
 public enum DecodeKernels {
-    /// Which kernels run on this machine: "avx2" or "scalar".
+    /// Which kernels run on this machine: "avx2", "neon" or "scalar".
     public static var instructionSet: String { String(cString: vlq_kernels_isa()) }
 
     /// Tests: runs the portable (scalar) kernels instead of the CPU's vector ones, or goes back to them.

@@ -17,12 +17,17 @@ final class DecodeKernelTests: XCTestCase {
         var group: Int
     }
 
-    /// Rows not a multiple of the thread split, one row, columns of one group, groups of 32 to 256,
-    /// and groups that are not a multiple of the vector width (the kernels' scalar tails).
+    /// Rows not a multiple of the thread split nor of the kernels' block of 4 rows (1 to 3 rows left
+    /// over, or fewer than 4 in all), one row, columns of one group, 192-wide rows, groups of 32 to 256
+    /// (q4: 64 and up take the blocked path, 16 and 32 the row path), rows wider than the blocked path
+    /// keeps on the stack (16384), and groups that are not a multiple of the vector width (the kernels'
+    /// scalar tails and fallbacks).
     static let quantizedCases = [
         Case(rows: 37, columns: 32, group: 32), Case(rows: 1, columns: 64, group: 64),
         Case(rows: 133, columns: 64 * 3, group: 64), Case(rows: 19, columns: 128 * 5, group: 128),
         Case(rows: 70, columns: 256 * 4, group: 256), Case(rows: 33, columns: 256, group: 256),
+        Case(rows: 6, columns: 192, group: 32), Case(rows: 3, columns: 128 * 3, group: 128),
+        Case(rows: 8, columns: 16 * 4, group: 16), Case(rows: 2, columns: 16_384 + 128, group: 128),
         Case(rows: 17, columns: 6 * 7, group: 6), Case(rows: 41, columns: 24 * 3, group: 24),
         Case(rows: 5, columns: 2, group: 2),
     ]
@@ -93,7 +98,7 @@ final class DecodeKernelTests: XCTestCase {
         print("decode kernels (\(DecodeKernels.instructionSet)): quantized max relative difference \(worst)")
     }
 
-    /// The same cases on the portable kernels (arm64 and x86-64 without AVX2 run them).
+    /// The same cases on the portable kernels (machines without AVX2 or NEON run them).
     func testPortableKernels() throws {
         DecodeKernels.usePortableKernels(true)
         defer { DecodeKernels.usePortableKernels(false) }
@@ -101,6 +106,52 @@ final class DecodeKernelTests: XCTestCase {
         try testQuantizedKernelsMatchDequantizeThenMultiply()
         try testOddGroupSizeOfQ8()
         testHalfKernelsMatchUpcastThenMultiply()
+    }
+
+    /// The vector kernels where this machine has them: AVX2 on x86-64, NEON on arm64.
+    func testVectorKernelsRunWhereTheCPUHasThem() {
+        #if arch(arm64)
+        XCTAssertEqual(DecodeKernels.instructionSet, "neon")
+        #elseif arch(x86_64)
+        XCTAssertTrue(["avx2", "scalar"].contains(DecodeKernels.instructionSet))
+        #endif
+    }
+
+    /// A row's result does not depend on how rows are split over threads: the same row computed in a
+    /// block of 4 rows or on its own gives the same bits.
+    func testRowResultsDoNotDependOnTheRowSplit() throws {
+        let (rows, columns) = (9, 256)
+        for encoding in [TensorEncoding.q8, .q4, .q4s] {
+            for group in [32, 128] {
+                var gen = SplitMix64(seed: UInt64(group))
+                let codes: [Int8] = (0..<(rows * columns)).map { _ in Int8(gen.below(16)) }
+                let perRow = columns / group
+                let scales = (0..<(rows * perRow)).map { Float16(0.01 + Float($0 % 5) * 0.003) }
+                let biases = encoding == .q4 ? scales.map { -8 * $0 } : nil
+                let x = input(columns)
+                let whole = try multiply(encoding, rows: rows, columns, group, codes, scales, biases, x)
+                for r in 0..<rows {
+                    let alone = try multiply(
+                        encoding, rows: 1, columns, group, Array(codes[(r * columns)..<((r + 1) * columns)]),
+                        Array(scales[(r * perRow)..<((r + 1) * perRow)]),
+                        biases.map { Array($0[(r * perRow)..<((r + 1) * perRow)]) }, x)
+                    XCTAssertEqual(alone[0].bitPattern, whole[r].bitPattern, "\(encoding.name) g\(group) row \(r)")
+                }
+            }
+        }
+    }
+
+    /// y = W x through DecodeKernels.quantized, W packed from codes, scales and biases.
+    func multiply(
+        _ encoding: TensorEncoding, rows: Int, _ columns: Int, _ group: Int, _ codes: [Int8], _ scales: [Float16],
+        _ biases: [Float16]?, _ x: [Float]
+    ) throws -> [Float] {
+        let layout = try QuantizedLayout(validating: encoding, shape: [rows, columns], groupSize: group)
+        var y = [Float](repeating: .nan, count: rows)
+        layout.pack(codes: codes, scales: scales, biases: biases).withUnsafeBytes {
+            DecodeKernels.quantized(layout, $0.baseAddress!, x, into: &y)
+        }
+        return y
     }
 
     func testOddGroupSizeOfQ8() throws {
@@ -112,7 +163,8 @@ final class DecodeKernelTests: XCTestCase {
     func testHalfKernelsMatchUpcastThenMultiply() {
         var worst = 0.0
         for isBF16 in [true, false] {
-            for (rows, columns) in [(1, 8), (37, 37), (133, 4096 + 24), (64, 31), (18, 3)] {
+            // Rows of 1 to 3 past a block of 4; widths with 8- and 1-column tails past 16.
+            for (rows, columns) in [(1, 8), (37, 37), (133, 4096 + 24), (64, 31), (18, 3), (6, 192), (3, 16)] {
                 var gen = SplitMix64(seed: UInt64(rows * columns))
                 // Random bit patterns over every finite exponent (non-finite ones skipped).
                 var bits: [UInt16] = []
