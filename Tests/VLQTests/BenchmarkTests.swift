@@ -65,8 +65,11 @@ final class BenchmarkTests: XCTestCase {
         }
         for row in rows {
             for column in header where !["encoding", "quantize M weights/s"].contains(column) {
-                let value = number(row, column)
-                XCTAssertTrue(value.isFinite && value > 0, "\(column) of \(row["encoding"]!): \(row[column]!)")
+                // Shares of sgemm and of the bandwidth limit may round to 0% on shapes this small.
+                let value = number(row, column), share = column.hasPrefix("%")
+                XCTAssertTrue(
+                    value.isFinite && (share ? value >= 0 : value > 0),
+                    "\(column) of \(row["encoding"]!): \(row[column]!)")
             }
         }
         XCTAssertEqual(rows[0]["prefill vs bf16"], "100%")
@@ -86,7 +89,7 @@ final class BenchmarkTests: XCTestCase {
         for arguments in [
             ["--repeats", "0"], ["--tokens", "0"], ["--decode-tokens", "0"], ["--encodings", "bf16,fp8"],
         ] {
-            let result = try run(Repo.vlqBinary, ["bench", Repo.tinyModel] + arguments)
+            let result = try VLQTests.run(Repo.vlqBinary, ["bench", Repo.tinyModel] + arguments)
             XCTAssertEqual(result.status, 2, "\(arguments): \(result.stderr)")
             XCTAssertTrue(result.stderr.contains(arguments[0]), "\(arguments): \(result.stderr)")
             XCTAssertEqual(result.stdout, "", "no measurement starts")
