@@ -1,5 +1,6 @@
 import CBLAS
 import Calibration
+import Foundation
 import Numerics
 import Quantization
 import VLQCore
@@ -13,8 +14,10 @@ import Darwin
 #endif
 
 /// The engine's speed on one model (`vlq bench`): decoder prefill GFLOP/s next to raw sgemm, vision
-/// tower time, decode tokens/s, peak RSS, and optionally the cost of calibration statistics and of
-/// quantizing one decoder layer. Weights may be random: only speed is measured.
+/// tower time, decode time per token next to its bandwidth limit, peak RSS; for each encoding asked for,
+/// quantized from the model first (timed) and measured alike, then one table of every encoding; and
+/// optionally the cost of calibration statistics and of quantizing one decoder layer. Weights may be
+/// random: only speed is measured.
 public struct EngineBenchmark {
     /// Prompt length for the prefill measurement.
     public var tokens: Int
@@ -24,6 +27,13 @@ public struct EngineBenchmark {
     public var repeats: Int
     /// Also measure calibration overhead and GPTQ / RTN time per decoder layer.
     public var quantization: Bool
+    /// The encodings to compare; empty: the model as given only.
+    public var encodings: [BenchEncoding] = []
+    /// Where the quantized bundles (and a converted Hugging Face folder) are written, one at a time, and
+    /// removed afterwards.
+    public var temporaryDirectory = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+    /// Converts a Hugging Face folder into a bundle: needed to quantize a model given as a folder.
+    public var convert: ((_ folder: String, _ output: String) throws -> Void)?
 
     public init(tokens: Int = 512, decodeTokens: Int = 16, repeats: Int = 2, quantization: Bool = false) {
         self.tokens = tokens
@@ -32,31 +42,138 @@ public struct EngineBenchmark {
         self.quantization = quantization
     }
 
-    /// Measures the model at `path`; each line of figures goes to `report` as soon as it is measured.
-    public func run(model path: String, report: (String) -> Void) throws {
-        // Measured before the model is loaded, so that its buffer never adds to the peak RSS reported.
+    /// Measures the model at `path` in each encoding; each line of figures goes to `report` as soon as it
+    /// is measured, the table last. Returns the table.
+    @discardableResult
+    public func run(model path: String, report: (String) -> Void) throws -> BenchTable {
+        let given = try GivenModel(path)
+        let variants = try plan(given)
+        // Measured before any model is loaded, so that its buffer never adds to a peak RSS reported.
         let bandwidth = MemoryBandwidth.measureRead(bytes: 256 << 20)
-        let engine = try YiVLEngine.open(path)
-        let c = engine.config, l = c.language
-        report("model: \(path)")
-        let shapes =
-            "shapes: language \(l.layers) layers x \(l.hiddenSize) (ffn \(l.intermediateSize), "
+        report("model: \(path): \(given.description)")
+        report(shapes(given.config))
+        let sgemmRate = measureSgemm(given.config.language, report: report)
+        let workspace = try BenchWorkspace(in: temporaryDirectory)
+        defer { workspace.remove() }
+        let machine = Machine(bandwidth: bandwidth, sgemmRate: sgemmRate)
+        var rows: [BenchRow] = []
+        for variant in variants {
+            rows.append(try measure(variant, of: given, in: workspace, machine: machine, report: report))
+        }
+        var quantizers: String?
+        if quantization {
+            let engine = try YiVLEngine.open(path)
+            let gram = try measureCalibration(
+                engine, pixels: pixels(engine.config), embeddings: embeddings(engine.config), report: report)
+            quantizers = try measureQuantizers(engine, gram: gram, report: report)
+        }
+        let table = BenchTable(rows: rows)
+        report("")
+        report(table.markdown)
+        report("")
+        report(
+            "read bandwidth \(fixed(bandwidth / 1e9, 1)) GB/s; sgemm \(fixed(sgemmRate, 1)) GFLOP/s; "
+                + "OpenBLAS threads \(openblas_get_num_threads()); \(PeakMemory.peak().source.phrase)")
+        if let quantizers { report(quantizers) }
+        return table
+    }
+
+    /// The machine's own limits, measured once.
+    struct Machine {
+        var bandwidth: Double
+        var sgemmRate: Double
+    }
+
+    /// What each row measures, checked before any work: encodings other than the model's own are
+    /// quantized from it, which an already quantized model cannot be.
+    func plan(_ given: GivenModel) throws -> [GivenModel.Variant] {
+        var seen: Set<BenchEncoding> = []
+        let asked = encodings.filter { seen.insert($0).inserted }
+        guard !asked.isEmpty else { return [.given] }
+        return try asked.map { encoding in
+            if encoding == given.own { return .given }
+            guard !given.isQuantized else {
+                throw VLQError(
+                    QuantizationError.alreadyQuantized, given.path,
+                    "is already quantized (\(given.label)): bench quantizes \(encoding.rawValue) only from an "
+                        + "unquantized model")
+            }
+            if given.isFolder && convert == nil {
+                throw VLQError(
+                    CoreError.cannotOpen, given.path, "a Hugging Face folder must be converted to be quantized")
+            }
+            return .quantized(encoding)
+        }
+    }
+
+    func shapes(_ c: EngineConfig) -> String {
+        let l = c.language
+        return "shapes: language \(l.layers) layers x \(l.hiddenSize) (ffn \(l.intermediateSize), "
             + "\(l.heads)/\(l.kvHeads) heads), vision \(c.vision.selectedHiddenState) of \(c.vision.layers) layers x "
             + "\(c.vision.hiddenSize) at \(c.vision.imageSize) px; OpenBLAS threads \(openblas_get_num_threads())"
-        report(shapes)
-        let sgemmRate = measureSgemm(l, report: report)
-        let embeddings = randomValues(tokens * l.hiddenSize)
-        try measurePrefill(engine, embeddings: embeddings, sgemmRate: sgemmRate, report: report)
-        try measureDecode(engine, embeddings: embeddings, bandwidth: bandwidth, report: report)
-        let pixels = randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
-        try measureVision(engine, pixels: pixels, report: report)
-        if quantization {
-            let gram = try measureCalibration(engine, pixels: pixels, embeddings: embeddings, report: report)
-            try measureQuantizers(engine, gram: gram, report: report)
+    }
+
+    /// One row: the model as given, or quantized from it into the workspace first (timed, removed after).
+    func measure(
+        _ variant: GivenModel.Variant, of given: GivenModel, in workspace: BenchWorkspace, machine: Machine,
+        report: (String) -> Void
+    ) throws -> BenchRow {
+        var path = given.path, label = given.label, encoding = given.own
+        var quantizeRate: Double?
+        if case .quantized(let chosen) = variant {
+            let source = try workspace.source(given, convert: convert, report: report)
+            (path, label, encoding) = (workspace.path + "/\(chosen.rawValue).vlq", chosen.rawValue, chosen)
+            quantizeRate = try quantize(source, preset: chosen.rawValue, into: path, report: report)
         }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        report("peak RSS: \(usage.ru_maxrss / 1024) MiB")
+        defer { if path != given.path { workspace.remove(path) } }
+        // The peak RSS of running the bundle, not of quantizing it.
+        PeakMemory.reset()
+        report("\(label):")
+        let engine = try YiVLEngine.open(path)
+        let embeddings = embeddings(engine.config)
+        let prefill = try measurePrefill(engine, embeddings: embeddings, sgemmRate: machine.sgemmRate, report: report)
+        let decode = try measureDecode(engine, embeddings: embeddings, bandwidth: machine.bandwidth, report: report)
+        let vision = try measureVision(engine, pixels: pixels(engine.config), report: report)
+        let peak = PeakMemory.peak()
+        report("peak RSS: \(peak.bytes >> 20) MiB")
+        return BenchRow(
+            encoding: encoding, label: label,
+            bundleBytes: given.isFolder && path == given.path
+                ? given.storedBytes : fileSize(path),
+            tokens: tokens, prefillSeconds: prefill.seconds, prefillGFLOPs: prefill.rate,
+            sgemmGFLOPs: machine.sgemmRate, decodeSecondsPerToken: decode.perToken,
+            decodeLimitSeconds: decode.limit, visionSeconds: vision, quantizeWeightsPerSecond: quantizeRate,
+            peakResidentBytes: peak.bytes)
+    }
+
+    /// `vlq quantize --preset` through the library, round to nearest. Returns quantized weights per second.
+    func quantize(_ source: String, preset: String, into output: String, report: (String) -> Void) throws -> Double {
+        PeakMemory.reset()
+        let started = monotonicSeconds()
+        let bundle = try VLQFile(path: source)
+        let pipeline = QuantizePipeline(options: QuantizePipeline.Options(recipe: Recipe.preset(preset)!))
+        try pipeline.preflight(source: bundle)
+        let written = try pipeline.run(source: bundle, output: output, statistics: nil, calibrationSource: nil)
+        let seconds = monotonicSeconds() - started
+        let quantized = try VLQFile(path: output).tensors.filter(\.encoding.isQuantized)
+            .reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let rate = Double(quantized) / seconds
+        report(
+            "quantize \(preset) (rtn): \(written.quantized) of \(written.tensors) tensors, \(quantized / 1_000_000)M "
+                + "weights in \(fixed(seconds, 2)) s = \(fixed(rate / 1e6, 1))M weights/s; "
+                + "\(formatBytes(written.outputBytes)); peak RSS \(PeakMemory.peak().bytes >> 20) MiB")
+        return rate
+    }
+
+    func fileSize(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : 0
+    }
+
+    func embeddings(_ c: EngineConfig) -> [Float] { randomValues(tokens * c.language.hiddenSize) }
+
+    func pixels(_ c: EngineConfig) -> [Float] {
+        randomValues(c.vision.channels * c.vision.imageSize * c.vision.imageSize)
     }
 
     /// Raw sgemm at the decoder's largest shape: [tokens, hidden] x [hidden, ffn]. Returns GFLOP/s.
@@ -79,7 +196,7 @@ public struct EngineBenchmark {
     /// Decoder prefill; the first run also upcasts bf16 weights into the cache.
     func measurePrefill(
         _ engine: YiVLEngine, embeddings: [Float], sgemmRate: Double, report: (String) -> Void
-    ) throws {
+    ) throws -> (seconds: Double, rate: Double) {
         let l = engine.config.language
         let linearParameters =
             l.hiddenSize * (2 * l.heads * l.headDim + 2 * l.kvHeads * l.headDim) + 3 * l.hiddenSize * l.intermediateSize
@@ -96,14 +213,15 @@ public struct EngineBenchmark {
         report(
             "prefill \(tokens) tokens through \(l.layers) decoder layers: \(fixed(prefillSeconds, 3)) s = "
                 + "\(fixed(prefillRate, 1)) GFLOP/s = \(fixed(100 * prefillRate / sgemmRate, 0))% of sgemm "
-                + "(first run, with bf16 upcast: \(fixed(cold, 3)) s)")
+                + "(first run, with the weights' upcast: \(fixed(cold, 3)) s)")
+        return (prefillSeconds, prefillRate)
     }
 
     /// Decode: one token at a time after the prefill, logits included; next to its limit, the bytes of
     /// weights a step reads (as stored) over the read `bandwidth`.
     func measureDecode(
         _ engine: YiVLEngine, embeddings: [Float], bandwidth: Double, report: (String) -> Void
-    ) throws {
+    ) throws -> (perToken: Double, limit: Double) {
         let cache = try engine.forward(.embeddings(embeddings, reserving: decodeTokens)).cache
         // The token embedding table is upcast on its first use: a throwaway step does that before the
         // timing starts, as a real answer's prompt does before its decode.
@@ -124,15 +242,17 @@ public struct EngineBenchmark {
             "decode limit: \(formatBytes(stepBytes)) of weights per token as stored / read bandwidth "
                 + "\(fixed(bandwidth / 1e9, 1)) GB/s = \(fixed(limit * 1000, 1)) ms/token; measured "
                 + "\(fixed(100 * limit / perToken, 0))% of the limit")
+        return (perToken, limit)
     }
 
     /// The vision tower on one image.
-    func measureVision(_ engine: YiVLEngine, pixels: [Float], report: (String) -> Void) throws {
+    func measureVision(_ engine: YiVLEngine, pixels: [Float], report: (String) -> Void) throws -> Double {
         let v = engine.config.vision
         let visionSeconds = try bestThrowing(repeats) { _ in _ = try engine.forward(.pixels(pixels)) }
         report(
             "vision tower, one \(v.imageSize) px image (\(v.selectedHiddenState) layers, "
                 + "\(v.patchCount + 1) positions): \(fixed(visionSeconds, 3)) s")
+        return visionSeconds
     }
 
     /// One sample's forward (vision tower, projector, decoder prefill) plain, with diagonal statistics
@@ -164,7 +284,11 @@ public struct EngineBenchmark {
     }
 
     /// RTN (int8, int4) and GPTQ (int4, with `gram`'s statistics) on decoder layer 0.
-    func measureQuantizers(_ engine: YiVLEngine, gram: StatisticsCollector, report: (String) -> Void) throws {
+    /// Returns the line reported.
+    @discardableResult
+    func measureQuantizers(
+        _ engine: YiVLEngine, gram: StatisticsCollector, report: (String) -> Void
+    ) throws -> String {
         let definition = engine.model.definition
         let layer = definition.language.layers[0]
         var parameters = 0
@@ -193,10 +317,12 @@ public struct EngineBenchmark {
         let int8 = rtnSeconds[.q8, default: 0], int4 = rtnSeconds[.q4, default: 0]
         let millions = Double(parameters) / 1e6
         let groups = smallestGroup == 128 ? "128" : "\(smallestGroup)-128"
-        report(
+        let line =
             "decoder layer 0 (\(parameters / 1_000_000)M weights): RTN int8 \(fixed(int8, 2)) s = "
-                + "\(fixed(millions / int8, 1))M weights/s; RTN int4 \(fixed(int4, 2)) s = "
-                + "\(fixed(millions / int4, 1))M weights/s; GPTQ int4 g\(groups) \(fixed(gptqSeconds, 1)) s per layer")
+            + "\(fixed(millions / int8, 1))M weights/s; RTN int4 \(fixed(int4, 2)) s = "
+            + "\(fixed(millions / int4, 1))M weights/s; GPTQ int4 g\(groups) \(fixed(gptqSeconds, 1)) s per layer"
+        report(line)
+        return line
     }
 
     func randomValues(_ n: Int) -> [Float] {

@@ -1,8 +1,10 @@
+import Foundation
 import Numerics
 import XCTest
 import YiVL
 
-/// What `vlq bench` divides by: the bytes a decoding step reads, and the machine's read bandwidth.
+/// `vlq bench`: what it divides by (the bytes a decoding step reads, the machine's read bandwidth), and the
+/// table of encodings it ends with.
 final class BenchmarkTests: XCTestCase {
     func testADecodeStepReadsEveryDecoderLayerTheFinalNormAndTheHeadButNotTheEmbeddingTable() {
         let model = EngineParityTests.bundleEngine.model
@@ -41,5 +43,73 @@ final class BenchmarkTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stdout.contains("decode limit:"), result.stdout)
         XCTAssertTrue(result.stdout.contains("GPTQ int4 g32-128"), result.stdout)
+    }
+
+    /// `--encodings bf16,int8,int4` quantizes the model into each preset, measures every bundle alike and
+    /// ends with one markdown table: a row per encoding, ratios against the bf16 row, and nothing left in
+    /// the temporary folder.
+    func testBenchMeasuresEveryEncodingAskedForInOneTable() throws {
+        let scratch = try Scratch()
+        let result = try runWithTemporaryDirectory(
+            scratch.path, "bench", Repo.tinyModel, "--encodings", "bf16,int8,int4", "--repeats", "1", "--tokens",
+            "16", "--decode-tokens", "2")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let table = result.stdout.split(separator: "\n").filter { $0.hasPrefix("| ") }
+            .map { $0.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) } }
+        XCTAssertEqual(table.count, 5, result.stdout)  // header, alignment, three rows
+        guard table.count == 5 else { return }
+        let header = table[0], rows = table.dropFirst(2).map { Dictionary(uniqueKeysWithValues: zip(header, $0)) }
+        XCTAssertEqual(rows.map { $0["encoding"] }, ["bf16", "int8", "int4"])
+        func number(_ row: [String: String], _ column: String) -> Double {
+            Double(row[column]!.trimmingCharacters(in: CharacterSet(charactersIn: "%x"))) ?? .nan
+        }
+        for row in rows {
+            for column in header where !["encoding", "quantize M weights/s"].contains(column) {
+                // Shares of sgemm and of the bandwidth limit may round to 0% on shapes this small.
+                let value = number(row, column), share = column.hasPrefix("%")
+                XCTAssertTrue(
+                    value.isFinite && (share ? value >= 0 : value > 0),
+                    "\(column) of \(row["encoding"]!): \(row[column]!)")
+            }
+        }
+        XCTAssertEqual(rows[0]["prefill vs bf16"], "100%")
+        XCTAssertEqual(rows[0]["vision vs bf16"], "1.00x")
+        XCTAssertEqual(rows[0]["quantize M weights/s"], "-")
+        XCTAssertGreaterThan(number(rows[1], "quantize M weights/s"), 0)
+        XCTAssertGreaterThan(number(rows[2], "quantize M weights/s"), 0)
+        // Fewer bytes per weight: smaller bundles, and fewer bytes a decode step must read.
+        XCTAssertGreaterThan(number(rows[0], "bundle GB"), number(rows[1], "bundle GB"))
+        XCTAssertGreaterThan(number(rows[1], "bundle GB"), number(rows[2], "bundle GB"))
+        XCTAssertGreaterThan(number(rows[0], "limit ms"), number(rows[2], "limit ms"))
+        XCTAssertTrue(result.stdout.contains("quantize int4 (rtn):"), result.stdout)
+        XCTAssertEqual(scratch.listing(), [], "the quantized bundles are removed")
+    }
+
+    func testBenchRefusesNumbersOutOfRangeAndUnknownEncodingsBeforeAnyWork() throws {
+        for arguments in [
+            ["--repeats", "0"], ["--tokens", "0"], ["--decode-tokens", "0"], ["--encodings", "bf16,fp8"],
+        ] {
+            let result = try VLQTests.run(Repo.vlqBinary, ["bench", Repo.tinyModel] + arguments)
+            XCTAssertEqual(result.status, 2, "\(arguments): \(result.stderr)")
+            XCTAssertTrue(result.stderr.contains(arguments[0]), "\(arguments): \(result.stderr)")
+            XCTAssertEqual(result.stdout, "", "no measurement starts")
+        }
+    }
+
+    /// Runs vlq with TMPDIR set, where bench writes its quantized bundles.
+    func runWithTemporaryDirectory(_ directory: String, _ arguments: String...) throws -> ProcessResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": directory]) { $1 }
+        let out = Pipe(), err = Pipe()
+        (process.standardOutput, process.standardError) = (out, err)
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return ProcessResult(
+            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self))
     }
 }
