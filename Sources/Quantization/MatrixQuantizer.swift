@@ -47,6 +47,11 @@ public enum MatrixQuantizer {
                             biases: biasesBuffer.baseAddress!, values: valuesBuffer.baseAddress!)
                         w.withUnsafeBufferPointer { wp in
                             Kernels.parallelRows(rows, minimumPerTask: 16) { range in
+                                if gram == nil {
+                                    return searchRows(
+                                        range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,
+                                        columnImportance: columnImportance, into: out)
+                                }
                                 var quantizer = quantizer
                                 var importance = [Float](repeating: 1, count: groupSize)
                                 for r in range {
@@ -72,6 +77,54 @@ public enum MatrixQuantizer {
         let scales: UnsafeMutablePointer<Float16>
         let biases: UnsafeMutablePointer<Float16>
         let values: UnsafeMutablePointer<Float>
+    }
+
+    /// `quantizeRow` without a Gram matrix, for `rows`: each row's range searches run in C, eight groups
+    /// at a time (GroupQuantizer.fitGroups, bit-identical), then the least-squares refinement (with
+    /// importance) in Swift, then the rounding in C.
+    static func searchRows(
+        _ rows: Range<Int>, of w: UnsafePointer<Float>, layout: QuantizedLayout, quantizer: GroupQuantizer,
+        columnImportance: [Float]?, into out: RowOutputs
+    ) {
+        let (columns, groups, groupSize) = (layout.columns, layout.groupsPerRow, layout.groupSize)
+        var searcher = quantizer
+        searcher.leastSquares = false
+        var importance = [Float](repeating: 1, count: columnImportance == nil ? 0 : columns)
+        var errors = [Float](repeating: 0, count: groups)
+        for r in rows {
+            let row = w + r * columns, scales = out.scales + r * groups, biases = out.biases + r * groups
+            if let ci = columnImportance { rowImportance(row, columns: columns, columnImportance: ci, &importance) }
+            importance.withUnsafeBufferPointer { a in
+                errors.withUnsafeMutableBufferPointer { e in
+                    searcher.fitGroups(
+                        row, groups: groups, size: groupSize, importance: a.isEmpty ? nil : a.baseAddress,
+                        scales: scales, biases: biases, errors: e.baseAddress!)
+                }
+                guard quantizer.leastSquares else { return }
+                for g in 0..<groups {
+                    let start = g * groupSize
+                    let fit = quantizer.refine(
+                        row + start, groupSize, a.baseAddress! + start,
+                        GroupQuantizer.Fit(scale: scales[g], bias: biases[g], error: errors[g]))
+                    scales[g] = fit.scale
+                    biases[g] = fit.bias
+                }
+            }
+            quantizer.roundGroups(
+                row, groups: groups, size: groupSize, scales: scales, biases: biases,
+                codes: out.codes + r * columns, values: out.values + r * columns)
+        }
+    }
+
+    /// llama.cpp's weighting of a row's errors: E[x^2] times sqrt(sigma^2 + w^2), sigma^2 twice the
+    /// row's mean square (the same arithmetic as `quantizeRow`).
+    static func rowImportance(
+        _ row: UnsafePointer<Float>, columns: Int, columnImportance ci: [Float], _ importance: inout [Float]
+    ) {
+        var sigma2: Float = 0
+        for j in 0..<columns { sigma2 += row[j] * row[j] }
+        sigma2 = 2 * sigma2 / Float(columns)
+        for j in 0..<columns { importance[j] = ci[j] * (sigma2 + row[j] * row[j]).squareRoot() }
     }
 
     /// Row `r` of `w`, group by group: the range search (weighted by `columnImportance`, or against the
