@@ -26,8 +26,9 @@ let package = Package(
         .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg62-turbo-dev"])]),
         // libpng/libjpeg report errors by longjmp; this C layer keeps that away from Swift.
         .target(name: "CImageCodecs", dependencies: ["CPNG", "CJPEG"]),
-        // Decode's matrix-vector kernels on 16-bit and quantized weights (AVX2 chosen at run time, or
-        // scalar), optimised in debug builds too: the end-to-end tests decode with them.
+        // Decode's matrix-vector kernels on 16-bit and quantized weights, and the quantizers' group range
+        // search (AVX2 chosen at run time, or scalar), optimised in debug builds too: the end-to-end tests
+        // decode and quantize with them.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
 
         // Shared primitives: JSON, mapped files, atomic output, checksums, compression, errors.
@@ -72,7 +73,7 @@ let package = Package(
         .target(
             name: "Quantization",
             dependencies: [
-                "VLQCore", "VLQFormat", "SafeTensors", "Numerics", "YiVL", "Calibration", "CBLAS",
+                "VLQCore", "VLQFormat", "SafeTensors", "Numerics", "YiVL", "Calibration", "CBLAS", "CKernels",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: optimizedEvenInDebug),

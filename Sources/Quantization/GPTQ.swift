@@ -1,5 +1,6 @@
 import CBLAS
 import Calibration
+import Numerics
 import VLQCore
 import VLQFormat
 
@@ -79,35 +80,43 @@ public struct GPTQ: Sendable {
         return (order, try GPTQ.upperCholeskyOfInverse(&hp, columns), wp)
     }
 
-    /// U upper-triangular with H^-1 = U^T U (row-major), via LAPACK in double.
+    /// U upper-triangular with H^-1 = U^T U (row-major), via LAPACK in double, without forming H^-1:
+    /// with J the order reversal, J H J = R^T R (Cholesky), and U = J R^-T J, as
+    /// U^T U = J R^-1 R^-T J = J (J H J)^-1 J = H^-1. One factorisation and one triangular inverse (2n^3/3)
+    /// instead of factorise, invert, factorise again (4n^3/3); equal up to rounding in double.
     /// Works in place on `a` (which it consumes) to avoid another copy of an n x n matrix.
     static func upperCholeskyOfInverse(_ a: inout [Double], _ n: Int) throws -> [Double] {
         var size = Int32(n), info: Int32 = 0
-        // Row-major symmetric data read as column-major is the same matrix; "L" there is "U" here.
-        var lower = Int8(UInt8(ascii: "L"))
-        dpotrf_(&lower, &size, &a, &size, &info)
+        // Reversing the row-major array reverses both indices: J H J. Symmetric, so it reads the same
+        // column-major; LAPACK's column-major upper R is R^T in the row-major view.
+        a.reverse()
+        var upper = Int8(UInt8(ascii: "U")), nonUnit = Int8(UInt8(ascii: "N"))
+        dpotrf_(&upper, &size, &a, &size, &info)
         guard info == 0 else {
             throw VLQError(
                 QuantizationError.numericalFailure, nil,
                 "GPTQ: the Hessian is not positive definite (LAPACK info \(info))")
         }
-        dpotri_(&lower, &size, &a, &size, &info)
+        dtrtri_(&upper, &nonUnit, &size, &a, &size, &info)
         guard info == 0 else {
             throw VLQError(
                 QuantizationError.numericalFailure, nil, "GPTQ: the Hessian could not be inverted (LAPACK info \(info))"
             )
         }
-        // dpotri fills one triangle (the upper one in row-major terms): mirror it into the lower.
-        for i in 0..<n { for j in 0..<i { a[i * n + j] = a[j * n + i] } }
-        dpotrf_(&lower, &size, &a, &size, &info)
-        guard info == 0 else {
-            throw VLQError(
-                QuantizationError.numericalFailure, nil,
-                "GPTQ: the inverse Hessian is not positive definite (LAPACK info \(info))")
-        }
+        // Row-major R^-T, reversed: J R^-T J = U above the diagonal; below it what LAPACK left of H.
+        a.reverse()
         for i in 0..<n { for j in 0..<i { a[i * n + j] = 0 } }
         return a
     }
+}
+
+/// Where a block's rows write (each row its own part).
+struct GPTQBlockOutputs: @unchecked Sendable {
+    let weights: UnsafeMutablePointer<Float>
+    let values: UnsafeMutablePointer<Float>
+    let codes: UnsafeMutablePointer<Int8>
+    let errors: UnsafeMutablePointer<Float>
+    let fits: UnsafeMutablePointer<GroupQuantizer.Fit?>
 }
 
 /// GPTQ's column-by-column pass over weights in processing order: each column is rounded with its
@@ -149,45 +158,120 @@ struct GPTQPass {
         errors = Array(repeating: 0, count: layout.rows * blockSize)
     }
 
-    /// Every group's parameters from `w` in the original column order.
+    /// Every group's parameters from `w` in the original column order (groups are consecutive in `w`).
     mutating func fitEveryGroup(_ w: [Float]) {
-        let (rows, columns, groups, groupSize, quantizer) = (rows, columns, groups, groupSize, quantizer)
+        let count = rows * groups
+        var scales = [Float16](repeating: 0, count: count), biases = scales,
+            errors = [Float](repeating: 0, count: count)
         w.withUnsafeBufferPointer { p in
-            for r in 0..<rows {
-                for g in 0..<groups {
-                    fits[r * groups + g] = quantizer.fit(p.baseAddress! + r * columns + g * groupSize, count: groupSize)
-                }
-            }
+            quantizer.fitGroups(
+                p.baseAddress!, groups: count, size: groupSize, scales: &scales, biases: &biases, errors: &errors)
         }
+        for i in 0..<count { fits[i] = GroupQuantizer.Fit(scale: scales[i], bias: biases[i], error: errors[i]) }
     }
 
+    /// Quantizes the columns of `block` in every row, pushing each column's error onto the rest of the
+    /// block. Rows are independent here: they are spread over the cores, each row doing exactly what the
+    /// column-by-column order did to it, so results do not depend on the split. Within a chunk of rows the
+    /// block is cut at group starts, where the chunk's groups are fitted together (eight at a time in C).
     mutating func quantize(_ block: Range<Int>) {
-        let (rows, columns, groups, groupSize, quantizer) = (rows, columns, groups, groupSize, quantizer)
-        for i in block {
-            let original = order[i], g = original / groupSize
-            if !staticGroups && original % groupSize == 0 {
-                // Without activation order, processing order is column order: the group is contiguous in wp.
-                wp.withUnsafeBufferPointer { p in
-                    for r in 0..<rows {
-                        fits[r * groups + g] = quantizer.fit(p.baseAddress! + r * columns + i, count: groupSize)
+        let columns = columns, width = block.count
+        // The block's part of the inverse Hessian's factor, in float as the updates use it.
+        var h = [Float](repeating: 0, count: width * width)
+        for i in 0..<width {
+            let row = (block.lowerBound + i) * columns + block.lowerBound
+            for j in i..<width { h[i * width + j] = Float(hinvUpper[row + j]) }
+        }
+        var cuts = [block.lowerBound]
+        for i in block.dropFirst() where !staticGroups && order[i] % groupSize == 0 { cuts.append(i) }
+        cuts.append(block.upperBound)
+        // Not `self`: a copy of the pass would hold the arrays written below, which would then be copied.
+        let pass = GPTQRows(
+            layout: layout, blockSize: blockSize, order: order, quantizer: quantizer, staticGroups: staticGroups)
+        wp.withUnsafeMutableBufferPointer { w in
+            dequantized.withUnsafeMutableBufferPointer { values in
+                codes.withUnsafeMutableBufferPointer { codes in
+                    errors.withUnsafeMutableBufferPointer { errors in
+                        fits.withUnsafeMutableBufferPointer { fits in
+                            let out = GPTQBlockOutputs(
+                                weights: w.baseAddress!, values: values.baseAddress!, codes: codes.baseAddress!,
+                                errors: errors.baseAddress!, fits: fits.baseAddress!)
+                            h.withUnsafeBufferPointer { h in
+                                Kernels.parallelRows(pass.rows, minimumPerTask: 8) { chunk in
+                                    for segment in zip(cuts, cuts.dropFirst()) where segment.0 < segment.1 {
+                                        pass.quantize(
+                                            rows: chunk, columns: segment.0..<segment.1, of: block, h: h.baseAddress!,
+                                            out)
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
-            let d = Float(hinvUpper[i * columns + i])
-            for r in 0..<rows {
-                let fit = fits[r * groups + g]!
-                let value = wp[r * columns + i]
-                let approx = quantizer.dequantized(value, fit)
-                dequantized[r * columns + original] = approx
-                codes[r * columns + original] = quantizer.storedCode(value, fit)
-                let e = (value - approx) / d
-                errors[r * blockSize + (i - block.lowerBound)] = e
+        }
+    }
+}
+
+/// The per-row work of a block (GPTQPass.quantize), without the pass's arrays.
+struct GPTQRows {
+    let layout: QuantizedLayout
+    let blockSize: Int
+    let order: [Int]
+    let quantizer: GroupQuantizer
+    let staticGroups: Bool
+
+    var rows: Int { layout.rows }
+    var columns: Int { layout.columns }
+    var groups: Int { layout.groupsPerRow }
+    var groupSize: Int { layout.groupSize }
+
+    /// Columns `segment` of `block` in `rows`: a group starting at the segment is fitted first (its values
+    /// have all the earlier columns' updates by then), then each row's columns in order.
+    func quantize(
+        rows: Range<Int>, columns segment: Range<Int>, of block: Range<Int>, h: UnsafePointer<Float>,
+        _ out: GPTQBlockOutputs
+    ) {
+        let (columns, groups, groupSize, width) = (columns, groups, groupSize, block.count)
+        let g0 = order[segment.lowerBound] / groupSize
+        if !staticGroups && order[segment.lowerBound] % groupSize == 0 {
+            fitGroupsStarting(at: segment.lowerBound, group: g0, rows: rows, out)
+        }
+        for r in rows {
+            let row = out.weights + r * columns
+            for i in segment {
+                let original = order[i], fit = out.fits[r * groups + original / groupSize]!
+                let value = row[i], approx = quantizer.dequantized(value, fit)
+                out.values[r * columns + original] = approx
+                out.codes[r * columns + original] = quantizer.storedCode(value, fit)
+                let k = i - block.lowerBound
+                let e = (value - approx) / h[k * width + k]
+                out.errors[r * blockSize + k] = e
                 // Push this column's error onto the rest of the block.
-                for j in (i + 1)..<block.upperBound { wp[r * columns + j] -= e * Float(hinvUpper[i * columns + j]) }
+                for j in (k + 1)..<width { row[block.lowerBound + j] -= e * h[k * width + j] }
             }
         }
     }
 
+    /// The group starting at processing column `i` (contiguous without activation order) of each row.
+    func fitGroupsStarting(at i: Int, group g: Int, rows: Range<Int>, _ out: GPTQBlockOutputs) {
+        let (columns, groups, groupSize) = (columns, groups, groupSize)
+        var gathered = [Float](repeating: 0, count: rows.count * groupSize)
+        for (k, r) in rows.enumerated() {
+            for j in 0..<groupSize { gathered[k * groupSize + j] = out.weights[r * columns + i + j] }
+        }
+        var scales = [Float16](repeating: 0, count: rows.count), biases = scales
+        var errors = [Float](repeating: 0, count: rows.count)
+        quantizer.fitGroups(
+            gathered, groups: rows.count, size: groupSize, scales: &scales, biases: &biases, errors: &errors)
+        for (k, r) in rows.enumerated() {
+            out.fits[r * groups + g] = GroupQuantizer.Fit(scale: scales[k], bias: biases[k], error: errors[k])
+        }
+    }
+
+}
+
+extension GPTQPass {
     /// ...and onto every later column at once: W[:, end:] -= E * Hinv[block, end:].
     mutating func propagateError(of block: Range<Int>) {
         guard block.upperBound < columns else { return }

@@ -1,3 +1,4 @@
+import CKernels
 import VLQFormat
 
 /// Fits the integer codes and f16 parameters of one group of weights.
@@ -161,4 +162,41 @@ public struct GroupQuantizer: Sendable {
 
     /// The bias stored for q4 (for q4s it is implied: -8 scale).
     func storedBias(_ fit: Fit) -> Float16 { fit.bias }
+
+    /// The encoding's code in the C search (include/vlq_quantize.h).
+    var searchEncoding: Int32 {
+        switch encoding {
+        case .q8: return Int32(VLQ_QUANT_Q8.rawValue)
+        case .q4s: return Int32(VLQ_QUANT_Q4S.rawValue)
+        default: return Int32(VLQ_QUANT_Q4.rawValue)
+        }
+    }
+
+    /// `fit` on `groups` consecutive groups of `size` values at `w` (importance: laid out as `w`), eight
+    /// at a time in C: the same parameters and errors, bit for bit. Output-error (Gram) searches and the
+    /// least-squares refinement are not done here.
+    public func fitGroups(
+        _ w: UnsafePointer<Float>, groups: Int, size: Int, importance: UnsafePointer<Float>? = nil,
+        scales: UnsafeMutablePointer<Float16>, biases: UnsafeMutablePointer<Float16>,
+        errors: UnsafeMutablePointer<Float>
+    ) {
+        precondition(gram == nil && !leastSquares)
+        scales.withMemoryRebound(to: UInt16.self, capacity: groups) { s in
+            biases.withMemoryRebound(to: UInt16.self, capacity: groups) { b in
+                vlq_fit_groups(w, importance, groups, size, searchEncoding, Int32(steps), maxShrink, s, b, errors)
+            }
+        }
+    }
+
+    /// `storedCode` and `dequantized` of `groups` consecutive groups of `size` values at `w`, in C.
+    public func roundGroups(
+        _ w: UnsafePointer<Float>, groups: Int, size: Int, scales: UnsafePointer<Float16>,
+        biases: UnsafePointer<Float16>, codes: UnsafeMutablePointer<Int8>, values: UnsafeMutablePointer<Float>?
+    ) {
+        scales.withMemoryRebound(to: UInt16.self, capacity: groups) { s in
+            biases.withMemoryRebound(to: UInt16.self, capacity: groups) { b in
+                vlq_round_groups(w, groups, size, searchEncoding, s, b, codes, values)
+            }
+        }
+    }
 }

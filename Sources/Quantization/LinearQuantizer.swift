@@ -17,10 +17,11 @@ public enum LinearQuantizer {
         rows * columns * groupSize <= 1 << 30
     }
 
+    /// Without `keepValues`, rtn and imatrix leave `matrix.dequantized` empty (a writer needs the bytes).
     public static func quantize(
         _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
         method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
-        activationOrder: Bool = false
+        activationOrder: Bool = false, keepValues: Bool = true
     ) throws -> Output {
         try checkSizes(
             w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
@@ -29,7 +30,7 @@ public enum LinearQuantizer {
         case .rtn:
             return Output(
                 matrix: MatrixQuantizer.roundToNearest(
-                    w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize))
+                    w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, keepValues: keepValues))
         case .imatrix:
             guard let statistics else {
                 throw VLQError(QuantizationError.needsCalibration, nil, "imatrix needs calibration statistics")
@@ -37,7 +38,7 @@ public enum LinearQuantizer {
             return Output(
                 matrix: MatrixQuantizer.roundToNearest(
                     w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
-                    columnImportance: statistics.meanSquares))
+                    columnImportance: statistics.meanSquares, keepValues: keepValues))
         case .gptq:
             guard let gram = statistics?.gram else {
                 throw VLQError(

@@ -4,7 +4,8 @@ import Numerics
 import VLQCore
 import VLQFormat
 
-/// A quantized weight matrix: its bytes in the bundle encoding, and the values they decode to.
+/// A quantized weight matrix: its bytes in the bundle encoding, and the values they decode to (empty
+/// when the caller asked only for the bytes).
 public struct QuantizedMatrix {
     public var layout: QuantizedLayout
     public var bytes: [UInt8]
@@ -27,16 +28,18 @@ public enum MatrixQuantizer {
     /// Quantizes `w` [rows, columns] group by group. `columnImportance` (E[x^2] per input column)
     /// turns on the weighted search and least-squares refinement.
     /// With `gram` (X^T X of the inputs), each group's range is chosen by the output error it causes.
+    /// Without `keepValues` (and without `gram`) the dequantized values are not computed: a writer needs
+    /// only the bytes, and the values would hold a second f32 copy of the weight.
     public static func roundToNearest(
         _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
-        columnImportance: [Float]? = nil, gram: [Double]? = nil
+        columnImportance: [Float]? = nil, gram: [Double]? = nil, keepValues: Bool = true
     ) -> QuantizedMatrix {
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
         let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
         var codes = [Int8](repeating: 0, count: rows * columns)
         var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var biases = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
-        var values = [Float](repeating: 0, count: rows * columns)
+        var values = [Float](repeating: 0, count: keepValues || gram != nil ? rows * columns : 0)
         // Rows are independent: they are spread over the cores, each writing its own rows.
         codes.withUnsafeMutableBufferPointer { codesBuffer in
             scales.withUnsafeMutableBufferPointer { scalesBuffer in
@@ -44,9 +47,15 @@ public enum MatrixQuantizer {
                     values.withUnsafeMutableBufferPointer { valuesBuffer in
                         let out = RowOutputs(
                             codes: codesBuffer.baseAddress!, scales: scalesBuffer.baseAddress!,
-                            biases: biasesBuffer.baseAddress!, values: valuesBuffer.baseAddress!)
+                            biases: biasesBuffer.baseAddress!,
+                            values: valuesBuffer.isEmpty ? nil : valuesBuffer.baseAddress)
                         w.withUnsafeBufferPointer { wp in
                             Kernels.parallelRows(rows, minimumPerTask: 16) { range in
+                                if gram == nil {
+                                    return searchRows(
+                                        range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,
+                                        columnImportance: columnImportance, into: out)
+                                }
                                 var quantizer = quantizer
                                 var importance = [Float](repeating: 1, count: groupSize)
                                 for r in range {
@@ -71,7 +80,56 @@ public enum MatrixQuantizer {
         let codes: UnsafeMutablePointer<Int8>
         let scales: UnsafeMutablePointer<Float16>
         let biases: UnsafeMutablePointer<Float16>
-        let values: UnsafeMutablePointer<Float>
+        /// nil: values not wanted.
+        let values: UnsafeMutablePointer<Float>?
+    }
+
+    /// `quantizeRow` without a Gram matrix, for `rows`: each row's range searches run in C, eight groups
+    /// at a time (GroupQuantizer.fitGroups, bit-identical), then the least-squares refinement (with
+    /// importance) in Swift, then the rounding in C.
+    static func searchRows(
+        _ rows: Range<Int>, of w: UnsafePointer<Float>, layout: QuantizedLayout, quantizer: GroupQuantizer,
+        columnImportance: [Float]?, into out: RowOutputs
+    ) {
+        let (columns, groups, groupSize) = (layout.columns, layout.groupsPerRow, layout.groupSize)
+        var searcher = quantizer
+        searcher.leastSquares = false
+        var importance = [Float](repeating: 1, count: columnImportance == nil ? 0 : columns)
+        var errors = [Float](repeating: 0, count: groups)
+        for r in rows {
+            let row = w + r * columns, scales = out.scales + r * groups, biases = out.biases + r * groups
+            if let ci = columnImportance { rowImportance(row, columns: columns, columnImportance: ci, &importance) }
+            importance.withUnsafeBufferPointer { a in
+                errors.withUnsafeMutableBufferPointer { e in
+                    searcher.fitGroups(
+                        row, groups: groups, size: groupSize, importance: a.isEmpty ? nil : a.baseAddress,
+                        scales: scales, biases: biases, errors: e.baseAddress!)
+                }
+                guard quantizer.leastSquares else { return }
+                for g in 0..<groups {
+                    let start = g * groupSize
+                    let fit = quantizer.refine(
+                        row + start, groupSize, a.baseAddress! + start,
+                        GroupQuantizer.Fit(scale: scales[g], bias: biases[g], error: errors[g]))
+                    scales[g] = fit.scale
+                    biases[g] = fit.bias
+                }
+            }
+            quantizer.roundGroups(
+                row, groups: groups, size: groupSize, scales: scales, biases: biases,
+                codes: out.codes + r * columns, values: out.values.map { $0 + r * columns })
+        }
+    }
+
+    /// llama.cpp's weighting of a row's errors: E[x^2] times sqrt(sigma^2 + w^2), sigma^2 twice the
+    /// row's mean square (the same arithmetic as `quantizeRow`).
+    static func rowImportance(
+        _ row: UnsafePointer<Float>, columns: Int, columnImportance ci: [Float], _ importance: inout [Float]
+    ) {
+        var sigma2: Float = 0
+        for j in 0..<columns { sigma2 += row[j] * row[j] }
+        sigma2 = 2 * sigma2 / Float(columns)
+        for j in 0..<columns { importance[j] = ci[j] * (sigma2 + row[j] * row[j]).squareRoot() }
     }
 
     /// Row `r` of `w`, group by group: the range search (weighted by `columnImportance`, or against the
@@ -111,7 +169,7 @@ public enum MatrixQuantizer {
             out.biases[r * layout.groupsPerRow + g] = fit.bias
             for j in start..<(start + groupSize) {
                 out.codes[r * columns + j] = quantizer.storedCode(row[j], fit)
-                out.values[r * columns + j] = quantizer.dequantized(row[j], fit)
+                out.values?[r * columns + j] = quantizer.dequantized(row[j], fit)
             }
         }
     }

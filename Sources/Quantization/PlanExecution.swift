@@ -179,7 +179,7 @@ struct PlanExecution {
             values, rows: rows, columns: columns, encoding: tensor.output.encoding,
             groupSize: tensor.output.groupSize, method: effective, statistics: stats,
             awqScales: effective == .awq ? columnScales : nil,
-            activationOrder: activationOrder)
+            activationOrder: activationOrder, keepValues: false)
         try writer.writeTensor(position) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
         quantizedCount += 1
         entries[position] = recordEntry(tensor, fallback: calibrated ? tensor.fallback : PlanExecution.noStatisticsNote)
