@@ -31,7 +31,7 @@ public final class WeightStore: @unchecked Sendable {
 
     public let definition: ModelDefinition
     /// One entry per tensor of the definition, in its order.
-    private let entries: [Entry]
+    let entries: [Entry]
     private var cache: [[Float]?]
     private var cachedBytes = 0
     public let cacheBudget: Int
@@ -113,6 +113,9 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
+
+    /// Whether an f32 copy of the tensor is in the cache.
+    func isCached(_ handle: TensorHandle) -> Bool { lock.withLock { cache[handle.index] != nil } }
 
     /// The tensor's size as stored (bundle encoding or checkpoint dtype), not as upcast in the cache.
     public func storedBytes(_ handle: TensorHandle) -> Int { entries[handle.index].bytes.count }
