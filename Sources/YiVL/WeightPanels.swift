@@ -30,7 +30,8 @@ public struct StoredWeight {
     /// Output rows per panel, about: each sgemm call packs all of x again, which costs as much as
     /// multiplying it by ~30 weight rows, so panels are wide; narrower ones measured 7% (512 rows) and
     /// 10-20% (256) slower at 512 x 4096 x 11008 on 2 cores, 1024 as fast as the whole weight.
-    nonisolated(unsafe) public static var panelRows: Int = {
+    /// VLQ_PANEL_ROWS overrides it; 0 goes back to upcasting whole weights (to compare).
+    public static let panelRows: Int = {
         if let text = getenv("VLQ_PANEL_ROWS"), let rows = Int(String(cString: text)) { return rows }
         return 1024
     }()
@@ -129,8 +130,9 @@ extension WeightStore {
     }
 }
 
-/// f32 panel buffers reused across calls, one per caller running at the same time (they are few:
-/// the engine's forward passes), so that no multiplication allocates and faults in its panel.
+/// f32 panel buffers reused across the calls of a forward pass, one per caller running at the same
+/// time (they are few: the engine's forward passes), so that no multiplication allocates and faults in
+/// its panel.
 final class PanelBuffers: @unchecked Sendable {
     static let shared = PanelBuffers()
     private var idle: [UnsafeMutableBufferPointer<Float>] = []
@@ -144,5 +146,14 @@ final class PanelBuffers: @unchecked Sendable {
         }
         defer { lock.withLock { idle.append(buffer) } }
         return body(buffer.baseAddress!)
+    }
+
+    /// Frees the buffers that no caller holds (YiVLEngine.forward, at the end of each pass).
+    func releaseIdle() {
+        let freed = lock.withLock {
+            defer { idle = [] }
+            return idle
+        }
+        for buffer in freed { buffer.deallocate() }
     }
 }

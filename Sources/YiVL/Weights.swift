@@ -13,7 +13,9 @@ import Darwin
 ///
 /// f32 tensors are used in place from the memory map; bf16 and f16 tensors are upcast when first
 /// used and kept while they fit the cache budget, else upcast again on each use. Either way the whole
-/// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB.
+/// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB. Linear weights stored in 16 bits
+/// or quantized bypass this: prefill multiplies them panel by panel (WeightPanels.swift), decode
+/// straight from storage (`matrixVector`), so they are never upcast whole nor cached.
 public final class WeightStore: @unchecked Sendable {
     public enum Storage {
         case f32, f16, bf16
