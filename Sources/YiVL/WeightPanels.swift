@@ -109,8 +109,8 @@ extension WeightStore {
     /// The tensor as stored when it is quantized, or 16-bit and neither cached as f32 nor fitting the
     /// cache, and at least 2-D: then prefill multiplies it panel by panel (StoredWeight.multiply). Nil
     /// otherwise (the f32 path). 16-bit weights keep the f32 cache while it has room: on 2 cores bf16
-    /// prefill from panels measured 11.7-14.3 s against 8.9-12.2 s from the cached f32 (`vlq bench`,
-    /// 512 tokens, 4 layers of 6B; q8 panels 6.3 s), though the cache doubles their memory.
+    /// prefill from panels took 5.85 s against 5.57 s from the cached f32 (`vlq bench`, 512 tokens, 4
+    /// layers of 6B; q8 panels 6.10 s, q4 5.80 s), though the cache doubles their memory.
     public func storedWeight(_ handle: TensorHandle) -> StoredWeight? {
         let e = entries[handle.index]
         switch e.storage {
