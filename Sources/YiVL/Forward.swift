@@ -117,6 +117,9 @@ extension YiVLEngine {
         let previousObserver = model.observer
         model.observer = capture.observer
         defer { model.observer = previousObserver }
+        // Prefill's panel buffers (StoredWeight, up to ~50 MB) are freed after each pass: decode steps
+        // use none, and a resident one would add to the peak that decoding's resident weights set.
+        defer { PanelBuffers.shared.releaseIdle() }
         var output = ForwardOutput()
         let embeddings: [Float]
         switch input.content {

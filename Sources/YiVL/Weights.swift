@@ -13,7 +13,9 @@ import Darwin
 ///
 /// f32 tensors are used in place from the memory map; bf16 and f16 tensors are upcast when first
 /// used and kept while they fit the cache budget, else upcast again on each use. Either way the whole
-/// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB.
+/// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB. Quantized Linear weights, and
+/// 16-bit ones once the cache is full, are multiplied panel by panel in prefill (WeightPanels.swift)
+/// instead of being upcast whole on each use.
 public final class WeightStore: @unchecked Sendable {
     public enum Storage {
         case f32, f16, bf16
@@ -31,7 +33,7 @@ public final class WeightStore: @unchecked Sendable {
 
     public let definition: ModelDefinition
     /// One entry per tensor of the definition, in its order.
-    private let entries: [Entry]
+    let entries: [Entry]
     private var cache: [[Float]?]
     private var cachedBytes = 0
     public let cacheBudget: Int
@@ -113,6 +115,15 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
+
+    /// Whether an f32 copy of the tensor is in the cache, or would be put there on its next use.
+    func isOrWillBeCached(_ handle: TensorHandle) -> Bool {
+        let size = entries[handle.index].shape.reduce(1, *) * 4
+        return lock.withLock { cache[handle.index] != nil || cachedBytes + size <= cacheBudget }
+    }
+
+    /// Whether an f32 copy of the tensor is in the cache.
+    func isCached(_ handle: TensorHandle) -> Bool { lock.withLock { cache[handle.index] != nil } }
 
     /// The tensor's size as stored (bundle encoding or checkpoint dtype), not as upcast in the cache.
     public func storedBytes(_ handle: TensorHandle) -> Int { entries[handle.index].bytes.count }

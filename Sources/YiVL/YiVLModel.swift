@@ -34,19 +34,21 @@ public final class YiVLModel: @unchecked Sendable {
             }
             return
         }
-        weights.withFloats(layer.weight) { w in
-            if let bias = layer.bias {
-                weights.withFloats(bias) { b in
-                    Kernels.linear(
-                        x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs,
-                        bias: b.baseAddress!, into: out)
-                }
-            } else {
+        withBias(layer) { bias in
+            // 16-bit and quantized weights panel by panel, f32 ones (and cached f32 copies) whole.
+            if weights.multiplyStored(layer.weight, x, rows: rows, bias: bias, into: out) { return }
+            weights.withFloats(layer.weight) { w in
                 Kernels.linear(
-                    x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs, bias: nil,
+                    x, rows: rows, inputs: layer.inputs, weight: w.baseAddress!, outputs: layer.outputs, bias: bias,
                     into: out)
             }
         }
+    }
+
+    /// Runs `body` with the layer's bias as f32, or nil when it has none.
+    private func withBias(_ layer: Linear, _ body: (UnsafePointer<Float>?) -> Void) {
+        guard let bias = layer.bias else { return body(nil) }
+        weights.withFloats(bias) { body($0.baseAddress!) }
     }
 
     func layerNorm(_ norm: LayerNorm, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, eps: Float) {
@@ -109,10 +111,14 @@ public final class YiVLModel: @unchecked Sendable {
         }
         let tower = definition.vision
         let x = FloatBuffer(n * d)
-        weights.withFloats(tower.patchEmbedding) { w in
-            Kernels.linear(
-                patches.pointer, rows: v.patchCount, inputs: patchSize, weight: w.baseAddress!, outputs: d, bias: nil,
-                into: x.pointer + d)
+        if !weights.multiplyStored(
+            tower.patchEmbedding, patches.pointer, rows: v.patchCount, bias: nil, into: x.pointer + d)
+        {
+            weights.withFloats(tower.patchEmbedding) { w in
+                Kernels.linear(
+                    patches.pointer, rows: v.patchCount, inputs: patchSize, weight: w.baseAddress!, outputs: d,
+                    bias: nil, into: x.pointer + d)
+            }
         }
         weights.withFloats(tower.classEmbedding) { c in x.pointer.update(from: c.baseAddress!, count: d) }
         weights.withFloats(tower.positionEmbedding) { pos in Kernels.add(x.pointer, pos.baseAddress!, count: n * d) }
