@@ -53,8 +53,14 @@ public enum PeakMemory {
     /// VmHWM from /proc/self/status, where there is one.
     static func highWaterMark() -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        return highWaterMark(status: status)
+    }
+
+    /// VmHWM in bytes from the text of /proc/PID/status.
+    static func highWaterMark(status: String) -> Int? {
         for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            // "VmHWM:\t 123456 kB": a tab, then spaces only while the number is short of 8 digits.
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard fields.count >= 3, fields[2] == "kB", let kibibytes = Int(fields[1]) else { return nil }
             return kibibytes * 1024
         }

@@ -3,6 +3,8 @@ import Numerics
 import XCTest
 import YiVL
 
+@testable import Benchmarking
+
 /// `vlq bench`: what it divides by (the bytes a decoding step reads, the machine's read bandwidth), and the
 /// table of encodings it ends with.
 final class BenchmarkTests: XCTestCase {
@@ -111,5 +113,12 @@ final class BenchmarkTests: XCTestCase {
         return ProcessResult(
             status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
             stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// /proc/self/status pads VmHWM with spaces only below 8 digits: a 10 GB peak is "VmHWM:\t10485760 kB".
+    func testThePeakIsReadWhateverItsWidth() {
+        XCTAssertEqual(PeakMemory.highWaterMark(status: "Name:\tvlq\nVmHWM:\t    1624 kB\n"), 1624 * 1024)
+        XCTAssertEqual(PeakMemory.highWaterMark(status: "VmHWM:\t10485760 kB\nVmRSS:\t 1 kB\n"), 10_485_760 * 1024)
+        XCTAssertNil(PeakMemory.highWaterMark(status: "VmRSS:\t 1 kB\n"))
     }
 }
