@@ -52,7 +52,7 @@ let package = Package(
         .target(name: "Imaging", dependencies: ["VLQCore", "CImageCodecs"], swiftSettings: optimizedEvenInDebug),
         // The engine's numerics: kernels over OpenBLAS, activation buffers, the row-parallel loop, and
         // the memory budgets of weight caches and X^T X statistics.
-        .target(name: "Numerics", dependencies: ["CBLAS"], swiftSettings: optimizedEvenInDebug),
+        .target(name: "Numerics", dependencies: ["CBLAS", "CKernels"], swiftSettings: optimizedEvenInDebug),
         // Yi-VL: configuration, checkpoint layout, expected tensors, and the fp32 engine, whose one entry
         // point is `YiVLEngine.forward`.
         .target(

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 
 #if canImport(Glibc)
@@ -19,12 +20,28 @@ extension Kernels {
     /// Runs `body(0..<tasks)` on the cores and returns when all are done. The body writes disjoint parts
     /// of buffers it captures by pointer, which Swift cannot prove: its Sendable check is switched off
     /// here, in one place, instead of at every caller.
+    ///
+    /// The loop runs on a persistent pool (CKernels' vlq_pool_run: workers poll briefly between loops) so
+    /// that decode's ~30 short loops per token do not each wait for parked threads to wake; when the pool
+    /// is busy (a nested loop, or another thread's) or VLQ_THREAD_POOL=0, on libdispatch's.
     public static func concurrently(_ tasks: Int, _ body: (Int) -> Void) {
         withoutActuallyEscaping(body) { body in
             let shared = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: tasks) { shared.value($0) }
+            var boxed = shared
+            let ran =
+                usePool
+                && withUnsafeMutablePointer(to: &boxed) { pointer in
+                    vlq_pool_run(Int32(tasks), Int32(activeProcessors), runTask, pointer) == 1
+                }
+            if !ran { DispatchQueue.concurrentPerform(iterations: tasks) { shared.value($0) } }
         }
     }
+
+    /// VLQ_THREAD_POOL=0 runs every loop on libdispatch instead (to compare).
+    static let usePool: Bool = {
+        guard let text = getenv("VLQ_THREAD_POOL") else { return true }
+        return String(cString: text) != "0"
+    }()
 
     /// The threads loops split over (ComputeThreads: all cores unless `--threads` says fewer).
     @usableFromInline
@@ -35,4 +52,9 @@ extension Kernels {
 struct UncheckedSendable<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
+}
+
+/// The pool's entry: `context` points at the loop's body.
+private func runTask(_ context: UnsafeMutableRawPointer?, _ task: Int32) {
+    context!.assumingMemoryBound(to: UncheckedSendable<(Int) -> Void>.self).pointee.value(Int(task))
 }
