@@ -7,46 +7,20 @@
 
 #include <string.h>
 
+#include "half_floats.h"
+
 // MARK: Portable versions (also the tails of the vector ones).
-
-static inline float bf16_value(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float f16_value(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
-    if (exponent == 0x1F) {  // infinity, or NaN made quiet as F16C and Swift's Float(Float16) do
-        bits = sign | 0x7F800000u | (mantissa << 13) | (mantissa ? 0x00400000u : 0);
-    } else if (exponent != 0) {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    } else if (mantissa == 0) {
-        bits = sign;
-    } else {  // subnormal: normalise
-        exponent = 113;
-        while ((mantissa & 0x400) == 0) {
-            mantissa <<= 1;
-            exponent -= 1;
-        }
-        bits = sign | (exponent << 23) | ((mantissa & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 static void bf16_portable(const uint16_t *w, size_t cols, float *out, size_t begin, size_t end) {
     const uint16_t *in = w + begin * cols;
     size_t count = (end - begin) * cols;
-    for (size_t i = 0; i < count; i++) out[i] = bf16_value(in[i]);
+    for (size_t i = 0; i < count; i++) out[i] = vlq_bf16_to_float(in[i]);
 }
 
 static void f16_portable(const uint16_t *w, size_t cols, float *out, size_t begin, size_t end) {
     const uint16_t *in = w + begin * cols;
     size_t count = (end - begin) * cols;
-    for (size_t i = 0; i < count; i++) out[i] = f16_value(in[i]);
+    for (size_t i = 0; i < count; i++) out[i] = vlq_f16_to_float(in[i]);
 }
 
 static void q8_portable(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, float *out,
@@ -56,7 +30,7 @@ static void q8_portable(const int8_t *codes, const uint16_t *scales, size_t cols
         const int8_t *row = codes + r * cols;
         float *dst = out + (r - begin) * cols;
         for (size_t k = 0; k < groups; k++) {
-            float scale = f16_value(scales[r * groups + k]);
+            float scale = vlq_f16_to_float(scales[r * groups + k]);
             for (size_t j = k * group; j < (k + 1) * group; j++) dst[j] = (float)row[j] * scale;
         }
     }
@@ -78,8 +52,8 @@ static void q4_portable(const uint8_t *codes, const uint16_t *scales, const uint
     for (size_t r = begin; r < end; r++) {
         float *dst = out + (r - begin) * cols;
         for (size_t k = 0; k < groups; k++) {
-            float scale = f16_value(scales[r * groups + k]);
-            float bias = biases ? f16_value(biases[r * groups + k]) : -8 * scale;
+            float scale = vlq_f16_to_float(scales[r * groups + k]);
+            float bias = biases ? vlq_f16_to_float(biases[r * groups + k]) : -8 * scale;
             q4_pairs(codes + r * cols / 2, k * group, (k + 1) * group, scale, bias, dst);
         }
     }
@@ -100,7 +74,7 @@ VLQ_AVX2 static void bf16_avx2(const uint16_t *w, size_t cols, float *out, size_
         _mm256_storeu_si256((__m256i *)(out + i), _mm256_slli_epi32(a, 16));
         _mm256_storeu_si256((__m256i *)(out + i + 8), _mm256_slli_epi32(b, 16));
     }
-    for (; i < count; i++) out[i] = bf16_value(in[i]);
+    for (; i < count; i++) out[i] = vlq_bf16_to_float(in[i]);
 }
 
 VLQ_AVX2 static void f16_avx2(const uint16_t *w, size_t cols, float *out, size_t begin, size_t end) {
@@ -110,7 +84,7 @@ VLQ_AVX2 static void f16_avx2(const uint16_t *w, size_t cols, float *out, size_t
         _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i))));
         _mm256_storeu_ps(out + i + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i + 8))));
     }
-    for (; i < count; i++) out[i] = f16_value(in[i]);
+    for (; i < count; i++) out[i] = vlq_f16_to_float(in[i]);
 }
 
 VLQ_AVX2 static inline float half_scalar(uint16_t h) {

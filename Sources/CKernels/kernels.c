@@ -8,35 +8,9 @@
 
 #include <string.h>
 
+#include "half_floats.h"
+
 // MARK: Portable versions (also the tails of the vector ones).
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float f16_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
-    if (exponent == 0x1F) {
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else if (exponent != 0) {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    } else if (mantissa == 0) {
-        bits = sign;
-    } else {  // subnormal: normalise
-        exponent = 113;
-        while ((mantissa & 0x400) == 0) {
-            mantissa <<= 1;
-            exponent -= 1;
-        }
-        bits = sign | (exponent << 23) | ((mantissa & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 // Eight independent partial sums, so that the compiler may vectorise without reassociating.
 #define LANES 8
@@ -47,10 +21,10 @@ static void bf16_scalar(const uint16_t *w, size_t cols, const float *x, float *y
         float acc[LANES] = {0};
         size_t j = 0;
         for (; j + LANES <= cols; j += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += bf16_to_float(row[j + l]) * x[j + l];
+            for (int l = 0; l < LANES; l++) acc[l] += vlq_bf16_to_float(row[j + l]) * x[j + l];
         float s = 0;
         for (int l = 0; l < LANES; l++) s += acc[l];
-        for (; j < cols; j++) s += bf16_to_float(row[j]) * x[j];
+        for (; j < cols; j++) s += vlq_bf16_to_float(row[j]) * x[j];
         y[r] = s;
     }
 }
@@ -59,7 +33,7 @@ static void f16_scalar(const uint16_t *w, size_t cols, const float *x, float *y,
     for (size_t r = begin; r < end; r++) {
         const uint16_t *row = w + r * cols;
         float s = 0;
-        for (size_t j = 0; j < cols; j++) s += f16_to_float(row[j]) * x[j];
+        for (size_t j = 0; j < cols; j++) s += vlq_f16_to_float(row[j]) * x[j];
         y[r] = s;
     }
 }
@@ -78,7 +52,7 @@ static void q8_scalar(const int8_t *codes, const uint16_t *scales, size_t cols, 
             float partial = 0;
             for (int l = 0; l < LANES; l++) partial += acc[l];
             for (; j < stop; j++) partial += (float)row[j] * x[j];
-            total += partial * f16_to_float(scales[r * groups + k]);
+            total += partial * vlq_f16_to_float(scales[r * groups + k]);
         }
         y[r] = total;
     }
@@ -96,8 +70,8 @@ static void q4_scalar(const uint8_t *codes, const uint16_t *scales, const uint16
                 uint8_t b = row[j / 2];
                 partial += (float)(b & 0x0F) * x[j] + (float)(b >> 4) * x[j + 1];
             }
-            float scale = f16_to_float(scales[r * groups + k]);
-            float bias = biases ? f16_to_float(biases[r * groups + k]) : -8 * scale;
+            float scale = vlq_f16_to_float(scales[r * groups + k]);
+            float bias = biases ? vlq_f16_to_float(biases[r * groups + k]) : -8 * scale;
             total += scale * partial + bias * sums[k];
         }
         y[r] = total;
@@ -166,7 +140,7 @@ VLQ_AVX2 static inline float half_scalar(uint16_t h) {
         for (; r < end; r++) name##_rows(w, cols, x, y, r, 1);                                                    \
     }
 
-HALF_ROWS(bf16_avx2, load_bf16, bf16_to_float)
+HALF_ROWS(bf16_avx2, load_bf16, vlq_bf16_to_float)
 HALF_ROWS(f16_avx2, load_f16, half_scalar)
 
 VLQ_AVX2 static inline __m256 load_q8(const int8_t *p) {
@@ -437,8 +411,8 @@ static inline float32x4_t load_f16x4(const uint16_t *p) {
         for (; r < end; r++) name##_rows(w, cols, x, y, r, 1);                                                    \
     }
 
-HALF_ROWS(bf16_neon, load_bf16x4, bf16_to_float)
-HALF_ROWS(f16_neon, load_f16x4, f16_to_float)
+HALF_ROWS(bf16_neon, load_bf16x4, vlq_bf16_to_float)
+HALF_ROWS(f16_neon, load_f16x4, vlq_f16_to_float)
 
 // Groups of a multiple of 8: 8 codes widened to two vectors of 4 floats.
 static ALWAYS_INLINE void q8_rows(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
@@ -458,7 +432,7 @@ static ALWAYS_INLINE void q8_rows(const int8_t *codes, const uint16_t *scales, s
             }
         }
         for (int i = 0; i < R; i++)
-            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), f16_to_float(scales[(r + i) * groups + k]));
+            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), vlq_f16_to_float(scales[(r + i) * groups + k]));
     }
     for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(total[i]);
 }
@@ -496,8 +470,8 @@ static ALWAYS_INLINE void q4_rows(const uint8_t *codes, const uint16_t *scales, 
         }
         for (int i = 0; i < R; i++) {
             size_t g = (r + i) * groups + k;
-            float scale = f16_to_float(scales[g]);
-            float bias = biases ? f16_to_float(biases[g]) : -8 * scale;
+            float scale = vlq_f16_to_float(scales[g]);
+            float bias = biases ? vlq_f16_to_float(biases[g]) : -8 * scale;
             total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), scale);
             tail[i] += bias * sums[k];
         }

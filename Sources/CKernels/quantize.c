@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half_floats.h"
+
 #pragma STDC FP_CONTRACT OFF
 
 #if defined(__x86_64__)
@@ -15,22 +17,6 @@
 #endif
 
 // MARK: Scalar definition (the Swift one, operation for operation).
-
-static float f16_bits_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu, bits;
-    if (exponent == 0) {
-        float magnitude = (float)mantissa * 0x1p-24f;  // exact: subnormal halves are multiples of 2^-24
-        memcpy(&bits, &magnitude, 4);
-        bits |= sign;
-    } else if (exponent == 31) {
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 // Round to nearest even, overflow to infinity (as Swift's Float16(Float) and F16C do).
 static uint16_t float_to_f16_bits(float f) {
@@ -89,7 +75,7 @@ typedef struct {
 
 static void consider_scalar(const float *w, size_t n, const float *a, int encoding, float scale, float bias,
                             fit_t *best) {
-    float s = f16_bits_to_float(float_to_f16_bits(scale)), b = f16_bits_to_float(float_to_f16_bits(bias));
+    float s = vlq_f16_to_float(float_to_f16_bits(scale)), b = vlq_f16_to_float(float_to_f16_bits(bias));
     if (!isfinite(s) || !isfinite(b) || s == 0) return;
     float low, high;
     levels_of(encoding, &low, &high);
@@ -144,7 +130,7 @@ static void round_groups_scalar(const float *w, size_t groups, size_t group, int
     levels_of(encoding, &low, &high);
     int offset = encoding == VLQ_QUANT_Q4S ? 8 : 0;
     for (size_t g = 0; g < groups; g++) {
-        float s = f16_bits_to_float(scales[g]), b = f16_bits_to_float(biases[g]);
+        float s = vlq_f16_to_float(scales[g]), b = vlq_f16_to_float(biases[g]);
         for (size_t j = g * group; j < (g + 1) * group; j++) {
             float q = code_scalar(w[j], s, b, low, high);
             codes[j] = (int8_t)((int)q + offset);
@@ -288,7 +274,7 @@ VLQ_QUANT_AVX2 static void round_groups_avx2(const float *w, size_t groups, size
     __m256 vlow = _mm256_set1_ps(low), vhigh = _mm256_set1_ps(high);
     __m256i offset = _mm256_set1_epi32(encoding == VLQ_QUANT_Q4S ? 8 : 0);
     for (size_t g = 0; g < groups; g++) {
-        float s = f16_bits_to_float(scales[g]), b = f16_bits_to_float(biases[g]);
+        float s = vlq_f16_to_float(scales[g]), b = vlq_f16_to_float(biases[g]);
         __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(b);
         size_t j = g * group, end = (g + 1) * group;
         for (; j + 8 <= end; j += 8) {

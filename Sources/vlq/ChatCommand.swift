@@ -31,14 +31,7 @@ struct Chat: AsyncParsableCommand {
     @Option(help: "A system prompt replacing the model's own.")
     var system: String?
 
-    @Option(help: "Sampling temperature; 0 is greedy.")
-    var temperature: Float = 0
-
-    @Option(help: "Seed for sampling.")
-    var seed: UInt64 = 0
-
-    @Option(name: .customLong("max-tokens"), help: "Most tokens per answer.")
-    var maxTokens: Int = 256
+    @OptionGroup var generation: GenerationArguments
 
     @OptionGroup var global: GlobalOptions
 
@@ -47,8 +40,6 @@ struct Chat: AsyncParsableCommand {
     func validate() throws {
         guard images.count == 1 else { throw ValidationError("give one --image (/image PATH switches later)") }
         if images[0] == "-" { throw ValidationError("--image - cannot be used with chat: stdin carries the turns") }
-        guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
-        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
         if let system, system.allSatisfy(\.isWhitespace) { throw ValidationError("--system is empty") }
     }
 
@@ -115,8 +106,7 @@ struct Chat: AsyncParsableCommand {
 
     /// Streams one answer to stdout, then one line of what the turn cost on stderr.
     func answer(_ question: String, _ state: ChatState, logger: Logger) async throws {
-        let reply = state.chat.send(
-            question, options: GenerationOptions(maxTokens: maxTokens, temperature: temperature, seed: seed))
+        let reply = state.chat.send(question, options: generation.options())
         for try await piece in reply { FileHandle.standardOutput.write(Data(piece.utf8)) }
         FileHandle.standardOutput.write(Data("\n".utf8))
         let turn = try await reply.turn

@@ -6,6 +6,28 @@ import VLQ
 import VLQCore
 import Verification
 
+/// How answers are generated (run, chat).
+struct GenerationArguments: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0
+
+    @Option(help: "Seed for sampling.")
+    var seed: UInt64 = 0
+
+    @Option(name: .customLong("max-tokens"), help: "Most tokens per answer.")
+    var maxTokens: Int = 256
+
+    func validate() throws {
+        guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
+        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
+    }
+
+    /// The library's options, with `maxTokens` when the context leaves fewer than asked.
+    func options(maxTokens tokens: Int? = nil) -> GenerationOptions {
+        GenerationOptions(maxTokens: tokens ?? maxTokens, temperature: temperature, seed: seed)
+    }
+}
+
 /// Options shared by the commands that run the model.
 struct ModelInput: ParsableArguments {
     @Argument(help: "A .vlq bundle or a Hugging Face Yi-VL folder.")
@@ -73,23 +95,11 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var input: ModelInput
 
-    @Option(help: "Sampling temperature; 0 is greedy.")
-    var temperature: Float = 0
-
-    @Option(help: "Seed for sampling.")
-    var seed: UInt64 = 0
-
-    @Option(name: .customLong("max-tokens"), help: "Most tokens to generate.")
-    var maxTokens: Int = 256
+    @OptionGroup var generation: GenerationArguments
 
     @OptionGroup var global: GlobalOptions
 
     @OptionGroup var compute: ComputeOptions
-
-    func validate() throws {
-        guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
-        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
-    }
 
     /// The answer comes through the library (`VLQModel.answer`), as an app's would.
     func run() async throws {
@@ -103,7 +113,7 @@ struct Run: AsyncParsableCommand {
         let tokens = try answerLength(model, question: question, logger: logger)
         let reply = model.answer(
             image: image, question: question,
-            options: GenerationOptions(maxTokens: tokens, temperature: temperature, seed: seed))
+            options: generation.options(maxTokens: tokens))
         for try await piece in reply {
             FileHandle.standardOutput.write(Data(piece.utf8))
         }
@@ -124,6 +134,7 @@ struct Run: AsyncParsableCommand {
     /// that leaves no room is refused before the image is even encoded.
     func answerLength(_ model: VLQModel, question: String, logger: Logging.Logger) throws -> Int {
         let positions = model.promptLength(question: question), context = model.contextLength
+        let maxTokens = generation.maxTokens
         guard positions < context else {
             throw VLQError(
                 ModelError.contextExceeded, input.model,

@@ -100,19 +100,7 @@ final class BenchmarkTests: XCTestCase {
 
     /// Runs vlq with TMPDIR set, where bench writes its quantized bundles.
     func runWithTemporaryDirectory(_ directory: String, _ arguments: String...) throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": directory]) { $1 }
-        let out = Pipe(), err = Pipe()
-        (process.standardOutput, process.standardError) = (out, err)
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return ProcessResult(
-            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData, as: UTF8.self))
+        try VLQTests.run(Repo.vlqBinary, arguments, environment: ["TMPDIR": directory])
     }
 
     /// /proc/self/status pads VmHWM with spaces only below 8 digits: a 10 GB peak is "VmHWM:\t10485760 kB".

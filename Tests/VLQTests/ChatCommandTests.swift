@@ -6,20 +6,9 @@ import XCTest
 /// `vlq chat` driven by a script: each stdin line a turn, each answer a stdout line (issue 11, point 13).
 final class ChatCommandTests: XCTestCase {
     func chat(_ lines: [String], image: String, extra: [String] = []) throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
-        process.arguments = ["chat", Repo.tinyModel, "--image", image, "--max-tokens", "24"] + extra
-        let input = Pipe(), output = Pipe(), errors = Pipe()
-        (process.standardInput, process.standardOutput, process.standardError) = (input, output, errors)
-        try process.run()
-        input.fileHandleForWriting.write(Data((lines.joined(separator: "\n") + "\n").utf8))
-        try input.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return ProcessResult(
-            status: process.terminationStatus, stdout: String(decoding: out, as: UTF8.self),
-            stderr: String(decoding: err, as: UTF8.self))
+        try run(
+            Repo.vlqBinary, ["chat", Repo.tinyModel, "--image", image, "--max-tokens", "24"] + extra,
+            input: Data((lines.joined(separator: "\n") + "\n").utf8))
     }
 
     /// "turn: R positions reused from the cache, P prefilled ..." per answered turn.

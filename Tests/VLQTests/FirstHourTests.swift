@@ -17,6 +17,15 @@ final class FirstHourTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains(text), result.stderr, file: file, line: line)
     }
 
+    /// The first `rows` lines of the fixture's calibration manifest, with absolute image paths.
+    func writeCalibrationSet(rows count: Int, to path: String) throws {
+        let manifest = try String(contentsOfFile: Reference.data + "/calibration.jsonl", encoding: .utf8)
+        let rows = manifest.split(separator: "\n").prefix(count).map {
+            $0.replacingOccurrences(of: "\"calibration/", with: "\"" + Reference.data + "/calibration/")
+        }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
     // 1. `--rank-layers` with a stored reference ran the whole evaluation before failing.
     func testRankingLayersAgainstAStoredReferenceIsAUsageErrorBeforeAnyWork() throws {
         let scratch = try Scratch()
@@ -33,11 +42,7 @@ final class FirstHourTests: XCTestCase {
         let bundle = scratch.file("fp.vlq"), output = scratch.file("int4.vlq")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
         let set = scratch.file("calibration.jsonl")
-        let manifest = try String(contentsOfFile: Reference.data + "/calibration.jsonl", encoding: .utf8)
-        let rows = manifest.split(separator: "\n").prefix(2).map {
-            $0.replacingOccurrences(of: "\"calibration/", with: "\"" + Reference.data + "/calibration/")
-        }
-        try (rows.joined(separator: "\n") + "\n").write(toFile: set, atomically: true, encoding: .utf8)
+        try writeCalibrationSet(rows: 2, to: set)
         let result = try vlq("quantize", bundle, "-o", output, "--preset", "int4", "--set", set)
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stderr.contains("no --method: quantizing with gptq"), result.stderr)
@@ -143,11 +148,7 @@ final class FirstHourTests: XCTestCase {
         let bundle = scratch.file("fp.vlq"), stats = scratch.file("a.vlqstats")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
         let set = scratch.file("set.jsonl")
-        let manifest = try String(contentsOfFile: Reference.data + "/calibration.jsonl", encoding: .utf8)
-        let rows = manifest.split(separator: "\n").prefix(2).map {
-            $0.replacingOccurrences(of: "\"calibration/", with: "\"" + Reference.data + "/calibration/")
-        }
-        try (rows.joined(separator: "\n") + "\n").write(toFile: set, atomically: true, encoding: .utf8)
+        try writeCalibrationSet(rows: 2, to: set)
         XCTAssertEqual(try vlq("calibrate", bundle, "--set", set, "-o", stats, "-q").status, 0)
         try FileManager.default.copyItem(atPath: stats, toPath: scratch.file("copy.vlqstats"))
         assertOneErrorLine(
@@ -258,33 +259,17 @@ final class RunInputTests: XCTestCase {
     func testTheQuestionMayComeFromStdinAndEmptyQuestionsOrTwoImagesAreRefused() throws {
         let direct = try vlq("run", Repo.tinyModel, "--image", image, "--prompt", "What shapes are in the image?", "-q")
         XCTAssertEqual(direct.status, 0, direct.stderr)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
-        process.arguments = ["run", Repo.tinyModel, "--image", image, "--prompt", "-", "-q"]
-        let input = Pipe(), output = Pipe()
-        (process.standardInput, process.standardOutput) = (input, output)
-        try process.run()
-        input.fileHandleForWriting.write(Data("What shapes are in the image?\n".utf8))
-        try input.fileHandleForWriting.close()
-        let answer = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0)
-        XCTAssertEqual(answer, direct.stdout)
+        let fromStdin = try vlq(
+            input: Data("What shapes are in the image?\n".utf8), "run", Repo.tinyModel, "--image", image, "--prompt",
+            "-", "-q")
+        XCTAssertEqual(fromStdin.status, 0)
+        XCTAssertEqual(fromStdin.stdout, direct.stdout)
 
-        let imageProcess = Process()
-        imageProcess.executableURL = URL(fileURLWithPath: Repo.vlqBinary)
-        imageProcess.arguments = [
-            "run", Repo.tinyModel, "--image", "-", "--prompt", "What shapes are in the image?", "-q",
-        ]
-        let imageInput = Pipe(), imageOutput = Pipe()
-        (imageProcess.standardInput, imageProcess.standardOutput) = (imageInput, imageOutput)
-        try imageProcess.run()
-        imageInput.fileHandleForWriting.write(try Data(contentsOf: URL(fileURLWithPath: image)))
-        try imageInput.fileHandleForWriting.close()
-        let fromStdin = String(decoding: imageOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        imageProcess.waitUntilExit()
-        XCTAssertEqual(imageProcess.terminationStatus, 0)
-        XCTAssertEqual(fromStdin, direct.stdout, "--image - reads the same image from stdin")
+        let imageFromStdin = try vlq(
+            input: try Data(contentsOf: URL(fileURLWithPath: image)), "run", Repo.tinyModel, "--image", "-",
+            "--prompt", "What shapes are in the image?", "-q")
+        XCTAssertEqual(imageFromStdin.status, 0)
+        XCTAssertEqual(imageFromStdin.stdout, direct.stdout, "--image - reads the same image from stdin")
         let bothFromStdin = try vlq("run", Repo.tinyModel, "--image", "-", "--prompt", "-")
         XCTAssertEqual(bothFromStdin.status, 2)
 

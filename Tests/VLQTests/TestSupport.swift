@@ -67,15 +67,26 @@ struct ProcessResult {
     var stderr: String
 }
 
+/// Runs `executable`; `input` is written to its stdin (then closed), `environment` adds variables.
 @discardableResult
-func run(_ executable: String, _ arguments: [String]) throws -> ProcessResult {
+func run(
+    _ executable: String, _ arguments: [String], input: Data? = nil, environment: [String: String] = [:]
+) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    let out = Pipe(), err = Pipe()
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
+    let out = Pipe(), err = Pipe(), stdin = Pipe()
     process.standardOutput = out
     process.standardError = err
+    if input != nil { process.standardInput = stdin }
     try process.run()
+    if let input {
+        stdin.fileHandleForWriting.write(input)
+        try stdin.fileHandleForWriting.close()
+    }
     // Read before waiting: a full pipe would block the child.
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     let errData = err.fileHandleForReading.readDataToEndOfFile()
@@ -87,6 +98,11 @@ func run(_ executable: String, _ arguments: [String]) throws -> ProcessResult {
 
 func vlq(_ arguments: String...) throws -> ProcessResult {
     try run(Repo.vlqBinary, arguments)
+}
+
+/// `vlq` with `input` on its stdin.
+func vlq(input: Data, _ arguments: String...) throws -> ProcessResult {
+    try run(Repo.vlqBinary, arguments, input: input)
 }
 
 func python(_ arguments: [String]) throws -> ProcessResult {

@@ -1,0 +1,38 @@
+// bf16 and IEEE f16 to f32, exactly as Swift's Float(Float16) and F16C convert (NaNs made quiet): one
+// definition for the decode, dequantize and quantize kernels, whose results must agree bit for bit.
+// Private to CKernels (not under include/).
+#ifndef VLQ_HALF_FLOATS_H
+#define VLQ_HALF_FLOATS_H
+
+#include <stdint.h>
+#include <string.h>
+
+static inline float vlq_bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float vlq_f16_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
+    if (exponent == 0x1F) {  // infinity, or NaN made quiet as F16C and Swift's Float(Float16) do
+        bits = sign | 0x7F800000u | (mantissa << 13) | (mantissa ? 0x00400000u : 0);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else {  // subnormal: normalise
+        exponent = 113;
+        while ((mantissa & 0x400) == 0) {
+            mantissa <<= 1;
+            exponent -= 1;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+#endif
