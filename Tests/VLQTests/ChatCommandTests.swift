@@ -6,7 +6,7 @@ import XCTest
 /// `vlq chat` driven by a script: each stdin line a turn, each answer a stdout line (issue 11, point 13).
 final class ChatCommandTests: XCTestCase {
     func chat(_ lines: [String], image: String, extra: [String] = []) throws -> ProcessResult {
-        try run(
+        try VLQTests.run(
             Repo.vlqBinary, ["chat", Repo.tinyModel, "--image", image, "--max-tokens", "24"] + extra,
             input: Data((lines.joined(separator: "\n") + "\n").utf8))
     }
