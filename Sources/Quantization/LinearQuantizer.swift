@@ -23,9 +23,23 @@ public enum LinearQuantizer {
         method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
         activationOrder: Bool = false, keepValues: Bool = true
     ) throws -> Output {
+        try w.withUnsafeBufferPointer {
+            try quantize(
+                $0, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, method: method,
+                statistics: statistics, awqScales: awqScales, activationOrder: activationOrder, keepValues: keepValues)
+        }
+    }
+
+    /// As above, from values the caller keeps (the pipeline's one reused buffer); gptq and awq, which
+    /// change the values as they go, work on a copy.
+    public static func quantize(
+        _ w: UnsafeBufferPointer<Float>, rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
+        activationOrder: Bool = false, keepValues: Bool = true
+    ) throws -> Output {
         try checkSizes(
-            w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
-            awqScales: awqScales)
+            count: w.count, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+            statistics: statistics, awqScales: awqScales)
         switch method {
         case .rtn:
             return Output(
@@ -46,14 +60,15 @@ public enum LinearQuantizer {
             }
             return Output(
                 matrix: try GPTQ(activationOrder: activationOrder).quantize(
-                    w, rows: rows, columns: columns, encoding: encoding,
+                    Array(w), rows: rows, columns: columns, encoding: encoding,
                     groupSize: groupSize, gram: gram))
         case .awq:
             guard let statistics else {
                 throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics")
             }
             return awq(
-                w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, statistics: statistics,
+                Array(w), rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+                statistics: statistics,
                 scales: awqScales)
         }
     }
@@ -61,15 +76,15 @@ public enum LinearQuantizer {
     /// The methods index the weight, the statistics and the scales by these sizes: mismatches must be
     /// errors here, not out-of-range reads below.
     static func checkSizes(
-        _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        count: Int, rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
         statistics: InputStatistics?, awqScales: [Float]?
     ) throws {
-        guard columns > 0, Checked.multiply(rows, columns) == w.count,
+        guard columns > 0, Checked.multiply(rows, columns) == count,
             QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize) != nil
         else {
             throw VLQError(
                 QuantizationError.invalidGrouping, nil,
-                "a [\(rows), \(columns)] weight of \(w.count) values cannot be \(encoding.name) "
+                "a [\(rows), \(columns)] weight of \(count) values cannot be \(encoding.name) "
                     + "in groups of \(groupSize)")
         }
         if let statistics, let problem = statistics.inconsistency(columns: columns) {

@@ -34,6 +34,19 @@ public enum MatrixQuantizer {
         _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
         columnImportance: [Float]? = nil, gram: [Double]? = nil, keepValues: Bool = true
     ) -> QuantizedMatrix {
+        w.withUnsafeBufferPointer {
+            roundToNearest(
+                $0, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
+                columnImportance: columnImportance, gram: gram, keepValues: keepValues)
+        }
+    }
+
+    /// As above, from values the caller keeps (the pipeline's one reused buffer).
+    public static func roundToNearest(
+        _ wp: UnsafeBufferPointer<Float>, rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
+        columnImportance: [Float]? = nil, gram: [Double]? = nil, keepValues: Bool = true
+    ) -> QuantizedMatrix {
+        precondition(wp.count == rows * columns)
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
         let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
         var codes = [Int8](repeating: 0, count: rows * columns)
@@ -49,21 +62,19 @@ public enum MatrixQuantizer {
                             codes: codesBuffer.baseAddress!, scales: scalesBuffer.baseAddress!,
                             biases: biasesBuffer.baseAddress!,
                             values: valuesBuffer.isEmpty ? nil : valuesBuffer.baseAddress)
-                        w.withUnsafeBufferPointer { wp in
-                            Kernels.parallelRows(rows, minimumPerTask: 16) { range in
-                                if gram == nil {
-                                    return searchRows(
-                                        range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,
-                                        columnImportance: columnImportance, into: out)
-                                }
-                                var quantizer = quantizer
-                                var importance = [Float](repeating: 1, count: groupSize)
-                                for r in range {
-                                    quantizeRow(
-                                        r, of: wp.baseAddress!, columns: columns, layout: layout,
-                                        quantizer: &quantizer, importance: &importance,
-                                        columnImportance: columnImportance, gram: gram, into: out)
-                                }
+                        Kernels.parallelRows(rows, minimumPerTask: 16) { range in
+                            if gram == nil {
+                                return searchRows(
+                                    range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,
+                                    columnImportance: columnImportance, into: out)
+                            }
+                            var quantizer = quantizer
+                            var importance = [Float](repeating: 1, count: groupSize)
+                            for r in range {
+                                quantizeRow(
+                                    r, of: wp.baseAddress!, columns: columns, layout: layout,
+                                    quantizer: &quantizer, importance: &importance,
+                                    columnImportance: columnImportance, gram: gram, into: out)
                             }
                         }
                     }

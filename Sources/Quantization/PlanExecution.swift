@@ -42,7 +42,9 @@ struct AWQScales {
 
     /// Applies the scales of a tensor that is not quantized (a quantized one has its columns scaled
     /// inside `LinearQuantizer`, which also rescales the statistics): columns, then rows, then values.
-    func apply(to values: inout [Float], of tensor: TensorPlan, rows: Int, columns: Int, subject: String) throws {
+    func apply(
+        to values: UnsafeMutableBufferPointer<Float>, of tensor: TensorPlan, rows: Int, columns: Int, subject: String
+    ) throws {
         // Scales come from the Linears this tensor feeds: a bundle whose shapes disagree with each
         // other must stop here, not index out of range.
         func require(_ s: [Float], _ count: Int, _ what: String) throws {
@@ -91,6 +93,8 @@ struct PlanExecution {
     /// What was done to each tensor, by position (nil: copied or converted as planned, nothing to say).
     private var entries: [QuantizationRecord.Tensor?]
     private(set) var quantizedCount = 0
+    /// Every quantized tensor's f32 values go through this one buffer (see WeightStore.copyFloats).
+    private let valuesBuffer = ReusableFloats()
 
     init(
         plan: QuantizationPlan, definition: ModelDefinition, source: VLQFile, weights: WeightStore,
@@ -154,18 +158,24 @@ struct PlanExecution {
             if let note = tensor.fallback { entries[position] = recordEntry(tensor, fallback: note) }
             return
         }
-        var values = weights.floats(tensor.handle)
-        let columns = tensor.output.shape.last ?? 1, rows = values.count / max(columns, 1)
-        try scales.apply(to: &values, of: tensor, rows: rows, columns: columns, subject: source.path)
+        let count = weights.shape(tensor.handle).reduce(1, *)
+        let columns = tensor.output.shape.last ?? 1, rows = count / max(columns, 1)
         if tensor.isQuantized {
-            try quantize(values, rows: rows, columns: columns, at: position, to: writer)
+            let values = valuesBuffer.take(count)
+            weights.copyFloats(tensor.handle, into: values)
+            try scales.apply(to: values, of: tensor, rows: rows, columns: columns, subject: source.path)
+            try quantize(UnsafeBufferPointer(values), rows: rows, columns: columns, at: position, to: writer)
         } else {
+            var values = weights.floats(tensor.handle)
+            try values.withUnsafeMutableBufferPointer {
+                try scales.apply(to: $0, of: tensor, rows: rows, columns: columns, subject: source.path)
+            }
             try convert(values, at: position, to: writer)
         }
     }
 
     private mutating func quantize(
-        _ values: [Float], rows: Int, columns: Int, at position: Int,
+        _ values: UnsafeBufferPointer<Float>, rows: Int, columns: Int, at position: Int,
         to writer: VLQWriter
     ) throws {
         let tensor = plan.tensors[position], method = tensor.method ?? .rtn
@@ -228,4 +238,23 @@ struct PlanExecution {
             recipe: recipe, activationOrder: activationOrder, tensors: tensors,
             calibration: calibration, sourceTableChecksum: sourceTableChecksum)
     }
+}
+
+/// A float buffer reused for values of different sizes, grown to the largest asked for: pages touched
+/// once stay mapped, where a fresh allocation per tensor has the kernel zero them again.
+final class ReusableFloats {
+    private var pointer: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+
+    /// `count` floats, valid until the next call; their values are whatever the last user left.
+    func take(_ count: Int) -> UnsafeMutableBufferPointer<Float> {
+        if count > capacity {
+            pointer?.deallocate()
+            pointer = .allocate(capacity: count)
+            capacity = count
+        }
+        return UnsafeMutableBufferPointer(start: pointer, count: count)
+    }
+
+    deinit { pointer?.deallocate() }
 }

@@ -1,3 +1,4 @@
+import CKernels
 import Numerics
 import SafeTensors
 import VLQCore
@@ -215,30 +216,56 @@ public final class WeightStore: @unchecked Sendable {
     /// quantizer, tensor by tensor) do not come back to them, and a 2.5 GB f32 vision tower would
     /// otherwise stay resident.
     public func floats(_ handle: TensorHandle) -> [Float] {
-        let values = withFloats(handle) { Array($0) }
-        if case .f32 = entries[handle.index].storage { entries[handle.index].release() }
-        return values
+        if let cached = lock.withLock({ cache[handle.index] }) { return cached }
+        let count = entries[handle.index].shape.reduce(1, *)
+        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            copyFloats(handle, into: buffer)
+            initialized = count
+        }
+    }
+
+    /// The tensor as f32 into `out` (exactly its element count), its stored pages released afterwards,
+    /// as `floats` does. The quantizer passes one buffer for every tensor: a fresh array per tensor
+    /// costs the kernel zeroing its pages, which took a quarter of an int8 quantize's time.
+    public func copyFloats(_ handle: TensorHandle, into out: UnsafeMutableBufferPointer<Float>) {
+        let e = entries[handle.index]
+        precondition(out.count == e.shape.reduce(1, *), "copyFloats: the buffer is not the tensor's size")
+        WeightStore.upcast(e, into: out)
+        e.release()
     }
 
     static func upcast(_ e: Entry) -> [Float] {
         let count = e.shape.reduce(1, *)
-        var out = [Float](repeating: 0, count: count)
-        let halves = e.bytes.bindMemory(to: UInt16.self)
-        out.withUnsafeMutableBufferPointer { dst in
-            switch e.storage {
-            case .bf16:
-                for i in 0..<count { dst[i] = Float(bitPattern: UInt32(UInt16(littleEndian: halves[i])) << 16) }
-            case .f16:
-                for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: halves[i]))) }
-            case .quantized(let layout):
-                Kernels.parallelRows(layout.rows, minimumPerTask: 64) { range in
-                    layout.dequantize(e.bytes, rows: range, into: dst.baseAddress! + range.lowerBound * layout.columns)
+        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            upcast(e, into: buffer)
+            initialized = count
+        }
+    }
+
+    /// Rows spread over the cores; the C conversions (vlq_dequantize.h) are bit-identical to Float's.
+    static func upcast(_ e: Entry, into out: UnsafeMutableBufferPointer<Float>) {
+        guard let dst = out.baseAddress, !out.isEmpty else { return }
+        let columns = max(e.shape.last ?? 1, 1), rows = out.count / columns
+        switch e.storage {
+        case .f32:
+            dst.update(from: e.bytes.bindMemory(to: Float.self).baseAddress!, count: out.count)
+        case .bf16, .f16:
+            let halves = e.bytes.bindMemory(to: UInt16.self).baseAddress!
+            var isBF16 = false
+            if case .bf16 = e.storage { isBF16 = true }
+            Kernels.parallelRows(rows, minimumPerTask: 64) { range in
+                let (begin, end) = (range.lowerBound, range.upperBound)
+                if isBF16 {
+                    vlq_upcast_bf16(halves, columns, dst + begin * columns, begin, end)
+                } else {
+                    vlq_upcast_f16(halves, columns, dst + begin * columns, begin, end)
                 }
-            case .f32:
-                break
+            }
+        case .quantized(let layout):
+            Kernels.parallelRows(layout.rows, minimumPerTask: 64) { range in
+                layout.dequantize(e.bytes, rows: range, into: dst + range.lowerBound * layout.columns)
             }
         }
-        return out
     }
 }
 
