@@ -83,6 +83,15 @@ let package = Package(
             name: "Verification",
             dependencies: ["VLQCore", "SafeTensors", "VLQFormat", "YiVL", "Calibration", "Imaging"],
             swiftSettings: optimizedEvenInDebug),
+        // Mixed precision: each layer's encoding chosen from its measured drift and size (a knapsack) for a
+        // drift bound or a size, checked end to end on held-out calibration samples (vlq quantize --max-kld).
+        .target(
+            name: "Allocation",
+            dependencies: [
+                "VLQCore", "VLQFormat", "YiVL", "Calibration", "Quantization", "Verification",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: optimizedEvenInDebug),
         // The engine's speed on one model (vlq bench): prefill against raw sgemm, vision, decode,
         // calibration and quantizer costs.
         .target(
@@ -118,7 +127,7 @@ let package = Package(
             name: "vlq",
             dependencies: [
                 "VLQCore", "VLQFormat", "Numerics", "VLQ", "Conversion", "Calibration", "Quantization", "Verification",
-                "Benchmarking",
+                "Allocation", "Benchmarking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -129,6 +138,7 @@ let package = Package(
                 "Numerics",
                 "YiVL",
                 "Conversion", "Tokenizer", "Imaging", "Quantization", "Calibration", "Verification", "FuzzTargets",
+                "Allocation",
                 "vlq",
                 "VLQ", "chat-example",
             ],

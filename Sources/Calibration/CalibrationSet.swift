@@ -59,6 +59,22 @@ public struct CalibrationSet: Sendable {
             }
         }
         guard !samples.isEmpty else { throw VLQError(CalibrationError.invalidSet, path, "no samples") }
+        self.samples = samples
+        digest = try CalibrationSet.digest(of: samples)
+    }
+
+    /// The samples at `indices` (in that order) as a set of their own, with their own digest; `source`
+    /// names it in errors and records (e.g. "set.jsonl (held out: every 4th)").
+    public func subset(_ indices: [Int], source: String) throws -> CalibrationSet {
+        precondition(!indices.isEmpty && indices.allSatisfy(samples.indices.contains))
+        var copy = self
+        copy.source = source
+        copy.samples = indices.map { samples[$0] }
+        copy.digest = try CalibrationSet.digest(of: copy.samples)
+        return copy
+    }
+
+    static func digest(of samples: [Sample]) throws -> String {
         let hasher = XXH3Hasher()
         for s in samples {
             let image = try MappedFile(path: s.image)
@@ -67,7 +83,6 @@ public struct CalibrationSet: Sendable {
             header.withUnsafeBytes { hasher.update($0) }
             hasher.update(image.bytes)
         }
-        self.samples = samples
-        digest = hex64(hasher.digest())
+        return hex64(hasher.digest())
     }
 }

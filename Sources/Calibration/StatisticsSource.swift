@@ -40,6 +40,8 @@ public final class WindowedStatistics: StatisticsSource {
     let budget: Int
     let diagonal: StatisticsCollector
     var window: StatisticsCollector?
+    /// The inputs whose X^T X `window` holds.
+    var windowOwners: Set<String> = []
     public private(set) var passes = 1
     let progress: (String) -> Void
     /// Samples done in the current pass: (pass, done, total).
@@ -83,16 +85,21 @@ public final class WindowedStatistics: StatisticsSource {
     public func computeGram(for owners: [String]) throws {
         let known = owners.filter { diagonal.statistics[$0] != nil }
         guard let first = known.first else { return }
+        // The window already at hand: a second quantization of the same model (the allocation search
+        // quantizes it once per choice) reuses it instead of another pass over the set.
+        if window != nil, Set(known).isSubset(of: windowOwners) { return }
         let bytes = known.reduce(0) { total, owner in
             let columns = diagonal.statistics[owner]!.columns
             return total + 4 * columns * columns
         }
         window = nil  // free the previous window before allocating the next
+        windowOwners = []
         passes += 1
         progress("calibration pass \(passes): X^T X for \(known.count) inputs from \(first) (\(bytes >> 20) MiB)")
         let wanted = Set(known), pass = passes
         window = try CalibrationRunner.collect(
             engine: engine, set: calibrationSet, withGram: true,
             gramFor: { wanted.contains($0) }, progress: { self.sampleProgress(pass, $0, $1) })
+        windowOwners = wanted
     }
 }

@@ -27,6 +27,9 @@ public enum BundleDescription {
         for (name, tensor) in record.tensors.sorted(by: { $0.key < $1.key }) {
             if let fallback = tensor.fallback { lines.append("  fallback \(name): \(fallback)") }
         }
+        if let allocation = m.quantization["allocation"] {
+            lines += try AllocationRecord(json: allocation, source: source).lines
+        }
         return lines
     }
 }

@@ -117,7 +117,7 @@ public struct Recipe: Sendable, Equatable {
     // MARK: Presets
 
     /// Kept in float in every preset: norms, biases, class/position/patch embeddings (as llama.cpp does).
-    static let floatRules: [Rule] = ["*position_embedding*", "*patch_embedding*", "*class_embedding*"].map {
+    public static let floatRules: [Rule] = ["*position_embedding*", "*patch_embedding*", "*class_embedding*"].map {
         Rule(component: nil, pattern: $0, target: .keep, method: nil)
     }
 

@@ -196,14 +196,3 @@ public struct VerificationReport: Sendable {
         return failures.isEmpty ? "all bounds hold" : ""
     }
 }
-
-/// Scientific notation with three significant digits, for small drift figures.
-public func scientific(_ v: Double) -> String {
-    guard v != 0, v.isFinite else { return v == 0 ? "0" : String(v) }
-    var exponent = 0
-    var m = abs(v)
-    while m >= 10 { m /= 10; exponent += 1 }
-    while m < 1 { m *= 10; exponent -= 1 }
-    let digits = (abs(exponent) < 10 ? "0" : "") + String(abs(exponent))
-    return (v < 0 ? "-" : "") + fixed(m, 2) + "e" + (exponent < 0 ? "-" : "+") + digits
-}

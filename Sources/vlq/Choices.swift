@@ -22,3 +22,20 @@ enum Preset: String, CaseIterable, ExpressibleByArgument {
 enum ProgressChoice: String, CaseIterable, ExpressibleByArgument {
     case auto, always, never
 }
+
+/// A size given on the command line: bytes, or a decimal number with kB, MB or GB (powers of 1000, as
+/// every size vlq prints).
+struct ByteSize: ExpressibleByArgument {
+    let bytes: Int
+
+    init?(argument: String) {
+        let units: [(String, Double)] = [("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("KB", 1e3), ("B", 1)]
+        let text = argument.trimmingCharacters(in: .whitespaces)
+        let (number, scale) =
+            units.first { text.hasSuffix($0.0) }.map { (String(text.dropLast($0.0.count)), $0.1) } ?? (text, 1)
+        guard let value = Double(number.trimmingCharacters(in: .whitespaces)), value.isFinite, value > 0,
+            value * scale < 9e18
+        else { return nil }
+        bytes = Int(value * scale)
+    }
+}

@@ -1,3 +1,4 @@
+import Allocation
 import ArgumentParser
 import Calibration
 import Conversion
@@ -135,6 +136,23 @@ struct Quantize: ParsableCommand {
     var activationOrder = false
 
     @Option(
+        name: .customLong("max-kld"),
+        help: ArgumentHelp(
+            "Choose each layer's precision: the smallest bundle whose mean KLD against the model, on calibration "
+                + "samples held out from --set, stays within this bound."))
+    var maxKLD: Double?
+
+    @Option(
+        name: .customLong("target-bits"),
+        help: "Choose each layer's precision: the least drift at this many bits per quantized weight.")
+    var targetBits: Double?
+
+    @Option(
+        name: .customLong("max-size"),
+        help: "Choose each layer's precision: the least drift within this bundle size (e.g. 3.2GB, 800MB).")
+    var maxSize: ByteSize?
+
+    @Option(
         name: .customLong("gram-memory-mb"),
         help: ArgumentHelp(
             "Memory for X^T X statistics with --set (default: a quarter of RAM); "
@@ -145,17 +163,46 @@ struct Quantize: ParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    /// The allocation goal, when one of --max-kld, --target-bits, --max-size was given.
+    var goal: MixedPrecisionSearch.Goal? {
+        if let maxKLD { return .maxKLD(maxKLD) }
+        if let targetBits { return .targetBits(targetBits) }
+        return maxSize.map { .maxBytes($0.bytes) }
+    }
+
     func validate() throws {
-        guard (preset == nil) != (recipe == nil) else {
-            throw ValidationError("give exactly one of --preset and --recipe")
-        }
         if set != nil && stats != nil { throw ValidationError("give --set or --stats, not both") }
+        let goals = [maxKLD != nil, targetBits != nil, maxSize != nil].filter { $0 }.count
+        guard goals > 0 else {
+            guard (preset == nil) != (recipe == nil) else {
+                throw ValidationError("give exactly one of --preset and --recipe")
+            }
+            return
+        }
+        guard goals == 1 else { throw ValidationError("give one of --max-kld, --target-bits and --max-size") }
+        guard preset == nil && recipe == nil else {
+            throw ValidationError(
+                "--max-kld, --target-bits and --max-size choose the precision: no --preset or --recipe")
+        }
+        guard set != nil else {
+            throw ValidationError(
+                "choosing precision needs --set (calibration images; a part is held out to check the result)")
+        }
+        if let maxKLD, !(maxKLD > 0 && maxKLD.isFinite) { throw ValidationError("--max-kld must be a positive number") }
+        if let targetBits, !(targetBits >= 2 && targetBits <= 32) {
+            throw ValidationError("--target-bits must be between 2 and 32")
+        }
+        if method == .awq {
+            throw ValidationError(
+                "awq folds scales across layers, so one layer's precision changes another's: use gptq, imatrix or rtn")
+        }
     }
 
     func run() throws {
         try OutputPath.check(output, inputs: [model, recipe, set, stats].compactMap { $0 })
         compute.apply()
         let logger = global.makeLogger("vlq.quantize")
+        if let goal { return try allocate(goal, logger: logger) }
         var chosen: Recipe
         if let preset {
             chosen = Recipe.preset(preset.rawValue)!
@@ -197,6 +244,36 @@ struct Quantize: ParsableCommand {
         logger.notice("\(wrote)")
     }
 
+    /// --max-kld / --target-bits / --max-size: the precision of each layer chosen from measured drift.
+    func allocate(_ goal: MixedPrecisionSearch.Goal, logger: Logging.Logger) throws {
+        let started = monotonicSeconds()
+        let (source, cleanup) = try openBundle(model, scratchBeside: output, logger: logger)
+        defer { cleanup() }
+        var options = MixedPrecisionSearch.Options(goal: goal)
+        options.method = method ?? .gptq
+        options.activationOrder = activationOrder
+        let search = MixedPrecisionSearch(options: options, logger: logger)
+        let calibrationSet = try CalibrationSet(path: set!)
+        let (statisticsPart, _) = try search.split(calibrationSet)
+        let need = (statistics: options.method != .rtn, gram: options.method == .gptq)
+        let statistics = try statisticsSource(for: source, set: statisticsPart, needs: need, logger: logger)
+        let scratch = output + ".allocate-\(getpid()).tmp"
+        guard mkdir(scratch, 0o700) == 0 else {
+            throw VLQError(CoreError.cannotWrite, scratch, "cannot create a scratch folder: \(systemError())")
+        }
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let report = try search.run(
+            source: source, set: calibrationSet, statistics: statistics, output: output,
+            scratch: scratch)
+        for line in report.record.lines { logger.info("\(line)") }
+        let r = report.record
+        let wrote =
+            "wrote \(output): \(fixed(r.bitsPerWeight, 2)) bits per weight over \(r.units.count) layers, held-out "
+            + "mean KLD \(scientific(r.heldOutKLD)) (\(r.goal.description)), \(formatBytes(report.outputBytes)) in "
+            + "\(fixed(monotonicSeconds() - started, 1)) s"
+        logger.notice("\(wrote)")
+    }
+
     /// One line per reason: the seven Linears of a vision layer the model never runs share one.
     func logFallbacks(_ fallbacks: [(name: String, reason: String)], logger: Logging.Logger) {
         let byReason = Dictionary(grouping: fallbacks, by: \.reason)
@@ -223,12 +300,12 @@ struct Quantize: ParsableCommand {
 
     /// The statistics the recipe's methods read: from --stats, or calibrated now with --set.
     func statisticsSource(
-        for source: VLQFile, needs need: (statistics: Bool, gram: Bool),
+        for source: VLQFile, set given: CalibrationSet? = nil, needs need: (statistics: Bool, gram: Bool),
         logger: Logging.Logger
     ) throws -> StatisticsSource? {
         if let stats { return StoredStatistics(try StatisticsFile.read(stats)) }
         guard need.statistics, let set else { return nil }
-        let calibrationSet = try CalibrationSet(path: set)
+        let calibrationSet = try given ?? CalibrationSet(path: set)
         // Upcast weights and X^T X windows share the memory: a quarter each.
         let engine = LazyModel(source.path, cacheBudget: MemoryBudget.weightCache / 2)
         if need.gram {
