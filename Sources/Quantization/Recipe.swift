@@ -142,10 +142,26 @@ public struct Recipe: Sendable, Equatable {
             ])
     }
 
+    /// Every Linear in 4 bits, the vision tower's and the projector's too (calibrated through the tower
+    /// with images: GPTQ's X^T X of each vision Linear comes from the calibration images' patches);
+    /// the token embeddings and lm_head int8.
+    public static func int4All(groupSize: Int = 128, int8GroupSize: Int = 128) -> Recipe {
+        let q4 = Target.quantized(.q4, groupSize: groupSize)
+        return Recipe(
+            name: "int4-all", method: nil,
+            rules: floatRules + [
+                Rule(component: .language, pattern: "model.layers.*", target: q4, method: nil),
+                Rule(component: .vision, pattern: "*", target: q4, method: nil),
+                Rule(component: .projector, pattern: "*", target: q4, method: nil),
+                Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: int8GroupSize), method: nil),
+            ])
+    }
+
     public static func preset(_ name: String) -> Recipe? {
         switch name {
         case "int8": return int8()
         case "int4": return int4()
+        case "int4-all": return int4All()
         default: return nil
         }
     }

@@ -16,6 +16,7 @@ enum MetadataCompressionChoice: String, CaseIterable, ExpressibleByArgument {
 /// The built-in recipes (`Recipe.preset`).
 enum Preset: String, CaseIterable, ExpressibleByArgument {
     case int8, int4
+    case int4All = "int4-all"
 }
 
 /// How long steps show their progress (`--progress`).

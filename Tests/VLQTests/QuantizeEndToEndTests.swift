@@ -74,6 +74,22 @@ final class QuantizeEndToEndTests: XCTestCase {
         // The text listing reads the bundle's quantization record: recipe, method, calibration.
         let text = try vlq("inspect", scratch.file("int4-gptq.vlq"), "--summary").stdout
         XCTAssertTrue(text.contains("quantization: recipe int4, method gptq, calibrated on "), text)
+
+        // int4-all: the vision tower and projector in 4 bits too, GPTQ calibrated through the tower, still
+        // below llama.cpp's Q4_0 + imatrix, which leaves the vision side in float.
+        let all = scratch.file("int4-all.vlq")
+        let result = try vlq("quantize", bundle, "-o", all, "--preset", "int4-all", "--stats", stats, "-q")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let file = try VLQFile(path: all)
+        for name in ["vision_model.encoder.layers.0.mlp.fc1.weight", "model.mm_projector.0.weight"] {
+            XCTAssertEqual(file.record(name)?.encoding, .q4, name)
+            XCTAssertEqual(
+                file.metadata["quantization"]?["tensors"]?[name]?["method"]?.stringValue, "gptq",
+                "\(name) is calibrated through the tower, not rounded")
+        }
+        XCTAssertEqual(file.record("model.embed_tokens.weight")?.encoding, .q8)
+        XCTAssertEqual(file.record("vision_model.embeddings.position_embedding.weight")?.encoding, .f32)
+        XCTAssertLessThan(try drift(all).meanKLD, 0.0030)
     }
 
     func testStatisticsAreSumsSoHalvesMergeIntoTheWhole() throws {
