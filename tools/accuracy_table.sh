@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/vlq-accuracy}
 mkdir -p "$work"
-swift build -c release --product vlq >/dev/null
-vlq=.build/release/vlq
+# VLQ_BINARY: a vlq already built (else a release build here).
+if [ -z "${VLQ_BINARY:-}" ]; then swift build -c release --product vlq >/dev/null; fi
+vlq=${VLQ_BINARY:-.build/release/vlq}
 data=Tests/Fixtures/tiny-yivl-data
 $vlq convert Tests/Fixtures/tiny-yivl -o "$work/fp.vlq" -q
 $vlq calibrate "$work/fp.vlq" --set $data/calibration.jsonl -o "$work/tiny.vlqstats" -q
@@ -16,11 +17,11 @@ $vlq calibrate "$work/fp.vlq" --set $data/calibration.jsonl -o "$work/tiny.vlqst
 row() {  # name bundle
   local json="$work/$1.json"
   $vlq verify --reference-dir $data/reference --candidate "$2" --set $data/eval.jsonl --json "$json" -q >/dev/null
-  python3 - "$1" "$json" "$2" <<'PY'
+  python3 - "$1" "$json" "$2" "$vlq" <<'PY'
 import json, subprocess, sys
-name, path, bundle = sys.argv[1:4]
+name, path, bundle, vlq = sys.argv[1:5]
 r = json.load(open(path))
-listing = json.loads(subprocess.run([".build/release/vlq", "inspect", bundle, "--json"], capture_output=True, text=True, check=True).stdout)
+listing = json.loads(subprocess.run([vlq, "inspect", bundle, "--json"], capture_output=True, text=True, check=True).stdout)
 linear = [t for t in listing["tensors"] if t["name"].startswith("model.layers.") and len(t["shape"]) == 2]
 bits = 8 * sum(t["bytes"] for t in linear) / sum(t["shape"][0] * t["shape"][1] for t in linear)
 total = listing["totals"]["bits_per_weight"]
@@ -32,12 +33,19 @@ PY
 echo "| candidate | mean KLD | same top | exact match | bits/LLM-Linear weight | bits/weight (all) |"
 echo "| --- | --- | --- | --- | --- | --- |"
 row "fp32 bundle (bf16 LLM, as shipped)" "$work/fp.vlq"
-for preset in int8 int4; do
+for preset in int8 int4 int4-all; do
   for method in rtn imatrix awq gptq; do
     calibration=(--stats "$work/tiny.vlqstats"); [ $method = rtn ] && calibration=()
     $vlq quantize "$work/fp.vlq" -o "$work/$preset-$method.vlq" --preset $preset --method $method "${calibration[@]}" -q
     row "$preset $method" "$work/$preset-$method.vlq"
   done
+done
+# Precision per layer chosen by quantize from measured drift (gptq; every 4th calibration scene held out).
+for goal in "--max-kld 1e-3" "--max-kld 3e-4" "--max-kld 1e-4" "--target-bits 4.5"; do
+  name="allocated ${goal#--}"
+  file="$work/allocated-$(echo "${goal#--}" | tr ' ' '-').vlq"
+  $vlq quantize "$work/fp.vlq" -o "$file" $goal --set $data/calibration.jsonl -q
+  row "$name" "$file"
 done
 for recipe in ${VLQ_EXTRA_RECIPES:-}; do
   name=$(basename "$recipe" .json)

@@ -23,8 +23,9 @@ import Darwin
 /// 3. `BitAllocator` picks one choice per unit: the fewest bytes whose summed drift stays within the
 ///    bound, or the least drift within the size.
 /// 4. That mixed recipe is quantized and its mean KLD measured against the source on the held-out
-///    samples. With a bound, a held-out figure over it tightens the bound the knapsack sees by the ratio
-///    and the round is redone, up to `rounds` times; the bundle is written only when it holds.
+///    samples. With a bound, the bound the knapsack sees moves by the ratio of the bound to the held-out
+///    figure (down when the sum was optimistic, up when pessimistic) and the round is redone, up to
+///    `rounds` times; the smallest bundle that held is written, none when none held.
 /// The unit quantizations do not depend on each other (GPTQ's statistics come from the source model),
 /// so a unit's tensors in the mixed bundle are the ones whose drift was measured.
 public struct MixedPrecisionSearch {
@@ -67,9 +68,9 @@ public struct MixedPrecisionSearch {
         public var choices = MixedPrecisionSearch.defaultChoices
         public var heldOutEvery = 4
         /// Samples (from the statistics part) each unit's drift is measured on.
-        public var sensitivitySamples = 8
-        /// Solve, quantize and check rounds before giving up on a bound.
-        public var rounds = 4
+        public var sensitivitySamples = 16
+        /// Solve, quantize and check rounds with a bound (fewer when the knapsack converges).
+        public var rounds = 6
 
         public init(goal: Goal) { self.goal = goal }
     }
@@ -130,16 +131,25 @@ public struct MixedPrecisionSearch {
         case .maxKLD(let x): bound = x
         default: bound = .infinity
         }
+        // With a bound, rounds move the knapsack's bound by the ratio of the bound to the held-out figure:
+        // down when the sum of single-unit drifts was optimistic, up when it was pessimistic (it counts
+        // the worst samples of each unit as if they added up); the smallest bundle that held is kept.
+        var best: (record: AllocationRecord, path: String, bytes: Int)?
+        var measured = Set<[Int]>()
         var round = 0
-        while true {
-            round += 1
+        let rounds = bound.isFinite ? options.rounds : 1
+        while round < rounds {
             guard let allocation = try solve(allocator, units: units, source: source, bound: bound) else {
+                if best != nil { break }
                 throw VLQError(
                     AllocationError.unreachable, source.path,
                     "no choice of \(options.choices.map(\.name).joined(separator: ", ")) per layer "
                         + "meets \(record(goal: options.goal).description) (the least summed drift possible is "
                         + "\(scientific(table.reduce(0) { $0 + $1.map(\.drift).min()! })))")
             }
+            // The knapsack came back to an allocation already checked: the search has converged.
+            guard measured.insert(allocation.choices).inserted else { break }
+            round += 1
             let candidate = scratch + "/round-\(round).vlq"
             try quantize(source, recipe: recipe(allocation, units), statistics: statistics, to: candidate)
             let comparison = try RunComparison.run(
@@ -160,29 +170,36 @@ public struct MixedPrecisionSearch {
                 "round \(round): \(fixed(record.bitsPerWeight, 2)) bits per weight, predicted KLD "
                 + "\(scientific(allocation.drift)), held out \(scientific(achieved))"
             logger.notice("\(line)")
-            if case .maxKLD(let x) = options.goal, achieved > x {
+            guard case .maxKLD(let x) = options.goal else {
+                best = (record, candidate, allocation.bytes)
+                break
+            }
+            if achieved <= x, best.map({ allocation.bytes < $0.bytes }) ?? true {
+                if let previous = best { unlink(previous.path) }
+                best = (record, candidate, allocation.bytes)
+            } else {
                 unlink(candidate)
-                guard round < options.rounds else {
-                    throw VLQError(
-                        AllocationError.unreachable, source.path,
-                        "after \(round) rounds the held-out mean KLD is \(scientific(achieved)), over the bound "
-                            + "\(scientific(x)): loosen the bound or calibrate with more samples")
-                }
-                // The sum of single-unit drifts was optimistic by achieved / predicted: aim lower by that much.
-                bound = min(bound, allocation.drift) * x / achieved * 0.95
-                continue
             }
-            try BundleCopy.copy(candidate, to: output) { metadata in
-                guard case .object(var top) = metadata, case .object(var quantization)? = top["quantization"] else {
-                    return metadata
-                }
-                quantization["allocation"] = record.json
-                top["quantization"] = .object(quantization)
-                return .object(top)
-            }
-            unlink(candidate)
-            return Report(record: record, outputBytes: (try? MappedFile(path: output).size) ?? 0)
+            let ratio = achieved > 0 ? min(max(x / achieved, 0.25), 4) : 4
+            bound = allocation.drift * ratio * (achieved > x ? 0.95 : 1)
         }
+        guard var (record, path, _) = best else {
+            throw VLQError(
+                AllocationError.unreachable, source.path,
+                "after \(round) rounds no bundle kept the held-out mean KLD within the bound: loosen the bound "
+                    + "or calibrate with more samples")
+        }
+        record.rounds = round
+        try BundleCopy.copy(path, to: output) { metadata in
+            guard case .object(var top) = metadata, case .object(var quantization)? = top["quantization"] else {
+                return metadata
+            }
+            quantization["allocation"] = record.json
+            top["quantization"] = .object(quantization)
+            return .object(top)
+        }
+        unlink(path)
+        return Report(record: record, outputBytes: (try? MappedFile(path: output).size) ?? 0)
     }
 
     func record(goal: Goal) -> AllocationRecord.Goal {
