@@ -96,12 +96,13 @@ struct Calibrate: ParsableCommand {
 
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Quantize a model to int8 / int4 groups, calibrated with images, driven by a preset or a recipe.",
+        abstract: "Quantize a model to int8 / int4 / int3 groups, calibrated with images, from a preset or a recipe.",
         discussion: """
             Presets: int8 (every Linear and the embeddings in int8, vision tower included), int4 (LLM Linears \
-            4-bit affine group 128; vision tower, projector, embeddings and lm_head int8). Norms, biases and \
-            class/position/patch embeddings stay in float. Methods: rtn, imatrix, awq, gptq; all but rtn need \
-            --set (calibrate now) or --stats (from vlq calibrate).
+            4-bit affine group 128; vision tower, projector, embeddings and lm_head int8), int3 (as int4 with \
+            LLM Linears 3-bit affine group 64). Norms, biases and class/position/patch embeddings stay in \
+            float. Methods: rtn, imatrix, awq, gptq; all but rtn need --set (calibrate now) or --stats (from \
+            vlq calibrate).
             """
     )
 
