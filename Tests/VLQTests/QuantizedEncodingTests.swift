@@ -186,6 +186,24 @@ final class QuantizedEncodingTests: XCTestCase {
         XCTAssertTrue(TensorEncoding.allCases.filter { $0 != .q3 }.allSatisfy { $0.minorVersion == 0 })
     }
 
+    /// Recipes name q3 like any encoding; the int3 preset puts the decoder Linears in q3 group 64 and
+    /// falls back to a smaller group of whole 32-value blocks, reported, when a row needs one.
+    func testRecipesAndTheInt3PresetAcceptQ3() throws {
+        let json = try JSONValue.parse(
+            Array(#"{"rules": [{"match": "model.layers.*", "encoding": "q3", "group_size": 64}]}"#.utf8))
+        let recipe = try Recipe(json: json, source: "r.json")
+        XCTAssertEqual(recipe.rules.first?.target, .quantized(.q3, groupSize: 64))
+        XCTAssertEqual(try Recipe(json: recipe.json, source: "again"), recipe, "the bundle's record reads back")
+        let int3 = try XCTUnwrap(Recipe.preset("int3"))
+        let linear = int3.decide(name: "model.layers.0.mlp.up_proj.weight", component: .language, shape: [768, 256])
+        XCTAssertEqual(linear.encoding, .q3)
+        XCTAssertEqual(linear.groupSize, 64)
+        let narrow = int3.decide(name: "model.layers.0.mlp.up_proj.weight", component: .language, shape: [8, 96])
+        XCTAssertEqual(narrow.encoding, .q3)
+        XCTAssertEqual(narrow.fallback, "96 columns: group 64 -> 32")
+        XCTAssertEqual(int3.decide(name: "lm_head.weight", component: .language, shape: [1000, 256]).encoding, .q8)
+    }
+
     func testRecipeFallbacksAreReportedNeverSilent() {
         let recipe = Recipe.int4()
         let odd = recipe.decide(name: "model.layers.0.mlp.down_proj.weight", component: .language, shape: [256, 96])
