@@ -33,7 +33,7 @@ PY
 echo "| candidate | mean KLD | same top | exact match | bits/LLM-Linear weight | bits/weight (all) |"
 echo "| --- | --- | --- | --- | --- | --- |"
 row "fp32 bundle (bf16 LLM, as shipped)" "$work/fp.vlq"
-for preset in int8 int4 int4-all; do
+for preset in int8 int4 int3 int4-all; do
   for method in rtn imatrix awq gptq; do
     calibration=(--stats "$work/tiny.vlqstats"); [ $method = rtn ] && calibration=()
     $vlq quantize "$work/fp.vlq" -o "$work/$preset-$method.vlq" --preset $preset --method $method "${calibration[@]}" -q

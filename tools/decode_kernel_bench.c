@@ -4,7 +4,7 @@
 //   clang -O3 -ISources/CKernels/include tools/decode_kernel_bench.c Sources/CKernels/kernels.c -o /tmp/kbench
 //   /tmp/kbench q4 [rows] [columns] [group] [samples]
 //
-// Encodings: bf16, f16, q8, q4, q4s. Eight matrices are used in turn: rows x columns of 64 x 4096 (the
+// Encodings: bf16, f16, q8, q4, q4s, q3. Eight matrices are used in turn: rows x columns of 64 x 4096 (the
 // default) stay in the caches and measure the kernel's arithmetic; 11008 x 4096 stream from memory. Prints
 // the weight bytes (codes, scales and biases) read per second of CPU time, best and median over the samples
 // (each one call per matrix).
@@ -33,13 +33,14 @@ int main(int argc, char **argv) {
     size_t rows = argc > 2 ? strtoul(argv[2], NULL, 10) : 64, cols = argc > 3 ? strtoul(argv[3], NULL, 10) : 4096;
     size_t group = argc > 4 ? strtoul(argv[4], NULL, 10) : 128, calls = argc > 5 ? strtoul(argv[5], NULL, 10) : 500;
     int half = !strcmp(encoding, "bf16") || !strcmp(encoding, "f16"), q8 = !strcmp(encoding, "q8");
-    int q4 = !strcmp(encoding, "q4"), q4s = !strcmp(encoding, "q4s");
-    if (!(half || q8 || q4 || q4s) || !rows || !cols || !group || cols % group || !calls) {
-        fprintf(stderr, "usage: %s bf16|f16|q8|q4|q4s [rows] [columns] [group] [calls]\n", argv[0]);
+    int q4 = !strcmp(encoding, "q4"), q4s = !strcmp(encoding, "q4s"), q3 = !strcmp(encoding, "q3");
+    if (!(half || q8 || q4 || q4s || q3) || !rows || !cols || !group || cols % group || (q3 && group % 32) ||
+        !calls) {
+        fprintf(stderr, "usage: %s bf16|f16|q8|q4|q4s|q3 [rows] [columns] [group] [calls]\n", argv[0]);
         return 2;
     }
-    size_t code_bytes = half ? rows * cols * 2 : q8 ? rows * cols : rows * cols / 2, groups = rows * cols / group;
-    size_t bytes = code_bytes + (half ? 0 : groups * 2 * (q4 ? 2 : 1));
+    size_t code_bytes = half ? rows * cols * 2 : q8 ? rows * cols : q3 ? rows * cols / 32 * 12 : rows * cols / 2;
+    size_t groups = rows * cols / group, bytes = code_bytes + (half ? 0 : groups * 2 * (q4 || q3 ? 2 : 1));
     void *codes[MATRICES];
     uint16_t *scales[MATRICES], *biases[MATRICES];
     srand(1);
@@ -68,6 +69,10 @@ int main(int argc, char **argv) {
             if (q4 || q4s) {
                 vlq_group_sums(x, cols, group, sums);
                 vlq_matvec_q4(codes[m], scales[m], q4 ? biases[m] : NULL, cols, group, x, sums, y, 0, rows);
+            }
+            if (q3) {
+                vlq_group_sums(x, cols, group, sums);
+                vlq_matvec_q3(codes[m], scales[m], biases[m], cols, group, x, sums, y, 0, rows);
             }
             checksum += y[0];
         }

@@ -31,8 +31,9 @@ import numpy as np
 MAGIC = b"\x89VLQ\r\n\x1a\n"
 HEADER_SIZE = 128
 ENCODINGS = {0: ("f32", "<f4", 4), 1: ("f16", "<f2", 2), 2: ("bf16", "<u2", 2)}
-QUANTIZED = {32: "q8", 33: "q4", 34: "q4s"}
+QUANTIZED = {32: "q8", 33: "q4", 34: "q4s", 35: "q3"}  # q3: format 1.1
 PLANE_ALIGNMENT = 64
+Q3_BLOCK, Q3_BLOCK_BYTES = 32, 12  # q3: 32 codes per 12 bytes (2-bit plane, then 1-bit plane)
 
 
 def _align(x, a):
@@ -47,25 +48,39 @@ def quantized_layout(encoding, shape, group_size):
     rows = 1
     for d in shape[:-1]:
         rows *= d
-    if columns <= 0 or columns % group_size or (encoding != "q8" and group_size % 2):
+    if columns <= 0 or columns % group_size or (encoding in ("q4", "q4s") and group_size % 2):
         return None
-    values = rows * columns if encoding == "q8" else rows * columns // 2
+    if encoding == "q3" and group_size % Q3_BLOCK:
+        return None
+    elements = rows * columns
+    values = {"q8": elements, "q3": elements // Q3_BLOCK * Q3_BLOCK_BYTES}.get(encoding, elements // 2)
     parameters = rows * (columns // group_size) * 2
     scales = _align(values, PLANE_ALIGNMENT)
-    if encoding == "q4":
+    if encoding in ("q4", "q3"):
         biases = _align(scales + parameters, PLANE_ALIGNMENT)
         return values, scales, biases, biases + parameters
     return values, scales, None, scales + parameters
 
 
+def q3_codes(raw):
+    """The codes 0..7 of q3 blocks, in element order: element e of a block has its low two bits at bits 2 (e // 8)
+    of byte e % 8 and its high bit at bit e % 8 of byte 8 + e // 8."""
+    blocks = raw.reshape(-1, Q3_BLOCK_BYTES)
+    low = (blocks[:, None, 0:8] >> (2 * np.arange(4, dtype=np.uint8))[None, :, None]) & 3  # [block, e // 8, e % 8]
+    high = (blocks[:, 8:12, None] >> np.arange(8, dtype=np.uint8)[None, None, :]) & 1  # [block, e // 8, e % 8]
+    return (low | high << 2).reshape(-1)
+
+
 def dequantize(data, encoding, shape, group_size):
-    """Decodes a quantized tensor's bytes (q8, q4, q4s) to float32 of `shape` (formats/VLQ-BUNDLE.md, section 5)."""
+    """Decodes a quantized tensor's bytes (q8, q4, q4s, q3) to float32 of `shape` (formats/VLQ-BUNDLE.md, section 5)."""
     layout = quantized_layout(encoding, shape, group_size)
     if layout is None or len(data) != layout[3]:
         raise VLQFormatError(f"{encoding} data of {len(data)} bytes does not fit shape {shape} group {group_size}")
     values_bytes, scales_offset, biases_offset, _ = layout
     columns = shape[-1]
-    rows = len(data[:values_bytes]) // (columns if encoding == "q8" else columns // 2)
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
     groups = columns // group_size
     raw = np.frombuffer(data, dtype=np.uint8, count=values_bytes)
     scales = np.frombuffer(data, dtype="<f2", count=rows * groups, offset=scales_offset).astype(np.float32).reshape(rows, groups, 1)
@@ -73,11 +88,14 @@ def dequantize(data, encoding, shape, group_size):
         codes = raw.view(np.int8).astype(np.float32).reshape(rows, groups, group_size)
         out = codes * scales
     else:
-        nibbles = np.empty(rows * columns, dtype=np.float32)
-        nibbles[0::2] = raw & 0x0F
-        nibbles[1::2] = raw >> 4
+        if encoding == "q3":
+            nibbles = q3_codes(raw).astype(np.float32)
+        else:
+            nibbles = np.empty(rows * columns, dtype=np.float32)
+            nibbles[0::2] = raw & 0x0F
+            nibbles[1::2] = raw >> 4
         nibbles = nibbles.reshape(rows, groups, group_size)
-        if encoding == "q4":
+        if encoding in ("q4", "q3"):
             biases = np.frombuffer(data, dtype="<f2", count=rows * groups, offset=biases_offset).astype(np.float32).reshape(rows, groups, 1)
         else:
             biases = np.float32(-8) * scales

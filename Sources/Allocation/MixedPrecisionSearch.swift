@@ -17,7 +17,7 @@ import Darwin
 ///
 /// 1. The calibration set is split: every `heldOutEvery`-th sample is held out; statistics (X^T X for
 ///    GPTQ) come from the rest, and so do the samples each unit's drift is measured on.
-/// 2. The model is quantized once per choice (every unit in q4 g128, then every unit in q8 g128...), and
+/// 2. The model is quantized once per choice (every unit in q3 g128, then every unit in q4 g128...), and
 ///    each unit's own drift in that choice is measured as `verify --rank-layers` does: the source model
 ///    with only that unit's tensors taken from the quantized one, mean KL divergence of the logits.
 /// 3. `BitAllocator` picks one choice per unit: the fewest bytes whose summed drift stays within the
@@ -57,6 +57,7 @@ public struct MixedPrecisionSearch {
     }
 
     public static let defaultChoices: [Choice] = [
+        Choice(.quantized(.q3, groupSize: 128)), Choice(.quantized(.q3, groupSize: 64)),
         Choice(.quantized(.q4, groupSize: 128)), Choice(.quantized(.q4, groupSize: 64)),
         Choice(.quantized(.q4, groupSize: 32)), Choice(.quantized(.q8, groupSize: 128)), Choice(.float(.f16)),
     ]

@@ -59,6 +59,29 @@ static void q4_portable(const uint8_t *codes, const uint16_t *scales, const uint
     }
 }
 
+// q3 (formats/VLQ-BUNDLE.md, section 5): blocks of 32 codes in 12 bytes, groups whole blocks. Code e of a
+// block: its low two bits at bits 2 (e / 8) of byte e % 8, its high bit at bit e % 8 of byte 8 + e / 8.
+enum { Q3_BLOCK = 32, Q3_BLOCK_BYTES = 12 };
+
+static void q3_portable(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                        size_t group, float *out, size_t begin, size_t end) {
+    size_t groups = cols / group, row_bytes = cols / Q3_BLOCK * Q3_BLOCK_BYTES;
+    for (size_t r = begin; r < end; r++) {
+        float *dst = out + (r - begin) * cols;
+        for (size_t k = 0; k < groups; k++) {
+            float scale = vlq_f16_to_float(scales[r * groups + k]), bias = vlq_f16_to_float(biases[r * groups + k]);
+            for (size_t j = k * group; j < (k + 1) * group; j += Q3_BLOCK) {
+                const uint8_t *block = codes + r * row_bytes + j / Q3_BLOCK * Q3_BLOCK_BYTES;
+                for (size_t e = 0; e < Q3_BLOCK; e++) {
+                    unsigned code = ((block[e % 8] >> (2 * (e / 8))) & 3) | (((block[8 + e / 8] >> (e % 8)) & 1) << 2);
+                    float scaled = (float)code * scale;
+                    dst[j + e] = scaled + bias;
+                }
+            }
+        }
+    }
+}
+
 // MARK: x86-64: AVX2, F16C.
 
 #if defined(__x86_64__)
@@ -141,6 +164,40 @@ VLQ_AVX2 static void q4_avx2(const uint8_t *codes, const uint16_t *scales, const
     }
 }
 
+// As q3_portable, a block of 32 codes per step (the unpacking of kernels.c's q3_block32).
+VLQ_AVX2 static void q3_avx2(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                             size_t group, float *out, size_t begin, size_t end) {
+    size_t groups = cols / group, row_bytes = cols / Q3_BLOCK * Q3_BLOCK_BYTES;
+    const __m256i three = _mm256_set1_epi32(3), four = _mm256_set1_epi32(4);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (size_t r = begin; r < end; r++) {
+        float *dst = out + (r - begin) * cols;
+        for (size_t k = 0; k < groups; k++) {
+            __m256 s = _mm256_set1_ps(half_scalar(scales[r * groups + k]));
+            __m256 t = _mm256_set1_ps(half_scalar(biases[r * groups + k]));
+            for (size_t j = k * group; j < (k + 1) * group; j += Q3_BLOCK) {
+                const uint8_t *p = codes + r * row_bytes + j / Q3_BLOCK * Q3_BLOCK_BYTES;
+                long long low_bytes;
+                int high_bits;
+                memcpy(&low_bytes, p, 8);
+                memcpy(&high_bits, p + 8, 4);
+                __m256i low = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(low_bytes));
+                __m256i high = _mm256_srlv_epi32(_mm256_set1_epi32(high_bits), lanes);
+                __m256i c[4] = {
+                    _mm256_or_si256(_mm256_and_si256(low, three), _mm256_and_si256(_mm256_slli_epi32(high, 2), four)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(low, 2), three),
+                                    _mm256_and_si256(_mm256_srli_epi32(high, 6), four)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(low, 4), three),
+                                    _mm256_and_si256(_mm256_srli_epi32(high, 14), four)),
+                    _mm256_or_si256(_mm256_srli_epi32(low, 6), _mm256_and_si256(_mm256_srli_epi32(high, 22), four)),
+                };
+                for (int q = 0; q < 4; q++)
+                    _mm256_storeu_ps(dst + j + 8 * q, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[q]), s), t));
+            }
+        }
+    }
+}
+
 static int known = -1;
 
 static int has_avx2(void) {
@@ -184,6 +241,11 @@ void vlq_dequantize_q8(const int8_t *codes, const uint16_t *scales, size_t cols,
 void vlq_dequantize_q4(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
                        size_t group, float *out, size_t row_begin, size_t row_end) {
     DISPATCH(q4_avx2, q4_portable, codes, scales, biases, cols, group, out, row_begin, row_end);
+}
+
+void vlq_dequantize_q3(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                       size_t group, float *out, size_t row_begin, size_t row_end) {
+    DISPATCH(q3_avx2, q3_portable, codes, scales, biases, cols, group, out, row_begin, row_end);
 }
 
 const char *vlq_dequantize_isa(void) {

@@ -44,8 +44,12 @@ static uint16_t float_to_f16_bits(float f) {
 }
 
 static void levels_of(int encoding, float *low, float *high) {
-    *low = encoding == VLQ_QUANT_Q8 ? -127.0f : encoding == VLQ_QUANT_Q4S ? -8.0f : 0.0f;
-    *high = encoding == VLQ_QUANT_Q8 ? 127.0f : encoding == VLQ_QUANT_Q4S ? 7.0f : 15.0f;
+    switch (encoding) {
+    case VLQ_QUANT_Q8: *low = -127.0f, *high = 127.0f; break;
+    case VLQ_QUANT_Q4S: *low = -8.0f, *high = 7.0f; break;
+    case VLQ_QUANT_Q3: *low = 0.0f, *high = 7.0f; break;
+    default: *low = 0.0f, *high = 15.0f; break;
+    }
 }
 
 // The code as a float: Swift's min(max(q, low), high) keeps the first operand on ties, and going through
@@ -103,10 +107,13 @@ static fit_t fit_scalar(const float *w, size_t n, const float *a, int encoding, 
             consider_scalar(w, n, a, encoding, c * signed_max / -8, 0, &best);
             consider_scalar(w, n, a, encoding, -c * signed_max / 7, 0, &best);
         } else {
+            // The affine encodings (q4, q3): codes 0 up to the highest level.
+            float low, high;
+            levels_of(encoding, &low, &high);
             const float f[3] = {c, c, 1}, g[3] = {c, 1, c};
             for (int k = 0; k < 3; k++) {
                 float l = lo * (lo < 0 ? f[k] : 1), h = hi * (hi > 0 ? g[k] : 1);
-                consider_scalar(w, n, a, encoding, (h - l) / 15, l, &best);
+                consider_scalar(w, n, a, encoding, (h - l) / high, l, &best);
             }
         }
     }
@@ -225,8 +232,7 @@ VLQ_QUANT_AVX2 static void search_avx2(const float *t, const float *a, size_t n,
             for (int k = 0; k < 3; k++) {
                 __m256 l = _mm256_mul_ps(lo, _mm256_blendv_ps(one, _mm256_set1_ps(f[k]), lo_negative));
                 __m256 h = _mm256_mul_ps(hi, _mm256_blendv_ps(one, _mm256_set1_ps(g[k]), hi_positive));
-                consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_sub_ps(h, l), _mm256_set1_ps(15)), l,
-                              &best);
+                consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_sub_ps(h, l), vhigh), l, &best);
             }
         }
     }

@@ -301,7 +301,7 @@ extension GPTQPass {
             layout: layout,
             bytes: layout.pack(
                 codes: codes, scales: scales,
-                biases: encoding == .q4 ? biases : nil),
+                biases: encoding.hasBiases ? biases : nil),
             dequantized: dequantized)
     }
 }

@@ -29,6 +29,7 @@ public struct GroupQuantizer: Sendable {
         switch encoding {
         case .q8: return (-127, 127)
         case .q4s: return (-8, 7)
+        case .q3: return (0, 7)
         default: return (0, 15)
         }
     }
@@ -102,10 +103,10 @@ public struct GroupQuantizer: Sendable {
                 consider(c * signedMax / -8, 0)
                 consider(-c * signedMax / 7, 0)
             default:
-                // Shrink either end of the range, or both.
+                // Shrink either end of the range, or both (q4 and q3: codes 0 up to levels.high).
                 for (f, g) in [(c, c), (c, 1), (1, c)] {
                     let l = lo * (lo < 0 ? f : 1), h = hi * (hi > 0 ? g : 1)
-                    consider((h - l) / 15, l)
+                    consider((h - l) / Float(levels.high), l)
                 }
             }
         }
@@ -128,7 +129,7 @@ public struct GroupQuantizer: Sendable {
                 sw += weight * Double(w[j])
             }
             var scale: Double, bias: Double
-            if encoding == .q4 {
+            if encoding.hasBiases {
                 let det = sqq * s1 - sq * sq
                 guard det > 1e-20 else { break }
                 scale = (sqw * s1 - sq * sw) / det
@@ -150,7 +151,7 @@ public struct GroupQuantizer: Sendable {
         return current
     }
 
-    /// The stored code of `w` under `fit`: signed for q8, 0...15 for the 4-bit encodings.
+    /// The stored code of `w` under `fit`: signed for q8, 0...15 for the 4-bit encodings, 0...7 for q3.
     public func storedCode(_ w: Float, _ fit: Fit) -> Int8 {
         let c = code(w, scale: Float(fit.scale), bias: Float(fit.bias))
         return encoding == .q4s ? Int8(c + 8) : Int8(c)
@@ -160,7 +161,7 @@ public struct GroupQuantizer: Sendable {
         Float(code(w, scale: Float(fit.scale), bias: Float(fit.bias))) * Float(fit.scale) + Float(fit.bias)
     }
 
-    /// The bias stored for q4 (for q4s it is implied: -8 scale).
+    /// The bias stored for q4 and q3 (for q4s it is implied: -8 scale).
     func storedBias(_ fit: Fit) -> Float16 { fit.bias }
 
     /// The encoding's code in the C search (include/vlq_quantize.h).
@@ -168,6 +169,7 @@ public struct GroupQuantizer: Sendable {
         switch encoding {
         case .q8: return Int32(VLQ_QUANT_Q8.rawValue)
         case .q4s: return Int32(VLQ_QUANT_Q4S.rawValue)
+        case .q3: return Int32(VLQ_QUANT_Q3.rawValue)
         default: return Int32(VLQ_QUANT_Q4.rawValue)
         }
     }

@@ -82,7 +82,7 @@ public enum MatrixQuantizer {
             }
         }
         return QuantizedMatrix(
-            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
+            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding.hasBiases ? biases : nil),
             dequantized: values)
     }
 

@@ -100,6 +100,12 @@ public final class QuantizePipeline {
             record = execution.record(recipe: plan.recipe, sourceTableChecksum: source.header.tableChecksum)
             var metadata = source.metadata.objectValue!
             metadata["quantization"] = record.json
+            // The metadata's format version follows the header's, which a q3 tensor raises to 1.1.
+            let minor = plan.output.map(\.encoding.minorVersion).max() ?? 0
+            if minor > 0, case .object(var format)? = metadata["format"] {
+                format["version"] = .string("\(VLQLayout.majorVersion).\(minor)")
+                metadata["format"] = .object(format)
+            }
             try writer.finish(metadata: .object(metadata))
         } catch {
             writer.abandon()

@@ -10,7 +10,7 @@ import VLQFormat
 ///            {"component": "language", "match": "model.layers.*", "encoding": "q4", "group_size": 128},
 ///            {"match": "*", "encoding": "q8", "group_size": 128, "method": "rtn"}]}
 /// ```
-/// `encoding`: keep (the source's float type), f32, f16, bf16, q8, q4 or q4s; `group_size`: 32, 64, 128,
+/// `encoding`: keep (the source's float type), f32, f16, bf16, q8, q4, q4s or q3; `group_size`: 32, 64, 128,
 /// 256 or "row"; `method` overrides the recipe's for matching tensors. Tensors of rank other than 2
 /// are never quantized.
 public struct Recipe: Sendable, Equatable {
@@ -142,6 +142,18 @@ public struct Recipe: Sendable, Equatable {
             ])
     }
 
+    /// LLM Linears 3-bit (affine q3, group 64); vision tower, projector, embeddings and lm_head int8.
+    public static func int3(groupSize: Int = 64, int8GroupSize: Int = 128) -> Recipe {
+        Recipe(
+            name: "int3", method: nil,
+            rules: floatRules + [
+                Rule(
+                    component: .language, pattern: "model.layers.*", target: .quantized(.q3, groupSize: groupSize),
+                    method: nil),
+                Rule(component: nil, pattern: "*", target: .quantized(.q8, groupSize: int8GroupSize), method: nil),
+            ])
+    }
+
     /// Every Linear in 4 bits, the vision tower's and the projector's too (calibrated through the tower
     /// with images: GPTQ's X^T X of each vision Linear comes from the calibration images' patches);
     /// the token embeddings and lm_head int8.
@@ -162,6 +174,7 @@ public struct Recipe: Sendable, Equatable {
         case "int8": return int8()
         case "int4": return int4()
         case "int4-all": return int4All()
+        case "int3": return int3()
         default: return nil
         }
     }

@@ -51,7 +51,7 @@ public enum ElementConversion {
         case .f16:
             let out = destination.bindMemory(to: UInt16.self)
             for i in 0..<count { out[i] = f32ToF16(value(source, from, i), overflow: &overflow).littleEndian }
-        case .q8, .q4, .q4s:
+        case .q8, .q4, .q4s, .q3:
             break
         }
         return overflow
@@ -73,7 +73,7 @@ public enum ElementConversion {
         case .f32: return buffer.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
         case .bf16: return bf16ToF32(halfBits(buffer, i))
         case .f16: return f16ToF32Table[Int(halfBits(buffer, i))]
-        case .q8, .q4, .q4s: preconditionFailure("element access is for plain encodings")
+        case .q8, .q4, .q4s, .q3: preconditionFailure("element access is for plain encodings")
         }
     }
 

@@ -13,6 +13,9 @@ public enum TensorEncoding: UInt16, CaseIterable, Sendable {
     case q4 = 33
     /// 4-bit symmetric: value = (n - 8) * scale, n in [0, 15], one f16 scale per group.
     case q4s = 34
+    /// 3-bit affine: value = q * scale + bias, q in [0, 7], f16 scale and bias per group; codes packed in
+    /// blocks of 32 (a 2-bit plane of low bits, then a 1-bit plane of high bits). Format 1.1.
+    case q3 = 35
 
     public var name: String {
         switch self {
@@ -22,6 +25,7 @@ public enum TensorEncoding: UInt16, CaseIterable, Sendable {
         case .q8: return "q8"
         case .q4: return "q4"
         case .q4s: return "q4s"
+        case .q3: return "q3"
         }
     }
 
@@ -39,8 +43,16 @@ public enum TensorEncoding: UInt16, CaseIterable, Sendable {
         case .f16, .bf16: return 16
         case .q8: return 8
         case .q4, .q4s: return 4
+        case .q3: return 3
         }
     }
+
+    /// Whether groups store a bias plane (the affine encodings; q4s's bias is implied by its scale).
+    public var hasBiases: Bool { self == .q4 || self == .q3 }
+
+    /// The format minor version that defined this encoding: a writer records the highest one its tensors
+    /// need, so bundles without q3 stay 1.0, byte for byte (formats/VLQ-BUNDLE.md, sections 3 and 5).
+    public var minorVersion: UInt16 { self == .q3 ? 1 : 0 }
 
     /// The exact byte length of a tensor of `shape` in this encoding, nil when the shape and group size
     /// do not fit the encoding or on overflow.

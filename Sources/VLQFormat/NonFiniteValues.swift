@@ -12,7 +12,7 @@ public enum NonFiniteValues {
         case .f32: return count32(bytes)
         case .f16: return count16(bytes, exponent: 0x7C00)
         case .bf16: return count16(bytes, exponent: 0x7F80)
-        case .q8, .q4, .q4s:
+        case .q8, .q4, .q4s, .q3:
             guard let layout = QuantizedLayout(encoding: encoding, shape: shape, groupSize: groupSize),
                 layout.byteCount <= bytes.count
             else { return 0 }

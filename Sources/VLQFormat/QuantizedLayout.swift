@@ -4,9 +4,10 @@ import VLQCore
 ///
 /// The weight is `[rows, columns]` (more dimensions are folded into rows); groups of `groupSize`
 /// consecutive columns share parameters. Plane 0 holds the integers row-major (q8: one signed byte
-/// each; q4 and q4s: two per byte, element 2j in the low nibble and 2j+1 in the high one); plane 1 the
-/// f16 scales `[rows, groups]`; for q4 plane 2 the f16 biases `[rows, groups]`. Each plane starts at a
-/// multiple of 64 bytes from the tensor's offset; padding is zero.
+/// each; q4 and q4s: two per byte, element 2j in the low nibble and 2j+1 in the high one; q3: blocks of
+/// 32 values in 12 bytes, see `q3Code`); plane 1 the f16 scales `[rows, groups]`; for q4 and q3 plane 2
+/// the f16 biases `[rows, groups]`. Each plane starts at a multiple of 64 bytes from the tensor's offset;
+/// padding is zero.
 public struct QuantizedLayout: Equatable, Sendable {
     public static let planeAlignment = 64
 
@@ -36,20 +37,28 @@ public struct QuantizedLayout: Equatable, Sendable {
         guard groupSize > 0 else { throw fail("group size \(groupSize) is not positive") }
         guard columns > 0 else { throw fail("shape \(shape) has \(columns) columns") }
         guard columns % groupSize == 0 else { throw fail("\(columns) columns are not whole groups of \(groupSize)") }
-        if encoding != .q8 && groupSize % 2 != 0 {
+        if (encoding == .q4 || encoding == .q4s) && groupSize % 2 != 0 {
             throw fail("group size \(groupSize) is odd, but \(encoding.name) packs values in pairs")
+        }
+        if encoding == .q3 && groupSize % QuantizedLayout.q3BlockValues != 0 {
+            throw fail("group size \(groupSize) is not a multiple of 32, but q3 packs values in blocks of 32")
         }
         let overflow = fail("shape \(shape) in \(encoding.name) groups of \(groupSize) overflows")
         guard let rows = Checked.product(shape.dropLast()), let elements = Checked.multiply(rows, columns),
             let parameterBytes = Checked.multiply(rows, columns / groupSize).flatMap({ Checked.multiply($0, 2) })
         else { throw overflow }
-        let valuesBytes = encoding == .q8 ? elements : elements / 2
+        let valuesBytes =
+            switch encoding {
+            case .q8: elements
+            case .q3: elements / QuantizedLayout.q3BlockValues * QuantizedLayout.q3BlockBytes
+            default: elements / 2
+            }
         guard let scales = Checked.alignUp(valuesBytes, to: QuantizedLayout.planeAlignment),
             let scalesEnd = Checked.add(scales, parameterBytes)
         else { throw overflow }
         var biases: Int?
         var end = scalesEnd
-        if encoding == .q4 {
+        if encoding.hasBiases {
             guard let b = Checked.alignUp(scalesEnd, to: QuantizedLayout.planeAlignment),
                 let biasesEnd = Checked.add(b, parameterBytes)
             else { throw overflow }
@@ -70,30 +79,29 @@ public struct QuantizedLayout: Equatable, Sendable {
     public func dequantize(
         _ data: UnsafeRawBufferPointer, rows range: Range<Int>, into out: UnsafeMutablePointer<Float>
     ) {
-        let scales = UnsafeRawBufferPointer(rebasing: data[scalesOffset...])
         let groups = groupsPerRow
         for r in range {
             let row = out + (r - range.lowerBound) * columns
             for g in 0..<groups {
                 let p = r * groups + g
-                let scale = Float(
-                    Float16(
-                        bitPattern: UInt16(littleEndian: scales.loadUnaligned(fromByteOffset: 2 * p, as: UInt16.self))))
+                func half(_ offset: Int) -> Float {
+                    let bits = data.loadUnaligned(fromByteOffset: offset, as: UInt16.self)
+                    return Float(Float16(bitPattern: UInt16(littleEndian: bits)))
+                }
+                let scale = half(scalesOffset + 2 * p)
+                // q4s has no bias plane: its bias is implied by the scale.
+                let bias = biasesOffset.map { half($0 + 2 * p) } ?? -8 * scale
                 let start = g * groupSize
                 switch encoding {
                 case .q8:
                     for j in start..<(start + groupSize) {
                         row[j] = Float(Int8(bitPattern: data[r * columns + j])) * scale
                     }
-                case .q4, .q4s:
-                    var bias: Float = -8 * scale
-                    if let biasesOffset {
-                        bias = Float(
-                            Float16(
-                                bitPattern: UInt16(
-                                    littleEndian: data.loadUnaligned(
-                                        fromByteOffset: biasesOffset + 2 * p, as: UInt16.self))))
+                case .q3:
+                    for j in start..<(start + groupSize) {
+                        row[j] = Float(QuantizedLayout.q3Code(data, row: r, column: j, columns: columns)) * scale + bias
                     }
+                case .q4, .q4s:
                     for j in stride(from: start, to: start + groupSize, by: 2) {
                         let byte = data[(r * columns + j) / 2]
                         row[j] = Float(byte & 0x0F) * scale + bias
@@ -106,13 +114,37 @@ public struct QuantizedLayout: Equatable, Sendable {
         }
     }
 
+    /// q3 packs a row's codes in blocks of 32 values (12 bytes; rows are whole blocks because groups
+    /// are): byte `e % 8` holds the low two bits of block element `e` at bits `2 * (e / 8)`, and byte
+    /// `8 + e / 8` its high bit at bit `e % 8`. A vector kernel widens the first 8 bytes to 8 lanes and
+    /// gets elements 0-7, 8-15, 16-23, 24-31 by shifting all lanes by 0, 2, 4, 6 (formats/VLQ-BUNDLE.md).
+    public static let q3BlockValues = 32
+    public static let q3BlockBytes = 12
+
+    /// The q3 code (0...7) of element `column` of `row`, from the codes plane at the start of `data`.
+    @inline(__always)
+    public static func q3Code(_ data: UnsafeRawBufferPointer, row: Int, column: Int, columns: Int) -> UInt8 {
+        let block = (row * columns + column) / q3BlockValues * q3BlockBytes, e = column % q3BlockValues
+        let low = data[block + e % 8] >> UInt8(2 * (e / 8)) & 3
+        let high = data[block + 8 + e / 8] >> UInt8(e % 8) & 1
+        return low | high << 2
+    }
+
     /// Packs integer codes and f16 parameters into the tensor's bytes. `codes` holds q8 values as
-    /// signed integers and 4-bit codes as 0...15; `biases` is for q4 only.
+    /// signed integers, 4-bit codes as 0...15 and 3-bit codes as 0...7; `biases` is for q4 and q3 only.
     public func pack(codes: [Int8], scales: [Float16], biases: [Float16]?) -> [UInt8] {
         precondition(codes.count == rows * columns && scales.count == rows * groupsPerRow)
         var out = [UInt8](repeating: 0, count: byteCount)
         if encoding == .q8 {
             for i in 0..<codes.count { out[i] = UInt8(bitPattern: codes[i]) }
+        } else if encoding == .q3 {
+            // Rows are whole blocks, so element i of the matrix is element i % 32 of block i / 32.
+            for i in 0..<codes.count {
+                let block = i / QuantizedLayout.q3BlockValues * QuantizedLayout.q3BlockBytes
+                let e = i % QuantizedLayout.q3BlockValues, code = UInt8(codes[i]) & 7
+                out[block + e % 8] |= (code & 3) << UInt8(2 * (e / 8))
+                out[block + 8 + e / 8] |= (code >> 2) << UInt8(e % 8)
+            }
         } else {
             for i in stride(from: 0, to: codes.count, by: 2) {
                 out[i / 2] = UInt8(codes[i]) & 0x0F | (UInt8(codes[i + 1]) & 0x0F) << 4

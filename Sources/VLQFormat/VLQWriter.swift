@@ -106,6 +106,8 @@ public final class VLQWriter {
         }
 
         var header = VLQHeader()
+        // The lowest minor version that defines every encoding used: a bundle without q3 stays 1.0.
+        header.minorVersion = records.map(\.encoding.minorVersion).max() ?? 0
         header.alignment = UInt32(alignment)
         header.dataOffset = UInt64(dataOffset)
         header.dataSize = UInt64(dataEnd - dataOffset)

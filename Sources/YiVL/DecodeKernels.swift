@@ -4,9 +4,9 @@ import VLQFormat
 
 /// y = W x for one input row, straight from 16-bit or quantized storage (CKernels): decoding streams
 /// every weight once per token, so these read the stored bytes at the memory's pace instead of an f32
-/// copy four (q8) or eight (q4) times larger. Exact for the stored values up to float summation order:
+/// copy four (q8), eight (q4) or nine (q3) times larger. Exact for the stored values up to float summation order:
 /// the weights are unpacked to f32 and multiplied by float FMA, activations stay f32; each group's scale
-/// multiplies its partial sum once (q4: scale * sum(n x) + bias * sum(x)). Rows are split over the
+/// multiplies its partial sum once (q4, q3: scale * sum(n x) + bias * sum(x)). Rows are split over the
 /// cores (Kernels.parallelRows).
 public enum DecodeKernels {
     /// Which kernels run on this machine: "avx2", "neon" or "scalar".
@@ -56,7 +56,11 @@ public enum DecodeKernels {
         sums.withUnsafeBufferPointer { sums in
             let s = sums.baseAddress!
             Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
-                vlq_matvec_q4(codes, scales, biases, columns, group, x, s, y, range.lowerBound, range.upperBound)
+                if layout.encoding == .q3 {
+                    vlq_matvec_q3(codes, scales, biases, columns, group, x, s, y, range.lowerBound, range.upperBound)
+                } else {
+                    vlq_matvec_q4(codes, scales, biases, columns, group, x, s, y, range.lowerBound, range.upperBound)
+                }
             }
         }
     }

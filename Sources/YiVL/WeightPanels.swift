@@ -88,11 +88,14 @@ public struct StoredWeight {
         case .quantized(let layout):
             let scales = (base + layout.scalesOffset).assumingMemoryBound(to: UInt16.self)
             let group = layout.groupSize
-            if layout.encoding == .q8 {
+            let biases = layout.biasesOffset.map { (base + $0).assumingMemoryBound(to: UInt16.self) }
+            let codes = base.assumingMemoryBound(to: UInt8.self)
+            switch layout.encoding {
+            case .q8:
                 vlq_dequantize_q8(base.assumingMemoryBound(to: Int8.self), scales, columns, group, out, begin, end)
-            } else {
-                let biases = layout.biasesOffset.map { (base + $0).assumingMemoryBound(to: UInt16.self) }
-                let codes = base.assumingMemoryBound(to: UInt8.self)
+            case .q3:
+                vlq_dequantize_q3(codes, scales, biases, columns, group, out, begin, end)
+            default:
                 vlq_dequantize_q4(codes, scales, biases, columns, group, out, begin, end)
             }
         }

@@ -61,7 +61,7 @@ public final class WeightStore: @unchecked Sendable {
             case .f32: storage = .f32
             case .f16: storage = .f16
             case .bf16: storage = .bf16
-            case .q8, .q4, .q4s:
+            case .q8, .q4, .q4s, .q3:
                 storage = .quantized(QuantizedLayout(encoding: r.encoding, shape: r.shape, groupSize: r.groupSize)!)
             }
             return Entry(

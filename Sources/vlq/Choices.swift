@@ -15,7 +15,7 @@ enum MetadataCompressionChoice: String, CaseIterable, ExpressibleByArgument {
 
 /// The built-in recipes (`Recipe.preset`).
 enum Preset: String, CaseIterable, ExpressibleByArgument {
-    case int8, int4
+    case int8, int4, int3
     case int4All = "int4-all"
 }
 

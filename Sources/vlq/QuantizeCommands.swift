@@ -97,14 +97,15 @@ struct Calibrate: ParsableCommand {
 
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Quantize a model to int8 / int4 groups, calibrated with images, driven by a preset or a recipe.",
+        abstract: "Quantize a model to int8 / int4 / int3 groups, calibrated with images, from a preset or a recipe.",
         discussion: """
             Presets: int8 (every Linear and the embeddings in int8, vision tower included), int4 (LLM Linears \
-            4-bit affine group 128; vision tower, projector, embeddings and lm_head int8), int4-all (the \
-            vision tower and projector in 4 bits too, calibrated through the tower with the images). Norms, \
-            biases and class/position/patch embeddings stay in float. Methods: rtn, imatrix, awq, gptq; all but \
-            rtn need --set (calibrate now) or --stats (from vlq calibrate). Or let quantize choose each layer's \
-            precision from its measured drift: --max-kld, --target-bits or --max-size, with --set.
+            4-bit affine group 128; vision tower, projector, embeddings and lm_head int8), int3 (as int4 with \
+            LLM Linears 3-bit affine group 64), int4-all (the vision tower and projector in 4 bits too, \
+            calibrated through the tower with the images). Norms, biases and class/position/patch embeddings \
+            stay in float. Methods: rtn, imatrix, awq, gptq; all but rtn need --set (calibrate now) or --stats \
+            (from vlq calibrate). Or let quantize choose each layer's precision from its measured drift: \
+            --max-kld, --target-bits or --max-size, with --set.
             """
     )
 
@@ -114,7 +115,7 @@ struct Quantize: ParsableCommand {
     @Option(name: .shortAndLong, help: "The quantized .vlq file to write.")
     var output: String
 
-    @Option(help: "int8, int4 or int4-all.")
+    @Option(help: "int8, int4, int3 or int4-all.")
     var preset: Preset?
 
     @Option(help: "A recipe JSON file (see formats/RECIPES.md).")

@@ -59,7 +59,7 @@ final class ConvertTests: XCTestCase {
                         let bits = x.bitPattern
                         expectedBits = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16
                         actualBits = UInt32(stored.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
-                    case .q8, .q4, .q4s:
+                    case .q8, .q4, .q4s, .q3:
                         XCTFail("convert never quantizes")
                         return
                     }

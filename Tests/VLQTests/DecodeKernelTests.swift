@@ -67,12 +67,12 @@ final class DecodeKernelTests: XCTestCase {
             validating: encoding, shape: [c.rows, c.columns], groupSize: c.group)
         var gen = SplitMix64(seed: UInt64(c.rows * 1000 + c.columns))
         let codes: [Int8] = (0..<(c.rows * c.columns)).map { _ in
-            encoding == .q8 ? Int8(truncatingIfNeeded: gen.next()) : Int8(gen.below(16))
+            encoding == .q8 ? Int8(truncatingIfNeeded: gen.next()) : Int8(gen.below(encoding == .q3 ? 8 : 16))
         }
         let groups = c.rows * layout.groupsPerRow
         let scales = (0..<groups).map { scale(row: $0 / layout.groupsPerRow, group: $0) }
         let biases = (0..<groups).map { Float16(Float($0 % 11) * -0.05 * Float(scales[$0])) }
-        let bytes = layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil)
+        let bytes = layout.pack(codes: codes, scales: scales, biases: encoding.hasBiases ? biases : nil)
         let x = input(c.columns)
         var reference = [Float](repeating: 0, count: c.rows * c.columns)
         var y = [Float](repeating: .nan, count: c.rows)
@@ -87,8 +87,10 @@ final class DecodeKernelTests: XCTestCase {
 
     func testQuantizedKernelsMatchDequantizeThenMultiply() throws {
         var worst = 0.0
-        for encoding in [TensorEncoding.q8, .q4, .q4s] {
-            for c in Self.quantizedCases {
+        for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
+            // q3 groups are whole blocks of 32: one row, 37 and 133 rows (1 left over past blocks of 4),
+            // 192-wide rows, groups of 32 to 256 and a row wider than 16384.
+            for c in Self.quantizedCases where encoding != .q3 || c.group % 32 == 0 {
                 let d = try quantizedDifference(encoding, c)
                 XCTAssertLessThan(d, Self.tolerance, "\(encoding.name) \(c)")
                 worst = max(worst, d)
@@ -121,13 +123,13 @@ final class DecodeKernelTests: XCTestCase {
     /// block of 4 rows or on its own gives the same bits.
     func testRowResultsDoNotDependOnTheRowSplit() throws {
         let (rows, columns) = (9, 256)
-        for encoding in [TensorEncoding.q8, .q4, .q4s] {
+        for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
             for group in [32, 128] {
                 var gen = SplitMix64(seed: UInt64(group))
-                let codes: [Int8] = (0..<(rows * columns)).map { _ in Int8(gen.below(16)) }
+                let codes: [Int8] = (0..<(rows * columns)).map { _ in Int8(gen.below(encoding == .q3 ? 8 : 16)) }
                 let perRow = columns / group
                 let scales = (0..<(rows * perRow)).map { Float16(0.01 + Float($0 % 5) * 0.003) }
-                let biases = encoding == .q4 ? scales.map { -8 * $0 } : nil
+                let biases = encoding.hasBiases ? scales.map { -8 * $0 } : nil
                 let x = input(columns)
                 let whole = try multiply(encoding, rows: rows, columns, group, codes, scales, biases, x)
                 for r in 0..<rows {

@@ -103,6 +103,7 @@ final class MalformedBundleTests: XCTestCase {
             (.q4s, 2, [1 << 62, 2]),
             (.q8, 64, [UInt64(Int.max), 64]),
             (.q8, 64, [1 << 32, 1 << 32]),
+            (.q3, 32, [1 << 62, 32]),
         ]
         for (encoding, group, shape) in cases {
             var editor = try BundleEditor(path: scratch.file("small.vlq"))
@@ -125,6 +126,8 @@ final class MalformedBundleTests: XCTestCase {
             (.q4, 63, [2, 63], "group size 63"),
             (.f32, 64, [2, 64], "group size 64"),
             (.q8, 64, [2, 0], "0 columns"),
+            (.q3, 48, [2, 96], "group size 48 is not a multiple of 32"),
+            (.q3, 16, [2, 64], "group size 16 is not a multiple of 32"),
         ]
         for (encoding, group, shape, phrase) in cases {
             var editor = try BundleEditor(path: scratch.file("small.vlq"))
@@ -135,6 +138,20 @@ final class MalformedBundleTests: XCTestCase {
                 try VLQFile(path: scratch.file("odd.vlq")), kind: BundleError.invalidLayout,
                 contains: ["odd.vlq: tensor w:", phrase])
         }
+    }
+
+    /// An encoding id this vlq does not know (36 and up are reserved) is refused naming the tensor, as a
+    /// reader that predates q3 refuses id 35 (formats/VLQ-BUNDLE.md, section 5).
+    func testAnUnknownEncodingIsRefusedNamingTheTensor() throws {
+        let scratch = try Scratch()
+        try writeSmallBundle(to: scratch.file("small.vlq"))
+        var editor = try BundleEditor(path: scratch.file("small.vlq"))
+        editor.store(UInt16(36), at: editor.recordStart(0) + 4)
+        editor.reseal()
+        try editor.write(to: scratch.file("future.vlq"))
+        assertVLQError(
+            try VLQFile(path: scratch.file("future.vlq")), kind: BundleError.malformedTensorRecord,
+            contains: ["future.vlq", "tensor w: unknown encoding 36"])
     }
 
     func testCountsAndSizesFromTheHeaderAreCappedByTheFile() throws {

@@ -189,14 +189,18 @@ final class MalformedStatisticsTests: XCTestCase {
     /// conversion to Int; groups without one keep their values.
     func testANaNWeightGetsCodeZeroRatherThanATrap() throws {
         let w: [Float] = [0.5, .nan, -1, 2, 0.25, 1, -0.5, 3]
-        for encoding in [TensorEncoding.q8, .q4, .q4s] {
-            let m = MatrixQuantizer.roundToNearest(w, rows: 1, columns: 8, encoding: encoding, groupSize: 4)
-            XCTAssertEqual(m.dequantized[7], 3, accuracy: 0.3, encoding.name)
+        // q3 groups are blocks of 32: the same values, the NaN group then a clean one, 32 wide.
+        let wide: [Float] = (0..<64).map { (i: Int) -> Float in i < 32 ? w[i % 4] : w[4 + i % 4] }
+        for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
+            let (values, group) = encoding == .q3 ? (wide, 32) : (w, 4)
+            let m = MatrixQuantizer.roundToNearest(
+                values, rows: 1, columns: values.count, encoding: encoding, groupSize: group)
+            XCTAssertEqual(m.dequantized[values.count - 1], 3, accuracy: 0.3, encoding.name)
             // Importance weighting spreads the NaN over the row (its variance): zeros, but no trap.
             let weighted = MatrixQuantizer.roundToNearest(
-                w, rows: 1, columns: 8, encoding: encoding, groupSize: 4,
-                columnImportance: Array(repeating: 1, count: 8))
-            XCTAssertEqual(weighted.dequantized.count, 8)
+                values, rows: 1, columns: values.count, encoding: encoding, groupSize: group,
+                columnImportance: Array(repeating: 1, count: values.count))
+            XCTAssertEqual(weighted.dequantized.count, values.count)
         }
         // With activation order, group ranges are fixed from the original weights before the NaN
         // spreads through error feedback.

@@ -40,12 +40,12 @@ final class PanelLinearTests: XCTestCase {
         let layout = try QuantizedLayout(validating: encoding, shape: shape, groupSize: c.group)
         var gen = SplitMix64(seed: UInt64(c.outputs * 1000 + c.columns))
         let codes: [Int8] = (0..<(layout.rows * layout.columns)).map { _ in
-            encoding == .q8 ? Int8(truncatingIfNeeded: gen.next()) : Int8(gen.below(16))
+            encoding == .q8 ? Int8(truncatingIfNeeded: gen.next()) : Int8(gen.below(encoding == .q3 ? 8 : 16))
         }
         let groups = layout.rows * layout.groupsPerRow
         let scales = (0..<groups).map(scale)
         let biases = (0..<groups).map { Float16(Float($0 % 11) * -0.05 * Float(scales[$0])) }
-        return (layout, layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil))
+        return (layout, layout.pack(codes: codes, scales: scales, biases: encoding.hasBiases ? biases : nil))
     }
 
     /// Fails with the first differing index and the count of differences unless `values` and
@@ -64,9 +64,10 @@ final class PanelLinearTests: XCTestCase {
     }
 
     func testQuantizedPanelsEqualDequantizeBitForBit() throws {
-        for encoding in [TensorEncoding.q8, .q4, .q4s] {
+        for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
             let extra = encoding == .q8 ? [Case(outputs: 23, columns: 15, group: 3)] : []
-            for c in Self.cases + extra {
+            // q3 groups are whole blocks of 32 values.
+            for c in Self.cases + extra where encoding != .q3 || c.group % 32 == 0 {
                 for shape in [[c.outputs, c.columns], [c.outputs, 3, c.columns]] {
                     let (layout, bytes) = try quantized(encoding, c, shape: shape)
                     var reference = [Float](repeating: 0, count: layout.rows * layout.columns)
@@ -113,9 +114,9 @@ final class PanelLinearTests: XCTestCase {
     func testPanelProductEqualsWholeWeightProduct() throws {
         var worst = 0.0
         for c in Self.cases where c.group >= 32 {
-            for encoding in [TensorEncoding.q8, .q4, .q4s] {
+            for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
                 let (layout, bytes) = try quantized(encoding, c, shape: [c.outputs, c.columns])
-                for withBias in encoding == .q4 ? [false, true] : [false] {
+                for withBias in encoding.hasBiases ? [false, true] : [false] {
                     worst = max(worst, productDifference(.quantized(layout), bytes, c, bias: withBias))
                 }
             }

@@ -92,7 +92,7 @@ final class QuantizationMethodTests: XCTestCase {
 
     func testPackedBytesDecodeToTheValuesTheQuantizerReports() throws {
         let w = (0..<(8 * 64)).map { Float(sin(Double($0) * 0.37)) * 0.1 }
-        for encoding in [TensorEncoding.q8, .q4, .q4s] {
+        for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
             let m = MatrixQuantizer.roundToNearest(w, rows: 8, columns: 64, encoding: encoding, groupSize: 32)
             var decoded = [Float](repeating: 0, count: w.count)
             m.bytes.withUnsafeBytes { m.layout.dequantize($0, rows: 0..<8, into: &decoded) }

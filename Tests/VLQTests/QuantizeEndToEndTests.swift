@@ -92,6 +92,50 @@ final class QuantizeEndToEndTests: XCTestCase {
         XCTAssertLessThan(try drift(all).meanKLD, 0.0030)
     }
 
+    /// q3 end to end: a recipe naming q3 (rtn, group 128) and the int3 preset (gptq, group 64) quantize the
+    /// tiny model, the bundles pass `vlq check`, say format 1.1, and run: prefill (the drift) through the q3
+    /// panels, decode through the q3 kernel. GPTQ at 3.5 bits stays below llama.cpp's Q4_0 + imatrix at 4.5.
+    func testQ3QuantizesChecksAndRunsWithRecipeAndPreset() throws {
+        let scratch = try Scratch()
+        let bundle = scratch.file("fp.vlq"), stats = scratch.file("tiny.vlqstats")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let calibrated = try vlq("calibrate", bundle, "--set", Self.calibrationSet, "-o", stats, "-q")
+        XCTAssertEqual(calibrated.status, 0, calibrated.stderr)
+        try #"{"rules": [{"component": "language", "match": "model.layers.*", "encoding": "q3", "group_size": 128}]}"#
+            .write(toFile: scratch.file("q3.json"), atomically: true, encoding: .utf8)
+        let rtn = scratch.file("q3-rtn.vlq"), gptq = scratch.file("int3-gptq.vlq")
+        let byRecipe = try vlq("quantize", bundle, "-o", rtn, "--recipe", scratch.file("q3.json"), "-q")
+        XCTAssertEqual(byRecipe.status, 0, byRecipe.stderr)
+        let byPreset = try vlq(
+            "quantize", bundle, "-o", gptq, "--preset", "int3", "--method", "gptq", "--stats", stats, "-q")
+        XCTAssertEqual(byPreset.status, 0, byPreset.stderr)
+        var kld: [String: Double] = [:]
+        for (output, group) in [(rtn, 128), (gptq, 64)] {
+            XCTAssertEqual(try vlq("check", output).status, 0)
+            let file = try VLQFile(path: output)
+            XCTAssertEqual(file.header.minorVersion, 1, "q3 is a format 1.1 encoding")
+            XCTAssertEqual(file.metadata["format"]?["version"]?.stringValue, "1.1")
+            let q = try XCTUnwrap(file.record("model.layers.0.mlp.down_proj.weight"))
+            XCTAssertEqual(q.encoding, .q3)
+            XCTAssertEqual(q.groupSize, group)
+            let listing = try vlq("inspect", output)
+            XCTAssertTrue(listing.stdout.contains("q3 g\(group)"), listing.stdout)
+            XCTAssertTrue(listing.stdout.contains("vlq format 1.1"), listing.stdout)
+            let reader = Repo.root.appendingPathComponent("tools/vlq_reader.py").path
+            let pythonCheck = try python([reader, "check", output])
+            XCTAssertEqual(pythonCheck.status, 0, pythonCheck.stderr)
+            kld[output] = try drift(output).meanKLD
+            let c = Reference.cases[0]
+            let answer = try vlq("run", output, "--image", c.image, "--prompt", c.question, "--max-tokens", "8")
+            XCTAssertEqual(answer.status, 0, answer.stderr)
+            XCTAssertFalse(answer.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        }
+        XCTAssertLessThan(kld[gptq]!, kld[rtn]!)
+        XCTAssertLessThan(kld[gptq]!, 0.0030, "llama.cpp Q4_0 with imatrix on these cases, at 4.5 bits")
+        // A bundle without q3 stays format 1.0.
+        XCTAssertEqual(try VLQFile(path: bundle).header.minorVersion, 0)
+    }
+
     func testStatisticsAreSumsSoHalvesMergeIntoTheWhole() throws {
         let scratch = try Scratch()
         let engine = EngineParityTests.folderEngine
@@ -127,11 +171,11 @@ final class QuantizeEndToEndTests: XCTestCase {
         let scratch = try Scratch()
         let bundle = scratch.file("fp.vlq")
         XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
-        try #"{"rules": [{"match": "*", "encoding": "q3"}]}"#.write(
+        try #"{"rules": [{"match": "*", "encoding": "q2"}]}"#.write(
             toFile: scratch.file("bad.json"), atomically: true, encoding: .utf8)
         let badRecipe = try vlq("quantize", bundle, "-o", scratch.file("q.vlq"), "--recipe", scratch.file("bad.json"))
         XCTAssertEqual(badRecipe.status, 2)
-        XCTAssertTrue(badRecipe.stderr.contains("bad.json: rule 1: unknown encoding \"q3\""), badRecipe.stderr)
+        XCTAssertTrue(badRecipe.stderr.contains("bad.json: rule 1: unknown encoding \"q2\""), badRecipe.stderr)
         let uncalibrated = try vlq(
             "quantize", bundle, "-o", scratch.file("q.vlq"), "--preset", "int4", "--method", "gptq")
         XCTAssertEqual(uncalibrated.status, 2)

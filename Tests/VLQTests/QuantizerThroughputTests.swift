@@ -10,7 +10,7 @@ import XCTest
 /// on adversarial groups; the row-parallel round to nearest writes the bytes of the group-by-group loop;
 /// GPTQ's blocked pass is deterministic and within rounding of one unblocked pass.
 final class QuantizerThroughputTests: XCTestCase {
-    static let encodings: [TensorEncoding] = [.q8, .q4, .q4s]
+    static let encodings: [TensorEncoding] = [.q8, .q4, .q4s, .q3]
 
     /// Groups of every kind the search must not get wrong: random, all equal, zeros, one spike,
     /// one-signed, tiny (f16 subnormal scales) and huge (f16 overflow) values.
@@ -134,7 +134,7 @@ final class QuantizerThroughputTests: XCTestCase {
             }
         }
         return QuantizedMatrix(
-            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding == .q4 ? biases : nil),
+            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding.hasBiases ? biases : nil),
             dequantized: values)
     }
 

@@ -181,7 +181,7 @@ except Exception as e:  # noqa: BLE001 - seeds are best effort
     def quantized_layout(encoding, shape, group_size):
         return None
 
-ENCODING = {"f32": 0, "f16": 1, "bf16": 2, "q8": 32, "q4": 33, "q4s": 34}
+ENCODING = {"f32": 0, "f16": 1, "bf16": 2, "q8": 32, "q4": 33, "q4s": 34, "q3": 35}
 
 
 def bundle(records, metadata, compress):
@@ -213,7 +213,8 @@ def bundle(records, metadata, compress):
     data_offset, table_offset = 128, 128 + len(data)
     metadata_offset = table_offset + len(table)
     file_size = metadata_offset + len(stored)
-    head = b"\x89VLQ\r\n\x1a\n" + struct.pack("<HHIQII", 1, 0, 128, file_size, alignment, 0)
+    minor = 1 if any(r[1] == "q3" for r in records) else 0  # q3 is format 1.1
+    head = b"\x89VLQ\r\n\x1a\n" + struct.pack("<HHIQII", 1, minor, 128, file_size, alignment, 0)
     head += struct.pack("<QQQQQQQQII", data_offset, len(data), table_offset, len(table), len(records), metadata_offset,
                         len(stored), len(meta), 1 if compress else 0, 0)
     head += struct.pack("<QQ", xxh3(table), xxh3(stored))
@@ -224,7 +225,8 @@ def bundle(records, metadata, compress):
 small = [("model.embed_tokens.weight", "f32", 2, [2, 4], 0, 0), ("model.norm.weight", "f16", 2, [4], 0, 1),
          ("vision.bf16", "bf16", 0, [1, 2], 0, 2), ("mm_projector.0.weight", "q8", 1, [2, 4], 4, 2),
          ("model.layers.0.mlp.up_proj.weight", "q4", 2, [2, 8], 4, 2),
-         ("model.layers.0.mlp.down_proj.weight", "q4s", 2, [1, 2, 8], 8, 0)]
+         ("model.layers.0.mlp.down_proj.weight", "q4s", 2, [1, 2, 8], 8, 0),
+         ("model.layers.0.self_attn.o_proj.weight", "q3", 2, [2, 64], 32, 2)]
 if quantized_layout("q8", [2, 4], 4) is None:
     small = small[:3]
 for name, compress in [("small-raw-metadata.vlq", False), ("small-zstd-metadata.vlq", True)]:

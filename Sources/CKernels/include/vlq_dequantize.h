@@ -30,6 +30,11 @@ void vlq_dequantize_q8(const int8_t *codes, const uint16_t *scales, size_t cols,
 void vlq_dequantize_q4(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
                        size_t group, float *out, size_t row_begin, size_t row_end);
 
+/// q3: 32 codes 0...7 per 12-byte block, rows of cols / 32 blocks (layout as vlq_matvec_q3); f16 scales and
+/// biases [rows, cols / group]; value = code * scale + bias. `group` is a multiple of 32.
+void vlq_dequantize_q3(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                       size_t group, float *out, size_t row_begin, size_t row_end);
+
 /// Tests: nonzero runs the portable kernels from now on, zero goes back to choosing by the CPU. Not
 /// while kernels run on other threads.
 void vlq_dequantize_use_portable(int portable);

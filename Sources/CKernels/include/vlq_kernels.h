@@ -29,6 +29,13 @@ void vlq_matvec_q8(const int8_t *codes, const uint16_t *scales, size_t cols, siz
 void vlq_matvec_q4(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols, size_t group,
                    const float *x, const float *group_sums, float *y, size_t row_begin, size_t row_end);
 
+/// q3: 32 codes 0...7 per 12-byte block, rows of cols / 32 blocks back to back; code e of a block has its low
+/// two bits at bits 2 (e / 8) of byte e % 8 and its high bit at bit e % 8 of byte 8 + e / 8 (formats/VLQ-BUNDLE.md,
+/// section 5). f16 scales and biases [rows, cols / group]; value = code * scale + bias. `group` is a multiple
+/// of 32; `group_sums` as for q4.
+void vlq_matvec_q3(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols, size_t group,
+                   const float *x, const float *group_sums, float *y, size_t row_begin, size_t row_end);
+
 /// sums[k] = sum of x[k * group ..< (k + 1) * group], for k in 0 ..< cols / group.
 void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums);
 

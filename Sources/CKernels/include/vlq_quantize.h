@@ -13,8 +13,9 @@
 extern "C" {
 #endif
 
-/// The encodings' code ranges: q8 -127...127, q4 0...15 with a bias, q4s -8...7 (stored + 8).
-typedef enum { VLQ_QUANT_Q8 = 0, VLQ_QUANT_Q4 = 1, VLQ_QUANT_Q4S = 2 } vlq_quant_encoding;
+/// The encodings' code ranges: q8 -127...127, q4 0...15 with a bias, q4s -8...7 (stored + 8), q3 0...7 with a
+/// bias.
+typedef enum { VLQ_QUANT_Q8 = 0, VLQ_QUANT_Q4 = 1, VLQ_QUANT_Q4S = 2, VLQ_QUANT_Q3 = 3 } vlq_quant_encoding;
 
 /// Fits `groups` consecutive groups of `group` floats at `w` (importance: NULL, or one weight per element
 /// laid out as `w`): the f16 scale and bias bits of each group's best candidate range (the full range shrunk
