@@ -58,7 +58,7 @@ public struct EngineBenchmark {
         let machine = Machine(bandwidth: bandwidth, sgemmRate: sgemmRate)
         var rows: [BenchRow] = []
         for variant in variants {
-            rows.append(try measure(variant, of: given, in: workspace, machine: machine, report: report))
+            rows += try measure(variant, of: given, in: workspace, machine: machine, report: report)
         }
         var quantizers: String?
         if quantization {
@@ -117,7 +117,7 @@ public struct EngineBenchmark {
     func measure(
         _ variant: GivenModel.Variant, of given: GivenModel, in workspace: BenchWorkspace, machine: Machine,
         report: (String) -> Void
-    ) throws -> BenchRow {
+    ) throws -> [BenchRow] {
         var path = given.path, label = given.label, encoding = given.own
         var quantizeRate: Double?
         if case .quantized(let chosen) = variant {
@@ -132,11 +132,12 @@ public struct EngineBenchmark {
         let engine = try YiVLEngine.open(path)
         let embeddings = embeddings(engine.config)
         let prefill = try measurePrefill(engine, embeddings: embeddings, sgemmRate: machine.sgemmRate, report: report)
-        let decode = try measureDecode(engine, embeddings: embeddings, bandwidth: machine.bandwidth, report: report)
+        let (decode, int8Decode) = try measureDecodes(
+            engine, embeddings: embeddings, bandwidth: machine.bandwidth, report: report)
         let vision = try measureVision(engine, pixels: pixels(engine.config), report: report)
         let peak = PeakMemory.peak()
         report("peak RSS: \(peak.bytes >> 20) MiB")
-        return BenchRow(
+        let row = BenchRow(
             encoding: encoding, label: label,
             bundleBytes: given.isFolder && path == given.path
                 ? given.storedBytes : fileSize(path),
@@ -144,6 +145,33 @@ public struct EngineBenchmark {
             sgemmGFLOPs: machine.sgemmRate, decodeSecondsPerToken: decode.perToken,
             decodeLimitSeconds: decode.limit, visionSeconds: vision, quantizeWeightsPerSecond: quantizeRate,
             peakResidentBytes: peak.bytes)
+        guard let int8Decode else { return [row] }
+        // Prefill and the vision tower keep f32 activations: only decode differs in the "a8" row.
+        var int8Row = row
+        int8Row.label += " a8"
+        int8Row.decodeSecondsPerToken = int8Decode.perToken
+        return [row, int8Row]
+    }
+
+    /// Decode as `measureDecode`; with `--activations int8` on f32 and int8 activations in turn, `repeats`
+    /// times each, the best of each kept: alternating in one process compares them under the same load.
+    func measureDecodes(
+        _ engine: YiVLEngine, embeddings: [Float], bandwidth: Double, report: (String) -> Void
+    ) throws -> (f32: (perToken: Double, limit: Double), int8: (perToken: Double, limit: Double)?) {
+        guard DecodeActivations.precision == .int8 else {
+            return (try measureDecode(engine, embeddings: embeddings, bandwidth: bandwidth, report: report), nil)
+        }
+        defer { DecodeActivations.use(.int8) }
+        var best: [DecodeActivations.Precision: (perToken: Double, limit: Double)] = [:]
+        for _ in 0..<repeats {
+            for precision in [DecodeActivations.Precision.f32, .int8] {
+                DecodeActivations.use(precision)
+                report("\(precision.rawValue) activations:")
+                let d = try measureDecode(engine, embeddings: embeddings, bandwidth: bandwidth, report: report)
+                if d.perToken < best[precision]?.perToken ?? .infinity { best[precision] = d }
+            }
+        }
+        return (best[.f32]!, best[.int8]!)
     }
 
     /// `vlq quantize --preset` through the library, round to nearest. Returns quantized weights per second.

@@ -6,6 +6,7 @@
 // 256 or 1024 bytes ahead measured 5-25% slower (tools/decode_kernel_bench.c).
 #include "vlq_kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "half_floats.h"
@@ -690,4 +691,238 @@ void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums) {
 
 const char *vlq_kernels_isa(void) {
     return use_vector() ? VECTOR_ISA : "scalar";
+}
+
+// MARK: int8 activations (opt-in, vlq_matvec_*_a8).
+//
+// As llama.cpp does: x is quantized once per product to int8 per block of 32 (d = max|x| / 127), and
+// each block's dot product with the codes is an exact integer sum, scaled by d once. The unpacking to
+// f32 that bounds the float kernels' speed goes away; results change by x's rounding. q4's bias term
+// keeps the float sums of x, so only the scale term sees the rounding.
+
+enum { A8_BLOCK = 32 };
+
+// One implementation on every machine, so that the vector and portable kernels see the same int8 x.
+void vlq_quantize_activations(const float *x, size_t cols, int8_t *xq, float *block_scales) {
+    for (size_t b = 0; b < cols / A8_BLOCK; b++) {
+        const float *v = x + b * A8_BLOCK;
+        float largest = 0;
+        for (int i = 0; i < A8_BLOCK; i++) largest = fmaxf(largest, fabsf(v[i]));
+        float d = largest / 127, inverse = d != 0 ? 1 / d : 0;
+        block_scales[b] = d;
+        // Nearest, ties to even, as lrintf but inline (a libm call per element cost as much as a 64-row
+        // product): adding 1.5 * 2^23 leaves no fraction bits for |v| * inverse <= 127 (never 127.5).
+        for (int i = 0; i < A8_BLOCK; i++) {
+            const float shift = 12582912.0f;
+            xq[b * A8_BLOCK + i] = (int8_t)(int32_t)((v[i] * inverse + shift) - shift);
+        }
+    }
+}
+
+static void q8_a8_scalar(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const int8_t *xq,
+                         const float *xs, float *y, size_t begin, size_t end) {
+    size_t groups = cols / group;
+    for (size_t r = begin; r < end; r++) {
+        const int8_t *row = codes + r * cols;
+        float total = 0;
+        for (size_t k = 0; k < groups; k++) {
+            float partial = 0;
+            for (size_t j = k * group; j < (k + 1) * group; j += A8_BLOCK) {
+                int32_t dot = 0;
+                for (int i = 0; i < A8_BLOCK; i++) dot += (int32_t)row[j + i] * xq[j + i];
+                partial += (float)dot * xs[j / A8_BLOCK];
+            }
+            total += partial * vlq_f16_to_float(scales[r * groups + k]);
+        }
+        y[r] = total;
+    }
+}
+
+static void q4_a8_scalar(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                         size_t group, const int8_t *xq, const float *xs, const float *sums, float *y, size_t begin,
+                         size_t end) {
+    size_t groups = cols / group;
+    for (size_t r = begin; r < end; r++) {
+        const uint8_t *row = codes + r * cols / 2;
+        float total = 0;
+        for (size_t k = 0; k < groups; k++) {
+            float partial = 0;
+            for (size_t j = k * group; j < (k + 1) * group; j += A8_BLOCK) {
+                int32_t dot = 0;
+                for (int i = 0; i < A8_BLOCK; i += 2) {
+                    uint8_t b = row[(j + i) / 2];
+                    dot += (int32_t)(b & 0x0F) * xq[j + i] + (int32_t)(b >> 4) * xq[j + i + 1];
+                }
+                partial += (float)dot * xs[j / A8_BLOCK];
+            }
+            float scale = vlq_f16_to_float(scales[r * groups + k]);
+            float bias = biases ? vlq_f16_to_float(biases[r * groups + k]) : -8 * scale;
+            total += scale * partial + bias * sums[k];
+        }
+        y[r] = total;
+    }
+}
+
+#if defined(__x86_64__)
+
+// 8 int32 sums of 4 products each: the 32 codes at w times the 32 int8 x. maddubs takes one unsigned
+// operand, so |w| goes there and w's sign moves onto x; |w| x <= 127 * 127 keeps each pair's int16 sum
+// from saturating.
+VLQ_AVX2 static inline __m256i q8_a8_dot(const int8_t *w, __m256i x) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)w);
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// Groups of a multiple of 32.
+VLQ_AVX2 static ALWAYS_INLINE void q8_a8_rows(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
+                                              const int8_t *xq, const float *xs, float *y, size_t r, const int R) {
+    size_t groups = cols / group;
+    __m256 total[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps();
+    for (size_t k = 0; k < groups; k++) {
+        __m256 a[ROW_BLOCK];
+        for (int i = 0; i < R; i++) a[i] = _mm256_setzero_ps();
+        for (size_t j = k * group, stop = j + group; j < stop; j += A8_BLOCK) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + j));
+            __m256 d = _mm256_broadcast_ss(xs + j / A8_BLOCK);
+            for (int i = 0; i < R; i++)
+                a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_a8_dot(codes + (r + i) * cols + j, x)), d, a[i]);
+        }
+        for (int i = 0; i < R; i++)
+            total[i] = _mm256_fmadd_ps(a[i], _mm256_set1_ps(half_scalar(scales[(r + i) * groups + k])), total[i]);
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]);
+}
+
+VLQ_AVX2 static void q8_a8_avx2(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
+                                const int8_t *xq, const float *xs, float *y, size_t begin, size_t end) {
+    size_t r = begin;
+    for (; r + ROW_BLOCK <= end; r += ROW_BLOCK) q8_a8_rows(codes, scales, cols, group, xq, xs, y, r, ROW_BLOCK);
+    for (; r < end; r++) q8_a8_rows(codes, scales, cols, group, xq, xs, y, r, 1);
+}
+
+// A 32-byte load of q4 codes holds 64 elements, even ones in the low nibbles. x is permuted to match once
+// per call, per 64 elements: the even elements of its two blocks, then their odd ones. Then the low
+// nibbles pair with the first 32 bytes and the high nibbles with the last 32, and lanes 0-3 of the sums
+// belong to the first block, lanes 4-7 to the second.
+static void q4_a8_permute_x(const int8_t *xq, size_t cols, int8_t *permuted) {
+    for (size_t c = 0; c + 64 <= cols; c += 64)
+        for (int half = 0; half < 2; half++)
+            for (int t = 0; t < 16; t++) {
+                permuted[c + 16 * half + t] = xq[c + 32 * half + 2 * t];
+                permuted[c + 32 + 16 * half + t] = xq[c + 32 * half + 2 * t + 1];
+            }
+}
+
+// 8 int32 sums (lanes 0-3: the first block of 32, lanes 4-7: the second) of 64 codes at p times the
+// permuted x; codes <= 15 keep maddubs far from saturating.
+VLQ_AVX2 static inline __m256i q4_a8_dot64(const uint8_t *p, __m256i x_even, __m256i x_odd) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    __m256i low = _mm256_and_si256(v, mask), high = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(low, x_even), _mm256_maddubs_epi16(high, x_odd));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// The x scales of the two blocks of a 64-element chunk, each over its four lanes.
+VLQ_AVX2 static inline __m256 q4_a8_block_scales(const float *xs) {
+    return _mm256_setr_m128(_mm_set1_ps(xs[0]), _mm_set1_ps(xs[1]));
+}
+
+// Groups of a multiple of 64.
+VLQ_AVX2 static ALWAYS_INLINE void q4_a8_rows(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases,
+                                              size_t cols, size_t group, const int8_t *xp, const float *xs,
+                                              const float *sums, float *y, size_t r, const int R) {
+    size_t groups = cols / group;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k++) {
+        __m256 a[ROW_BLOCK];
+        for (int i = 0; i < R; i++) a[i] = _mm256_setzero_ps();
+        for (size_t j = k * group, stop = j + group; j < stop; j += 64) {
+            __m256i x_even = _mm256_loadu_si256((const __m256i *)(xp + j));
+            __m256i x_odd = _mm256_loadu_si256((const __m256i *)(xp + j + 32));
+            __m256 d = q4_a8_block_scales(xs + j / A8_BLOCK);
+            for (int i = 0; i < R; i++) {
+                __m256i dot = q4_a8_dot64(codes + ((r + i) * cols + j) / 2, x_even, x_odd);
+                a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, a[i]);
+            }
+        }
+        for (int i = 0; i < R; i++)
+            q4_close_group(a[i], scales, biases, (r + i) * groups + k, sums[k], &total[i], &tail[i]);
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Groups of 32, columns a multiple of 64: each chunk holds two groups, lanes 0-3 the first.
+VLQ_AVX2 static ALWAYS_INLINE void q4_a8_pairs_rows(const uint8_t *codes, const uint16_t *scales,
+                                                    const uint16_t *biases, size_t cols, const int8_t *xp,
+                                                    const float *xs, const float *sums, float *y, size_t r,
+                                                    const int R) {
+    size_t groups = cols / 32;
+    __m256 total[ROW_BLOCK];
+    float tail[ROW_BLOCK];
+    for (int i = 0; i < R; i++) total[i] = _mm256_setzero_ps(), tail[i] = 0;
+    for (size_t k = 0; k < groups; k += 2) {
+        __m256i x_even = _mm256_loadu_si256((const __m256i *)(xp + 32 * k));
+        __m256i x_odd = _mm256_loadu_si256((const __m256i *)(xp + 32 * k + 32));
+        __m256 d = q4_a8_block_scales(xs + k);
+        for (int i = 0; i < R; i++) {
+            __m256 dot = _mm256_cvtepi32_ps(q4_a8_dot64(codes + ((r + i) * cols + 32 * k) / 2, x_even, x_odd));
+            size_t g = (r + i) * groups + k;
+            float s0 = half_scalar(scales[g]), s1 = half_scalar(scales[g + 1]);
+            float b0 = biases ? half_scalar(biases[g]) : -8 * s0, b1 = biases ? half_scalar(biases[g + 1]) : -8 * s1;
+            total[i] = _mm256_fmadd_ps(_mm256_mul_ps(dot, d), _mm256_setr_m128(_mm_set1_ps(s0), _mm_set1_ps(s1)),
+                                       total[i]);
+            tail[i] += b0 * sums[k] + b1 * sums[k + 1];
+        }
+    }
+    for (int i = 0; i < R; i++) y[r + i] = hsum(total[i]) + tail[i];
+}
+
+// Permuted x for rows this wide lives on the stack (16 KiB), wider ones on the heap.
+enum { A8_STACK_COLUMNS = 16384 };
+
+VLQ_AVX2 static void q4_a8_avx2(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                                size_t group, const int8_t *xq, const float *xs, const float *sums, float *y,
+                                size_t begin, size_t end) {
+    // Groups of 96, 160, 224 straddle the 64-element chunks; no preset writes them.
+    if (!(group % 64 == 0 || (group == 32 && cols % 64 == 0)))
+        return q4_a8_scalar(codes, scales, biases, cols, group, xq, xs, sums, y, begin, end);
+    int8_t on_stack[A8_STACK_COLUMNS];
+    int8_t *xp = cols <= A8_STACK_COLUMNS ? on_stack : malloc(cols);
+    if (!xp) abort();
+    q4_a8_permute_x(xq, cols, xp);
+    size_t r = begin;
+    if (group == 32) {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_a8_pairs_rows(codes, scales, biases, cols, xp, xs, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_a8_pairs_rows(codes, scales, biases, cols, xp, xs, sums, y, r, 1);
+    } else {
+        for (; r + ROW_BLOCK <= end; r += ROW_BLOCK)
+            q4_a8_rows(codes, scales, biases, cols, group, xp, xs, sums, y, r, ROW_BLOCK);
+        for (; r < end; r++) q4_a8_rows(codes, scales, biases, cols, group, xp, xs, sums, y, r, 1);
+    }
+    if (xp != on_stack) free(xp);
+}
+
+#define q8_a8_vector q8_a8_avx2
+#define q4_a8_vector q4_a8_avx2
+#else
+// NEON and other machines: the portable loops (integer sums, which compilers vectorise).
+#define q8_a8_vector q8_a8_scalar
+#define q4_a8_vector q4_a8_scalar
+#endif
+
+void vlq_matvec_q8_a8(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const int8_t *xq,
+                      const float *x_scales, float *y, size_t row_begin, size_t row_end) {
+    DISPATCH(q8_a8, codes, scales, cols, group, xq, x_scales, y, row_begin, row_end);
+}
+
+void vlq_matvec_q4_a8(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                      size_t group, const int8_t *xq, const float *x_scales, const float *group_sums, float *y,
+                      size_t row_begin, size_t row_end) {
+    DISPATCH(q4_a8, codes, scales, biases, cols, group, xq, x_scales, group_sums, y, row_begin, row_end);
 }

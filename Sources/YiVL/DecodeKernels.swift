@@ -2,12 +2,19 @@ import CKernels
 import Numerics
 import VLQFormat
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// y = W x for one input row, straight from 16-bit or quantized storage (CKernels): decoding streams
 /// every weight once per token, so these read the stored bytes at the memory's pace instead of an f32
-/// copy four (q8), eight (q4) or nine (q3) times larger. Exact for the stored values up to float summation order:
-/// the weights are unpacked to f32 and multiplied by float FMA, activations stay f32; each group's scale
-/// multiplies its partial sum once (q4, q3: scale * sum(n x) + bias * sum(x)). Rows are split over the
-/// cores (Kernels.parallelRows).
+/// copy four (q8), eight (q4) or nine (q3) times larger. Exact for the stored values up to float summation
+/// order: the weights are unpacked to f32 and multiplied by float FMA, activations stay f32 (unless
+/// `DecodeActivations` asks for int8: `quantizedInt8`, q8 and q4 only); each group's scale multiplies its
+/// partial sum once (q4, q3: scale * sum(n x) + bias * sum(x)). Rows are split over the cores
+/// (Kernels.parallelRows).
 public enum DecodeKernels {
     /// Which kernels run on this machine: "avx2", "neon" or "scalar".
     public static var instructionSet: String { String(cString: vlq_kernels_isa()) }
@@ -41,6 +48,11 @@ public enum DecodeKernels {
     ) {
         let (columns, group) = (layout.columns, layout.groupSize)
         let scales = (data + layout.scalesOffset).assumingMemoryBound(to: UInt16.self)
+        // q3 has no int8-activation kernel: it stays exact.
+        if DecodeActivations.precision == .int8 && layout.encoding != .q3 {
+            if group % activationBlock == 0 { return quantizedInt8(layout, data, x, into: y) }
+            noteExactFallback(group: group)
+        }
         if layout.encoding == .q8 {
             let codes = data.assumingMemoryBound(to: Int8.self)
             Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
@@ -63,5 +75,69 @@ public enum DecodeKernels {
                 }
             }
         }
+    }
+
+    // MARK: int8 activations (DecodeActivations)
+
+    /// Elements of x per int8 block, one f32 scale each (vlq_quantize_activations).
+    public static let activationBlock = 32
+
+    /// x (a multiple of 32 long) as int8 per block of 32 and each block's scale, as the int8 kernels take it.
+    public static func quantizeActivations(_ x: [Float]) -> (codes: [Int8], scales: [Float]) {
+        var codes = [Int8](repeating: 0, count: x.count)
+        var scales = [Float](repeating: 0, count: x.count / activationBlock)
+        codes.withUnsafeMutableBufferPointer { q in
+            scales.withUnsafeMutableBufferPointer {
+                vlq_quantize_activations(x, x.count, q.baseAddress!, $0.baseAddress!)
+            }
+        }
+        return (codes, scales)
+    }
+
+    /// `quantized` with x as int8 per block of 32, quantized once for every row; q4's bias term takes
+    /// the float x's group sums, so only the scale term sees x's rounding.
+    static func quantizedInt8(
+        _ layout: QuantizedLayout, _ data: UnsafeRawPointer,
+        _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
+    ) {
+        let (columns, group) = (layout.columns, layout.groupSize)
+        let scales = (data + layout.scalesOffset).assumingMemoryBound(to: UInt16.self)
+        let (xq, blockScales) = quantizeActivations(Array(UnsafeBufferPointer(start: x, count: columns)))
+        var sums = [Float](repeating: 0, count: layout.encoding == .q8 ? 0 : layout.groupsPerRow)
+        if !sums.isEmpty { sums.withUnsafeMutableBufferPointer { vlq_group_sums(x, columns, group, $0.baseAddress!) } }
+        xq.withUnsafeBufferPointer { q in
+            blockScales.withUnsafeBufferPointer { d in
+                sums.withUnsafeBufferPointer { s in
+                    let (xq, xs) = (q.baseAddress!, d.baseAddress!)
+                    if layout.encoding == .q8 {
+                        let codes = data.assumingMemoryBound(to: Int8.self)
+                        Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+                            vlq_matvec_q8_a8(
+                                codes, scales, columns, group, xq, xs, y, range.lowerBound, range.upperBound)
+                        }
+                        return
+                    }
+                    let codes = data.assumingMemoryBound(to: UInt8.self)
+                    let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
+                    Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+                        vlq_matvec_q4_a8(
+                            codes, scales, biases, columns, group, xq, xs, s.baseAddress!, y, range.lowerBound,
+                            range.upperBound)
+                    }
+                }
+            }
+        }
+    }
+
+    nonisolated(unsafe) private static var exactFallbackNoted = false
+
+    /// Said once per process: layers whose groups do not split into blocks of 32 keep f32 activations.
+    static func noteExactFallback(group: Int) {
+        guard !exactFallbackNoted else { return }
+        exactFallbackNoted = true
+        let line =
+            "vlq: int8 activations need groups of a multiple of \(activationBlock); tensors with groups of "
+            + "\(group) (and any others like them) use f32 activations\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
     }
 }

@@ -25,12 +25,21 @@ public final class YiVLModel: @unchecked Sendable {
         self.weights = weights
     }
 
-    /// out[rows, outputs] = x[rows, inputs] W^T + b.
-    func linear(_ layer: Linear, _ x: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>) {
+    /// out[rows, outputs] = x[rows, inputs] W^T + b. `language`: a layer of the language model, whose
+    /// rows verification may run one at a time (`DecodeActivations.onEveryLanguageRow`).
+    func linear(
+        _ layer: Linear, _ x: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>,
+        language: Bool = false
+    ) {
         observer?.observe(linear: layer, input: x, rows: rows)
-        if rows == 1, weights.matrixVector(layer.weight, x, into: out) {
+        if rowByRow(layer, rows: rows, language: language), weights.matrixVector(layer.weight, x, into: out) {
+            for row in 1..<rows {
+                _ = weights.matrixVector(layer.weight, x + row * layer.inputs, into: out + row * layer.outputs)
+            }
             if let bias = layer.bias {
-                weights.withFloats(bias) { b in Kernels.add(out, b.baseAddress!, count: layer.outputs) }
+                weights.withFloats(bias) { b in
+                    for row in 0..<rows { Kernels.add(out + row * layer.outputs, b.baseAddress!, count: layer.outputs) }
+                }
             }
             return
         }
@@ -43,6 +52,13 @@ public final class YiVLModel: @unchecked Sendable {
                     into: out)
             }
         }
+    }
+
+    /// Whether the rows go through decode's matrix-vector kernels: one row (a decode step), or every row of
+    /// a quantized language-model layer while verification measures int8 activations.
+    private func rowByRow(_ layer: Linear, rows: Int, language: Bool) -> Bool {
+        if rows == 1 { return true }
+        return rows > 1 && language && DecodeActivations.onEveryLanguageRow && weights.isQuantized(layer.weight)
     }
 
     /// Runs `body` with the layer's bias as f32, or nil when it has none.
@@ -290,9 +306,9 @@ public final class YiVLModel: @unchecked Sendable {
             rmsNorm(layer.inputNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
             let cachedKeys = cache.keys[layer.index].pointer, cachedValues = cache.values[layer.index].pointer
             let keys = cachedKeys + start * kvWidth, values = cachedValues + start * kvWidth
-            linear(layer.query, h.pointer, rows: rows, into: q.pointer)
-            linear(layer.key, h.pointer, rows: rows, into: keys)
-            linear(layer.value, h.pointer, rows: rows, into: values)
+            linear(layer.query, h.pointer, rows: rows, into: q.pointer, language: true)
+            linear(layer.key, h.pointer, rows: rows, into: keys, language: true)
+            linear(layer.value, h.pointer, rows: rows, into: values, language: true)
             applyRoPE(q.pointer, rows: rows, stride: l.heads * l.headDim, heads: l.heads, firstPosition: start)
             applyRoPE(keys, rows: rows, stride: kvWidth, heads: l.kvHeads, firstPosition: start)
             Kernels.attention(
@@ -300,13 +316,13 @@ public final class YiVLModel: @unchecked Sendable {
                 v: cachedValues, vStride: kvWidth, queries: rows, keys: start + rows,
                 heads: l.heads, kvHeads: l.kvHeads, headDim: l.headDim, scale: 1 / Float(l.headDim).squareRoot(),
                 causal: true, firstQueryPosition: start, out: attended.pointer, outStride: l.heads * l.headDim)
-            linear(layer.output, attended.pointer, rows: rows, into: h.pointer)
+            linear(layer.output, attended.pointer, rows: rows, into: h.pointer, language: true)
             Kernels.add(x.pointer, h.pointer, count: rows * d)
             rmsNorm(layer.postAttentionNorm, x.pointer, rows: rows, cols: d, into: h.pointer)
-            linear(layer.gate, h.pointer, rows: rows, into: gate.pointer)
-            linear(layer.up, h.pointer, rows: rows, into: up.pointer)
+            linear(layer.gate, h.pointer, rows: rows, into: gate.pointer, language: true)
+            linear(layer.up, h.pointer, rows: rows, into: up.pointer, language: true)
             Kernels.swiGLU(gate.pointer, up.pointer, count: rows * l.intermediateSize)
-            linear(layer.down, gate.pointer, rows: rows, into: h.pointer)
+            linear(layer.down, gate.pointer, rows: rows, into: h.pointer, language: true)
             Kernels.add(x.pointer, h.pointer, count: rows * d)
             layerOutputs?(x.array)
         }
@@ -321,7 +337,7 @@ public final class YiVLModel: @unchecked Sendable {
         let rows = hidden.count / l.hiddenSize
         let out = FloatBuffer(rows * l.vocabSize)
         hidden.withUnsafeBufferPointer { h in
-            linear(definition.language.head, h.baseAddress!, rows: rows, into: out.pointer)
+            linear(definition.language.head, h.baseAddress!, rows: rows, into: out.pointer, language: true)
         }
         return out.array
     }

@@ -14,7 +14,9 @@ struct Bench: ParsableCommand {
             `python3 tools/make_synthetic_yivl.py DIR --preset 6b --layers 4`. \
             Weights are random; only speed is measured. With --encodings bf16,int8,int4 the model (bf16: as \
             given) is quantized by round to nearest into each preset first, in $TMPDIR (removed afterwards), \
-            and every encoding is measured alike. Figures go to stdout; the markdown table comes last.
+            and every encoding is measured alike. With --activations int8, decode runs with f32 and int8 \
+            activations in turn (--repeats times, the best kept), and each encoding gets a second row, "a8". \
+            Figures go to stdout; the markdown table comes last.
             """
     )
 
@@ -47,6 +49,8 @@ struct Bench: ParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    @OptionGroup var decode: DecodeOptions
+
     static func encodings(_ list: String) throws -> [BenchEncoding] {
         try list.split(separator: ",").map {
             guard let encoding = BenchEncoding(rawValue: String($0)) else {
@@ -65,6 +69,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         compute.apply()
+        decode.apply()
         var benchmark = EngineBenchmark(
             tokens: tokens, decodeTokens: decodeTokens, repeats: repeats, quantization: quantization)
         benchmark.encodings = encodings

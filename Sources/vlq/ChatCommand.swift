@@ -37,6 +37,8 @@ struct Chat: AsyncParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    @OptionGroup var decode: DecodeOptions
+
     func validate() throws {
         guard images.count == 1 else { throw ValidationError("give one --image (/image PATH switches later)") }
         if images[0] == "-" { throw ValidationError("--image - cannot be used with chat: stdin carries the turns") }
@@ -45,6 +47,7 @@ struct Chat: AsyncParsableCommand {
 
     func run() async throws {
         compute.apply()
+        decode.apply()
         let logger = global.makeLogger("vlq.chat")
         let interactive = isatty(0) == 1
         let opened = try VLQModel(contentsOf: model)

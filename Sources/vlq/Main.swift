@@ -131,6 +131,20 @@ struct ComputeOptions: ParsableArguments {
     }
 }
 
+extension DecodeActivations.Precision: ExpressibleByArgument {}
+
+/// The decode path's options (run, chat, bench, verify).
+struct DecodeOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Decode's activations over q8/q4 weights: f32 (exact, the default) or int8 (quantized per block of 32, "
+                + "as llama.cpp does: faster, results change slightly). Prefill and the vision tower keep f32."))
+    var activations: DecodeActivations.Precision = .f32
+
+    /// Applies the choice before any work starts.
+    func apply() { DecodeActivations.use(activations) }
+}
+
 extension VLQ {
     /// Every subcommand's name, as typed.
     static var subcommandNames: [String] {

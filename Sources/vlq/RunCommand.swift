@@ -101,9 +101,12 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    @OptionGroup var decode: DecodeOptions
+
     /// The answer comes through the library (`VLQModel.answer`), as an app's would.
     func run() async throws {
         compute.apply()
+        decode.apply()
         let logger = global.makeLogger("vlq.run")
         let started = monotonicSeconds()
         let question = try input.question()

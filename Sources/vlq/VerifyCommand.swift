@@ -2,6 +2,7 @@ import ArgumentParser
 import Calibration
 import Foundation
 import Logging
+import Numerics
 import VLQCore
 import Verification
 
@@ -66,6 +67,8 @@ struct Verify: ParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    @OptionGroup var decode: DecodeOptions
+
     func validate() throws {
         guard referenceDir != nil || set != nil else { throw ValidationError("give --reference-dir, --set, or both") }
         if reference != nil && set == nil { throw ValidationError("--reference needs --set") }
@@ -89,6 +92,7 @@ struct Verify: ParsableCommand {
             try OutputPath.check(output, inputs: inputs)
         }
         compute.apply()
+        useCandidateActivations()
         let logger = global.makeLogger("vlq.verify")
         let candidateModel = LazyModel(candidate)
         let bounds = VerificationBounds(maxKLD: maxKLD, minSameTop: minSameTop, minCosine: minCosine)
@@ -115,6 +119,12 @@ struct Verify: ParsableCommand {
         if let html { try write(report.html, to: html, logger: logger) }
         if let failure = report.failure { throw failure }
         say(report.verdict)
+    }
+
+    /// --activations for the candidate's runs, on every row of its language model: the teacher-forced
+    /// logits (KLD, same top) then measure what int8 activations cost, as if every position were decoded.
+    func useCandidateActivations() {
+        DecodeActivations.use(decode.activations, everyLanguageRow: true)
     }
 
     /// The report's lines: on stdout, unless the JSON or HTML goes there.
@@ -146,10 +156,12 @@ struct Verify: ParsableCommand {
         if reference.hasSuffix(".vlqref") {
             stored = try ReferenceRun.read(reference)
         } else {
-            // The reference runs first and is released before the candidate is opened.
+            // The reference runs first and is released before the candidate is opened; always exact.
+            DecodeActivations.use(.f32)
             stored = try ReferenceRun.run(
                 model: LazyModel(reference), set: evaluation, layerSamples: layerSamples, maxTokens: maxTokens,
                 progress: progress.update)
+            useCandidateActivations()
         }
         let comparison = try RunComparison.run(
             candidate: candidate, reference: stored, set: evaluation,
@@ -157,6 +169,8 @@ struct Verify: ParsableCommand {
         report.run = .init(reference: reference, set: set, setDigest: evaluation.digest, comparison: comparison)
         report.run!.lines.forEach { say($0) }
         guard let rankSamples else { return }
+        // Each layer's own drift, quantized into the reference model's weights: f32 activations.
+        DecodeActivations.use(.f32)
         let entries = try LayerContribution.rank(
             reference: LazyModel(reference), candidate: candidate, run: stored, set: evaluation,
             samples: rankSamples, progress: progress.update)

@@ -87,6 +87,19 @@ final class BenchmarkTests: XCTestCase {
         XCTAssertEqual(scratch.listing(), [], "the quantized bundles are removed")
     }
 
+    /// `--activations int8`: decode measured on f32 and int8 activations alike, one row each.
+    func testBenchWithInt8ActivationsAddsAnA8RowPerEncoding() throws {
+        let scratch = try Scratch()
+        let result = try runWithTemporaryDirectory(
+            scratch.path, "bench", Repo.tinyModel, "--encodings", "int4", "--repeats", "1", "--tokens", "16",
+            "--decode-tokens", "2", "--activations", "int8")
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let labels = result.stdout.split(separator: "\n").filter { $0.hasPrefix("| int4") }
+            .map { $0.split(separator: "|")[0].trimmingCharacters(in: .whitespaces) }
+        XCTAssertEqual(labels, ["int4", "int4 a8"], result.stdout)
+        XCTAssertTrue(result.stdout.contains("int8 activations:"), result.stdout)
+    }
+
     func testBenchRefusesNumbersOutOfRangeAndUnknownEncodingsBeforeAnyWork() throws {
         for arguments in [
             ["--repeats", "0"], ["--tokens", "0"], ["--decode-tokens", "0"], ["--encodings", "bf16,fp8"],

@@ -1,8 +1,9 @@
 // Matrix-vector kernels for decode (WeightStore.matrixVector): y[r] = sum_j W[r, j] x[j] for rows
 // [row_begin, row_end), straight from the stored 16-bit or quantized weights, with f32 activations.
 // Exact for the stored values up to float summation order: the weights are unpacked to f32 and
-// multiplied by float FMA; activations are never quantized. On x86-64 an AVX2+FMA+F16C version is
-// chosen at run time (__builtin_cpu_supports), on arm64 NEON; elsewhere a portable scalar loop.
+// multiplied by float FMA; only the opt-in *_a8 kernels below quantize the activations. On x86-64 an
+// AVX2+FMA+F16C version is chosen at run time (__builtin_cpu_supports), on arm64 NEON (the *_a8 ones:
+// their portable loops); elsewhere a portable scalar loop.
 #ifndef VLQ_KERNELS_H
 #define VLQ_KERNELS_H
 
@@ -38,6 +39,22 @@ void vlq_matvec_q3(const uint8_t *codes, const uint16_t *scales, const uint16_t 
 
 /// sums[k] = sum of x[k * group ..< (k + 1) * group], for k in 0 ..< cols / group.
 void vlq_group_sums(const float *x, size_t cols, size_t group, float *sums);
+
+/// int8 activations (opt-in: results change slightly, as llama.cpp's do). x [cols], cols a multiple of
+/// 32, becomes int8 per block of 32: block_scales[b] = max |x| over block b / 127, xq = round(x / that),
+/// ties to even; an all-zero block has scale 0.
+void vlq_quantize_activations(const float *x, size_t cols, int8_t *xq, float *block_scales);
+
+/// vlq_matvec_q8 on int8 x (vlq_quantize_activations): each block of 32 an integer dot product times
+/// its x scale, each group's sum times its weight scale. `group` is a multiple of 32.
+void vlq_matvec_q8_a8(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group, const int8_t *xq,
+                      const float *x_scales, float *y, size_t row_begin, size_t row_end);
+
+/// vlq_matvec_q4 on int8 x: scale * sum(n xq d) + bias * group_sums, where group_sums are the float x's
+/// (vlq_group_sums), so the bias term stays exact. `group` is a multiple of 32.
+void vlq_matvec_q4_a8(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                      size_t group, const int8_t *xq, const float *x_scales, const float *group_sums, float *y,
+                      size_t row_begin, size_t row_end);
 
 /// Tests: nonzero runs the portable kernels from now on, zero goes back to choosing by the CPU. Not
 /// while kernels run on other threads.
