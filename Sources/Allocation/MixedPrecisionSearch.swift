@@ -137,6 +137,7 @@ public struct MixedPrecisionSearch {
         // the worst samples of each unit as if they added up); the smallest bundle that held is kept.
         var best: (record: AllocationRecord, path: String, bytes: Int)?
         var measured = Set<[Int]>()
+        var passing: Double?, failing: Double?
         var round = 0
         let rounds = bound.isFinite ? options.rounds : 1
         while round < rounds {
@@ -181,8 +182,15 @@ public struct MixedPrecisionSearch {
             } else {
                 unlink(candidate)
             }
-            let ratio = achieved > 0 ? min(max(x / achieved, 0.25), 4) : 4
-            bound = allocation.drift * ratio * (achieved > x ? 0.95 : 1)
+            // Knapsack bounds known to pass and to fail bracket the answer: halve the bracket (geometrically)
+            // once there is one, else move by the ratio (the sum of drifts overstates or understates).
+            if achieved <= x { passing = min(passing ?? bound, bound) } else { failing = max(failing ?? bound, bound) }
+            if let passing, let failing, passing < failing {
+                bound = (passing * failing).squareRoot()
+            } else {
+                let ratio = achieved > 0 ? min(max(x / achieved, 0.25), 4) : 4
+                bound = allocation.drift * ratio * (achieved > x ? 0.95 : 1)
+            }
         }
         guard var (record, path, _) = best else {
             throw VLQError(
