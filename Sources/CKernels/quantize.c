@@ -298,6 +298,16 @@ VLQ_QUANT_AVX2 static void round_groups_avx2(const float *w, size_t groups, size
     }
 }
 
+VLQ_QUANT_AVX2 static void gptq_push_error_avx2(float *row, const float *h, float e, size_t count) {
+    const __m256 ve = _mm256_set1_ps(e);
+    size_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+        __m256 product = _mm256_mul_ps(ve, _mm256_loadu_ps(h + j));
+        _mm256_storeu_ps(row + j, _mm256_sub_ps(_mm256_loadu_ps(row + j), product));
+    }
+    for (; j < count; j++) row[j] -= e * h[j];
+}
+
 static int choice = -1;
 
 static int use_avx2(void) {
@@ -328,6 +338,16 @@ void vlq_fit_groups(const float *w, const float *importance, size_t groups, size
     }
 #endif
     fit_groups_scalar(w, importance, groups, group, encoding, steps, max_shrink, scales, biases, errors);
+}
+
+void vlq_gptq_push_error(float *row, const float *h, float e, size_t count) {
+#if defined(__x86_64__)
+    if (use_avx2()) {
+        gptq_push_error_avx2(row, h, e, count);
+        return;
+    }
+#endif
+    for (size_t j = 0; j < count; j++) row[j] -= e * h[j];
 }
 
 void vlq_round_groups(const float *w, size_t groups, size_t group, int encoding, const uint16_t *scales,

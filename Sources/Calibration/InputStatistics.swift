@@ -79,6 +79,8 @@ public struct InputStatistics: Sendable {
 public final class GramMatrix: @unchecked Sendable {
     public let columns: Int
     private var upper: [Float]
+    /// Counts the additions: what was computed from the matrix before one (GPTQ's factor) is stale.
+    public private(set) var revision = 0
 
     public init(columns: Int) {
         self.columns = columns
@@ -92,6 +94,7 @@ public final class GramMatrix: @unchecked Sendable {
     }
 
     func add(_ x: UnsafePointer<Float>, rows n: Int) {
+        revision += 1
         upper.withUnsafeMutableBufferPointer { g in
             cblas_ssyrk(
                 CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(n), 1, x, Int32(columns), 1, g.baseAddress,
@@ -100,8 +103,14 @@ public final class GramMatrix: @unchecked Sendable {
     }
 
     func add(_ other: GramMatrix) {
+        revision += 1
         let o = other.symmetric
         for i in 0..<columns { for j in i..<columns { upper[i * columns + j] += Float(o[i * columns + j]) } }
+    }
+
+    /// The upper triangle (row-major, float) as accumulated; below the diagonal, zeros or the mirror.
+    public func withUpperTriangle<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+        try upper.withUnsafeBufferPointer { try body($0.baseAddress!) }
     }
 
     /// The full symmetric matrix in double.

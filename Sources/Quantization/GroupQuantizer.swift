@@ -153,9 +153,12 @@ public struct GroupQuantizer: Sendable {
 
     /// The stored code of `w` under `fit`: signed for q8, 0...15 for the 4-bit encodings, 0...7 for q3.
     public func storedCode(_ w: Float, _ fit: Fit) -> Int8 {
-        let c = code(w, scale: Float(fit.scale), bias: Float(fit.bias))
-        return encoding == .q4s ? Int8(c + 8) : Int8(c)
+        storedCode(code(w, scale: Float(fit.scale), bias: Float(fit.bias)))
     }
+
+    /// The byte stored for code `c` (q4s offset by 8).
+    @inline(__always)
+    func storedCode(_ c: Int) -> Int8 { encoding == .q4s ? Int8(c + 8) : Int8(c) }
 
     public func dequantized(_ w: Float, _ fit: Fit) -> Float {
         Float(code(w, scale: Float(fit.scale), bias: Float(fit.bias))) * Float(fit.scale) + Float(fit.bias)

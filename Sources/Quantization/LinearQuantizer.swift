@@ -21,12 +21,13 @@ public enum LinearQuantizer {
     public static func quantize(
         _ w: [Float], rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
         method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
-        activationOrder: Bool = false, keepValues: Bool = true
+        activationOrder: Bool = false, keepValues: Bool = true, gptqFactors: GPTQFactorCache? = nil
     ) throws -> Output {
         try w.withUnsafeBufferPointer {
             try quantize(
                 $0, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, method: method,
-                statistics: statistics, awqScales: awqScales, activationOrder: activationOrder, keepValues: keepValues)
+                statistics: statistics, awqScales: awqScales, activationOrder: activationOrder, keepValues: keepValues,
+                gptqFactors: gptqFactors)
         }
     }
 
@@ -35,7 +36,7 @@ public enum LinearQuantizer {
     public static func quantize(
         _ w: UnsafeBufferPointer<Float>, rows: Int, columns: Int, encoding: TensorEncoding, groupSize: Int,
         method: QuantizationMethod, statistics: InputStatistics?, awqScales: [Float]? = nil,
-        activationOrder: Bool = false, keepValues: Bool = true
+        activationOrder: Bool = false, keepValues: Bool = true, gptqFactors: GPTQFactorCache? = nil
     ) throws -> Output {
         try checkSizes(
             count: w.count, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
@@ -54,14 +55,15 @@ public enum LinearQuantizer {
                     w, rows: rows, columns: columns, encoding: encoding, groupSize: groupSize,
                     columnImportance: statistics.meanSquares, keepValues: keepValues))
         case .gptq:
-            guard let gram = statistics?.gram else {
+            guard let gram = statistics?.gramMatrix else {
                 throw VLQError(
                     QuantizationError.needsCalibration, nil, "gptq needs calibration statistics with Gram matrices")
             }
+            let gptq = GPTQ(activationOrder: activationOrder)
+            let factor = try (gptqFactors ?? GPTQFactorCache()).factor(of: gram, for: gptq)
             return Output(
-                matrix: try GPTQ(activationOrder: activationOrder).quantize(
-                    Array(w), rows: rows, columns: columns, encoding: encoding,
-                    groupSize: groupSize, gram: gram))
+                matrix: try gptq.quantize(
+                    Array(w), rows: rows, columns: columns, encoding: encoding, groupSize: groupSize, factor: factor))
         case .awq:
             guard let statistics else {
                 throw VLQError(QuantizationError.needsCalibration, nil, "awq needs calibration statistics")

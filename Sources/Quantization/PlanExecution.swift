@@ -90,6 +90,8 @@ struct PlanExecution {
     private let windowsByStart: [Int: CalibrationWindow]
     private let searchesByPosition: [Int: AWQLayerPlan]
     private var scales: AWQScales
+    /// GPTQ's factor of the last input, for the next Linears fed the same one (q/k/v, gate/up).
+    private let gptqFactors = GPTQFactorCache()
     /// What was done to each tensor, by position (nil: copied or converted as planned, nothing to say).
     private var entries: [QuantizationRecord.Tensor?]
     private(set) var quantizedCount = 0
@@ -189,7 +191,7 @@ struct PlanExecution {
             values, rows: rows, columns: columns, encoding: tensor.output.encoding,
             groupSize: tensor.output.groupSize, method: effective, statistics: stats,
             awqScales: effective == .awq ? columnScales : nil,
-            activationOrder: activationOrder, keepValues: false)
+            activationOrder: activationOrder, keepValues: false, gptqFactors: gptqFactors)
         try writer.writeTensor(position) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
         quantizedCount += 1
         entries[position] = recordEntry(tensor, fallback: calibrated ? tensor.fallback : PlanExecution.noStatisticsNote)

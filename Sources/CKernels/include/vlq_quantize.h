@@ -28,6 +28,10 @@ void vlq_fit_groups(const float *w, const float *importance, size_t groups, size
 void vlq_round_groups(const float *w, size_t groups, size_t group, int encoding, const uint16_t *scales,
                       const uint16_t *biases, int8_t *codes, float *values);
 
+/// GPTQ's push of one column's scaled error onto the rest of its block, in one row: row[j] -= e * h[j] for
+/// j < count, the product rounded before the subtraction (no FMA), as GPTQRows' Swift loop did, bit for bit.
+void vlq_gptq_push_error(float *row, const float *h, float e, size_t count);
+
 /// Whether the AVX2 version runs (for tests that compare it with the scalar one).
 int vlq_quantize_vectorized(void);
 
