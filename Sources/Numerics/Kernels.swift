@@ -111,7 +111,10 @@ public enum Kernels {
         let group = heads / kvHeads
         let workers = min(activeProcessors, heads)
         let threads = openblas_get_num_threads()
-        let parallel = workers > 1 && queries * keys >= 4096
+        // Heads over the cores once there is about a million multiply-adds to share: a decode step (one
+        // query) over a long context has that much at 6B shapes (32 heads x 128 x 512 keys), where one
+        // thread spent 7 ms per token on 512 keys.
+        let parallel = workers > 1 && queries * keys * heads * headDim >= 1 << 20
         if parallel { openblas_set_num_threads(1) }
         defer { if parallel { openblas_set_num_threads(threads) } }
         func run(_ worker: Int, _ count: Int) {
