@@ -81,12 +81,15 @@ def svg(points, width=900, height=560):
             parts.append(f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="{colour}"/>')
         else:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 8:.1f}" y="{y + 4:.1f}" fill="{colour}">{name}</text>')
-    legend = [("vlq presets and recipes", "vlq"), ("vlq, precision chosen per layer", "allocated"),
+        # rtn, imatrix and awq rows crowd each other at the same size: their dots only.
+        if kind != "vlq" or "gptq" in name:
+            parts.append(f'<text x="{x + 8:.1f}" y="{y + 4:.1f}" fill="{colour}">{name}</text>')
+    legend = [("vlq presets (gptq rows named)", "vlq"), ("vlq, precision chosen per layer", "allocated"),
               ("llama.cpp (LLM only, same cases)", "llama.cpp")]
     for i, (label, kind) in enumerate(legend):
         y = top + 20 * i
-        parts.append(f'<circle cx="{width - right + 20}" cy="{y}" r="5" fill="{colours[kind]}"/>')
+        if kind:
+            parts.append(f'<circle cx="{width - right + 20}" cy="{y}" r="5" fill="{colours[kind]}"/>')
         parts.append(f'<text x="{width - right + 30}" y="{y + 4}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
