@@ -192,12 +192,14 @@ public struct MixedPrecisionSearch {
                 bound = allocation.drift * ratio * (achieved > x ? 0.95 : 1)
             }
         }
-        guard var (record, path, _) = best else {
+        guard let kept = best else {
             throw VLQError(
                 AllocationError.unreachable, source.path,
                 "after \(round) rounds no bundle kept the held-out mean KLD within the bound: loosen the bound "
                     + "or calibrate with more samples")
         }
+        var record = kept.record
+        let path = kept.path
         record.rounds = round
         try BundleCopy.copy(path, to: output) { metadata in
             guard case .object(var top) = metadata, case .object(var quantization)? = top["quantization"] else {
