@@ -21,7 +21,8 @@ row() {  # name bundle
 import json, subprocess, sys
 name, path, bundle, vlq = sys.argv[1:5]
 r = json.load(open(path))
-listing = json.loads(subprocess.run([vlq, "inspect", bundle, "--json"], capture_output=True, text=True, check=True).stdout)
+inspected = subprocess.run([vlq, "inspect", bundle, "--json"], capture_output=True, text=True, check=True)
+listing = json.loads(inspected.stdout)
 linear = [t for t in listing["tensors"] if t["name"].startswith("model.layers.") and len(t["shape"]) == 2]
 bits = 8 * sum(t["bytes"] for t in linear) / sum(t["shape"][0] * t["shape"][1] for t in linear)
 total = listing["totals"]["bits_per_weight"]

@@ -69,7 +69,7 @@ def svg(points, width=900, height=560):
         b += 1
     parts.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 25}" text-anchor="middle">'
                  'bits per LLM Linear weight</text>')
-    parts.append(f'<text transform="translate(25,{(top + height - bottom) / 2:.0f}) rotate(-90)" '
+    parts.append(f'<text transform="translate(25,{(top + height - bottom) / 2:.0f}) rotate(-90)"\n'
                  'text-anchor="middle">mean KL divergence vs fp32 (six reference cases, log scale)</text>')
     parts.append(f'<text x="{left}" y="24" font-size="15">Tiny Yi-VL: size against drift '
                  '(lower left is better)</text>')

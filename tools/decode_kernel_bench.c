@@ -96,7 +96,8 @@ int main(int argc, char **argv) {
     }
     qsort(seconds, calls, sizeof(double), by_value);
     printf("%s %s%s %zux%zu group %zu: best %.1f GB/s, median %.1f GB/s (checksum %g)\n", vlq_kernels_isa(), encoding,
-           a8 ? " a8" : "", rows, cols, group, (double)bytes / seconds[0] / 1e9, (double)bytes / seconds[calls / 2] / 1e9,
+           a8 ? " a8" : "", rows, cols, group,
+           (double)bytes / seconds[0] / 1e9, (double)bytes / seconds[calls / 2] / 1e9,
            (double)checksum);
     return 0;
 }
