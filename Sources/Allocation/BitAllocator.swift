@@ -37,13 +37,17 @@ public struct BitAllocator: Sendable {
     /// The byte budget is solved in steps of this many bytes (1: exact). Sizes are rounded up to steps,
     /// so a budget is never exceeded; a smallest size is within one step per unit of the true one.
     public let step: Int
+    /// Each option's size in steps (rounded up).
+    let sizes: [[Int]]
 
     /// `resolution`: how many steps the largest possible total spans (a few thousand keeps it exact for
     /// small models and fast for large ones: units x resolution x options operations).
     public init(options: [[Option]], resolution: Int = 20_000) {
         self.options = options
         let most = options.reduce(0) { $0 + ($1.map(\.bytes).max() ?? 0) }
-        step = max(1, (most + resolution - 1) / max(resolution, 1))
+        let step = max(1, (most + resolution - 1) / max(resolution, 1))
+        self.step = step
+        sizes = options.map { $0.map { ($0.bytes + step - 1) / step } }
     }
 
     /// The best allocation for `goal`, nil when none meets it (a bound below the smallest drift
@@ -75,7 +79,6 @@ public struct BitAllocator: Sendable {
     }
 
     func leastDriftBySize() -> SizeTable {
-        let sizes = options.map { $0.map { ($0.bytes + step - 1) / step } }
         let total = sizes.reduce(0) { $0 + $1.max()! }
         var best = [Double](repeating: 0, count: total + 1)
         var chosen: [[Int32]] = []
@@ -105,7 +108,6 @@ public struct BitAllocator: Sendable {
     func allocation(endingAt size: Int, _ table: SizeTable) -> Allocation? {
         var s = size
         var choices = [Int](repeating: 0, count: options.count)
-        let sizes = options.map { $0.map { ($0.bytes + step - 1) / step } }
         for unit in options.indices.reversed() {
             let k = Int(table.chosen[unit][s])
             guard k >= 0 else { return nil }

@@ -29,11 +29,8 @@ import Darwin
 /// The unit quantizations do not depend on each other (GPTQ's statistics come from the source model),
 /// so a unit's tensors in the mixed bundle are the ones whose drift was measured.
 public struct MixedPrecisionSearch {
-    public enum Goal: Equatable, Sendable {
-        case maxKLD(Double)
-        case targetBits(Double)
-        case maxBytes(Int)
-    }
+    /// The goal is the one the bundle records.
+    public typealias Goal = AllocationRecord.Goal
 
     /// One way of storing a unit's tensors.
     public struct Choice: Equatable, Sendable {
@@ -141,12 +138,12 @@ public struct MixedPrecisionSearch {
         var round = 0
         let rounds = bound.isFinite ? options.rounds : 1
         while round < rounds {
-            guard let allocation = try solve(allocator, units: units, source: source, bound: bound) else {
+            guard let allocation = solve(allocator, units: units, bound: bound) else {
                 if best != nil { break }
                 throw VLQError(
                     AllocationError.unreachable, source.path,
                     "no choice of \(options.choices.map(\.name).joined(separator: ", ")) per layer "
-                        + "meets \(record(goal: options.goal).description) (the least summed drift possible is "
+                        + "meets \(options.goal.description) (the least summed drift possible is "
                         + "\(scientific(table.reduce(0) { $0 + $1.map(\.drift).min()! })))")
             }
             // The knapsack came back to an allocation already checked: the search has converged.
@@ -158,7 +155,7 @@ public struct MixedPrecisionSearch {
                 candidate: try YiVLEngine.open(candidate), reference: heldOutRun, set: heldOut, maxTokens: 1)
             let achieved = comparison.logits.meanKLD
             let record = AllocationRecord(
-                goal: record(goal: options.goal), choices: options.choices.map(\.name),
+                goal: options.goal, choices: options.choices.map(\.name),
                 units: units.names.indices.map { u in
                     let k = allocation.choices[u]
                     return AllocationRecord.Unit(
@@ -213,18 +210,8 @@ public struct MixedPrecisionSearch {
         return Report(record: record, outputBytes: (try? MappedFile(path: output).size) ?? 0)
     }
 
-    func record(goal: Goal) -> AllocationRecord.Goal {
-        switch goal {
-        case .maxKLD(let x): return .maxKLD(x)
-        case .targetBits(let b): return .targetBits(b)
-        case .maxBytes(let n): return .maxBytes(n)
-        }
-    }
-
     /// The knapsack for this round's goal. A size goal counts the tensors outside the units as fixed.
-    func solve(
-        _ allocator: BitAllocator, units: AllocationUnits, source: VLQFile, bound: Double
-    ) throws -> BitAllocator.Allocation? {
+    func solve(_ allocator: BitAllocator, units: AllocationUnits, bound: Double) -> BitAllocator.Allocation? {
         switch options.goal {
         case .maxKLD: return allocator.solve(.smallestWithin(drift: bound))
         case .targetBits(let bits):
@@ -336,7 +323,7 @@ struct AllocationUnits {
         tensorsByUnit = byUnit
         self.tensors = tensors
         parameters = names.map { parametersByUnit[$0]! }
-        fixedBytes = ((try? MappedFile(path: source.path).size) ?? 0) - unitBytes
+        fixedBytes = source.mapped.size - unitBytes
     }
 
     /// Each unit's stored bytes in `bundle`.

@@ -13,6 +13,15 @@ final class QuantizeEndToEndTests: XCTestCase {
     static let calibrationSet = Reference.data + "/calibration.jsonl"
     static let references = try! ReferenceCase.load(folder: Reference.data + "/reference")
 
+    /// The tiny model converted to fp.vlq and its statistics from the calibration scenes, in `scratch`.
+    func convertAndCalibrate(in scratch: Scratch) throws -> (bundle: String, stats: String) {
+        let bundle = scratch.file("fp.vlq"), stats = scratch.file("tiny.vlqstats")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
+        let calibrated = try vlq("calibrate", bundle, "--set", Self.calibrationSet, "-o", stats, "-q")
+        XCTAssertEqual(calibrated.status, 0, calibrated.stderr)
+        return (bundle, stats)
+    }
+
     func drift(_ bundle: String) throws -> LogitDrift {
         try ReferenceComparison.run(candidate: try YiVLEngine.open(bundle), references: Self.references).logits
     }
@@ -53,10 +62,7 @@ final class QuantizeEndToEndTests: XCTestCase {
 
     func testInt4CalibratedMethodsBeatRoundToNearestAndGPTQBeatsLlamaCppQ4_0() throws {
         let scratch = try Scratch()
-        let bundle = scratch.file("fp.vlq"), stats = scratch.file("tiny.vlqstats")
-        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
-        let calibrated = try vlq("calibrate", bundle, "--set", Self.calibrationSet, "-o", stats, "-q")
-        XCTAssertEqual(calibrated.status, 0, calibrated.stderr)
+        let (bundle, stats) = try convertAndCalibrate(in: scratch)
         var kld: [String: Double] = [:]
         for method in ["rtn", "gptq", "imatrix"] {
             let output = scratch.file("int4-\(method).vlq")
@@ -97,10 +103,7 @@ final class QuantizeEndToEndTests: XCTestCase {
     /// panels, decode through the q3 kernel. GPTQ at 3.5 bits stays below llama.cpp's Q4_0 + imatrix at 4.5.
     func testQ3QuantizesChecksAndRunsWithRecipeAndPreset() throws {
         let scratch = try Scratch()
-        let bundle = scratch.file("fp.vlq"), stats = scratch.file("tiny.vlqstats")
-        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", bundle, "-q").status, 0)
-        let calibrated = try vlq("calibrate", bundle, "--set", Self.calibrationSet, "-o", stats, "-q")
-        XCTAssertEqual(calibrated.status, 0, calibrated.stderr)
+        let (bundle, stats) = try convertAndCalibrate(in: scratch)
         try #"{"rules": [{"component": "language", "match": "model.layers.*", "encoding": "q3", "group_size": 128}]}"#
             .write(toFile: scratch.file("q3.json"), atomically: true, encoding: .utf8)
         let rtn = scratch.file("q3-rtn.vlq"), gptq = scratch.file("int3-gptq.vlq")
