@@ -16,6 +16,17 @@ public func fixed(_ value: Double, _ digits: Int) -> String {
     return (negative && n > 0 ? "-" : "") + result
 }
 
+/// At least `figures` significant digits and at least one decimal: a time of 0.04 ms on a tiny model must
+/// not print as 0.0, and 155.6 ms keeps its decimal beside the others in a column.
+public func significant(_ value: Double, _ figures: Int) -> String {
+    guard value.isFinite, value != 0 else { return fixed(value, 1) }
+    var digits = figures - 1
+    var magnitude = abs(value)
+    while magnitude >= 10 && digits > 1 { magnitude /= 10; digits -= 1 }
+    while magnitude < 1 && digits < 9 { magnitude *= 10; digits += 1 }
+    return fixed(value, max(1, digits))
+}
+
 /// Decimal units (GB = 10^9 bytes), as disks and download pages count.
 public func formatBytes(_ n: Int) -> String {
     let units = ["B", "KB", "MB", "GB", "TB"]

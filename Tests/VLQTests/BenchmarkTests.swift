@@ -1,5 +1,6 @@
 import Foundation
 import Numerics
+import VLQCore
 import XCTest
 import YiVL
 
@@ -121,5 +122,25 @@ final class BenchmarkTests: XCTestCase {
         XCTAssertEqual(PeakMemory.highWaterMark(status: "Name:\tvlq\nVmHWM:\t    1624 kB\n"), 1624 * 1024)
         XCTAssertEqual(PeakMemory.highWaterMark(status: "VmHWM:\t10485760 kB\nVmRSS:\t 1 kB\n"), 10_485_760 * 1024)
         XCTAssertNil(PeakMemory.highWaterMark(status: "VmRSS:\t 1 kB\n"))
+    }
+
+    /// Times in the table keep three significant figures: a tiny model's bandwidth limit of 0.04 ms on a fast
+    /// machine is not printed as 0.0 (which read as "no limit"), and 6B-sized times keep one decimal.
+    func testMillisecondsKeepThreeSignificantFiguresAndOneDecimal() {
+        XCTAssertEqual(significant(0.0412, 3), "0.0412")
+        XCTAssertEqual(significant(0.4, 3), "0.400")
+        XCTAssertEqual(significant(2.345, 3), "2.35")
+        XCTAssertEqual(significant(60.44, 3), "60.4")
+        XCTAssertEqual(significant(155.6, 3), "155.6")
+        XCTAssertEqual(significant(0, 3), "0.0")
+        var row = BenchRow(
+            encoding: .int4, label: "int4", bundleBytes: 1, tokens: 1, prefillSeconds: 1, prefillGFLOPs: 1,
+            sgemmGFLOPs: 1, decodeSecondsPerToken: 0.000_8, decodeLimitSeconds: 0.000_04, visionSeconds: 1,
+            quantizeWeightsPerSecond: nil, peakResidentBytes: 0)
+        let cells = BenchTable(rows: [row]).cells(row, reference: nil)
+        XCTAssertEqual(cells[5], "0.800")
+        XCTAssertEqual(cells[6], "0.0400")
+        row.decodeLimitSeconds = 0.027
+        XCTAssertEqual(BenchTable(rows: [row]).cells(row, reference: nil)[6], "27.0")
     }
 }
