@@ -18,6 +18,12 @@ final class CheckpointLayoutTests: XCTestCase {
         scratch = try Scratch()
     }
 
+    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+
     /// Lays the tiny model out as `huggingface-cli download` does: every file a blob named by a
     /// digest, every snapshot entry a relative link to it, `refs/main` naming the snapshot.
     func makeRepositoryCache(revision: String = "0123456789abcdef0123456789abcdef01234567") throws -> String {

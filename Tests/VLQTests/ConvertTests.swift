@@ -160,6 +160,12 @@ final class ConvertRejectsBadInputTests: XCTestCase {
         model = try scratch.copyOfTinyModel()
     }
 
+    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+
     func assertConvertFails(
         _ kind: some ErrorKind, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line
     ) {

@@ -14,6 +14,12 @@ final class MalformedModelTests: XCTestCase {
         scratch = try Scratch()
     }
 
+    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+
     func editConfig(_ model: String, _ file: String, _ replace: (String) -> String) throws {
         let path = model + "/" + file
         try replace(try String(contentsOfFile: path, encoding: .utf8)).write(

@@ -18,6 +18,12 @@ final class NonFiniteTests: XCTestCase {
         scratch = try Scratch()
     }
 
+    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+
     /// The tiny model with three NaNs and one -Inf written into one bf16 weight.
     func poisonedModel() throws -> String {
         let model = try scratch.copyOfTinyModel()

@@ -17,6 +17,12 @@ final class PyTorchModelTests: XCTestCase {
         scratch = try Scratch()
     }
 
+    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+
     func tensors(_ bundle: String) throws -> [String: [String]] {
         let file = try VLQFile(path: bundle)
         return Dictionary(
