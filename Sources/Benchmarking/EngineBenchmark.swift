@@ -221,7 +221,7 @@ public struct EngineBenchmark {
         return sgemmRate
     }
 
-    /// Decoder prefill; the first run also upcasts bf16 weights into the cache.
+    /// Decoder prefill; the first run also faults the weights in from the file (the cold figure).
     func measurePrefill(
         _ engine: YiVLEngine, embeddings: [Float], sgemmRate: Double, report: (String) -> Void
     ) throws -> (seconds: Double, rate: Double) {
@@ -241,7 +241,7 @@ public struct EngineBenchmark {
         report(
             "prefill \(tokens) tokens through \(l.layers) decoder layers: \(fixed(prefillSeconds, 3)) s = "
                 + "\(fixed(prefillRate, 1)) GFLOP/s = \(fixed(100 * prefillRate / sgemmRate, 0))% of sgemm "
-                + "(first run, with the weights' upcast: \(fixed(cold, 3)) s)")
+                + "(first run, reading the weights from the file: \(fixed(cold, 3)) s)")
         return (prefillSeconds, prefillRate)
     }
 

@@ -17,6 +17,11 @@ import Darwin
 /// model is never upcast at once: a 13 GB bf16 model runs in 24 GiB. Quantized Linear weights, and
 /// 16-bit ones once the cache is full, are multiplied panel by panel in prefill (WeightPanels.swift)
 /// instead of being upcast whole on each use.
+///
+/// The 16-bit matrices a decode step reads (the decoder's Linears and the head) are never cached, as
+/// quantized ones: decode streams them as stored (half the bytes of an f32 copy, and decoding is bound
+/// by those bytes), and prefill multiplies them panel by panel, which costs an upcast per panel (a few
+/// percent of the sgemm beside it) and no first-use upcast of the whole decoder.
 public final class WeightStore: @unchecked Sendable {
     public enum Storage {
         case f32, f16, bf16
@@ -37,6 +42,8 @@ public final class WeightStore: @unchecked Sendable {
     let entries: [Entry]
     private var cache: [[Float]?]
     private var cachedBytes = 0
+    /// By handle index: a matrix a decode step streams, never cached (see the type's comment).
+    private let streamedByDecode: [Bool]
     public let cacheBudget: Int
     private let keepAlive: [AnyObject]
     private let lock = NSLockLike()
@@ -48,6 +55,10 @@ public final class WeightStore: @unchecked Sendable {
         self.keepAlive = keepAlive
         self.cacheBudget = cacheBudget
         cache = Array(repeating: nil, count: entries.count)
+        let streamed = Set(definition.language.decodeStepTensors)
+        streamedByDecode = entries.indices.map {
+            streamed.contains(TensorHandle(index: $0)) && entries[$0].shape.count == 2
+        }
     }
 
     /// The bundle's table was checked against the definition (`EngineConfig.checkTable`).
@@ -119,6 +130,7 @@ public final class WeightStore: @unchecked Sendable {
 
     /// Whether an f32 copy of the tensor is in the cache, or would be put there on its next use.
     func isOrWillBeCached(_ handle: TensorHandle) -> Bool {
+        if streamedByDecode[handle.index] { return false }
         let size = entries[handle.index].shape.reduce(1, *) * 4
         return lock.withLock { cache[handle.index] != nil || cachedBytes + size <= cacheBudget }
     }
@@ -144,6 +156,7 @@ public final class WeightStore: @unchecked Sendable {
         // Quantized tensors are decoded anew for each prefill and never cached: a quantized model
         // should also run in less memory, and its decode steps read the packed codes directly.
         if case .quantized = e.storage { return try values.withUnsafeBufferPointer(body) }
+        if streamedByDecode[handle.index] { return try values.withUnsafeBufferPointer(body) }
         lock.withLock {
             if cachedBytes + size <= cacheBudget {
                 cache[handle.index] = values
@@ -188,8 +201,9 @@ public final class WeightStore: @unchecked Sendable {
 
     /// y = W x for one input row, straight from 16-bit or quantized storage (DecodeKernels): decoding
     /// is bound by memory bandwidth, and this streams a half (bf16) or a quarter (q8) of the f32 bytes.
-    /// Tensors whose f32 copy is cached use it instead: reading their stored pages again would keep
-    /// both resident (a 6B model then reached 24 GB of RSS). The stored pages are not released here:
+    /// A tensor whose f32 copy is cached (one a decode step does not stream, read through here by a
+    /// caller of its own) uses it instead: reading its stored pages again would keep both resident.
+    /// The stored pages are not released here:
     /// each decode step reads them again, and releasing them made every step fault the whole model in
     /// from the page cache (they are clean file pages, which the kernel reclaims under pressure).
     /// Returns false when the caller should use the f32 path.
