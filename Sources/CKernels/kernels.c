@@ -534,7 +534,8 @@ static ALWAYS_INLINE void q8_rows(const int8_t *codes, const uint16_t *scales, s
             }
         }
         for (int i = 0; i < R; i++)
-            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]), vlq_f16_to_float(scales[(r + i) * groups + k]));
+            total[i] = vfmaq_n_f32(total[i], vaddq_f32(a[i][0], a[i][1]),
+                                   vlq_f16_to_float(scales[(r + i) * groups + k]));
     }
     for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(total[i]);
 }

@@ -192,7 +192,8 @@ struct PlanExecution {
             groupSize: tensor.output.groupSize, method: effective, statistics: stats,
             awqScales: effective == .awq ? columnScales : nil,
             activationOrder: activationOrder, keepValues: false, gptqFactors: gptqFactors)
-        try writer.writeTensor(position) { sink in try out.matrix.bytes.withUnsafeBytes { try sink.append($0) } }
+        // Written while the next tensor is read and quantized.
+        try writer.writeTensorInBackground(position, bytes: out.matrix.bytes)
         quantizedCount += 1
         entries[position] = recordEntry(tensor, fallback: calibrated ? tensor.fallback : PlanExecution.noStatisticsNote)
     }

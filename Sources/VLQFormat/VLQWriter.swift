@@ -1,3 +1,5 @@
+import Dispatch
+import Synchronization
 import VLQCore
 
 /// Writes a .vlq bundle in one pass over the tensors, whatever their size.
@@ -77,6 +79,33 @@ public final class VLQWriter {
         }
     }
 
+    /// Tensor bytes being written on a background thread (`writeTensorInBackground`).
+    private let background = BackgroundWrites()
+
+    /// Writes tensor `index` from `bytes` (exactly its byte length) on a background thread, so that the
+    /// caller computes the next tensor while the kernel copies this one into the file and it is hashed; at
+    /// most two wait their turn, which bounds their memory. A failure surfaces on a later call or in
+    /// `finish`.
+    public func writeTensorInBackground(_ index: Int, bytes: [UInt8]) throws {
+        precondition(!written[index], "tensor written twice")
+        try background.rethrow()
+        let record = records[index]
+        guard bytes.count == record.byteCount else {
+            throw VLQError(
+                BundleError.writeMismatch, path,
+                "tensor \(record.name): \(bytes.count) bytes written of \(record.byteCount)")
+        }
+        written[index] = true
+        background.submit(index: index) { [output = UncheckedOutput(file: output)] in
+            let hasher = XXH3Hasher()
+            try bytes.withUnsafeBytes {
+                hasher.update($0)
+                try output.file.write($0, at: record.offset)
+            }
+            return hasher.digest()
+        }
+    }
+
     /// Writes tensor `index` through `produce`, which must deliver exactly its byte length.
     public func writeTensor(_ index: Int, _ produce: (TensorSink) throws -> Void) throws {
         precondition(!written[index], "tensor written twice")
@@ -93,6 +122,7 @@ public final class VLQWriter {
 
     /// Writes the table, the metadata and the header, then moves the file into place.
     public func finish(metadata: JSONValue, compression: MetadataCompression = .zstd) throws {
+        for (index, checksum) in try background.finish() { records[index].checksum = checksum }
         if let missing = written.firstIndex(of: false) {
             throw VLQError(BundleError.writeMismatch, path, "tensor \(records[missing].name) was never written")
         }
@@ -130,4 +160,42 @@ public final class VLQWriter {
 
     /// Gives up: removes the temporary file, leaves the target path untouched.
     public func abandon() { output.abandon() }
+}
+
+/// The writer's background thread: one write at a time, in order, at most two waiting.
+final class BackgroundWrites: Sendable {
+    private let queue = DispatchQueue(label: "vlq.writer")
+    private let slots = DispatchSemaphore(value: 2)
+    private let state = Mutex<(checksums: [Int: UInt64], error: (any Error)?)>(([:], nil))
+
+    func submit(index: Int, _ job: @escaping @Sendable () throws -> UInt64) {
+        slots.wait()
+        queue.async { [self] in
+            defer { slots.signal() }
+            // After a failure the rest is not written: the file is abandoned.
+            guard state.withLock({ $0.error == nil }) else { return }
+            do {
+                let checksum = try job()
+                state.withLock { $0.checksums[index] = checksum }
+            } catch {
+                state.withLock { $0.error = error }
+            }
+        }
+    }
+
+    func rethrow() throws {
+        if let error = state.withLock({ $0.error }) { throw error }
+    }
+
+    /// Waits for every submitted write; the checksums by tensor index.
+    func finish() throws -> [Int: UInt64] {
+        queue.sync {}
+        try rethrow()
+        return state.withLock { $0.checksums }
+    }
+}
+
+/// The output file, written from the background thread only at offsets no other write touches (pwrite).
+struct UncheckedOutput: @unchecked Sendable {
+    let file: AtomicOutputFile
 }

@@ -127,15 +127,16 @@ extension WeightStore {
 
     /// out[rows, outputs] = x[rows, inputs] W^T (+ bias) panel by panel when the weight is stored in 16
     /// bits or quantized and not cached (`storedWeight`); false, having done nothing, otherwise. The
-    /// stored pages are released afterwards, as after a whole-weight upcast: the vision tower's are not
-    /// read again until the next image, and the decoder's fault back in from the page cache on decode.
+    /// stored pages are released afterwards, as after a whole-weight upcast (the vision tower's are not
+    /// read again until the next image), except those a decode step streams: the first token after the
+    /// prompt would only fault them back in from the page cache.
     func multiplyStored(
         _ handle: TensorHandle, _ x: UnsafePointer<Float>, rows: Int, bias: UnsafePointer<Float>?,
         into out: UnsafeMutablePointer<Float>
     ) -> Bool {
         guard rows > 1, let weight = storedWeight(handle) else { return false }
         weight.multiply(x, rows: rows, bias: bias, into: out)
-        entries[handle.index].release()
+        if !streamedByDecode[handle.index] { entries[handle.index].release() }
         return true
     }
 }

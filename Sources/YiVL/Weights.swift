@@ -43,7 +43,7 @@ public final class WeightStore: @unchecked Sendable {
     private var cache: [[Float]?]
     private var cachedBytes = 0
     /// By handle index: a matrix a decode step streams, never cached (see the type's comment).
-    private let streamedByDecode: [Bool]
+    let streamedByDecode: [Bool]
     public let cacheBudget: Int
     private let keepAlive: [AnyObject]
     private let lock = NSLockLike()
