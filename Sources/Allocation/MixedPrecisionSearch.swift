@@ -147,9 +147,19 @@ public struct MixedPrecisionSearch {
         let heldOutRun = try ReferenceRun.run(
             engine: reference, set: heldOut, model: source.path, layerSamples: 0, maxTokens: 1)
         let units = try AllocationUnits(source: source, scope: options.scope)
-        let (table, rest) = try measure(
+        let (table, measuredRest) = try measure(
             units, source: source, statistics: statistics, reference: reference, run: sensitivityRun,
             set: sensitivitySet, scratch: scratch)
+        var rest = measuredRest
+        let images = heldOut.samples.map { lastComponent($0.image) }
+        func makeRecord(_ choices: [Int], predicted: Double, heldOut: LogitDrift, round: Int) -> AllocationRecord {
+            allocationRecord(
+                choices, units, table, rest: rest, predicted: predicted, heldOut: heldOut, images: images,
+                sensitivitySamples: sensitivitySet.samples.count, round: round)
+        }
+        // The written bundle's metadata holds the allocation record too, which the measured bundles lack:
+        // a size goal leaves room for it.
+        rest.bytes += recordRoom(units, makeRecord)
         let allocator = BitAllocator(options: table)
         var bound: Double
         switch options.goal {
@@ -182,18 +192,7 @@ public struct MixedPrecisionSearch {
             let comparison = try RunComparison.run(
                 candidate: try YiVLEngine.open(candidate), reference: heldOutRun, set: heldOut, maxTokens: 1)
             let achieved = comparison.logits.meanKLD
-            let record = AllocationRecord(
-                goal: options.goal, scope: options.scope, choices: options.choices.map(\.name),
-                units: units.names.indices.map { u in
-                    let k = allocation.choices[u]
-                    return AllocationRecord.Unit(
-                        name: units.names[u], choice: options.choices[k].name, parameters: units.parameters[u],
-                        bytes: table[u][k].bytes, drift: table[u][k].drift)
-                },
-                fixedDrift: rest.drift, predictedKLD: predicted, heldOutKLD: achieved,
-                heldOutPositions: comparison.logits.positions,
-                heldOutEvery: options.heldOutEvery, heldOutImages: heldOut.samples.map { lastComponent($0.image) },
-                sensitivitySamples: sensitivitySet.samples.count, rounds: round)
+            let record = makeRecord(allocation.choices, predicted: predicted, heldOut: comparison.logits, round: round)
             let line =
                 "round \(round): \(fixed(record.bitsPerWeight, 2)) bits per weight, predicted KLD "
                 + "\(scientific(predicted)), held out \(scientific(achieved))"
@@ -237,6 +236,37 @@ public struct MixedPrecisionSearch {
         }
         unlink(path)
         return Report(record: record, outputBytes: (try? MappedFile(path: output).size) ?? 0)
+    }
+
+    /// What the bundle records for an allocation (`choices`: an index into the options per unit).
+    func allocationRecord(
+        _ choices: [Int], _ units: AllocationUnits, _ table: [[BitAllocator.Option]], rest: Fixed, predicted: Double,
+        heldOut: LogitDrift, images: [String], sensitivitySamples: Int, round: Int
+    ) -> AllocationRecord {
+        AllocationRecord(
+            goal: options.goal, scope: options.scope, choices: options.choices.map(\.name),
+            units: units.names.indices.map { u in
+                let k = choices[u]
+                return AllocationRecord.Unit(
+                    name: units.names[u], choice: options.choices[k].name, parameters: units.parameters[u],
+                    bytes: table[u][k].bytes, drift: table[u][k].drift)
+            },
+            fixedDrift: rest.drift, predictedKLD: predicted, heldOutKLD: heldOut.meanKLD,
+            heldOutPositions: heldOut.positions, heldOutEvery: options.heldOutEvery, heldOutImages: images,
+            sensitivitySamples: sensitivitySamples, rounds: round)
+    }
+
+    /// An upper bound on the allocation record's bytes in a bundle: its JSON uncompressed, with the longest
+    /// choice name for every unit and numbers of the most digits.
+    func recordRoom(
+        _ units: AllocationUnits, _ record: (_ choices: [Int], Double, LogitDrift, Int) -> AllocationRecord
+    ) -> Int {
+        let longest = options.choices.indices.max { options.choices[$0].name.count < options.choices[$1].name.count }!
+        var widest = LogitDrift()
+        widest.klDivergences = [1.0 / 3]
+        widest.positions = Int.max
+        let json = record(units.names.map { _ in longest }, 1.0 / 3, widest, options.rounds).json
+        return json.serialized().utf8.count
     }
 
     /// The knapsack for this round's goal. The tensors outside the units are fixed: their drift comes off

@@ -110,6 +110,40 @@ final class AllocationSearchTests: XCTestCase {
         XCTAssertGreaterThan(changed, 0, "5 bits per LLM Linear weight is not the int4 preset's 4.25")
     }
 
+    /// --allocate all: one unit per layer over every tensor the int8 preset quantizes (vision tower, projector,
+    /// embeddings and lm_head too), the rest in float; --max-size counts the whole file.
+    func testTheAllScopeChoosesPerLayerWithinAFileSize() throws {
+        let scratch = try Scratch()
+        let fp = scratch.file("fp.vlq"), output = scratch.file("allocated.vlq")
+        XCTAssertEqual(try vlq("convert", Repo.tinyModel, "-o", fp, "-q").status, 0)
+        let result = try VLQTests.run(
+            Repo.vlqBinary,
+            [
+                "quantize", fp, "--set", Self.calibrationSet, "--allocate", "all", "--max-size", "4MB", "--method",
+                "rtn", "-o", output, "-q",
+            ] + Self.cheap("q4g128,q8g128"))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: output)[.size] as? Int)
+        XCTAssertLessThanOrEqual(size, 4_000_000, "the allocation record added after the search fits too")
+        XCTAssertGreaterThan(size, 3_500_000, "the budget is used, not left over")
+        let r = try record(output)
+        XCTAssertEqual(r.goal, .maxBytes(4_000_000))
+        XCTAssertEqual(r.scope, .all)
+        XCTAssertEqual(r.fixedDrift, 0, "the rest is float")
+        let names = Set(r.units.map(\.name))
+        for expected in ["vision layer 00", "projector", "token embeddings", "lm_head", "decoder layer 03"] {
+            XCTAssertTrue(names.contains(expected), "\(expected) in \(names)")
+        }
+        let bundle = try VLQFile(path: output)
+        let projector = try XCTUnwrap(r.units.first { $0.name == "projector" })
+        let stored = bundle.tensors.filter { $0.component == .projector && $0.encoding.isQuantized }
+        XCTAssertEqual(stored.count, 2)
+        for t in stored { XCTAssertEqual("\(t.encoding.name) g\(t.groupSize)", projector.choice, t.name) }
+        XCTAssertEqual(
+            r.units.map(\.parameters).reduce(0, +),
+            bundle.tensors.filter { $0.encoding.isQuantized }.reduce(0) { $0 + $1.elementCount })
+    }
+
     /// Records written before --allocate chose over every quantizable layer: they read as scope "all".
     func testARecordWithoutAScopeIsTheAllScope() throws {
         let r = AllocationRecord(
