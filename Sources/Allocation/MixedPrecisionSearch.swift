@@ -29,7 +29,10 @@ import Darwin
 /// 4. That mixed recipe is quantized and its mean KLD measured against the source on the held-out
 ///    samples. With a bound, the bound the knapsack sees moves by the ratio of the bound to the held-out
 ///    figure (down when the sum was optimistic, up when pessimistic) and the round is redone, up to
-///    `rounds` times; the smallest bundle that held is written, none when none held.
+///    `rounds` times; the smallest bundle that held is written, none when none held. A size goal
+///    (`--target-bits`, `--max-size`) takes one round: a held-out figure above or below the sum says the
+///    sum is off by a factor, which moves no allocation's rank at a fixed size, so the knapsack would
+///    pick the same one again; the held-out figure is recorded.
 /// The unit quantizations do not depend on each other (GPTQ's statistics come from the source model),
 /// so a unit's tensors in the mixed bundle are the ones whose drift was measured.
 public struct MixedPrecisionSearch {

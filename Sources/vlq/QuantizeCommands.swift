@@ -142,7 +142,7 @@ struct Quantize: ParsableCommand {
     @Option(
         name: .customLong("max-kld"),
         help: ArgumentHelp(
-            "Choose each layer's precision: the smallest bundle whose mean KLD against the model, on calibration "
+            "Choose each unit's precision: the smallest bundle whose mean KLD against the model, on calibration "
                 + "samples held out from --set, stays within this bound."))
     var maxKLD: Double?
 
@@ -155,14 +155,14 @@ struct Quantize: ParsableCommand {
 
     @Option(
         name: .customLong("max-size"),
-        help: "Choose each layer's precision: the least drift within this bundle size (e.g. 3.2GB, 800MB).")
+        help: "Choose each unit's precision: the least drift within this bundle size (e.g. 3.2GB, 800MB).")
     var maxSize: ByteSize?
 
     @Option(
         name: .customLong("allocate"),
         help: ArgumentHelp(
-            "With --max-kld, --target-bits or --max-size: llm (each decoder Linear; vision tower, projector, "
-                + "embeddings and lm_head as int4 stores them) or all (every quantizable layer).",
+            "With --max-kld, --target-bits or --max-size: llm (the default: each decoder Linear; vision tower, "
+                + "projector, embeddings and lm_head as int4 stores them) or all (every quantizable layer).",
             valueName: "scope"))
     var scope: AllocationRecord.Scope?
 
@@ -174,7 +174,9 @@ struct Quantize: ParsableCommand {
 
     @Option(
         name: .customLong("sensitivity-samples"),
-        help: "With --max-kld, --target-bits or --max-size: calibration samples each unit's drift is measured on.")
+        help: ArgumentHelp(
+            "With --max-kld, --target-bits or --max-size: calibration samples each unit's drift is measured on "
+                + "(default: 16)."))
     var sensitivitySamples: Int?
 
     @Option(
