@@ -41,7 +41,8 @@ for preset in int8 int4 int3 int4-all; do
     row "$preset $method" "$work/$preset-$method.vlq"
   done
 done
-# Precision per layer chosen by quantize from measured drift (gptq; every 4th calibration scene held out).
+# Precision per decoder Linear chosen by quantize from measured drift (--allocate llm, the default: the rest as
+# int4; gptq; every 4th calibration scene held out); --target-bits counts bits per LLM Linear weight.
 for goal in "--max-kld 1e-3" "--max-kld 3e-4" "--max-kld 1e-4" "--target-bits 4.5"; do
   name="allocated ${goal#--}"
   file="$work/allocated-$(echo "${goal#--}" | tr ' ' '-').vlq"

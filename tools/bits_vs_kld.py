@@ -82,9 +82,13 @@ def svg(points, width=900, height=560):
         else:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}"/>')
         # rtn, imatrix and awq rows crowd each other at the same size: their dots only.
-        if kind != "vlq" or "gptq" in name:
+        if kind == "allocated":
+            # Left of the dot, without the bracket: the presets' labels crowd the right at 4-4.5 bits.
+            label = name.split(" (")[0]
+            parts.append(f'<text x="{x - 8:.1f}" y="{y + 4:.1f}" fill="{colour}" text-anchor="end">{label}</text>')
+        elif kind != "vlq" or "gptq" in name:
             parts.append(f'<text x="{x + 8:.1f}" y="{y + 4:.1f}" fill="{colour}">{name}</text>')
-    legend = [("vlq presets (gptq rows named)", "vlq"), ("vlq, precision chosen per layer", "allocated"),
+    legend = [("vlq presets (gptq rows named)", "vlq"), ("vlq, precision chosen per Linear", "allocated"),
               ("llama.cpp (LLM only, same cases)", "llama.cpp")]
     for i, (label, kind) in enumerate(legend):
         y = top + 20 * i
@@ -99,7 +103,7 @@ def main():
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     table, out_svg = sys.argv[1], sys.argv[2]
-    points = [(n, b, k, "allocated" if n.startswith("allocated") else "vlq") for n, b, k in rows(table)]
+    points = [(n, b, k, "allocated" if n.startswith(("allocated", "--")) else "vlq") for n, b, k in rows(table)]
     if not points:
         sys.exit(f"bits_vs_kld: {table}: no table with 'mean KLD' and 'bits ... LLM' columns")
     points += [(n, b, k, "llama.cpp") for n, b, k in LLAMA_CPP]

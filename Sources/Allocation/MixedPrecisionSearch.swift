@@ -12,8 +12,12 @@ import Glibc
 import Darwin
 #endif
 
-/// `vlq quantize --max-kld X | --target-bits B | --max-size S`: the precision of each layer chosen from
+/// `vlq quantize --max-kld X | --target-bits B | --max-size S`: the precision of each unit chosen from
 /// measured sensitivity, then checked end to end.
+///
+/// The units (`Scope`): with `llm` each decoder Linear weight alone, the other tensors stored as the int4
+/// preset stores them (their drift measured once, as one more unit's, and counted as fixed); with `all`
+/// every tensor the int8 preset quantizes, grouped by layer, the rest kept in float.
 ///
 /// 1. The calibration set is split: every `heldOutEvery`-th sample is held out; statistics (X^T X for
 ///    GPTQ) come from the rest, and so do the samples each unit's drift is measured on.
@@ -25,18 +29,43 @@ import Darwin
 /// 4. That mixed recipe is quantized and its mean KLD measured against the source on the held-out
 ///    samples. With a bound, the bound the knapsack sees moves by the ratio of the bound to the held-out
 ///    figure (down when the sum was optimistic, up when pessimistic) and the round is redone, up to
-///    `rounds` times; the smallest bundle that held is written, none when none held.
+///    `rounds` times; the smallest bundle that held is written, none when none held. A size goal
+///    (`--target-bits`, `--max-size`) takes one round: a held-out figure above or below the sum says the
+///    sum is off by a factor, which moves no allocation's rank at a fixed size, so the knapsack would
+///    pick the same one again; the held-out figure is recorded.
 /// The unit quantizations do not depend on each other (GPTQ's statistics come from the source model),
 /// so a unit's tensors in the mixed bundle are the ones whose drift was measured.
 public struct MixedPrecisionSearch {
-    /// The goal is the one the bundle records.
+    /// The goal and scope are the ones the bundle records.
     public typealias Goal = AllocationRecord.Goal
+    public typealias Scope = AllocationRecord.Scope
 
     /// One way of storing a unit's tensors.
     public struct Choice: Equatable, Sendable {
         public var target: Recipe.Target
 
         public init(_ target: Recipe.Target) { self.target = target }
+
+        /// A choice by its name ("q4 g128", "q4g128", "q8 row", "f16"); nil for anything else.
+        public init?(name: String) {
+            let compact = name.filter { $0 != " " }
+            if let e = TensorEncoding(name: compact), !e.isQuantized {
+                self.init(.float(e))
+                return
+            }
+            let group: Int?, encoding: Substring
+            if compact.hasSuffix("row") {
+                (encoding, group) = (compact.dropLast(3), nil)
+            } else if let g = compact.lastIndex(of: "g"), let n = Int(compact[compact.index(after: g)...]),
+                Recipe.standardGroupSizes.contains(n)
+            {
+                (encoding, group) = (compact[..<g], n)
+            } else {
+                return nil
+            }
+            guard let e = TensorEncoding(name: String(encoding)), e.isQuantized else { return nil }
+            self.init(.quantized(e, groupSize: group))
+        }
 
         public var name: String {
             switch target {
@@ -61,6 +90,7 @@ public struct MixedPrecisionSearch {
 
     public struct Options {
         public var goal: Goal
+        public var scope = Scope.llm
         public var method: QuantizationMethod = .gptq
         public var activationOrder = false
         public var choices = MixedPrecisionSearch.defaultChoices
@@ -119,10 +149,20 @@ public struct MixedPrecisionSearch {
             engine: reference, set: sensitivitySet, model: source.path, layerSamples: 0, maxTokens: 1)
         let heldOutRun = try ReferenceRun.run(
             engine: reference, set: heldOut, model: source.path, layerSamples: 0, maxTokens: 1)
-        let units = try AllocationUnits(source: source)
-        let table = try measure(
+        let units = try AllocationUnits(source: source, scope: options.scope)
+        let (table, measuredRest) = try measure(
             units, source: source, statistics: statistics, reference: reference, run: sensitivityRun,
             set: sensitivitySet, scratch: scratch)
+        var rest = measuredRest
+        let images = heldOut.samples.map { lastComponent($0.image) }
+        func makeRecord(_ choices: [Int], predicted: Double, heldOut: LogitDrift, round: Int) -> AllocationRecord {
+            allocationRecord(
+                choices, units, table, rest: rest, predicted: predicted, heldOut: heldOut, images: images,
+                sensitivitySamples: sensitivitySet.samples.count, round: round)
+        }
+        // The written bundle's metadata holds the allocation record too, which the measured bundles lack:
+        // a size goal leaves room for it.
+        rest.bytes += recordRoom(units, makeRecord)
         let allocator = BitAllocator(options: table)
         var bound: Double
         switch options.goal {
@@ -138,14 +178,15 @@ public struct MixedPrecisionSearch {
         var round = 0
         let rounds = bound.isFinite ? options.rounds : 1
         while round < rounds {
-            guard let allocation = solve(allocator, units: units, bound: bound) else {
+            guard let allocation = solve(allocator, units: units, rest: rest, bound: bound) else {
                 if best != nil { break }
                 throw VLQError(
                     AllocationError.unreachable, source.path,
-                    "no choice of \(options.choices.map(\.name).joined(separator: ", ")) per layer "
+                    "no choice of \(options.choices.map(\.name).joined(separator: ", ")) per unit "
                         + "meets \(options.goal.description) (the least summed drift possible is "
-                        + "\(scientific(table.reduce(0) { $0 + $1.map(\.drift).min()! })))")
+                        + "\(scientific(rest.drift + table.reduce(0) { $0 + $1.map(\.drift).min()! })))")
             }
+            let predicted = allocation.drift + rest.drift
             // The knapsack came back to an allocation already checked: the search has converged.
             guard measured.insert(allocation.choices).inserted else { break }
             round += 1
@@ -154,20 +195,10 @@ public struct MixedPrecisionSearch {
             let comparison = try RunComparison.run(
                 candidate: try YiVLEngine.open(candidate), reference: heldOutRun, set: heldOut, maxTokens: 1)
             let achieved = comparison.logits.meanKLD
-            let record = AllocationRecord(
-                goal: options.goal, choices: options.choices.map(\.name),
-                units: units.names.indices.map { u in
-                    let k = allocation.choices[u]
-                    return AllocationRecord.Unit(
-                        name: units.names[u], choice: options.choices[k].name, parameters: units.parameters[u],
-                        bytes: table[u][k].bytes, drift: table[u][k].drift)
-                },
-                predictedKLD: allocation.drift, heldOutKLD: achieved, heldOutPositions: comparison.logits.positions,
-                heldOutEvery: options.heldOutEvery, heldOutImages: heldOut.samples.map { lastComponent($0.image) },
-                sensitivitySamples: sensitivitySet.samples.count, rounds: round)
+            let record = makeRecord(allocation.choices, predicted: predicted, heldOut: comparison.logits, round: round)
             let line =
                 "round \(round): \(fixed(record.bitsPerWeight, 2)) bits per weight, predicted KLD "
-                + "\(scientific(allocation.drift)), held out \(scientific(achieved))"
+                + "\(scientific(predicted)), held out \(scientific(achieved))"
             logger.notice("\(line)")
             guard case .maxKLD(let x) = options.goal else {
                 best = (record, candidate, allocation.bytes)
@@ -186,7 +217,7 @@ public struct MixedPrecisionSearch {
                 bound = (passing * failing).squareRoot()
             } else {
                 let ratio = achieved > 0 ? min(max(x / achieved, 0.25), 4) : 4
-                bound = allocation.drift * ratio * (achieved > x ? 0.95 : 1)
+                bound = predicted * ratio * (achieved > x ? 0.95 : 1)
             }
         }
         guard let kept = best else {
@@ -210,37 +241,92 @@ public struct MixedPrecisionSearch {
         return Report(record: record, outputBytes: (try? MappedFile(path: output).size) ?? 0)
     }
 
-    /// The knapsack for this round's goal. A size goal counts the tensors outside the units as fixed.
-    func solve(_ allocator: BitAllocator, units: AllocationUnits, bound: Double) -> BitAllocator.Allocation? {
+    /// What the bundle records for an allocation (`choices`: an index into the options per unit).
+    func allocationRecord(
+        _ choices: [Int], _ units: AllocationUnits, _ table: [[BitAllocator.Option]], rest: Fixed, predicted: Double,
+        heldOut: LogitDrift, images: [String], sensitivitySamples: Int, round: Int
+    ) -> AllocationRecord {
+        AllocationRecord(
+            goal: options.goal, scope: options.scope, choices: options.choices.map(\.name),
+            units: units.names.indices.map { u in
+                let k = choices[u]
+                return AllocationRecord.Unit(
+                    name: units.names[u], choice: options.choices[k].name, parameters: units.parameters[u],
+                    bytes: table[u][k].bytes, drift: table[u][k].drift)
+            },
+            fixedDrift: rest.drift, predictedKLD: predicted, heldOutKLD: heldOut.meanKLD,
+            heldOutPositions: heldOut.positions, heldOutEvery: options.heldOutEvery, heldOutImages: images,
+            sensitivitySamples: sensitivitySamples, rounds: round)
+    }
+
+    /// An upper bound on the allocation record's bytes in a bundle: its JSON uncompressed, with the longest
+    /// choice name for every unit and numbers of the most digits.
+    func recordRoom(
+        _ units: AllocationUnits, _ record: (_ choices: [Int], Double, LogitDrift, Int) -> AllocationRecord
+    ) -> Int {
+        let longest = options.choices.indices.max { options.choices[$0].name.count < options.choices[$1].name.count }!
+        var widest = LogitDrift()
+        widest.klDivergences = [1.0 / 3]
+        widest.positions = Int.max
+        let json = record(units.names.map { _ in longest }, 1.0 / 3, widest, options.rounds).json
+        return json.serialized().utf8.count
+    }
+
+    /// The knapsack for this round's goal. The tensors outside the units are fixed: their drift comes off
+    /// a bound, their bytes off a size.
+    func solve(
+        _ allocator: BitAllocator, units: AllocationUnits, rest: Fixed, bound: Double
+    ) -> BitAllocator.Allocation? {
         switch options.goal {
-        case .maxKLD: return allocator.solve(.smallestWithin(drift: bound))
+        case .maxKLD:
+            guard bound > rest.drift else { return nil }
+            return allocator.solve(.smallestWithin(drift: bound - rest.drift))
         case .targetBits(let bits):
             let parameters = units.parameters.reduce(0, +)
             return allocator.solve(.leastDriftWithin(bytes: Int(bits * Double(parameters) / 8)))
         case .maxBytes(let size):
-            return allocator.solve(.leastDriftWithin(bytes: size - units.fixedBytes))
+            return allocator.solve(.leastDriftWithin(bytes: size - rest.bytes))
         }
     }
 
+    /// The tensors outside the units, as the scope stores them: the bundle's bytes besides the units'
+    /// (metadata included) and their drift together, measured as one unit's.
+    struct Fixed {
+        var bytes: Int
+        var drift: Double
+    }
+
+    static let restName = "(outside the units)"
+
     /// Each unit's bytes and own drift in each choice: one quantized bundle per choice, ranked by unit.
+    /// The first also stores the tensors outside the units as the scope does, measured as one more part.
     func measure(
         _ units: AllocationUnits, source: VLQFile, statistics: StatisticsSource?, reference: YiVLEngine,
         run: ReferenceRun, set: CalibrationSet, scratch: String
-    ) throws -> [[BitAllocator.Option]] {
+    ) throws -> (table: [[BitAllocator.Option]], fixed: Fixed) {
         var table = units.names.map { _ in [BitAllocator.Option]() }
+        var fixed = Fixed(bytes: 0, drift: 0)
         for (k, choice) in options.choices.enumerated() {
             let path = scratch + "/choice-\(k).vlq"
-            try quantize(source, recipe: uniformRecipe(choice, units), statistics: statistics, to: path)
+            let withRest = k == 0
+            try quantize(
+                source, recipe: uniformRecipe(choice, units, withRest: withRest), statistics: statistics, to: path)
             defer { unlink(path) }
             let bundle = try VLQFile(path: path)
             let bytes = units.bytes(in: bundle)
+            if withRest { fixed.bytes = bundle.mapped.size - bytes.reduce(0, +) }
             var drift = [String: Double]()
-            if !choice.isFloat {
+            if !choice.isFloat || withRest {
+                let candidate = try YiVLEngine.open(path)
+                var groups = units.handles(in: candidate.model.definition)
+                if withRest { groups[Self.restName] = units.rest(in: candidate.model.definition) }
+                if choice.isFloat { groups = groups.filter { $0.key == Self.restName } }
                 let entries = try LayerContribution.rank(
-                    reference: reference, candidate: try YiVLEngine.open(path), run: run, set: set,
-                    samples: set.samples.count)
+                    reference: reference, candidate: candidate, run: run, set: set, samples: set.samples.count,
+                    groups: groups)
                 for e in entries { drift[e.layer] = e.meanKLD }
             }
+            if withRest { fixed.drift = drift[Self.restName] ?? 0 }
             for u in units.names.indices {
                 table[u].append(BitAllocator.Option(bytes: bytes[u], drift: drift[units.names[u]] ?? 0))
             }
@@ -253,27 +339,38 @@ public struct MixedPrecisionSearch {
             let options = zip(options.choices, table[u]).map { "\($0.name) \(scientific($1.drift))" }
             logger.info("drift of \(name) alone: \(options.joined(separator: ", "))")
         }
-        return table
+        logger.info("the rest (\(formatBytes(fixed.bytes))): drift \(scientific(fixed.drift))")
+        return (table, fixed)
     }
 
-    func uniformRecipe(_ choice: Choice, _ units: AllocationUnits) -> Recipe {
+    /// Every unit in `choice`; the rest as the scope stores it (`withRest`) or kept as in the source.
+    func uniformRecipe(_ choice: Choice, _ units: AllocationUnits, withRest: Bool) -> Recipe {
         Recipe(
-            name: "every layer in \(choice.name)", method: options.method,
-            rules: Recipe.floatRules
-                + units.tensors.map { Recipe.Rule(component: nil, pattern: $0, target: choice.target, method: nil) }
-                + [Recipe.Rule(component: nil, pattern: "*", target: .keep, method: nil)])
+            name: "every unit in \(choice.name)", method: options.method,
+            rules: units.tensors.map { Recipe.Rule(component: nil, pattern: $0, target: choice.target, method: nil) }
+                + (withRest ? restRules : Self.keepRules))
     }
 
     func recipe(_ allocation: BitAllocator.Allocation, _ units: AllocationUnits) -> Recipe {
-        var rules = Recipe.floatRules
+        var rules: [Recipe.Rule] = []
         for (u, name) in units.names.enumerated() {
             let target = options.choices[allocation.choices[u]].target
             for tensor in units.tensorsByUnit[name]! {
                 rules.append(Recipe.Rule(component: nil, pattern: tensor, target: target, method: nil))
             }
         }
-        rules.append(Recipe.Rule(component: nil, pattern: "*", target: .keep, method: nil))
-        return Recipe(name: "allocated", method: options.method, rules: rules)
+        return Recipe(name: "allocated", method: options.method, rules: rules + restRules)
+    }
+
+    static let keepRules = Recipe.floatRules + [Recipe.Rule(component: nil, pattern: "*", target: .keep, method: nil)]
+
+    /// The rules for the tensors outside the units (after the units' exact-name rules): the int4 preset's
+    /// with `llm`, float with `all`.
+    var restRules: [Recipe.Rule] {
+        switch options.scope {
+        case .llm: return Recipe.int4().rules
+        case .all: return Self.keepRules
+        }
     }
 
     func quantize(_ source: VLQFile, recipe: Recipe, statistics: StatisticsSource?, to path: String) throws {
@@ -289,8 +386,9 @@ public struct MixedPrecisionSearch {
     }
 }
 
-/// The parts precision is chosen for: the tensors the int8 preset quantizes (every Linear and the token
-/// embeddings and lm_head), grouped by the layer they belong to.
+/// The parts precision is chosen for: with `llm` each decoder Linear weight alone (named by its tensor);
+/// with `all` the tensors the int8 preset quantizes (every Linear and the token embeddings and lm_head),
+/// grouped by the layer they belong to.
 struct AllocationUnits {
     /// Unit names in a fixed order (sorted).
     let names: [String]
@@ -298,32 +396,44 @@ struct AllocationUnits {
     /// Every unit's tensors, in table order.
     let tensors: [String]
     let parameters: [Int]
-    /// Bytes of the bundle outside the units' tensors (the rest of the table, metadata and padding as in
-    /// the source): what a size goal cannot change.
-    let fixedBytes: Int
 
-    init(source: VLQFile) throws {
+    init(source: VLQFile, scope: AllocationRecord.Scope) throws {
         let config = try EngineConfig(metadata: source.metadata, source: source.path)
         let definition = ModelDefinition(config)
         let int8 = Recipe.int8()
+        let decoderLinears = Set(definition.language.layers.flatMap(\.linears).map { definition.name($0.weight) })
         var byUnit: [String: [String]] = [:]
         var tensors: [String] = []
         var parametersByUnit: [String: Int] = [:]
-        var unitBytes = 0
         for t in source.tensors
         where int8.decide(name: t.name, component: t.component, shape: t.shape).encoding?.isQuantized == true {
             guard let handle = definition.handle(named: t.name) else { continue }
-            let unit = definition.label(of: handle)
+            let unit: String
+            switch scope {
+            case .llm:
+                guard decoderLinears.contains(t.name) else { continue }
+                unit = t.name
+            case .all: unit = definition.label(of: handle)
+            }
             byUnit[unit, default: []].append(t.name)
             parametersByUnit[unit, default: 0] += t.shape.reduce(1, *)
             tensors.append(t.name)
-            unitBytes += t.byteCount
         }
         names = byUnit.keys.sorted()
         tensorsByUnit = byUnit
         self.tensors = tensors
         parameters = names.map { parametersByUnit[$0]! }
-        fixedBytes = source.mapped.size - unitBytes
+    }
+
+    /// Each unit's tensors in a model's definition, for `LayerContribution.rank`.
+    func handles(in definition: ModelDefinition) -> [String: [TensorHandle]] {
+        tensorsByUnit.mapValues { $0.compactMap(definition.handle(named:)) }
+    }
+
+    /// Every tensor outside the units.
+    func rest(in definition: ModelDefinition) -> [TensorHandle] {
+        let inUnits = Set(tensors)
+        return definition.handles.filter { !inUnits.contains(definition.name($0)) }
     }
 
     /// Each unit's stored bytes in `bundle`.

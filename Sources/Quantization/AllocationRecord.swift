@@ -27,7 +27,25 @@ public struct AllocationRecord: Equatable, Sendable {
         }
     }
 
-    /// One layer (or the projector, lm_head, the token embeddings...) and what it got.
+    /// Which tensors precision is chosen for (`vlq quantize --allocate`).
+    public enum Scope: String, CaseIterable, Equatable, Sendable {
+        /// The decoder layers' Linear weights, one unit per tensor; the rest as the int4 preset stores it
+        /// (vision tower, projector, token embeddings and lm_head in q8 g128). Bits per weight count over
+        /// the units: bits per LLM Linear weight.
+        case llm
+        /// Every tensor the int8 preset quantizes, one unit per layer (the projector, the token
+        /// embeddings and lm_head one each); the rest kept in float.
+        case all
+
+        public var description: String {
+            switch self {
+            case .llm: return "decoder Linears, the rest as int4"
+            case .all: return "every quantizable layer"
+            }
+        }
+    }
+
+    /// One decoder Linear, or one layer (the projector, lm_head, the token embeddings...), and what it got.
     public struct Unit: Equatable, Sendable {
         public var name: String
         /// "q4 g128", "q8 g128", "f16"...
@@ -47,10 +65,14 @@ public struct AllocationRecord: Equatable, Sendable {
     }
 
     public var goal: Goal
+    public var scope: Scope
     /// The choices every unit was measured in.
     public var choices: [String]
     public var units: [Unit]
-    /// The sum of the chosen units' drifts: what the knapsack bounded.
+    /// The drift of the tensors outside the units as the scope stores them, measured as one unit's
+    /// (0 when they are kept in float).
+    public var fixedDrift: Double
+    /// The sum of the chosen units' drifts and `fixedDrift`: what the knapsack bounded.
     public var predictedKLD: Double
     /// Mean KLD of the written bundle against the source on the held-out samples, and over how many
     /// logit positions.
@@ -65,12 +87,15 @@ public struct AllocationRecord: Equatable, Sendable {
     public var rounds: Int
 
     public init(
-        goal: Goal, choices: [String], units: [Unit], predictedKLD: Double, heldOutKLD: Double,
+        goal: Goal, scope: Scope, choices: [String], units: [Unit], fixedDrift: Double, predictedKLD: Double,
+        heldOutKLD: Double,
         heldOutPositions: Int, heldOutEvery: Int, heldOutImages: [String], sensitivitySamples: Int, rounds: Int
     ) {
         self.goal = goal
+        self.scope = scope
         self.choices = choices
         self.units = units
+        self.fixedDrift = fixedDrift
         self.predictedKLD = predictedKLD
         self.heldOutKLD = heldOutKLD
         self.heldOutPositions = heldOutPositions
@@ -82,7 +107,7 @@ public struct AllocationRecord: Equatable, Sendable {
 
     public var parameters: Int { units.reduce(0) { $0 + $1.parameters } }
     public var bytes: Int { units.reduce(0) { $0 + $1.bytes } }
-    /// Bits per weight over the allocated tensors.
+    /// Bits per weight over the units' tensors (with the `llm` scope: bits per LLM Linear weight).
     public var bitsPerWeight: Double { parameters == 0 ? 0 : 8 * Double(bytes) / Double(parameters) }
 
     public var json: JSONValue {
@@ -94,6 +119,7 @@ public struct AllocationRecord: Equatable, Sendable {
         }
         return .object([
             "goal": .object([goal.key: goalValue]),
+            "scope": .string(scope.rawValue),
             "choices": .array(choices.map { .string($0) }),
             "units": .array(
                 units.map {
@@ -103,6 +129,7 @@ public struct AllocationRecord: Equatable, Sendable {
                         "bytes": .int(Int64($0.bytes)), "drift": .double($0.drift),
                     ])
                 }),
+            "fixed_drift": .double(fixedDrift),
             "predicted_kld": .double(predictedKLD),
             "held_out": .object([
                 "mean_kld": .double(heldOutKLD), "positions": .int(Int64(heldOutPositions)),
@@ -135,6 +162,10 @@ public struct AllocationRecord: Equatable, Sendable {
         case "max_bytes": self.goal = .maxBytes(try count(value, "goal max_bytes"))
         default: throw fail("unknown goal \"\(key)\"")
         }
+        // Bundles from before --allocate chose over every quantizable layer.
+        let scopeName = json["scope"]?.stringValue ?? Scope.all.rawValue
+        guard let scope = Scope(rawValue: scopeName) else { throw fail("unknown scope \"\(scopeName)\"") }
+        self.scope = scope
         guard let choices = json["choices"]?.arrayValue?.compactMap(\.stringValue) else { throw fail("no choices") }
         self.choices = choices
         guard let units = json["units"]?.arrayValue else { throw fail("no units") }
@@ -147,6 +178,7 @@ public struct AllocationRecord: Equatable, Sendable {
                 bytes: try count(u["bytes"], "unit \(name): bytes"),
                 drift: try number(u["drift"], "unit \(name): drift"))
         }
+        fixedDrift = try json["fixed_drift"].map { try number($0, "fixed_drift") } ?? 0
         predictedKLD = try number(json["predicted_kld"], "predicted_kld")
         let held = json["held_out"]
         heldOutKLD = try number(held?["mean_kld"], "held_out.mean_kld")
@@ -160,10 +192,13 @@ public struct AllocationRecord: Equatable, Sendable {
     /// What `vlq inspect` prints: the goal and what was achieved, then one line per unit.
     public var lines: [String] {
         var out = [
-            "allocation for \(goal.description): \(fixed(bitsPerWeight, 2)) bits per weight over \(units.count) units "
-                + "(\(formatBytes(bytes))); held-out mean KLD \(scientific(heldOutKLD)) on \(heldOutImages.count) "
+            "allocation for \(goal.description) over \(scope.rawValue) (\(scope.description)): "
+                + "\(fixed(bitsPerWeight, 2)) bits per weight over \(units.count) units (\(formatBytes(bytes))); "
+                + "held-out mean KLD \(scientific(heldOutKLD)) on \(heldOutImages.count) "
                 + "samples (every \(heldOutEvery)th of the set, \(heldOutPositions) positions), predicted "
-                + "\(scientific(predictedKLD)); \(rounds) round\(rounds == 1 ? "" : "s")"
+                + "\(scientific(predictedKLD))"
+                + (fixedDrift > 0 ? " (\(scientific(fixedDrift)) of it outside the units)" : "")
+                + "; \(rounds) round\(rounds == 1 ? "" : "s")"
         ]
         for u in units {
             out.append("  \(u.name): \(u.choice), \(formatBytes(u.bytes)), alone \(scientific(u.drift))")

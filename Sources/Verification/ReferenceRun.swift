@@ -336,21 +336,26 @@ public enum LayerContribution {
     /// `rank(reference:candidate:...)` over the two models, opened now (the reference first) if they were not yet.
     public static func rank(
         reference: LazyModel, candidate: LazyModel, run: ReferenceRun, set: CalibrationSet, samples: Int,
-        progress: (Int, Int) -> Void = { _, _ in }
+        groups: [String: [TensorHandle]]? = nil, progress: (Int, Int) -> Void = { _, _ in }
     ) throws -> [Entry] {
         let referenceEngine = try reference.engine()
         return try rank(
             reference: referenceEngine, candidate: try candidate.engine(), run: run, set: set, samples: samples,
-            progress: progress)
+            groups: groups, progress: progress)
     }
 
+    /// `groups`: the parts taken from the candidate one at a time, by name (a decoder Linear alone, the
+    /// tensors outside an allocation's units...); nil: every layer (`ModelDefinition.label`). Only a
+    /// part's quantized tensors are taken, and a part with none is left out.
     public static func rank(
         reference: YiVLEngine, candidate: YiVLEngine, run: ReferenceRun, set: CalibrationSet, samples: Int,
-        progress: (Int, Int) -> Void = { _, _ in }
+        groups: [String: [TensorHandle]]? = nil, progress: (Int, Int) -> Void = { _, _ in }
     ) throws -> [Entry] {
         let definition = candidate.model.definition
-        let quantized = definition.handles.filter(candidate.model.weights.isQuantized)
-        let layers = Dictionary(grouping: quantized, by: definition.label(of:))
+        let isQuantized = candidate.model.weights.isQuantized
+        let layers =
+            groups?.compactMapValues { part in part.contains(where: isQuantized) ? part.filter(isQuantized) : nil }
+            ?? Dictionary(grouping: definition.handles.filter(isQuantized), by: definition.label(of:))
         let vocab = reference.config.language.vocabSize
         try run.validate(set: set, vocab: vocab)
         var entries: [Entry] = []

@@ -1,3 +1,4 @@
+import Allocation
 import ArgumentParser
 import Conversion
 import Quantization
@@ -11,6 +12,20 @@ extension QuantizationMethod: ExpressibleByArgument {}
 /// How convert stores the metadata section.
 enum MetadataCompressionChoice: String, CaseIterable, ExpressibleByArgument {
     case zstd, none
+}
+
+/// What `--max-kld`, `--target-bits` and `--max-size` choose precision for (`--allocate`).
+extension AllocationRecord.Scope: ExpressibleByArgument {}
+
+/// The encodings an allocation chooses among (`--choices q3g64,q4g128,q8g128`).
+struct ChoiceList: ExpressibleByArgument {
+    let choices: [MixedPrecisionSearch.Choice]
+
+    init?(argument: String) {
+        let parsed = argument.split(separator: ",").map { MixedPrecisionSearch.Choice(name: String($0)) }
+        guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else { return nil }
+        choices = parsed.map { $0! }
+    }
 }
 
 /// The built-in recipes (`Recipe.preset`).

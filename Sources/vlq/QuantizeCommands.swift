@@ -104,8 +104,9 @@ struct Quantize: ParsableCommand {
             LLM Linears 3-bit affine group 64), int4-all (the vision tower and projector in 4 bits too, \
             calibrated through the tower with the images). Norms, biases and class/position/patch embeddings \
             stay in float. Methods: rtn, imatrix, awq, gptq; all but rtn need --set (calibrate now) or --stats \
-            (from vlq calibrate). Or let quantize choose each layer's precision from its measured drift: \
-            --max-kld, --target-bits or --max-size, with --set.
+            (from vlq calibrate). Or let quantize choose precision from measured drift: --max-kld, --target-bits \
+            or --max-size, with --set; --allocate llm (default) chooses it for each decoder Linear and stores \
+            the rest as int4 does (bits counted per LLM Linear weight), all for every quantizable layer.
             """
     )
 
@@ -141,19 +142,42 @@ struct Quantize: ParsableCommand {
     @Option(
         name: .customLong("max-kld"),
         help: ArgumentHelp(
-            "Choose each layer's precision: the smallest bundle whose mean KLD against the model, on calibration "
+            "Choose each unit's precision: the smallest bundle whose mean KLD against the model, on calibration "
                 + "samples held out from --set, stays within this bound."))
     var maxKLD: Double?
 
     @Option(
         name: .customLong("target-bits"),
-        help: "Choose each layer's precision: the least drift at this many bits per quantized weight.")
+        help: ArgumentHelp(
+            "Choose each unit's precision: the least drift at this many bits per weight of the units "
+                + "(per LLM Linear weight with --allocate llm)."))
     var targetBits: Double?
 
     @Option(
         name: .customLong("max-size"),
-        help: "Choose each layer's precision: the least drift within this bundle size (e.g. 3.2GB, 800MB).")
+        help: "Choose each unit's precision: the least drift within this bundle size (e.g. 3.2GB, 800MB).")
     var maxSize: ByteSize?
+
+    @Option(
+        name: .customLong("allocate"),
+        help: ArgumentHelp(
+            "With --max-kld, --target-bits or --max-size: llm (the default: each decoder Linear; vision tower, "
+                + "projector, embeddings and lm_head as int4 stores them) or all (every quantizable layer).",
+            valueName: "scope"))
+    var scope: AllocationRecord.Scope?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --max-kld, --target-bits or --max-size: the encodings to choose among, e.g. q3g64,q4g128,q8g128 "
+                + "(default: q3 g128/g64, q4 g128/g64/g32, q8 g128, f16)."))
+    var choices: ChoiceList?
+
+    @Option(
+        name: .customLong("sensitivity-samples"),
+        help: ArgumentHelp(
+            "With --max-kld, --target-bits or --max-size: calibration samples each unit's drift is measured on "
+                + "(default: 16)."))
+    var sensitivitySamples: Int?
 
     @Option(
         name: .customLong("gram-memory-mb"),
@@ -177,6 +201,10 @@ struct Quantize: ParsableCommand {
         if set != nil && stats != nil { throw ValidationError("give --set or --stats, not both") }
         let goals = [maxKLD != nil, targetBits != nil, maxSize != nil].filter { $0 }.count
         guard goals > 0 else {
+            if scope != nil || choices != nil || sensitivitySamples != nil {
+                throw ValidationError(
+                    "--allocate, --choices and --sensitivity-samples go with --max-kld, --target-bits or --max-size")
+            }
             guard (preset == nil) != (recipe == nil) else {
                 throw ValidationError("give exactly one of --preset and --recipe")
             }
@@ -194,6 +222,9 @@ struct Quantize: ParsableCommand {
         if let maxKLD, !(maxKLD > 0 && maxKLD.isFinite) { throw ValidationError("--max-kld must be a positive number") }
         if let targetBits, !(targetBits >= 2 && targetBits <= 32) {
             throw ValidationError("--target-bits must be between 2 and 32")
+        }
+        if let sensitivitySamples, sensitivitySamples < 1 {
+            throw ValidationError("--sensitivity-samples must be at least 1")
         }
         if method == .awq {
             throw ValidationError(
@@ -255,6 +286,9 @@ struct Quantize: ParsableCommand {
         var options = MixedPrecisionSearch.Options(goal: goal)
         options.method = method ?? .gptq
         options.activationOrder = activationOrder
+        if let scope { options.scope = scope }
+        if let choices { options.choices = choices.choices }
+        if let sensitivitySamples { options.sensitivitySamples = sensitivitySamples }
         let search = MixedPrecisionSearch(options: options, logger: logger)
         let calibrationSet = try CalibrationSet(path: set!)
         let (statisticsPart, _) = try search.split(calibrationSet)
@@ -271,7 +305,8 @@ struct Quantize: ParsableCommand {
         for line in report.record.lines { logger.info("\(line)") }
         let r = report.record
         let wrote =
-            "wrote \(output): \(fixed(r.bitsPerWeight, 2)) bits per weight over \(r.units.count) layers, held-out "
+            "wrote \(output): \(fixed(r.bitsPerWeight, 2)) bits per weight over \(r.units.count) units "
+            + "(\(r.scope.description)), held-out "
             + "mean KLD \(scientific(r.heldOutKLD)) (\(r.goal.description)), \(formatBytes(report.outputBytes)) in "
             + "\(fixed(monotonicSeconds() - started, 1)) s"
         logger.notice("\(wrote)")
