@@ -10,9 +10,13 @@ import Darwin
 extension Kernels {
     /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
     /// Inlinable: the weight store's and the quantizer's row loops run through it as if it were theirs.
+    /// `tasksPerProcessor` above 1 cuts the rows finer, so that a core that finishes early takes more
+    /// instead of waiting (the pool hands tasks out as cores ask).
     @inlinable @inline(__always)
-    public static func parallelRows(_ count: Int, minimumPerTask: Int = 4096, _ body: (Range<Int>) -> Void) {
-        let tasks = min(activeProcessors, max(1, count / minimumPerTask))
+    public static func parallelRows(
+        _ count: Int, minimumPerTask: Int = 4096, tasksPerProcessor: Int = 1, _ body: (Range<Int>) -> Void
+    ) {
+        let tasks = min(activeProcessors * tasksPerProcessor, max(1, count / minimumPerTask))
         if tasks <= 1 { return body(0..<count) }
         concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
     }

@@ -25,13 +25,20 @@ public enum DecodeKernels {
     /// Rows per task below which splitting costs more than it saves.
     static let minimumRowsPerTask = 16
 
+    /// Tasks per core: the cores stream their rows at rates that differ from moment to moment, and with one
+    /// half each the faster one waited for the other.
+    static let tasksPerProcessor: Int = {
+        if let text = getenv("VLQ_DECODE_TASKS"), let n = Int(String(cString: text)), n > 0 { return n }
+        return 8
+    }()
+
     /// `weights` holds `rows` x `columns` bf16 or f16 values, row-major (little-endian bit patterns).
     public static func halves(
         _ weights: UnsafeRawPointer, isBF16: Bool, rows: Int, columns: Int,
         _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
     ) {
         let w = weights.assumingMemoryBound(to: UInt16.self)
-        Kernels.parallelRows(rows, minimumPerTask: minimumRowsPerTask) { range in
+        Kernels.parallelRows(rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor) { range in
             let (begin, end) = (range.lowerBound, range.upperBound)
             if isBF16 {
                 vlq_matvec_bf16(w, columns, x, y, begin, end)
@@ -55,7 +62,8 @@ public enum DecodeKernels {
         }
         if layout.encoding == .q8 {
             let codes = data.assumingMemoryBound(to: Int8.self)
-            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor)
+            { range in
                 vlq_matvec_q8(codes, scales, columns, group, x, y, range.lowerBound, range.upperBound)
             }
             return
@@ -67,7 +75,8 @@ public enum DecodeKernels {
         let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
         sums.withUnsafeBufferPointer { sums in
             let s = sums.baseAddress!
-            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor)
+            { range in
                 if layout.encoding == .q3 {
                     vlq_matvec_q3(codes, scales, biases, columns, group, x, s, y, range.lowerBound, range.upperBound)
                 } else {
@@ -111,7 +120,9 @@ public enum DecodeKernels {
                     let (xq, xs) = (q.baseAddress!, d.baseAddress!)
                     if layout.encoding == .q8 {
                         let codes = data.assumingMemoryBound(to: Int8.self)
-                        Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+                        Kernels.parallelRows(
+                            layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor
+                        ) { range in
                             vlq_matvec_q8_a8(
                                 codes, scales, columns, group, xq, xs, y, range.lowerBound, range.upperBound)
                         }
@@ -119,7 +130,9 @@ public enum DecodeKernels {
                     }
                     let codes = data.assumingMemoryBound(to: UInt8.self)
                     let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
-                    Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask) { range in
+                    Kernels.parallelRows(
+                        layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor
+                    ) { range in
                         vlq_matvec_q4_a8(
                             codes, scales, biases, columns, group, xq, xs, s.baseAddress!, y, range.lowerBound,
                             range.upperBound)
