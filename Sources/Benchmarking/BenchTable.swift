@@ -54,7 +54,7 @@ public struct BenchTable: Sendable {
             row.label, fixed(Double(row.bundleBytes) / 1e9, 3), fixed(Double(row.tokens) / row.prefillSeconds, 1),
             "\(fixed(100 * row.prefillGFLOPs / row.sgemmGFLOPs, 0))%", prefillRatio,
             significant(1000 * row.decodeSecondsPerToken, 3), significant(1000 * row.decodeLimitSeconds, 3),
-            "\(fixed(100 * row.decodeLimitSeconds / row.decodeSecondsPerToken, 0))%", fixed(row.visionSeconds, 3),
+            "\(fixed(100 * row.decodeLimitSeconds / row.decodeSecondsPerToken, 0))%", significant(row.visionSeconds, 3),
             visionRatio, row.quantizeWeightsPerSecond.map { fixed($0 / 1e6, 1) } ?? "-",
             "\(row.peakResidentBytes >> 20)",
         ]

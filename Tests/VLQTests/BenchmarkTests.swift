@@ -125,7 +125,8 @@ final class BenchmarkTests: XCTestCase {
     }
 
     /// Times in the table keep three significant figures: a tiny model's bandwidth limit of 0.04 ms on a fast
-    /// machine is not printed as 0.0 (which read as "no limit"), and 6B-sized times keep one decimal.
+    /// machine is not printed as 0.0 (which read as "no limit"), nor its vision time as 0.000; 6B-sized
+    /// times keep one decimal.
     func testMillisecondsKeepThreeSignificantFiguresAndOneDecimal() {
         XCTAssertEqual(significant(0.0412, 3), "0.0412")
         XCTAssertEqual(significant(0.4, 3), "0.400")
@@ -142,5 +143,8 @@ final class BenchmarkTests: XCTestCase {
         XCTAssertEqual(cells[6], "0.0400")
         row.decodeLimitSeconds = 0.027
         XCTAssertEqual(BenchTable(rows: [row]).cells(row, reference: nil)[6], "27.0")
+        // The tiny tower's image takes a millisecond or less on a fast machine.
+        row.visionSeconds = 0.000_42
+        XCTAssertEqual(BenchTable(rows: [row]).cells(row, reference: nil)[8], "0.000420")
     }
 }
