@@ -155,15 +155,19 @@ VLQ_QUANT_AVX2 static inline __m256 round_to_f16(__m256 x) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// code_scalar on eight lanes: ties away from zero (truncate, then step out when the rest is >= 1/2; the
-// rest is exact), NaN to 0, the same clamping order, -0 to +0.
-VLQ_QUANT_AVX2 static inline __m256 code_avx2(__m256 w, __m256 s, __m256 b, __m256 low, __m256 high) {
+// Nearest on eight lanes, ties away from zero: truncate, then step out when the rest is >= 1/2 (the rest
+// is exact).
+VLQ_QUANT_AVX2 static inline __m256 round_half_away_avx2(__m256 q) {
     const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
-    __m256 q = _mm256_div_ps(_mm256_sub_ps(w, b), s);
     __m256 t = _mm256_round_ps(q, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
     __m256 rest = _mm256_andnot_ps(sign, _mm256_sub_ps(q, t));
     __m256 step = _mm256_and_ps(_mm256_cmp_ps(rest, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(q, sign), one));
-    q = _mm256_add_ps(t, step);
+    return _mm256_add_ps(t, step);
+}
+
+// code_scalar on eight lanes: round_half_away_avx2, NaN to 0, the same clamping order, -0 to +0.
+VLQ_QUANT_AVX2 static inline __m256 code_avx2(__m256 w, __m256 s, __m256 b, __m256 low, __m256 high) {
+    __m256 q = round_half_away_avx2(_mm256_div_ps(_mm256_sub_ps(w, b), s));
     q = _mm256_andnot_ps(_mm256_cmp_ps(q, q, _CMP_UNORD_Q), q);
     __m256 m = _mm256_blendv_ps(q, low, _mm256_cmp_ps(low, q, _CMP_GE_OQ));
     m = _mm256_blendv_ps(m, high, _mm256_cmp_ps(high, m, _CMP_LT_OQ));
@@ -188,15 +192,11 @@ VLQ_QUANT_AVX2 static void consider_avx2(const float *t, const float *a, size_t 
     // code_avx2's value in fewer steps: the lanes that are not valid are never chosen, and in the valid
     // ones q is finite, so neither NaN nor a zero scale needs handling, clamping is max and min, and the
     // sign of a zero code changes no error. The errors are code_avx2's, bit for bit.
-    const __m256 half = _mm256_set1_ps(0.5f);
     __m256 e = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j++) {
         __m256 w = _mm256_loadu_ps(t + 8 * j);
-        __m256 q = _mm256_div_ps(_mm256_sub_ps(w, b), s);
-        __m256 truncated = _mm256_round_ps(q, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        __m256 rest = _mm256_andnot_ps(sign, _mm256_sub_ps(q, truncated));
-        __m256 step = _mm256_and_ps(_mm256_cmp_ps(rest, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(q, sign), one));
-        __m256 code = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(truncated, step), low), high);
+        __m256 q = round_half_away_avx2(_mm256_div_ps(_mm256_sub_ps(w, b), s));
+        __m256 code = _mm256_min_ps(_mm256_max_ps(q, low), high);
         __m256 d = _mm256_sub_ps(w, _mm256_add_ps(_mm256_mul_ps(code, s), b));
         __m256 weight = a ? _mm256_loadu_ps(a + 8 * j) : one;
         e = _mm256_add_ps(e, _mm256_mul_ps(_mm256_mul_ps(weight, d), d));

@@ -11,7 +11,8 @@ extension Kernels {
     /// Splits rows 0..<count over the cores for element-wise work (OpenBLAS is idle meanwhile).
     /// Inlinable: the weight store's and the quantizer's row loops run through it as if it were theirs.
     /// `tasksPerProcessor` above 1 cuts the rows finer, so that a core that finishes early takes more
-    /// instead of waiting (the pool hands tasks out as cores ask).
+    /// instead of waiting (the pool hands tasks out as cores ask): `balancedTasksPerProcessor` for loops
+    /// whose rows cost unequal time (triangular work, memory streams that run at varying rates).
     @inlinable @inline(__always)
     public static func parallelRows(
         _ count: Int, minimumPerTask: Int = 4096, tasksPerProcessor: Int = 1, _ body: (Range<Int>) -> Void
@@ -20,6 +21,9 @@ extension Kernels {
         if tasks <= 1 { return body(0..<count) }
         concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
     }
+
+    /// Tasks per core for loops whose rows cost unequal time (see `parallelRows`).
+    public static let balancedTasksPerProcessor = 8
 
     /// Runs `body(0..<tasks)` on the cores and returns when all are done. The body writes disjoint parts
     /// of buffers it captures by pointer, which Swift cannot prove: its Sendable check is switched off

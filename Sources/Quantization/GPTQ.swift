@@ -132,7 +132,8 @@ public struct GPTQ: Sendable {
             a.withUnsafeMutableBufferPointer { a in
                 let a = a.baseAddress!
                 // Column-major column j of J Hp J (Hp: H in processing order), rows 0...j: Hp[n-1-j][n-1-i].
-                Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: 8) { columnsOfA in
+                Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
+                    columnsOfA in
                     for j in columnsOfA {
                         let p = order[n - 1 - j], column = a + j * n
                         for i in 0..<j {
@@ -180,7 +181,8 @@ public struct GPTQ: Sendable {
             upper.withUnsafeMutableBufferPointer { u in
                 let (a, u) = (a.baseAddress!, u.baseAddress!)
                 // Rows are independent: spread over the cores (a 11008-wide factor is 60M conversions).
-                Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: 8) { rows in
+                Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
+                    rows in
                     for i in rows {
                         let reversed = a + (n - 1 - i) * n + (n - 1)
                         for j in i..<n { u[i * n + j] = Float(reversed[-j]) }
@@ -313,7 +315,9 @@ struct GPTQPass {
                             factor.upper.withUnsafeBufferPointer { upper in
                                 // The block's diagonal part of the factor, rows `columns` apart.
                                 let h = upper.baseAddress! + block.lowerBound * columns + block.lowerBound
-                                Kernels.parallelRows(pass.rows, minimumPerTask: 8, tasksPerProcessor: 8) { chunk in
+                                Kernels.parallelRows(
+                                    pass.rows, minimumPerTask: 8, tasksPerProcessor: Kernels.balancedTasksPerProcessor
+                                ) { chunk in
                                     for segment in zip(cuts, cuts.dropFirst()) where segment.0 < segment.1 {
                                         pass.quantize(rows: chunk, columns: segment.0..<segment.1, of: block, h: h, out)
                                     }

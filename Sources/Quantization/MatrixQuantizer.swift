@@ -62,7 +62,9 @@ public enum MatrixQuantizer {
                             codes: codesBuffer.baseAddress!, scales: scalesBuffer.baseAddress!,
                             biases: biasesBuffer.baseAddress!,
                             values: valuesBuffer.isEmpty ? nil : valuesBuffer.baseAddress)
-                        Kernels.parallelRows(rows, minimumPerTask: 16, tasksPerProcessor: 8) { range in
+                        Kernels.parallelRows(
+                            rows, minimumPerTask: 16, tasksPerProcessor: Kernels.balancedTasksPerProcessor
+                        ) { range in
                             if gram == nil {
                                 return searchRows(
                                     range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,

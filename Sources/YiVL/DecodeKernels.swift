@@ -14,7 +14,7 @@ import Darwin
 /// order: the weights are unpacked to f32 and multiplied by float FMA, activations stay f32 (unless
 /// `DecodeActivations` asks for int8: `quantizedInt8`, q8 and q4 only); each group's scale multiplies its
 /// partial sum once (q4, q3: scale * sum(n x) + bias * sum(x)). Rows are split over the cores
-/// (Kernels.parallelRows).
+/// (`splitRows`).
 public enum DecodeKernels {
     /// Which kernels run on this machine: "avx2", "neon" or "scalar".
     public static var instructionSet: String { String(cString: vlq_kernels_isa()) }
@@ -29,8 +29,14 @@ public enum DecodeKernels {
     /// half each the faster one waited for the other.
     static let tasksPerProcessor: Int = {
         if let text = getenv("VLQ_DECODE_TASKS"), let n = Int(String(cString: text)), n > 0 { return n }
-        return 8
+        return Kernels.balancedTasksPerProcessor
     }()
+
+    /// A product's rows over the cores, as every kernel here splits them.
+    @inline(__always)
+    static func splitRows(_ rows: Int, _ body: (Range<Int>) -> Void) {
+        Kernels.parallelRows(rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor, body)
+    }
 
     /// `weights` holds `rows` x `columns` bf16 or f16 values, row-major (little-endian bit patterns).
     public static func halves(
@@ -38,7 +44,7 @@ public enum DecodeKernels {
         _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
     ) {
         let w = weights.assumingMemoryBound(to: UInt16.self)
-        Kernels.parallelRows(rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor) { range in
+        splitRows(rows) { range in
             let (begin, end) = (range.lowerBound, range.upperBound)
             if isBF16 {
                 vlq_matvec_bf16(w, columns, x, y, begin, end)
@@ -62,8 +68,7 @@ public enum DecodeKernels {
         }
         if layout.encoding == .q8 {
             let codes = data.assumingMemoryBound(to: Int8.self)
-            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor)
-            { range in
+            splitRows(layout.rows) { range in
                 vlq_matvec_q8(codes, scales, columns, group, x, y, range.lowerBound, range.upperBound)
             }
             return
@@ -75,8 +80,7 @@ public enum DecodeKernels {
         let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
         sums.withUnsafeBufferPointer { sums in
             let s = sums.baseAddress!
-            Kernels.parallelRows(layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor)
-            { range in
+            splitRows(layout.rows) { range in
                 if layout.encoding == .q3 {
                     vlq_matvec_q3(codes, scales, biases, columns, group, x, s, y, range.lowerBound, range.upperBound)
                 } else {
@@ -120,9 +124,7 @@ public enum DecodeKernels {
                     let (xq, xs) = (q.baseAddress!, d.baseAddress!)
                     if layout.encoding == .q8 {
                         let codes = data.assumingMemoryBound(to: Int8.self)
-                        Kernels.parallelRows(
-                            layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor
-                        ) { range in
+                        splitRows(layout.rows) { range in
                             vlq_matvec_q8_a8(
                                 codes, scales, columns, group, xq, xs, y, range.lowerBound, range.upperBound)
                         }
@@ -130,9 +132,7 @@ public enum DecodeKernels {
                     }
                     let codes = data.assumingMemoryBound(to: UInt8.self)
                     let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
-                    Kernels.parallelRows(
-                        layout.rows, minimumPerTask: minimumRowsPerTask, tasksPerProcessor: tasksPerProcessor
-                    ) { range in
+                    splitRows(layout.rows) { range in
                         vlq_matvec_q4_a8(
                             codes, scales, biases, columns, group, xq, xs, s.baseAddress!, y, range.lowerBound,
                             range.upperBound)

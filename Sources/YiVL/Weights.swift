@@ -128,9 +128,19 @@ public final class WeightStore: @unchecked Sendable {
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
 
+    /// Whether the tensor's f32 copy may be kept: 16-bit and not streamed by decode (quantized tensors are
+    /// decoded anew for each prefill: a quantized model should also run in less memory, and its decode
+    /// steps read the packed codes directly).
+    func isCacheable(_ handle: TensorHandle) -> Bool {
+        switch entries[handle.index].storage {
+        case .bf16, .f16: return !streamedByDecode[handle.index]
+        case .f32, .quantized: return false
+        }
+    }
+
     /// Whether an f32 copy of the tensor is in the cache, or would be put there on its next use.
     func isOrWillBeCached(_ handle: TensorHandle) -> Bool {
-        if streamedByDecode[handle.index] { return false }
+        guard isCacheable(handle) else { return false }
         let size = entries[handle.index].shape.reduce(1, *) * 4
         return lock.withLock { cache[handle.index] != nil || cachedBytes + size <= cacheBudget }
     }
@@ -153,10 +163,7 @@ public final class WeightStore: @unchecked Sendable {
         let values = WeightStore.upcast(e)
         e.release()
         let size = values.count * 4
-        // Quantized tensors are decoded anew for each prefill and never cached: a quantized model
-        // should also run in less memory, and its decode steps read the packed codes directly.
-        if case .quantized = e.storage { return try values.withUnsafeBufferPointer(body) }
-        if streamedByDecode[handle.index] { return try values.withUnsafeBufferPointer(body) }
+        guard isCacheable(handle) else { return try values.withUnsafeBufferPointer(body) }
         lock.withLock {
             if cachedBytes + size <= cacheBudget {
                 cache[handle.index] = values
@@ -211,7 +218,9 @@ public final class WeightStore: @unchecked Sendable {
         _ handle: TensorHandle, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>
     ) -> Bool {
         let e = entries[handle.index]
-        guard e.shape.count == 2, lock.withLock({ cache[handle.index] == nil }) else { return false }
+        guard e.shape.count == 2, !isCacheable(handle) || lock.withLock({ cache[handle.index] == nil }) else {
+            return false
+        }
         let base = e.bytes.baseAddress!
         switch e.storage {
         case .f32:

@@ -11,19 +11,7 @@ import YiVL
 /// The layouts in which users have Yi-VL checkpoints: plain folders, Hugging Face cache snapshots
 /// (files as symbolic links into the repository's blobs/), the repository cache folder itself, and
 /// folders whose weights come in either format.
-final class CheckpointLayoutTests: XCTestCase {
-    var scratch: Scratch!
-
-    override func setUpWithError() throws {
-        scratch = try Scratch()
-    }
-
-    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
-    override func tearDown() {
-        scratch = nil
-        super.tearDown()
-    }
-
+final class CheckpointLayoutTests: ScratchTestCase {
     /// Lays the tiny model out as `huggingface-cli download` does: every file a blob named by a
     /// digest, every snapshot entry a relative link to it, `refs/main` naming the snapshot.
     func makeRepositoryCache(revision: String = "0123456789abcdef0123456789abcdef01234567") throws -> String {

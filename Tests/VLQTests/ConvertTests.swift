@@ -151,19 +151,12 @@ final class ConvertTests: XCTestCase {
 }
 
 /// Bad input: one clear line naming the file and the fault, and nothing at the destination.
-final class ConvertRejectsBadInputTests: XCTestCase {
-    var scratch: Scratch!
+final class ConvertRejectsBadInputTests: ScratchTestCase {
     var model: String!
 
     override func setUpWithError() throws {
-        scratch = try Scratch()
+        try super.setUpWithError()
         model = try scratch.copyOfTinyModel()
-    }
-
-    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
-    override func tearDown() {
-        scratch = nil
-        super.tearDown()
     }
 
     func assertConvertFails(

@@ -7,19 +7,7 @@ import YiVL
 
 /// Hyperparameters are untrusted numbers: a config or a bundle's metadata that would make vlq
 /// overflow, divide by zero or allocate terabytes is refused with one line naming the file.
-final class MalformedModelTests: XCTestCase {
-    var scratch: Scratch!
-
-    override func setUpWithError() throws {
-        scratch = try Scratch()
-    }
-
-    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
-    override func tearDown() {
-        scratch = nil
-        super.tearDown()
-    }
-
+final class MalformedModelTests: ScratchTestCase {
     func editConfig(_ model: String, _ file: String, _ replace: (String) -> String) throws {
         let path = model + "/" + file
         try replace(try String(contentsOfFile: path, encoding: .utf8)).write(

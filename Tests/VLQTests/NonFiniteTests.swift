@@ -10,19 +10,8 @@ import YiVL
 
 /// NaN and infinite weights: convert warns with a count per tensor, `vlq check --values` finds
 /// them, and quantize refuses to round them into codes unless told to keep them in float.
-final class NonFiniteTests: XCTestCase {
+final class NonFiniteTests: ScratchTestCase {
     static let poisoned = "model.layers.1.mlp.up_proj.weight"
-    var scratch: Scratch!
-
-    override func setUpWithError() throws {
-        scratch = try Scratch()
-    }
-
-    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
-    override func tearDown() {
-        scratch = nil
-        super.tearDown()
-    }
 
     /// The tiny model with three NaNs and one -Inf written into one bf16 weight.
     func poisonedModel() throws -> String {

@@ -9,19 +9,8 @@ import YiVL
 /// The tiny Yi-VL as the official repositories ship it: PyTorch `.bin` shards with an index, the tower
 /// as `pytorch_model.bin` beside an OpenCLIP copy (Tests/Fixtures/tiny-yivl-bin, written by
 /// tools/make_torch_tiny_model.py with views at offsets, a shared storage and a transposed view).
-final class PyTorchModelTests: XCTestCase {
+final class PyTorchModelTests: ScratchTestCase {
     static let binModel = Repo.root.appendingPathComponent("Tests/Fixtures/tiny-yivl-bin").path
-    var scratch: Scratch!
-
-    override func setUpWithError() throws {
-        scratch = try Scratch()
-    }
-
-    /// XCTest keeps every test case object until the process ends: the folder goes with the test, not then.
-    override func tearDown() {
-        scratch = nil
-        super.tearDown()
-    }
 
     func tensors(_ bundle: String) throws -> [String: [String]] {
         let file = try VLQFile(path: bundle)

@@ -23,6 +23,22 @@ enum Repo {
     }
 }
 
+/// A test case with a fresh `Scratch` folder per test. XCTest keeps every test case object until the process
+/// ends, so the folder goes in tearDown, with its test, not when the object does.
+class ScratchTestCase: XCTestCase {
+    var scratch: Scratch!
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        scratch = try Scratch()
+    }
+
+    override func tearDown() {
+        scratch = nil
+        super.tearDown()
+    }
+}
+
 /// A fresh temporary folder per test, removed afterwards.
 final class Scratch {
     let path: String
