@@ -16,11 +16,16 @@ import Darwin
 /// partial sum once (q4, q3: scale * sum(n x) + bias * sum(x)). Rows are split over the cores
 /// (`splitRows`).
 public enum DecodeKernels {
-    /// Which kernels run on this machine: "avx2", "neon" or "scalar".
+    /// Which kernels run on this machine: "avx512" (the AVX2 ones, and AVX-512 ones where they exist),
+    /// "avx2", "neon" or "scalar".
     public static var instructionSet: String { String(cString: vlq_kernels_isa()) }
 
     /// Tests: runs the portable (scalar) kernels instead of the CPU's vector ones, or goes back to them.
     public static func usePortableKernels(_ portable: Bool) { vlq_kernels_use_portable(portable ? 1 : 0) }
+
+    /// Tests: on a CPU with AVX-512, false keeps to the AVX2 kernels (which other x86-64 machines run);
+    /// true (the default) lets the AVX-512 ones run again.
+    public static func allowAVX512(_ allowed: Bool) { vlq_kernels_allow_avx512(allowed ? 1 : 0) }
 
     /// Rows per task below which splitting costs more than it saves.
     static let minimumRowsPerTask = 16

@@ -110,12 +110,22 @@ final class DecodeKernelTests: XCTestCase {
         testHalfKernelsMatchUpcastThenMultiply()
     }
 
-    /// The vector kernels where this machine has them: AVX2 on x86-64, NEON on arm64.
+    /// The same cases on the AVX2 kernels alone, which x86-64 machines without AVX-512 run (on those, and
+    /// elsewhere, this repeats the default kernels).
+    func testAVX2KernelsWhereTheCPUAlsoHasAVX512() throws {
+        DecodeKernels.allowAVX512(false)
+        defer { DecodeKernels.allowAVX512(true) }
+        XCTAssertNotEqual(DecodeKernels.instructionSet, "avx512")
+        try testQuantizedKernelsMatchDequantizeThenMultiply()
+        testHalfKernelsMatchUpcastThenMultiply()
+    }
+
+    /// The vector kernels where this machine has them: AVX2 (and AVX-512) on x86-64, NEON on arm64.
     func testVectorKernelsRunWhereTheCPUHasThem() {
         #if arch(arm64)
         XCTAssertEqual(DecodeKernels.instructionSet, "neon")
         #elseif arch(x86_64)
-        XCTAssertTrue(["avx2", "scalar"].contains(DecodeKernels.instructionSet))
+        XCTAssertTrue(["avx512", "avx2", "scalar"].contains(DecodeKernels.instructionSet))
         #endif
     }
 
@@ -124,7 +134,7 @@ final class DecodeKernelTests: XCTestCase {
     func testRowResultsDoNotDependOnTheRowSplit() throws {
         let (rows, columns) = (9, 256)
         for encoding in [TensorEncoding.q8, .q4, .q4s, .q3] {
-            for group in [32, 128] {
+            for group in [32, 128, 256] {
                 var gen = SplitMix64(seed: UInt64(group))
                 let codes: [Int8] = (0..<(rows * columns)).map { _ in Int8(gen.below(encoding == .q3 ? 8 : 16)) }
                 let perRow = columns / group

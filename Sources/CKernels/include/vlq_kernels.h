@@ -60,7 +60,12 @@ void vlq_matvec_q4_a8(const uint8_t *codes, const uint16_t *scales, const uint16
 /// while kernels run on other threads.
 void vlq_kernels_use_portable(int portable);
 
-/// Which implementation runs: "avx2", "neon" or "scalar".
+/// Tests: zero keeps x86-64 to its AVX2 kernels on a CPU with AVX-512, nonzero lets the AVX-512 ones run
+/// again (the default). Not while kernels run on other threads.
+void vlq_kernels_allow_avx512(int allowed);
+
+/// Which implementation runs: "avx512" (AVX2 kernels, and AVX-512 ones where they exist), "avx2", "neon"
+/// or "scalar".
 const char *vlq_kernels_isa(void);
 
 #ifdef __cplusplus
