@@ -26,6 +26,59 @@ public enum MemoryBandwidth {
         return sink.isNaN ? 0 : Double(count * MemoryLayout<Float>.stride) / best
     }
 
+    /// Bytes per second reading `regions` (the weights a decode step streams, say) once, on every core, the
+    /// best of `repeats` passes: the limit of a step that reads those very bytes, measured next to it, so
+    /// that a machine whose memory speed drifts over minutes (a shared host's) is compared with itself.
+    /// Reads only: nothing is allocated beyond a few bytes per core, so no resident memory is added.
+    public static func measureRead(regions: [UnsafeRawBufferPointer], repeats: Int = 3) -> Double {
+        // Slices of up to 1 MiB, handed out as cores ask, so that one large region and many small ones
+        // spread alike.
+        let slice = 1 << 20
+        var slices: [UnsafeRawBufferPointer] = []
+        for region in regions where region.count > 0 {
+            for start in stride(from: 0, to: region.count, by: slice) {
+                slices.append(UnsafeRawBufferPointer(rebasing: region[start..<min(region.count, start + slice)]))
+            }
+        }
+        let total = slices.reduce(0) { $0 + $1.count }
+        guard total > 0 else { return 0 }
+        var best = Double.infinity
+        var sink: UInt32 = 0
+        for _ in 0..<max(1, repeats) {
+            let partial = UnsafeMutablePointer<UInt32>.allocate(capacity: slices.count)
+            defer { partial.deallocate() }
+            let started = seconds()
+            Kernels.parallelRows(
+                slices.count, minimumPerTask: 1, tasksPerProcessor: Kernels.balancedTasksPerProcessor
+            ) { for i in $0 { partial[i] = wordSum(slices[i]) } }
+            best = min(best, seconds() - started)
+            for i in 0..<slices.count { sink &+= partial[i] }
+        }
+        // Stored where the optimiser cannot see it unused, so that no pass is optimised away.
+        lastWordSum = sink
+        return Double(total) / best
+    }
+
+    nonisolated(unsafe) static var lastWordSum: UInt32 = 0
+
+    /// The wrapping sum of a region's 32-bit words (and its tail bytes): integer adds, whatever the bytes
+    /// hold (as floats they could be NaN or subnormal, which some CPUs add slowly).
+    static func wordSum(_ region: UnsafeRawBufferPointer) -> UInt32 {
+        var a = SIMD16<UInt32>(), b = a, c = a, d = a
+        let blocks = region.count / 256
+        let raw = region.baseAddress!
+        for block in 0..<blocks {
+            let offset = block * 256
+            a &+= raw.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+            b &+= raw.loadUnaligned(fromByteOffset: offset + 64, as: SIMD16<UInt32>.self)
+            c &+= raw.loadUnaligned(fromByteOffset: offset + 128, as: SIMD16<UInt32>.self)
+            d &+= raw.loadUnaligned(fromByteOffset: offset + 192, as: SIMD16<UInt32>.self)
+        }
+        var sum = (a &+ b &+ c &+ d).wrappedSum()
+        for i in (blocks * 256)..<region.count { sum &+= UInt32(region[i]) }
+        return sum
+    }
+
     /// The sum of `count` floats (a multiple of 64), slices summed in parallel.
     public static func sum(_ p: UnsafePointer<Float>, count: Int) -> Float {
         let blocks = count / 64

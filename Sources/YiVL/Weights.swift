@@ -151,6 +151,10 @@ public final class WeightStore: @unchecked Sendable {
     /// The tensor's size as stored (bundle encoding or checkpoint dtype), not as upcast in the cache.
     public func storedBytes(_ handle: TensorHandle) -> Int { entries[handle.index].bytes.count }
 
+    /// The tensor's bytes as stored (mapped from the bundle or checkpoint): what a decode step streams,
+    /// for measuring how fast they can be read.
+    public func storedRegion(_ handle: TensorHandle) -> UnsafeRawBufferPointer { entries[handle.index].bytes }
+
     /// Runs `body` with the tensor's values as f32, in place when stored as f32.
     public func withFloats<R>(_ handle: TensorHandle, _ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
         let e = entries[handle.index]
