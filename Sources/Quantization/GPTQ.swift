@@ -116,7 +116,6 @@ public struct GPTQ: Sendable {
     /// gigabyte for 11008 columns).
     public func factor(of gram: GramMatrix) throws -> GPTQFactor {
         let n = gram.columns
-        var a = [Double](repeating: 0, count: n * n)
         let (order, dead, damp, diagonal) = gram.withUpperTriangle { upper in
             // Columns no input ever reached: H kept invertible (their weights are zeroed).
             var diagonal = (0..<n).map { Double(upper[$0 * n + $0]) }
@@ -128,10 +127,11 @@ public struct GPTQ: Sendable {
             for i in 0..<n { meanDiagonal += diagonal[order[i]] }
             return (order, dead, dampening * meanDiagonal / Double(n), diagonal)
         }
-        gram.withUpperTriangle { upper in
-            a.withUnsafeMutableBufferPointer { a in
+        var a = gram.withUpperTriangle { upper in
+            LargeAllocations.array(count: n * n) { (a: UnsafeMutableBufferPointer<Double>) in
                 let a = a.baseAddress!
-                // Column-major column j of J Hp J (Hp: H in processing order), rows 0...j: Hp[n-1-j][n-1-i].
+                // Column-major column j of J Hp J (Hp: H in processing order), rows 0...j: Hp[n-1-j][n-1-i];
+                // zero below (LAPACK reads the upper triangle only; written so every page is touched here).
                 Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
                     columnsOfA in
                     for j in columnsOfA {
@@ -141,6 +141,7 @@ public struct GPTQ: Sendable {
                             column[i] = Double(upper[min(p, q) * n + max(p, q)])
                         }
                         column[j] = diagonal[p] + damp
+                        (column + j + 1).initialize(repeating: 0, count: n - 1 - j)
                     }
                 }
             }
@@ -176,21 +177,20 @@ public struct GPTQ: Sendable {
     /// The same from J H J (the upper triangle, column-major, is what LAPACK reads).
     static func upperCholeskyOfInverseInFloat(reversed a: inout [Double], _ n: Int) throws -> [Float] {
         try invertedCholesky(&a, n)
-        var upper = [Float](repeating: 0, count: n * n)
-        a.withUnsafeBufferPointer { a in
-            upper.withUnsafeMutableBufferPointer { u in
+        return a.withUnsafeBufferPointer { a in
+            LargeAllocations.array(count: n * n) { (u: UnsafeMutableBufferPointer<Float>) in
                 let (a, u) = (a.baseAddress!, u.baseAddress!)
                 // Rows are independent: spread over the cores (a 11008-wide factor is 60M conversions).
                 Kernels.parallelRows(n, minimumPerTask: 64, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
                     rows in
                     for i in rows {
                         let reversed = a + (n - 1 - i) * n + (n - 1)
+                        (u + i * n).initialize(repeating: 0, count: i)
                         for j in i..<n { u[i * n + j] = Float(reversed[-j]) }
                     }
                 }
             }
         }
-        return upper
     }
 
     /// R, upper with R^T R = `a` (column-major, upper triangle read), then R^-1, in place.
@@ -273,10 +273,11 @@ struct GPTQPass {
         self.factor = factor
         quantizer = GroupQuantizer(encoding: layout.encoding)
         self.staticGroups = staticGroups
-        wp = weights
+        // Hundreds of MB each for the widest Linears: first touched on every core.
+        wp = LargeAllocations.copy(of: weights)
         fits = Array(repeating: nil, count: layout.rows * layout.groupsPerRow)
-        dequantized = Array(repeating: 0, count: layout.rows * layout.columns)
-        codes = Array(repeating: 0, count: layout.rows * layout.columns)
+        dequantized = LargeAllocations.array(repeating: 0, count: layout.rows * layout.columns)
+        codes = LargeAllocations.array(repeating: 0, count: layout.rows * layout.columns)
         errors = Array(repeating: 0, count: layout.rows * blockSize)
     }
 

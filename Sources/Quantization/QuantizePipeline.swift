@@ -1,5 +1,6 @@
 import Calibration
 import Logging
+import Numerics
 import VLQCore
 import VLQFormat
 import YiVL
@@ -168,12 +169,29 @@ public final class QuantizePipeline {
     func nonFinite(_ source: VLQFile, names: [String]) -> [(name: String, count: Int)] {
         names.compactMap { name in
             if scannedNonFinite[name] == nil, let stored = source.record(name) {
-                scannedNonFinite[name] = NonFiniteValues.count(source.data(stored), encoding: stored.encoding)
+                scannedNonFinite[name] = Self.countNonFinite(source.data(stored), encoding: stored.encoding)
                 source.mapped.release(offset: stored.offset, count: stored.byteCount)
             }
             guard let count = scannedNonFinite[name], count > 0 else { return nil }
             return (name, count)
         }
+    }
+
+    /// NonFiniteValues.count over the cores, in slices of 8 MiB (a multiple of every element size): on one
+    /// core the scan of a 6B model's 13 GB took a tenth of an int8 quantize.
+    static func countNonFinite(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncoding) -> Int {
+        let slice = 8 << 20
+        let slices = (bytes.count + slice - 1) / slice
+        guard slices > 1 else { return NonFiniteValues.count(bytes, encoding: encoding) }
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: slices)
+        defer { counts.deallocate() }
+        Kernels.parallelRows(slices, minimumPerTask: 1, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
+            for i in $0 {
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[(i * slice)..<min(bytes.count, (i + 1) * slice)])
+                counts[i] = NonFiniteValues.count(piece, encoding: encoding)
+            }
+        }
+        return (0..<slices).reduce(0) { $0 + counts[$1] }
     }
 
     /// Rounding NaN or an infinity into a group's codes poisons the whole group (its scale becomes
