@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Arrays of hundreds of MB whose pages are first touched on every core, in 2 MiB pages where Linux's
@@ -27,8 +27,10 @@ public enum LargeAllocations {
     /// `count` copies of `value`, written by every core in 2 MiB slices.
     public static func array<Element: BitwiseCopyable>(repeating value: Element, count: Int) -> [Element] {
         array(count: count) { buffer in
-            inSlices(count, of: Element.self) { buffer.baseAddress!.advanced(by: $0.lowerBound).initialize(
-                repeating: value, count: $0.count) }
+            inSlices(count, of: Element.self) {
+                buffer.baseAddress!.advanced(by: $0.lowerBound).initialize(
+                    repeating: value, count: $0.count)
+            }
         }
     }
 
@@ -37,8 +39,10 @@ public enum LargeAllocations {
     public static func copy<Element: BitwiseCopyable>(of elements: [Element]) -> [Element] {
         elements.withUnsafeBufferPointer { source in
             array(count: source.count) { buffer in
-                inSlices(source.count, of: Element.self) { buffer.baseAddress!.advanced(by: $0.lowerBound).initialize(
-                    from: source.baseAddress!.advanced(by: $0.lowerBound), count: $0.count) }
+                inSlices(source.count, of: Element.self) {
+                    buffer.baseAddress!.advanced(by: $0.lowerBound).initialize(
+                        from: source.baseAddress!.advanced(by: $0.lowerBound), count: $0.count)
+                }
             }
         }
     }
@@ -57,12 +61,12 @@ public enum LargeAllocations {
     /// Asks for huge pages over the whole 2 MiB pages inside `region` (before its first touch).
     static func adviseHugePages(_ region: UnsafeMutableRawBufferPointer) {
         #if os(Linux)
-            guard let base = region.baseAddress else { return }
-            let start = (Int(bitPattern: base) + hugePageBytes - 1) & ~(hugePageBytes - 1)
-            let end = (Int(bitPattern: base) + region.count) & ~(hugePageBytes - 1)
-            guard end > start, let aligned = UnsafeMutableRawPointer(bitPattern: start) else { return }
-            // Advice only: where huge pages are off or unavailable the region keeps 4 KiB pages.
-            _ = madvise(aligned, end - start, MADV_HUGEPAGE)
+        guard let base = region.baseAddress else { return }
+        let start = (Int(bitPattern: base) + hugePageBytes - 1) & ~(hugePageBytes - 1)
+        let end = (Int(bitPattern: base) + region.count) & ~(hugePageBytes - 1)
+        guard end > start, let aligned = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        // Advice only: where huge pages are off or unavailable the region keeps 4 KiB pages.
+        _ = madvise(aligned, end - start, MADV_HUGEPAGE)
         #endif
     }
 }
