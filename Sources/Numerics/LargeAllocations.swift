@@ -49,13 +49,7 @@ public enum LargeAllocations {
 
     /// `body` on the element ranges of consecutive 2 MiB slices of `count` elements, over the cores.
     static func inSlices<Element>(_ count: Int, of _: Element.Type, _ body: (Range<Int>) -> Void) {
-        guard count > 0 else { return }
-        let slice = max(1, hugePageBytes / MemoryLayout<Element>.stride)
-        Kernels.parallelRows(
-            (count + slice - 1) / slice, minimumPerTask: 1, tasksPerProcessor: Kernels.balancedTasksPerProcessor
-        ) { slices in
-            for s in slices { body((s * slice)..<min(count, (s + 1) * slice)) }
-        }
+        Kernels.parallelSlices(count, slice: hugePageBytes / MemoryLayout<Element>.stride, body)
     }
 
     /// Asks for huge pages over the whole 2 MiB pages inside `region` (before its first touch).

@@ -22,6 +22,16 @@ extension Kernels {
         concurrently(tasks) { t in body((count * t / tasks)..<(count * (t + 1) / tasks)) }
     }
 
+    /// `body` on consecutive ranges of `slice` items (the last shorter) that cover `0..<count`, handed out
+    /// to the cores as they ask: for passes over large buffers in fixed slices.
+    public static func parallelSlices(_ count: Int, slice: Int, _ body: (Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let slice = max(1, slice)
+        parallelRows((count + slice - 1) / slice, minimumPerTask: 1, tasksPerProcessor: balancedTasksPerProcessor) {
+            for s in $0 { body((s * slice)..<min(count, (s + 1) * slice)) }
+        }
+    }
+
     /// Tasks per core for loops whose rows cost unequal time (see `parallelRows`).
     public static let balancedTasksPerProcessor = 8
 

@@ -182,14 +182,11 @@ public final class QuantizePipeline {
     static func countNonFinite(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncoding) -> Int {
         let slice = 8 << 20
         let slices = (bytes.count + slice - 1) / slice
-        guard slices > 1 else { return NonFiniteValues.count(bytes, encoding: encoding) }
-        let counts = UnsafeMutablePointer<Int>.allocate(capacity: slices)
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: max(1, slices))
         defer { counts.deallocate() }
-        Kernels.parallelRows(slices, minimumPerTask: 1, tasksPerProcessor: Kernels.balancedTasksPerProcessor) {
-            for i in $0 {
-                let piece = UnsafeRawBufferPointer(rebasing: bytes[(i * slice)..<min(bytes.count, (i + 1) * slice)])
-                counts[i] = NonFiniteValues.count(piece, encoding: encoding)
-            }
+        Kernels.parallelSlices(bytes.count, slice: slice) { range in
+            counts[range.lowerBound / slice] = NonFiniteValues.count(
+                UnsafeRawBufferPointer(rebasing: bytes[range]), encoding: encoding)
         }
         return (0..<slices).reduce(0) { $0 + counts[$1] }
     }
