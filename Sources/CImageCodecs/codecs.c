@@ -179,6 +179,26 @@ int vlq_decode_jpeg(const uint8_t *data, size_t size, uint64_t max_pixels, vlq_d
         jpeg_destroy_decompress(&cinfo);
         return 2;
     }
+    /* Every 8x8 block of every component takes at least one bit of entropy-coded data (its DC code;
+     * a sequential scan adds an end-of-block code), so the bytes after the header of an honest file
+     * number at least blocks/8. A header declaring more is refused before libjpeg allocates for it:
+     * the output rows, and a progressive file's whole-image coefficients (128 bytes a block).
+     * Without this, 769 bytes made libjpeg pad 12.7 million pixels with grey (fuzzer, image target).
+     * Arithmetic coding can go under a bit a block, on near-constant images only; they are held to
+     * the same bound. */
+    uint64_t blocks = 0;
+    for (int c = 0; c < cinfo.num_components; c++) {
+        blocks += (uint64_t)cinfo.comp_info[c].width_in_blocks * cinfo.comp_info[c].height_in_blocks;
+    }
+    uint64_t coded = cinfo.src->bytes_in_buffer;
+    if (blocks > coded * 8) {
+        snprintf(error, error_size,
+                 "%ux%u pixels in %d components need at least %llu bytes of coded data, %llu follow the header",
+                 cinfo.image_width, cinfo.image_height, cinfo.num_components, (unsigned long long)((blocks + 7) / 8),
+                 (unsigned long long)coded);
+        jpeg_destroy_decompress(&cinfo);
+        return 2;
+    }
     vlq_pixel_layout layout;
     switch (cinfo.jpeg_color_space) {
         case JCS_GRAYSCALE: cinfo.out_color_space = JCS_GRAYSCALE; layout = VLQ_PIXELS_GRAY; break;

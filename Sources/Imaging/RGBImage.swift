@@ -41,7 +41,12 @@ public enum ImageDecoder {
         return try decode(file.bytes, source: path)
     }
 
-    public static func decode(_ bytes: UnsafeRawBufferPointer, source: String) throws -> RGBImage {
+    /// `pixelLimit` lower than `maxPixels` is for the fuzzer, whose 256 MB allocation limit a 31 KB
+    /// blank 1-bit PNG of 16000x16000 pixels (768 MB as RGB) would exceed without being malformed.
+    public static func decode(
+        _ bytes: UnsafeRawBufferPointer, source: String, pixelLimit: UInt64 = maxPixels
+    ) throws -> RGBImage {
+        let limit = min(pixelLimit, maxPixels)
         let data = bytes.bindMemory(to: UInt8.self)
         var decoded = vlq_decoded_image()
         var message = [CChar](repeating: 0, count: 256)
@@ -49,10 +54,10 @@ public enum ImageDecoder {
         let format: String
         if bytes.count >= 8, Array(bytes[0..<4]) == [0x89, 0x50, 0x4E, 0x47] {
             format = "PNG"
-            status = vlq_decode_png(data.baseAddress, data.count, maxPixels, &decoded, &message, message.count)
+            status = vlq_decode_png(data.baseAddress, data.count, limit, &decoded, &message, message.count)
         } else if bytes.count >= 3, Array(bytes[0..<3]) == [0xFF, 0xD8, 0xFF] {
             format = "JPEG"
-            status = vlq_decode_jpeg(data.baseAddress, data.count, maxPixels, &decoded, &message, message.count)
+            status = vlq_decode_jpeg(data.baseAddress, data.count, limit, &decoded, &message, message.count)
         } else {
             throw VLQError(ImageError.notAnImage, source, "not a PNG or JPEG image")
         }

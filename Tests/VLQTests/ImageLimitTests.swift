@@ -180,6 +180,25 @@ final class ImageLimitTests: XCTestCase {
         XCTAssertTrue(line.pixels.allSatisfy { $0 == 128 })
     }
 
+    /// Every block takes at least a bit of coded data, so a header declaring more blocks than eight times
+    /// the bytes after it is refused before anything is allocated for them (libjpeg would pad with grey).
+    func testAJPEGWithLessCodedDataThanItsBlocksNeedIsRefusedFromItsHeader() throws {
+        let scratch = try Scratch()
+        let honest = ImageBuilder.flatGrayJPEG(width: 4096, height: 4096)  // 262,144 blocks at 2 bits: 64 KiB
+        try writeBytes(honest, to: scratch.file("flat.jpg"))
+        XCTAssertEqual(try ImageDecoder.decode(path: scratch.file("flat.jpg")).width, 4096)
+        let header = honest.count - 2 - 65536
+        let starved = Array(honest.prefix(header)) + [UInt8](repeating: 0, count: 32765) + [0xFF, 0xD9]
+        try writeBytes(starved, to: scratch.file("starved.jpg"))
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file("starved.jpg")),
+            kind: ImageError.corruptImage,
+            contains: [
+                "starved.jpg: corrupt or unsupported JPEG: 4096x4096 pixels in 1 components need at least 32768 "
+                    + "bytes of coded data, 32767 follow the header"
+            ])
+    }
+
     func testResultsLargerThanTheLimitAreRefused() throws {
         let wide = RGBImage(width: 100_000, height: 1, fill: [1, 2, 3])
         var p = ImagePreprocessing()
