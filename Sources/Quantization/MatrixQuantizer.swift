@@ -49,26 +49,30 @@ public enum MatrixQuantizer {
         precondition(wp.count == rows * columns)
         let layout = QuantizedLayout(encoding: encoding, shape: [rows, columns], groupSize: groupSize)!
         let quantizer = GroupQuantizer(encoding: encoding, leastSquares: columnImportance != nil && gram == nil)
-        var codes = [Int8](repeating: 0, count: rows * columns)
         var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var biases = [Float16](repeating: 0, count: rows * layout.groupsPerRow)
         var values = [Float](repeating: 0, count: keepValues || gram != nil ? rows * columns : 0)
-        // Rows are independent: they are spread over the cores, each writing its own rows.
-        codes.withUnsafeMutableBufferPointer { codesBuffer in
+        // Codes go straight into the tensor's bytes, row by row as each is done (q8 in place, the others
+        // through a row of scratch): no matrix of codes beside them, and no pass zeroing either, pages
+        // the kernel would zero on first touch anyway (a third of an int8 quantize's time went there).
+        let bytes = [UInt8](unsafeUninitializedCapacity: layout.byteCount) { packed, initialized in
             scales.withUnsafeMutableBufferPointer { scalesBuffer in
                 biases.withUnsafeMutableBufferPointer { biasesBuffer in
                     values.withUnsafeMutableBufferPointer { valuesBuffer in
                         let out = RowOutputs(
-                            codes: codesBuffer.baseAddress!, scales: scalesBuffer.baseAddress!,
+                            layout: layout, packed: packed.baseAddress!, scales: scalesBuffer.baseAddress!,
                             biases: biasesBuffer.baseAddress!,
                             values: valuesBuffer.isEmpty ? nil : valuesBuffer.baseAddress)
+                        // Rows are independent: they are spread over the cores, each writing its own rows.
                         Kernels.parallelRows(
                             rows, minimumPerTask: 16, tasksPerProcessor: Kernels.balancedTasksPerProcessor
                         ) { range in
+                            let scratch = UnsafeMutablePointer<Int8>.allocate(capacity: columns)
+                            defer { scratch.deallocate() }
                             if gram == nil {
                                 return searchRows(
                                     range, of: wp.baseAddress!, layout: layout, quantizer: quantizer,
-                                    columnImportance: columnImportance, into: out)
+                                    columnImportance: columnImportance, into: out, scratch: scratch)
                             }
                             var quantizer = quantizer
                             var importance = [Float](repeating: 1, count: groupSize)
@@ -76,25 +80,39 @@ public enum MatrixQuantizer {
                                 quantizeRow(
                                     r, of: wp.baseAddress!, columns: columns, layout: layout,
                                     quantizer: &quantizer, importance: &importance,
-                                    columnImportance: columnImportance, gram: gram, into: out)
+                                    columnImportance: columnImportance, gram: gram,
+                                    into: out, codes: out.codes(row: r, scratch: scratch))
+                                out.finish(row: r, codes: scratch)
                             }
                         }
                     }
                 }
             }
+            layout.packParameters(scales: scales, biases: encoding.hasBiases ? biases : nil, into: packed.baseAddress!)
+            initialized = layout.byteCount
         }
-        return QuantizedMatrix(
-            layout: layout, bytes: layout.pack(codes: codes, scales: scales, biases: encoding.hasBiases ? biases : nil),
-            dequantized: values)
+        return QuantizedMatrix(layout: layout, bytes: bytes, dequantized: values)
     }
 
-    /// Where `quantizeRow` writes: each row its own part of the codes, group parameters and values.
+    /// Where `quantizeRow` writes: each row its own part of the tensor's bytes, group parameters and values.
     struct RowOutputs {
-        let codes: UnsafeMutablePointer<Int8>
+        let layout: QuantizedLayout
+        let packed: UnsafeMutablePointer<UInt8>
         let scales: UnsafeMutablePointer<Float16>
         let biases: UnsafeMutablePointer<Float16>
         /// nil: values not wanted.
         let values: UnsafeMutablePointer<Float>?
+
+        /// Where row `r`'s codes are written: in place for q8 (a code is its stored byte), else `scratch`
+        /// (a row of codes), which `finish` packs.
+        func codes(row r: Int, scratch: UnsafeMutablePointer<Int8>) -> UnsafeMutablePointer<Int8> {
+            guard layout.encoding == .q8 else { return scratch }
+            return UnsafeMutableRawPointer(packed + r * layout.columns).assumingMemoryBound(to: Int8.self)
+        }
+
+        func finish(row r: Int, codes scratch: UnsafeMutablePointer<Int8>) {
+            if layout.encoding != .q8 { layout.packRow(scratch, row: r, into: packed) }
+        }
     }
 
     /// `quantizeRow` without a Gram matrix, for `rows`: each row's range searches run in C, eight groups
@@ -102,7 +120,7 @@ public enum MatrixQuantizer {
     /// importance) in Swift, then the rounding in C.
     static func searchRows(
         _ rows: Range<Int>, of w: UnsafePointer<Float>, layout: QuantizedLayout, quantizer: GroupQuantizer,
-        columnImportance: [Float]?, into out: RowOutputs
+        columnImportance: [Float]?, into out: RowOutputs, scratch: UnsafeMutablePointer<Int8>
     ) {
         let (columns, groups, groupSize) = (layout.columns, layout.groupsPerRow, layout.groupSize)
         var searcher = quantizer
@@ -130,7 +148,8 @@ public enum MatrixQuantizer {
             }
             quantizer.roundGroups(
                 row, groups: groups, size: groupSize, scales: scales, biases: biases,
-                codes: out.codes + r * columns, values: out.values.map { $0 + r * columns })
+                codes: out.codes(row: r, scratch: scratch), values: out.values.map { $0 + r * columns })
+            out.finish(row: r, codes: scratch)
         }
     }
 
@@ -150,7 +169,7 @@ public enum MatrixQuantizer {
     static func quantizeRow(
         _ r: Int, of w: UnsafePointer<Float>, columns: Int, layout: QuantizedLayout,
         quantizer: inout GroupQuantizer, importance: inout [Float], columnImportance: [Float]?, gram: [Double]?,
-        into out: RowOutputs
+        into out: RowOutputs, codes: UnsafeMutablePointer<Int8>
     ) {
         let groupSize = layout.groupSize
         let row = w + r * columns
@@ -181,7 +200,7 @@ public enum MatrixQuantizer {
             out.scales[r * layout.groupsPerRow + g] = fit.scale
             out.biases[r * layout.groupsPerRow + g] = fit.bias
             for j in start..<(start + groupSize) {
-                out.codes[r * columns + j] = quantizer.storedCode(row[j], fit)
+                codes[j] = quantizer.storedCode(row[j], fit)
                 out.values?[r * columns + j] = quantizer.dequantized(row[j], fit)
             }
         }

@@ -134,34 +134,66 @@ public struct QuantizedLayout: Equatable, Sendable {
     /// signed integers, 4-bit codes as 0...15 and 3-bit codes as 0...7; `biases` is for q4 and q3 only.
     public func pack(codes: [Int8], scales: [Float16], biases: [Float16]?) -> [UInt8] {
         precondition(codes.count == rows * columns && scales.count == rows * groupsPerRow)
-        var out = [UInt8](repeating: 0, count: byteCount)
-        if encoding == .q8 {
-            for i in 0..<codes.count { out[i] = UInt8(bitPattern: codes[i]) }
-        } else if encoding == .q3 {
-            // Rows are whole blocks, so element i of the matrix is element i % 32 of block i / 32.
-            for i in 0..<codes.count {
-                let block = i / QuantizedLayout.q3BlockValues * QuantizedLayout.q3BlockBytes
-                let e = i % QuantizedLayout.q3BlockValues, code = UInt8(codes[i]) & 7
-                out[block + e % 8] |= (code & 3) << UInt8(2 * (e / 8))
-                out[block + 8 + e / 8] |= (code >> 2) << UInt8(e % 8)
+        return [UInt8](unsafeUninitializedCapacity: byteCount) { out, initialized in
+            codes.withUnsafeBufferPointer { c in
+                for r in 0..<rows { packRow(c.baseAddress! + r * columns, row: r, into: out.baseAddress!) }
             }
-        } else {
-            for i in stride(from: 0, to: codes.count, by: 2) {
-                out[i / 2] = UInt8(codes[i]) & 0x0F | (UInt8(codes[i + 1]) & 0x0F) << 4
+            packParameters(scales: scales, biases: biases, into: out.baseAddress!)
+            initialized = byteCount
+        }
+    }
+
+    /// Row `r`'s `columns` codes (as `pack` takes them) into their place in `out`, the tensor's bytes:
+    /// rows are independent, so a quantizer packs each as it finishes it, on whichever core, into bytes
+    /// never zeroed first.
+    @inline(__always)
+    public func packRow(_ codes: UnsafePointer<Int8>, row r: Int, into out: UnsafeMutablePointer<UInt8>) {
+        switch encoding {
+        case .q8:
+            UnsafeMutableRawPointer(out + r * columns).copyMemory(from: codes, byteCount: columns)
+        case .q3:
+            // Rows are whole blocks, so element j of a row is element j % 32 of its block j / 32.
+            let (blockValues, blockBytes) = (QuantizedLayout.q3BlockValues, QuantizedLayout.q3BlockBytes)
+            let row = out + r * columns / blockValues * blockBytes
+            row.update(repeating: 0, count: columns / blockValues * blockBytes)
+            for j in 0..<columns {
+                let block = j / blockValues * blockBytes, e = j % blockValues
+                let code = UInt8(truncatingIfNeeded: codes[j]) & 7
+                row[block + e % 8] |= (code & 3) << UInt8(2 * (e / 8))
+                row[block + 8 + e / 8] |= (code >> 2) << UInt8(e % 8)
+            }
+        default:
+            let row = out + r * columns / 2
+            for j in stride(from: 0, to: columns, by: 2) {
+                row[j / 2] =
+                    UInt8(truncatingIfNeeded: codes[j]) & 0x0F | (UInt8(truncatingIfNeeded: codes[j + 1]) & 0x0F) << 4
             }
         }
-        for (i, s) in scales.enumerated() {
-            let bits = s.bitPattern.littleEndian
-            out[scalesOffset + 2 * i] = UInt8(bits & 0xFF)
-            out[scalesOffset + 2 * i + 1] = UInt8(bits >> 8)
-        }
-        if let biasesOffset, let biases {
-            for (i, b) in biases.enumerated() {
-                let bits = b.bitPattern.littleEndian
-                out[biasesOffset + 2 * i] = UInt8(bits & 0xFF)
-                out[biasesOffset + 2 * i + 1] = UInt8(bits >> 8)
+    }
+
+    /// The scales (and biases) planes, little-endian, and zeros in the padding before and after them.
+    public func packParameters(scales: [Float16], biases: [Float16]?, into out: UnsafeMutablePointer<UInt8>) {
+        precondition(scales.count == rows * groupsPerRow)
+        let planeBytes = 2 * scales.count
+        func plane(_ values: [Float16], at offset: Int) {
+            for (i, v) in values.enumerated() {
+                let bits = v.bitPattern.littleEndian
+                out[offset + 2 * i] = UInt8(bits & 0xFF)
+                out[offset + 2 * i + 1] = UInt8(bits >> 8)
             }
         }
-        return out
+        (out + valuesBytes).update(repeating: 0, count: scalesOffset - valuesBytes)
+        plane(scales, at: scalesOffset)
+        var end = scalesOffset + planeBytes
+        if let biasesOffset {
+            (out + end).update(repeating: 0, count: biasesOffset - end)
+            if let biases {
+                plane(biases, at: biasesOffset)
+            } else {
+                (out + biasesOffset).update(repeating: 0, count: planeBytes)
+            }
+            end = biasesOffset + planeBytes
+        }
+        (out + end).update(repeating: 0, count: byteCount - end)
     }
 }

@@ -115,18 +115,23 @@ final class QuantizerThroughputTests: XCTestCase {
         var codes = [Int8](repeating: 0, count: rows * columns), values = [Float](repeating: 0, count: rows * columns)
         var scales = [Float16](repeating: 0, count: rows * layout.groupsPerRow), biases = scales
         var importance = [Float](repeating: 1, count: groupSize)
+        let unused = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        defer { unused.deallocate() }
         codes.withUnsafeMutableBufferPointer { c in
             values.withUnsafeMutableBufferPointer { v in
                 scales.withUnsafeMutableBufferPointer { s in
                     biases.withUnsafeMutableBufferPointer { b in
+                        // The codes stay in their own matrix, packed at the end (the fast path packs row by row
+                        // into the tensor's bytes): `packed` is never written here.
                         let out = MatrixQuantizer.RowOutputs(
-                            codes: c.baseAddress!, scales: s.baseAddress!, biases: b.baseAddress!,
+                            layout: layout, packed: unused, scales: s.baseAddress!, biases: b.baseAddress!,
                             values: v.baseAddress!)
                         w.withUnsafeBufferPointer { p in
                             for r in 0..<rows {
                                 MatrixQuantizer.quantizeRow(
                                     r, of: p.baseAddress!, columns: columns, layout: layout, quantizer: &quantizer,
-                                    importance: &importance, columnImportance: ci, gram: nil, into: out)
+                                    importance: &importance, columnImportance: ci, gram: nil, into: out,
+                                    codes: c.baseAddress! + r * columns)
                             }
                         }
                     }
