@@ -180,11 +180,16 @@ typedef struct {
     __m256 scale, bias, error;
 } fit8_t;
 
-// `t` holds eight groups transposed: element j of lane k at t[8 j + k].
-VLQ_QUANT_AVX2 static void consider_avx2(const float *t, const float *a, size_t n, __m256 low, __m256 high,
-                                         __m256 scale, __m256 bias, fit8_t *best) {
+// `t` holds eight groups transposed: element j of lane k at t[8 j + k]. `biased` and `weighted` are
+// constants once inlined (consider_avx2 picks the version): q8's and q4s's bias is +0, and without
+// importance every weight is 1, so their subtraction, addition and multiplication by one are left out.
+// The errors stay bit for bit the same: w - (+0) is w, 1 * d is d, and where code * s + (+0) turns a -0
+// into +0 only the sign of a zero d can differ, which d * d does not see.
+VLQ_QUANT_AVX2 static __attribute__((always_inline)) inline void consider_lanes(
+    const float *t, const float *a, size_t n, __m256 low, __m256 high, __m256 scale, __m256 bias, fit8_t *best,
+    const int biased, const int weighted) {
     __m256 s = round_to_f16(scale), b = round_to_f16(bias);
-    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY), one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
     __m256 valid = _mm256_and_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, s), inf, _CMP_LT_OQ),
                                  _mm256_cmp_ps(_mm256_andnot_ps(sign, b), inf, _CMP_LT_OQ));
     valid = _mm256_and_ps(valid, _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_NEQ_OQ));
@@ -195,16 +200,26 @@ VLQ_QUANT_AVX2 static void consider_avx2(const float *t, const float *a, size_t 
     __m256 e = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j++) {
         __m256 w = _mm256_loadu_ps(t + 8 * j);
-        __m256 q = round_half_away_avx2(_mm256_div_ps(_mm256_sub_ps(w, b), s));
+        __m256 q = round_half_away_avx2(_mm256_div_ps(biased ? _mm256_sub_ps(w, b) : w, s));
         __m256 code = _mm256_min_ps(_mm256_max_ps(q, low), high);
-        __m256 d = _mm256_sub_ps(w, _mm256_add_ps(_mm256_mul_ps(code, s), b));
-        __m256 weight = a ? _mm256_loadu_ps(a + 8 * j) : one;
-        e = _mm256_add_ps(e, _mm256_mul_ps(_mm256_mul_ps(weight, d), d));
+        __m256 value = _mm256_mul_ps(code, s);
+        __m256 d = _mm256_sub_ps(w, biased ? _mm256_add_ps(value, b) : value);
+        e = _mm256_add_ps(e, _mm256_mul_ps(weighted ? _mm256_mul_ps(_mm256_loadu_ps(a + 8 * j), d) : d, d));
     }
     __m256 better = _mm256_and_ps(valid, _mm256_cmp_ps(e, best->error, _CMP_LT_OQ));
     best->scale = _mm256_blendv_ps(best->scale, s, better);
     best->bias = _mm256_blendv_ps(best->bias, b, better);
     best->error = _mm256_blendv_ps(best->error, e, better);
+}
+
+VLQ_QUANT_AVX2 static void consider_avx2(const float *t, const float *a, size_t n, __m256 low, __m256 high,
+                                         __m256 scale, __m256 bias, fit8_t *best, int biased) {
+    if (biased) {
+        if (a) return consider_lanes(t, a, n, low, high, scale, bias, best, 1, 1);
+        return consider_lanes(t, a, n, low, high, scale, bias, best, 1, 0);
+    }
+    if (a) return consider_lanes(t, a, n, low, high, scale, bias, best, 0, 1);
+    consider_lanes(t, a, n, low, high, scale, bias, best, 0, 0);
 }
 
 VLQ_QUANT_AVX2 static void search_avx2(const float *t, const float *a, size_t n, int encoding, int steps,
@@ -230,18 +245,18 @@ VLQ_QUANT_AVX2 static void search_avx2(const float *t, const float *a, size_t n,
         __m256 vc = _mm256_set1_ps(c);
         if (encoding == VLQ_QUANT_Q8) {
             consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_mul_ps(vc, amax), _mm256_set1_ps(127)), zero,
-                          &best);
+                          &best, 0);
         } else if (encoding == VLQ_QUANT_Q4S) {
             consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_mul_ps(vc, signed_max), _mm256_set1_ps(-8)),
-                          zero, &best);
+                          zero, &best, 0);
             consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(-c), signed_max),
-                                                              _mm256_set1_ps(7)), zero, &best);
+                                                              _mm256_set1_ps(7)), zero, &best, 0);
         } else {
             const float f[3] = {c, c, 1}, g[3] = {c, 1, c};
             for (int k = 0; k < 3; k++) {
                 __m256 l = _mm256_mul_ps(lo, _mm256_blendv_ps(one, _mm256_set1_ps(f[k]), lo_negative));
                 __m256 h = _mm256_mul_ps(hi, _mm256_blendv_ps(one, _mm256_set1_ps(g[k]), hi_positive));
-                consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_sub_ps(h, l), vhigh), l, &best);
+                consider_avx2(t, a, n, vlow, vhigh, _mm256_div_ps(_mm256_sub_ps(h, l), vhigh), l, &best, 1);
             }
         }
     }
