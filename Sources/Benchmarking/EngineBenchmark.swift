@@ -348,8 +348,10 @@ public struct EngineBenchmark {
             parameters += w.count
             for encoding in [TensorEncoding.q8, .q4] {
                 let t = monotonicSeconds()
+                // The bytes only, as vlq quantize asks (the dequantized values would add an f32 copy).
                 _ = MatrixQuantizer.roundToNearest(
-                    w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: groupSize)
+                    w, rows: shape[0], columns: shape[1], encoding: encoding, groupSize: groupSize,
+                    keepValues: false)
                 rtnSeconds[encoding, default: 0] += monotonicSeconds() - t
             }
             guard let stats = gram.statistics(for: name), let g = stats.gramMatrix else { continue }
