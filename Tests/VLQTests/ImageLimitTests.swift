@@ -86,6 +86,17 @@ final class ImageLimitTests: XCTestCase {
             pixels: (0..<(width * height * 3)).map { _ in UInt8(random.below(256)) })
     }
 
+    /// `bytes` written as `name` in `scratch` are refused by the decoder as a corrupt image, with `message`.
+    func assertDecodingRefuses(
+        _ bytes: [UInt8], as name: String, in scratch: Scratch, _ message: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
+        try writeBytes(bytes, to: scratch.file(name))
+        assertVLQError(
+            try ImageDecoder.decode(path: scratch.file(name)), kind: ImageError.corruptImage, contains: [message],
+            file: file, line: line)
+    }
+
     func testPaddedResizeGivesTheBytesOfResizingTheSquare() {
         var random = SplitMix64(seed: 448)
         let shapes = [
@@ -154,25 +165,16 @@ final class ImageLimitTests: XCTestCase {
         let png =
             [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + ImageBuilder.chunk("IHDR", header)
             + ImageBuilder.chunk("IDAT", [0x78, 0x01]) + ImageBuilder.chunk("IEND", [])
-        try writeBytes(png, to: scratch.file("huge.png"))
-        assertVLQError(
-            try ImageDecoder.decode(path: scratch.file("huge.png")),
-            kind: ImageError.corruptImage,
-            contains: [
-                "huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit "
-                    + "of 268435456"
-            ])
-        try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 5000), to: scratch.file("huge.jpg"))
-        assertVLQError(
-            try ImageDecoder.decode(path: scratch.file("huge.jpg")),
-            kind: ImageError.corruptImage,
-            contains: ["huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit"])
+        try assertDecodingRefuses(
+            png, as: "huge.png", in: scratch,
+            "huge.png: corrupt or unsupported PNG: 20000x20000 pixels is larger than the limit of 268435456")
+        try assertDecodingRefuses(
+            ImageBuilder.flatGrayJPEG(width: 65500, height: 5000), as: "huge.jpg", in: scratch,
+            "huge.jpg: corrupt or unsupported JPEG: 65500x5000 pixels is larger than the limit")
         // libpng's own message comes through (it used to be replaced by "out of memory").
-        try writeBytes(Array(try readBytes(Reference.cases[0].image).prefix(3000)), to: scratch.file("cut.png"))
-        assertVLQError(
-            try ImageDecoder.decode(path: scratch.file("cut.png")),
-            kind: ImageError.corruptImage,
-            contains: ["cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)"])
+        try assertDecodingRefuses(
+            Array(try readBytes(Reference.cases[0].image).prefix(3000)), as: "cut.png", in: scratch,
+            "cut.png: corrupt or unsupported PNG: unexpected end of data (truncated file)")
         // Just under it, the hand-made JPEG decodes: flat mid-gray.
         try writeBytes(ImageBuilder.flatGrayJPEG(width: 65500, height: 1), to: scratch.file("line.jpg"))
         let line = try ImageDecoder.decode(path: scratch.file("line.jpg"))
@@ -189,14 +191,10 @@ final class ImageLimitTests: XCTestCase {
         XCTAssertEqual(try ImageDecoder.decode(path: scratch.file("flat.jpg")).width, 4096)
         let header = honest.count - 2 - 65536
         let starved = Array(honest.prefix(header)) + [UInt8](repeating: 0, count: 32765) + [0xFF, 0xD9]
-        try writeBytes(starved, to: scratch.file("starved.jpg"))
-        assertVLQError(
-            try ImageDecoder.decode(path: scratch.file("starved.jpg")),
-            kind: ImageError.corruptImage,
-            contains: [
-                "starved.jpg: corrupt or unsupported JPEG: 4096x4096 pixels in 1 components need at least 32768 "
-                    + "bytes of coded data, 32767 follow the header"
-            ])
+        try assertDecodingRefuses(
+            starved, as: "starved.jpg", in: scratch,
+            "starved.jpg: corrupt or unsupported JPEG: 4096x4096 pixels in 1 components need at least 32768 "
+                + "bytes of coded data, 32767 follow the header")
     }
 
     func testResultsLargerThanTheLimitAreRefused() throws {
