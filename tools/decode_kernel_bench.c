@@ -1,13 +1,15 @@
 // Micro benchmark of decode's matrix-vector kernels (Sources/CKernels) on one thread, by CPU time, so that
 // other processes on a shared machine disturb it less than wall-clock figures. Not part of the package build:
 //
-//   clang -O3 -ISources/CKernels/include tools/decode_kernel_bench.c Sources/CKernels/kernels.c -o /tmp/kbench
+//   clang -O3 -ISources/CKernels/include tools/decode_kernel_bench.c Sources/CKernels/kernels.c \
+//     Sources/CKernels/sliced.c -o /tmp/kbench
 //   /tmp/kbench q4 [rows] [columns] [group] [samples]
 //
 // Encodings: bf16, f16, q8, q4, q4s, q3, and q8a8, q4a8, q4sa8: the int8-activation kernels, x quantized
-// in each call as decode does (vlq_quantize_activations). Eight matrices are used in turn: rows x columns of
-// 64 x 4096 (the
-// default) stay in the caches and measure the kernel's arithmetic; 11008 x 4096 stream from memory. Prints
+// in each call as decode does (vlq_quantize_activations); q4sl, q4ssl: the sliced-activation kernel, x
+// sliced in each call (vlq_slice_activations, sliced.c). Eight matrices are used in turn: rows x columns of
+// 64 x 4096 (the default) stay in the caches and measure the kernel's arithmetic; 11008 x 4096 stream from
+// memory (run two at once to load both cores). Prints
 // the weight bytes (codes, scales and biases) read per second of CPU time, best and median over the samples
 // (each one call per matrix).
 #include "vlq_kernels.h"
@@ -36,14 +38,17 @@ int main(int argc, char **argv) {
     // The a8 suffix: the same weights through the int8-activation kernels.
     size_t name_length = strlen(encoding);
     int a8 = name_length > 2 && !strcmp(encoding + name_length - 2, "a8");
-    if (a8) encoding[name_length - 2] = 0;
+    int sliced = name_length > 2 && !strcmp(encoding + name_length - 2, "sl");
+    if (a8 || sliced) encoding[name_length - 2] = 0;
     size_t rows = argc > 2 ? strtoul(argv[2], NULL, 10) : 64, cols = argc > 3 ? strtoul(argv[3], NULL, 10) : 4096;
     size_t group = argc > 4 ? strtoul(argv[4], NULL, 10) : 128, calls = argc > 5 ? strtoul(argv[5], NULL, 10) : 500;
     int half = !strcmp(encoding, "bf16") || !strcmp(encoding, "f16"), q8 = !strcmp(encoding, "q8");
     int q4 = !strcmp(encoding, "q4"), q4s = !strcmp(encoding, "q4s"), q3 = !strcmp(encoding, "q3");
-    if (!(half || q8 || q4 || q4s || q3) || (a8 && (half || q3 || group % 32)) || !rows || !cols || !group ||
+    if (!(half || q8 || q4 || q4s || q3) || (a8 && (half || q3 || group % 32)) ||
+        (sliced && !(q4 || q4s)) || (sliced && group % 128) || !rows || !cols || !group ||
         cols % group || (q3 && group % 32) || !calls) {
-        fprintf(stderr, "usage: %s bf16|f16|q8|q4|q4s|q3|q8a8|q4a8|q4sa8 [rows] [columns] [group] [calls]\n", argv[0]);
+        fprintf(stderr, "usage: %s bf16|f16|q8|q4|q4s|q3|q8a8|q4a8|q4sa8|q4sl|q4ssl [rows] [columns] [group] [calls]\n",
+                argv[0]);
         return 2;
     }
     size_t code_bytes = half ? rows * cols * 2 : q8 ? rows * cols : q3 ? rows * cols / 32 * 12 : rows * cols / 2;
@@ -63,8 +68,8 @@ int main(int argc, char **argv) {
     }
     float *x = malloc(cols * sizeof(float)), *y = malloc(rows * sizeof(float));
     float *sums = malloc((cols / group) * sizeof(float)), checksum = 0, *x_scales = malloc(cols / 32 * sizeof(float));
-    int8_t *xq = malloc(cols);
-    if (!x_scales || !xq) return 1;
+    int8_t *xq = malloc(cols), *slices = malloc(3 * cols);
+    if (!x_scales || !xq || !slices) return 1;
     double *seconds = malloc(calls * sizeof(double));
     if (!x || !y || !sums || !seconds) return 1;
     for (size_t j = 0; j < cols; j++) x[j] = (float)(rand() % 2001 - 1000) / 1000;
@@ -81,8 +86,14 @@ int main(int argc, char **argv) {
                 vlq_matvec_q4_a8(codes[m], scales[m], q4 ? biases[m] : NULL, cols, group, xq, x_scales, sums, y, 0,
                                  rows);
             }
-            if (!a8 && q8) vlq_matvec_q8(codes[m], scales[m], cols, group, x, y, 0, rows);
-            if (!a8 && (q4 || q4s)) {
+            if (sliced) {
+                vlq_slice_activations(x, cols, slices, x_scales);
+                vlq_group_sums(x, cols, group, sums);
+                vlq_matvec_q4_sliced(codes[m], scales[m], q4 ? biases[m] : NULL, cols, group, slices, x_scales, sums,
+                                     y, 0, rows);
+            }
+            if (!a8 && !sliced && q8) vlq_matvec_q8(codes[m], scales[m], cols, group, x, y, 0, rows);
+            if (!a8 && !sliced && (q4 || q4s)) {
                 vlq_group_sums(x, cols, group, sums);
                 vlq_matvec_q4(codes[m], scales[m], q4 ? biases[m] : NULL, cols, group, x, sums, y, 0, rows);
             }
@@ -96,7 +107,7 @@ int main(int argc, char **argv) {
     }
     qsort(seconds, calls, sizeof(double), by_value);
     printf("%s %s%s %zux%zu group %zu: best %.1f GB/s, median %.1f GB/s (checksum %g)\n", vlq_kernels_isa(), encoding,
-           a8 ? " a8" : "", rows, cols, group,
+           a8 ? " a8" : sliced ? " sliced" : "", rows, cols, group,
            (double)bytes / seconds[0] / 1e9, (double)bytes / seconds[calls / 2] / 1e9,
            (double)checksum);
     return 0;

@@ -279,12 +279,45 @@ public struct EngineBenchmark {
             "decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, "
                 + "\(engine.config.language.layers) layers + lm_head)")
         let limit = Double(stepBytes) / stepBandwidth
+        if let line = try slicedLogitsDifference(engine, embeddings: embeddings) { report(line) }
         report(
             "decode limit: \(formatBytes(stepBytes)) of weights per token as stored / their read bandwidth "
                 + "\(fixed(stepBandwidth / 1e9, 1)) GB/s (the 256 MiB buffer at the start: "
                 + "\(fixed(bandwidth / 1e9, 1)) GB/s) = \(fixed(limit * 1000, 1)) ms/token; measured "
                 + "\(fixed(100 * limit / perToken, 0))% of the limit")
         return (perToken, limit)
+    }
+
+    /// Where q4 products run on sliced activations (DecodeKernels.slicesActivations), what that does to a
+    /// decode step's logits: the same step after a 16-token prefill, with the sliced and then the float q4
+    /// kernel, as the largest difference next to the largest logit. Nil where no q4 product slices.
+    func slicedLogitsDifference(_ engine: YiVLEngine, embeddings: [Float]) throws -> String? {
+        let weights = engine.model.weights
+        let sliced = weights.definition.language.decodeStepTensors.contains {
+            guard let layout = weights.quantizedLayout($0) else { return false }
+            return [.q4, .q4s].contains(layout.encoding) && layout.groupSize % DecodeKernels.sliceBlock == 0
+        }
+        guard sliced, DecodeKernels.slicesActivations, DecodeActivations.precision == .f32 else { return nil }
+        let prompt = Array(embeddings.prefix(16 * engine.config.language.hiddenSize))
+        func step() throws -> [Float] {
+            let cache = try engine.forward(.embeddings(prompt, reserving: 1)).cache
+            return try engine.forward(.tokens([1], continuing: cache), capture: .init(lastLogits: true)).lastLogits
+        }
+        let withSlices = try step()
+        DecodeKernels.allowSlicedActivations(false)
+        defer { DecodeKernels.allowSlicedActivations(true) }
+        let withFloats = try step()
+        // For scale, what float summation order alone moves: the AVX2 float kernels against the AVX-512 ones.
+        DecodeKernels.allowAVX512(false)
+        let withAVX2 = try step()
+        DecodeKernels.allowAVX512(true)
+        func largestDifference(_ a: [Float], _ b: [Float]) -> String {
+            String(format: "%.2e", zip(a, b).map { abs($0 - $1) }.max() ?? 0)
+        }
+        let largest = withFloats.map(abs).max() ?? 0
+        return "q4 products on sliced activations (AVX-512 VNNI): a decode step's logits within "
+            + "\(largestDifference(withSlices, withFloats)) of the float kernel's (AVX2 float kernels: within "
+            + "\(largestDifference(withAVX2, withFloats)); largest |logit| \(fixed(Double(largest), 2)))"
     }
 
     /// The vision tower on one image.

@@ -128,6 +128,12 @@ public final class WeightStore: @unchecked Sendable {
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
 
+    /// The tensor's quantized layout as stored, or nil for a float one.
+    public func quantizedLayout(_ handle: TensorHandle) -> QuantizedLayout? {
+        if case .quantized(let layout) = entries[handle.index].storage { return layout }
+        return nil
+    }
+
     /// Whether the tensor's f32 copy may be kept: 16-bit and not streamed by decode (quantized tensors are
     /// decoded anew for each prefill: a quantized model should also run in less memory, and its decode
     /// steps read the packed codes directly).

@@ -56,6 +56,27 @@ void vlq_matvec_q4_a8(const uint8_t *codes, const uint16_t *scales, const uint16
                       size_t group, const int8_t *xq, const float *x_scales, const float *group_sums, float *y,
                       size_t row_begin, size_t row_end);
 
+/// Sliced activations (sliced.c), for q4: x [cols], cols a multiple of 128, as three int8 slices per block
+/// of 128, x ~ block_scales[b] * (65536 s2 + 256 s1 + s0), within block_scales[b] / 2 of each element, where
+/// block_scales[b] = max |x| over the block / 8355711. `slices` takes 3 * cols bytes: per block, slice 0's
+/// 128, then slice 1's, then slice 2's, each the block's even elements, then its odd ones (as q4's low and
+/// high nibbles hold them). Returns 0 (and fills nothing reliable) when cols is not a multiple of 128 or x
+/// holds a value that is not finite: the float kernels take those.
+int vlq_slice_activations(const float *x, size_t cols, int8_t *slices, float *block_scales);
+
+/// vlq_matvec_q4 on sliced x: scale * (the joined sums * x scale) + bias * group_sums, the float
+/// x's sums as for vlq_matvec_q4. `group` is a multiple of 128.
+void vlq_matvec_q4_sliced(const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, size_t cols,
+                          size_t group, const int8_t *slices, const float *block_scales, const float *group_sums,
+                          float *y, size_t row_begin, size_t row_end);
+
+/// Whether the sliced kernel runs as vector code here (x86-64 with AVX-512 VNNI); elsewhere it is the
+/// portable loop, slower than the float kernel, and decode keeps to that.
+int vlq_sliced_vector_available(void);
+
+/// Tests: zero keeps the sliced kernel to its portable loop, nonzero lets the vector ones run again.
+void vlq_kernels_allow_sliced_vector(int allowed);
+
 /// Tests: nonzero runs the portable kernels from now on, zero goes back to choosing by the CPU. Not
 /// while kernels run on other threads.
 void vlq_kernels_use_portable(int portable);
