@@ -151,6 +151,8 @@ public struct EngineBenchmark {
         var int8Row = row
         int8Row.label += " a8"
         int8Row.decodeSecondsPerToken = int8Decode.perToken
+        // Each decode has the limit measured next to it: the memory's speed drifts between the two.
+        int8Row.decodeLimitSeconds = int8Decode.limit
         return [row, int8Row]
     }
 
