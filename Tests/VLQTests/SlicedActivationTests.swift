@@ -78,7 +78,8 @@ final class SlicedActivationTests: XCTestCase {
     /// once x's rounding to slices (sum |n s| d / 2 over the row) is taken off.
     func relativeDifference(_ y: [Float], _ t: Tensor, _ x: [Float], slicing: Bool = false) -> Double {
         let columns = t.layout.columns
-        let steps = (0..<(columns / 128)).map { b in Double(x[(128 * b)..<(128 * (b + 1))].map(abs).max()!) / 8_355_711 }
+        // Each block's step d = max|x| / 8355711.
+        let steps = (0..<(columns / 128)).map { Double(x[(128 * $0)..<(128 * $0 + 128)].map(abs).max()!) / 8_355_711 }
         var worst = 0.0
         for r in 0..<y.count {
             var exact = 0.0, magnitude = 0.0, rounding = 0.0
