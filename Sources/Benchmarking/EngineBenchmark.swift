@@ -135,6 +135,7 @@ public struct EngineBenchmark {
         let prefill = try measurePrefill(engine, embeddings: embeddings, sgemmRate: machine.sgemmRate, report: report)
         let (decode, int8Decode) = try measureDecodes(
             engine, embeddings: embeddings, bandwidth: machine.bandwidth, report: report)
+        if let line = try slicedLogitsDifference(engine, embeddings: embeddings) { report(line) }
         let vision = try measureVision(engine, pixels: pixels(engine.config), report: report)
         let peak = PeakMemory.peak()
         report("peak RSS: \(peak.bytes >> 20) MiB")
@@ -281,7 +282,6 @@ public struct EngineBenchmark {
             "decode after \(tokens) tokens: \(fixed(1 / perToken, 2)) tokens/s (\(fixed(perToken * 1000, 1)) ms/token, "
                 + "\(engine.config.language.layers) layers + lm_head)")
         let limit = Double(stepBytes) / stepBandwidth
-        if let line = try slicedLogitsDifference(engine, embeddings: embeddings) { report(line) }
         report(
             "decode limit: \(formatBytes(stepBytes)) of weights per token as stored / their read bandwidth "
                 + "\(fixed(stepBandwidth / 1e9, 1)) GB/s (the 256 MiB buffer at the start: "
@@ -290,16 +290,19 @@ public struct EngineBenchmark {
         return (perToken, limit)
     }
 
-    /// Where q4 products run on sliced activations (DecodeKernels.slicesActivations), what that does to a
-    /// decode step's logits: the same step after a 16-token prefill, with the sliced and then the float q4
-    /// kernel, as the largest difference next to the largest logit. Nil where no q4 product slices.
+    /// Where q4 products run on sliced activations (DecodeKernels.slices), what that does to a decode
+    /// step's logits, once per bundle: the same step after a 16-token prefill with f32 activations, with the
+    /// sliced and then the float q4 kernel, as the largest difference next to the largest logit. Nil where
+    /// no product of the step slices.
     func slicedLogitsDifference(_ engine: YiVLEngine, embeddings: [Float]) throws -> String? {
         let weights = engine.model.weights
         let sliced = weights.definition.language.decodeStepTensors.contains {
-            guard let layout = weights.quantizedLayout($0) else { return false }
-            return [.q4, .q4s].contains(layout.encoding) && layout.groupSize % DecodeKernels.sliceBlock == 0
+            weights.quantizedLayout($0).map(DecodeKernels.slices) ?? false
         }
-        guard sliced, DecodeKernels.slicesActivations, DecodeActivations.precision == .f32 else { return nil }
+        guard sliced else { return nil }
+        let precision = DecodeActivations.precision
+        DecodeActivations.use(.f32)
+        defer { DecodeActivations.use(precision) }
         let prompt = Array(embeddings.prefix(16 * engine.config.language.hiddenSize))
         func step() throws -> [Float] {
             let cache = try engine.forward(.embeddings(prompt, reserving: 1)).cache

@@ -88,7 +88,7 @@ public enum DecodeKernels {
         sums.withUnsafeMutableBufferPointer { vlq_group_sums(x, columns, group, $0.baseAddress!) }
         let codes = data.assumingMemoryBound(to: UInt8.self)
         let biases = layout.biasesOffset.map { (data + $0).assumingMemoryBound(to: UInt16.self) }
-        if layout.encoding != .q3 && slicedQ4(layout, codes, scales, biases, x, sums, into: y) { return }
+        if slices(layout) && slicedQ4(layout, codes, scales, biases, x, sums, into: y) { return }
         sums.withUnsafeBufferPointer { sums in
             let s = sums.baseAddress!
             splitRows(layout.rows) { range in
@@ -116,15 +116,20 @@ public enum DecodeKernels {
     /// true lets the sliced one run again where the CPU has it. Not while products run.
     public static func allowSlicedActivations(_ allowed: Bool) { vlq_kernels_allow_sliced_vector(allowed ? 1 : 0) }
 
-    /// q4 through the sliced kernel, when it runs here and takes this product; false leaves it to the float
-    /// kernel (x not finite, whose infinities and NaNs that kernel carries through as every other does).
+    /// Whether a product with these weights (and f32 activations) runs on sliced x here: q4 or q4s in groups
+    /// of a multiple of 128, where the CPU has AVX-512 VNNI.
+    public static func slices(_ layout: QuantizedLayout) -> Bool {
+        slicesActivations && [.q4, .q4s].contains(layout.encoding) && layout.groupSize % sliceBlock == 0
+    }
+
+    /// q4 through the sliced kernel (`slices(layout)`); false leaves it to the float kernel (x not finite,
+    /// whose infinities and NaNs that kernel carries through as every other does).
     static func slicedQ4(
         _ layout: QuantizedLayout, _ codes: UnsafePointer<UInt8>, _ scales: UnsafePointer<UInt16>,
         _ biases: UnsafePointer<UInt16>?, _ x: UnsafePointer<Float>, _ sums: [Float],
         into y: UnsafeMutablePointer<Float>
     ) -> Bool {
         let (columns, group) = (layout.columns, layout.groupSize)
-        guard slicesActivations, group % sliceBlock == 0 else { return false }
         var slices = [Int8](repeating: 0, count: 3 * columns)
         var blockScales = [Float](repeating: 0, count: columns / sliceBlock)
         let sliced = slices.withUnsafeMutableBufferPointer { s in

@@ -121,10 +121,7 @@ public final class WeightStore: @unchecked Sendable {
         self.init(definition: base.definition, entries: entries, keepAlive: [base, overlay], cacheBudget: cacheBudget)
     }
 
-    public func isQuantized(_ handle: TensorHandle) -> Bool {
-        if case .quantized = entries[handle.index].storage { return true }
-        return false
-    }
+    public func isQuantized(_ handle: TensorHandle) -> Bool { quantizedLayout(handle) != nil }
 
     public func shape(_ handle: TensorHandle) -> [Int] { entries[handle.index].shape }
 
