@@ -229,15 +229,18 @@ public final class WeightStore: @unchecked Sendable {
             return false
         }
         let base = e.bytes.baseAddress!
-        switch e.storage {
-        case .f32:
-            return false
-        case .bf16:
-            DecodeKernels.halves(base, isBF16: true, rows: e.shape[0], columns: e.shape[1], x, into: y)
-        case .f16:
-            DecodeKernels.halves(base, isBF16: false, rows: e.shape[0], columns: e.shape[1], x, into: y)
-        case .quantized(let layout):
-            DecodeKernels.quantized(layout, base, x, into: y)
+        if case .f32 = e.storage { return false }
+        DecodeKernels.withCacheLineAligned(x, count: e.shape[1]) { x in
+            switch e.storage {
+            case .f32:
+                break
+            case .bf16:
+                DecodeKernels.halves(base, isBF16: true, rows: e.shape[0], columns: e.shape[1], x, into: y)
+            case .f16:
+                DecodeKernels.halves(base, isBF16: false, rows: e.shape[0], columns: e.shape[1], x, into: y)
+            case .quantized(let layout):
+                DecodeKernels.quantized(layout, base, x, into: y)
+            }
         }
         return true
     }

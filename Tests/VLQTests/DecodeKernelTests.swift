@@ -153,6 +153,35 @@ final class DecodeKernelTests: XCTestCase {
         }
     }
 
+    /// withCacheLineAligned hands the kernels x on a 64-byte boundary, x itself or an equal copy, whatever
+    /// x's offset: products of x at any float offset in a cache line are bit for bit those of x on one.
+    func testXAtAnyOffsetInACacheLineGivesTheSameProducts() throws {
+        let (rows, columns, group) = (5, 384, 128)
+        var gen = SplitMix64(seed: 41)
+        let codes: [Int8] = (0..<(rows * columns)).map { _ in Int8(gen.below(16)) }
+        let scales = (0..<(rows * columns / group)).map { Float16(0.01 + Float($0 % 7) * 0.002) }
+        let layout = try QuantizedLayout(validating: .q4, shape: [rows, columns], groupSize: group)
+        let packed = layout.pack(codes: codes, scales: scales, biases: scales.map { -7 * $0 })
+        let x = input(columns)
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: (columns + 16) * 4, alignment: 64)
+        defer { storage.deallocate() }
+        func product(offset: Int) -> [Float] {
+            let shifted = storage.bindMemory(to: Float.self, capacity: columns + 16) + offset
+            shifted.update(from: x, count: columns)
+            var y = [Float](repeating: .nan, count: rows)
+            DecodeKernels.withCacheLineAligned(shifted, count: columns) { aligned in
+                XCTAssertEqual(Int(bitPattern: aligned) % 64, 0, "offset \(offset)")
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: aligned, count: columns)), x, "offset \(offset)")
+                packed.withUnsafeBytes { DecodeKernels.quantized(layout, $0.baseAddress!, aligned, into: &y) }
+            }
+            return y
+        }
+        let onBoundary = product(offset: 0)
+        for offset in 1..<16 {
+            XCTAssertEqual(product(offset: offset).map(\.bitPattern), onBoundary.map(\.bitPattern), "offset \(offset)")
+        }
+    }
+
     /// y = W x through DecodeKernels.quantized, W packed from codes, scales and biases.
     func multiply(
         _ encoding: TensorEncoding, rows: Int, _ columns: Int, _ group: Int, _ codes: [Int8], _ scales: [Float16],
