@@ -35,4 +35,14 @@ static inline float vlq_f16_to_float(uint16_t h) {
     return f;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// One f16 through F16C, for the vector kernels' per-group scales (kernels.c, sliced.c); callers are compiled
+// for F16C (their target attributes include it) and check the CPU has it before they run.
+__attribute__((target("f16c"))) static inline float vlq_f16_to_float_f16c(uint16_t h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+#endif
+
 #endif

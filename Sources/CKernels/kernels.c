@@ -137,9 +137,7 @@ VLQ_AVX2 static inline __m256 load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-VLQ_AVX2 static inline float half_scalar(uint16_t h) {
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
-}
+VLQ_AVX2 static inline float half_scalar(uint16_t h) { return vlq_f16_to_float_f16c(h); }
 
 VLQ_AVX2 static inline __m256 sum4(const __m256 a[4]) {
     return _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));

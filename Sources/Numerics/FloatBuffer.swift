@@ -3,9 +3,16 @@ public final class FloatBuffer: @unchecked Sendable {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
 
+    /// Bytes the buffer's start is aligned to: a cache line, so that the decode kernels' 64-byte loads of an
+    /// activation vector never straddle two lines (DecodeKernels.withCacheLineAligned copies any x that is
+    /// not on one; activations in these buffers need no copy).
+    public static let alignment = 64
+
     public init(_ count: Int) {
         self.count = count
-        pointer = .allocate(capacity: max(count, 1))
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Self.alignment)
+            .bindMemory(to: Float.self, capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
@@ -14,7 +21,7 @@ public final class FloatBuffer: @unchecked Sendable {
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    deinit { pointer.deallocate() }
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
 
     public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
 }

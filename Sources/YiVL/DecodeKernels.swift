@@ -52,10 +52,10 @@ public enum DecodeKernels {
     static let cacheLine = 64
 
     /// `body` on x at a cache-line boundary: x itself when it is on one, else a copy (a few microseconds for
-    /// a product that takes a millisecond or more). An x that was not (Swift arrays' elements start 32 bytes
-    /// into a 16-byte-aligned block) split one load of x in two every other block: q8 streamed 13% slower
-    /// and q4 on slices 17% slower (tools/decode_kernel_bench.c, two cores, 11008 x 4096, x and slices 16 or
-    /// 32 bytes off a line against on one).
+    /// a product that takes a millisecond or more; FloatBuffer's activations are on one already). An x that
+    /// was not (Swift arrays' elements start 32 bytes into a 16-byte-aligned block) split one load of x in
+    /// two every other block: q8 streamed 13% slower and q4 on slices 17% slower (tools/decode_kernel_bench.c
+    /// with x and the slices placed 16 or 32 bytes off a line, two at once, 11008 x 4096).
     public static func withCacheLineAligned<R>(
         _ x: UnsafePointer<Float>, count: Int, _ body: (UnsafePointer<Float>) -> R
     ) -> R {
