@@ -21,14 +21,17 @@ final class Int8ActivationTests: XCTestCase {
 
     /// One row, rows not a multiple of the 4-row block nor of the thread split, 192-wide rows, groups of
     /// 32 to 256 and a whole 768-wide row, rows wider than the permuted x kept on the stack (16384), and
-    /// q4's fallbacks: groups of 96 and group 32 over 96 columns straddle its 64-element chunks.
+    /// q4's fallbacks: groups of 96 and group 32 over 96 columns straddle its 64-element chunks. The
+    /// AVX-512 VNNI kernels take 128-column chunks: groups of 32 and 64 inside them (256 and 384 columns),
+    /// of 128 and more spanning them; 192 columns go to the AVX2 ones.
     static let cases = [
         Case(rows: 1, columns: 64, group: 64), Case(rows: 37, columns: 32, group: 32),
         Case(rows: 6, columns: 192, group: 32), Case(rows: 133, columns: 64 * 3, group: 64),
         Case(rows: 19, columns: 128 * 5, group: 128), Case(rows: 70, columns: 256 * 4, group: 256),
         Case(rows: 3, columns: 128 * 3, group: 128), Case(rows: 5, columns: 768, group: 768),
         Case(rows: 2, columns: 16_384 + 128, group: 128), Case(rows: 9, columns: 96 * 2, group: 96),
-        Case(rows: 7, columns: 96, group: 32),
+        Case(rows: 7, columns: 96, group: 32), Case(rows: 11, columns: 256, group: 32),
+        Case(rows: 13, columns: 384, group: 64),
     ]
 
     override func tearDown() {
@@ -148,6 +151,18 @@ final class Int8ActivationTests: XCTestCase {
                 DecodeKernels.usePortableKernels(false)
                 XCTAssertLessThan(differenceFromReference(encoding, t, x, vector), Self.tolerance, "\(c)")
                 XCTAssertLessThan(differenceFromReference(encoding, t, x, portable), Self.tolerance, "\(c)")
+            }
+        }
+    }
+
+    /// Where the CPU has AVX-512 VNNI, the AVX2 kernels (which CPUs without it run) still meet the reference.
+    func testAVX2KernelsWhereTheCPUAlsoHasAVX512() throws {
+        DecodeKernels.allowAVX512(false)
+        defer { DecodeKernels.allowAVX512(true) }
+        for encoding in [TensorEncoding.q8, .q4, .q4s] {
+            for c in Self.cases {
+                let t = try tensor(encoding, c), x = input(c.columns)
+                XCTAssertLessThan(differenceFromReference(encoding, t, x, int8Product(t, x)), Self.tolerance, "\(c)")
             }
         }
     }
