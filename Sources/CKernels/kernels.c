@@ -937,11 +937,29 @@ VLQ_AVX512_VNNI static ALWAYS_INLINE __m512 a8_group_scales(const uint16_t *s, c
     return _mm512_permutexvar_ps(lane_group, values);
 }
 
-// 16 lanes of 64 q8 codes at w times x at xq, lane l starting at offsets[l].
-VLQ_AVX512_VNNI static ALWAYS_INLINE __m512i q8_a8_vnni_dot(const int8_t *w, const int32_t *offsets, const int8_t *xq) {
+// 16 lanes of 64 q8 codes at w, shifted by 128 (xor 0x80: w + 128, vpdpbusd's unsigned operand), times x at xq.
+VLQ_AVX512_VNNI static ALWAYS_INLINE __m512i q8_a8_vnni_dot(const int8_t *w, const int8_t *xq) {
     STREAM_PREFETCH(w);
     __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void *)w), _mm512_set1_epi8((char)0x80));
-    return _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)offsets), u, _mm512_loadu_si512((const void *)xq));
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512((const void *)xq));
+}
+
+// The x scales of a 64-column chunk's lanes: its first block's (of 32) in lanes 0-7, its second's in 8-15.
+VLQ_AVX512_VNNI static ALWAYS_INLINE __m512 a8_block_scales(const float *xs) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(xs[0]), _mm512_set1_ps(xs[1]));
+}
+
+// sum over k of f16 h[k] times v[k], 16 at a step (converting one f16 at a time took a third of the q4
+// kernel's time at groups of 128).
+VLQ_AVX512_VNNI static inline float half_dot(const uint16_t *h, const float *v, size_t n) {
+    __m512 terms = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        terms = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + k))), _mm512_loadu_ps(v + k),
+                                terms);
+    float tail = _mm512_reduce_add_ps(terms);
+    for (; k < n; k++) tail += vlq_f16_to_float_f16c(h[k]) * v[k];
+    return tail;
 }
 
 // 16 lanes of a chunk of 128 q4 codes (64 bytes at p) times x laid out as q4_a8_vnni does.
@@ -956,64 +974,54 @@ VLQ_AVX512_VNNI static ALWAYS_INLINE __m512i q4_a8_vnni_dot(const uint8_t *p, co
 
 // q8 with groups of 32 or a multiple of 64, columns a multiple of 64. Lane l of a 64-column chunk sums
 // columns 4 l .. 4 l + 3, so x stays in column order and the chunk's block b (of 32) is lanes 8 b .. 8 b + 7.
-// vpdpbusd takes one unsigned operand: the codes xor 0x80 are w + 128, and each lane's sum starts at -128
-// times its four x, so that it ends at sum(w x) exactly.
+// vpdpbusd takes one unsigned operand: the codes xor 0x80 are w + 128, which adds 128 times each block's
+// sum of xq to its dot; that excess, times the block's x scale, is summed per group once per call (shift),
+// so a row takes it off with one dot of its group scales. Per-lane offsets and scales loaded beside each
+// chunk instead (three bytes of x-side data per weight byte) fell out of L1 on 11008-column rows: two at
+// once, 4096 x 11008 ran at 26-31 GB/s where 11008 x 4096 ran at 50-54.
 VLQ_AVX512_VNNI static void q8_a8_vnni(const int8_t *codes, const uint16_t *scales, size_t cols, size_t group,
                                       const int8_t *xq, const float *xs, float *y, size_t begin, size_t end) {
-    float scales_on_stack[A8_VNNI_STACK_COLUMNS / 4];
-    int32_t offsets_on_stack[A8_VNNI_STACK_COLUMNS / 4];
-    float *lane_scales = scales_on_stack;
-    int32_t *lane_offsets = offsets_on_stack;
-    void *heap = NULL;
-    if (cols > A8_VNNI_STACK_COLUMNS) {
-        heap = malloc(cols / 4 * (sizeof(float) + sizeof(int32_t)));
-        if (!heap) abort();
-        lane_scales = heap, lane_offsets = (int32_t *)(lane_scales + cols / 4);
-    }
-    for (size_t l = 0; l < cols / 4; l++) {
-        lane_scales[l] = xs[l / 8];
-        lane_offsets[l] = -128 * (xq[4 * l] + xq[4 * l + 1] + xq[4 * l + 2] + xq[4 * l + 3]);
-    }
     size_t groups = cols / group;
+    float shift_on_stack[A8_VNNI_STACK_COLUMNS / 32];
+    float *shift = groups <= A8_VNNI_STACK_COLUMNS / 32 ? shift_on_stack : malloc(groups * sizeof(float));
+    if (!shift) abort();
+    for (size_t k = 0; k < groups; k++) {
+        float excess = 0;
+        for (size_t b = k * group / 32; b < (k + 1) * group / 32; b++) {
+            int32_t sum = 0;
+            for (size_t i = 32 * b; i < 32 * b + 32; i++) sum += xq[i];
+            excess += (float)(128 * sum) * xs[b];
+        }
+        shift[k] = excess;
+    }
     for (size_t r = begin; r < end; r++) {
         const int8_t *row = codes + r * cols;
         const uint16_t *row_scales = scales + r * groups;
         __m512 total = _mm512_setzero_ps();
         if (group == 32)
             for (size_t j = 0; j < cols; j += 64) {
-                __m512 blocks = _mm512_mul_ps(_mm512_cvtepi32_ps(q8_a8_vnni_dot(row + j, lane_offsets + j / 4, xq + j)),
-                                              _mm512_loadu_ps(lane_scales + j / 4));
+                __m512 blocks = _mm512_mul_ps(_mm512_cvtepi32_ps(q8_a8_vnni_dot(row + j, xq + j)),
+                                              a8_block_scales(xs + j / 32));
                 total = _mm512_fmadd_ps(blocks, a8_group_scales(row_scales + j / 32, 2), total);
             }
         else
             for (size_t k = 0, j = 0; k < groups; k++) {
                 __m512 partial = _mm512_setzero_ps();
                 for (size_t stop = j + group; j < stop; j += 64)
-                    partial = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q8_a8_vnni_dot(row + j, lane_offsets + j / 4, xq + j)),
-                                              _mm512_loadu_ps(lane_scales + j / 4), partial);
+                    partial = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q8_a8_vnni_dot(row + j, xq + j)),
+                                              a8_block_scales(xs + j / 32), partial);
                 total = _mm512_fmadd_ps(partial, _mm512_set1_ps(vlq_f16_to_float_f16c(row_scales[k])), total);
             }
-        y[r] = _mm512_reduce_add_ps(total);
+        y[r] = _mm512_reduce_add_ps(total) - half_dot(row_scales, shift, groups);
     }
-    free(heap);
+    if (shift != shift_on_stack) free(shift);
 }
 
-// A q4 row's sum over groups of bias times the group's sum of x, 16 groups per step (converting one f16
-// at a time took a third of the kernel's time at groups of 128).
+// A q4 row's sum over groups of bias times the group's sum of x (q4s: bias -8 scale; times -8 after the
+// sum, which is exact, as before it).
 VLQ_AVX512_VNNI static inline float bias_terms(const uint16_t *scales, const uint16_t *biases, const float *sums,
                                                size_t groups) {
-    __m512 terms = _mm512_setzero_ps();
-    size_t k = 0;
-    for (; k + 16 <= groups; k += 16) {
-        const uint16_t *halves = biases ? biases + k : scales + k;
-        __m512 bias = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)halves));
-        if (!biases) bias = _mm512_mul_ps(bias, _mm512_set1_ps(-8));
-        terms = _mm512_fmadd_ps(bias, _mm512_loadu_ps(sums + k), terms);
-    }
-    float tail = _mm512_reduce_add_ps(terms);
-    for (; k < groups; k++)
-        tail += (biases ? vlq_f16_to_float_f16c(biases[k]) : -8 * vlq_f16_to_float_f16c(scales[k])) * sums[k];
-    return tail;
+    return biases ? half_dot(biases, sums, groups) : -8 * half_dot(scales, sums, groups);
 }
 
 // q4 (and q4s, biases NULL: bias -8 scale) with groups of 32, 64 or a multiple of 128, columns a multiple of

@@ -23,7 +23,8 @@ final class Int8ActivationTests: XCTestCase {
     /// 32 to 256 and a whole 768-wide row, rows wider than the permuted x kept on the stack (16384), and
     /// q4's fallbacks: groups of 96 and group 32 over 96 columns straddle its 64-element chunks. The
     /// AVX-512 VNNI kernels take 128-column chunks: groups of 32 and 64 inside them (256 and 384 columns),
-    /// of 128 and more spanning them; 192 columns go to the AVX2 ones.
+    /// of 128 and more spanning them, and more groups of 32 than q8's per-group sums keep on the stack;
+    /// 192 columns go to the AVX2 ones.
     static let cases = [
         Case(rows: 1, columns: 64, group: 64), Case(rows: 37, columns: 32, group: 32),
         Case(rows: 6, columns: 192, group: 32), Case(rows: 133, columns: 64 * 3, group: 64),
@@ -31,7 +32,7 @@ final class Int8ActivationTests: XCTestCase {
         Case(rows: 3, columns: 128 * 3, group: 128), Case(rows: 5, columns: 768, group: 768),
         Case(rows: 2, columns: 16_384 + 128, group: 128), Case(rows: 9, columns: 96 * 2, group: 96),
         Case(rows: 7, columns: 96, group: 32), Case(rows: 11, columns: 256, group: 32),
-        Case(rows: 13, columns: 384, group: 64),
+        Case(rows: 13, columns: 384, group: 64), Case(rows: 3, columns: 16_384 + 512, group: 32),
     ]
 
     override func tearDown() {
